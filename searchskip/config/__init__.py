@@ -1,0 +1,1 @@
+"""Job, space and plan configuration: typed dataclasses and their YAML loader."""

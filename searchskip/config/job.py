@@ -1,0 +1,108 @@
+"""Typed form of a job file (``jobs/*.yaml``).
+
+A job says which model to load, which VQA data to score on, and how to evaluate.
+Later issues add the search space, the budget and the study settings as further
+sections. Every field has a type annotation that :mod:`searchskip.config.loader`
+enforces; ``check`` methods add the rules a type cannot express. Paths are kept as
+written; relative paths resolve against the current working directory, like the
+Hugging Face example scripts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+EMBEDDED_PREFIX = "embedded:"
+"""``model.id`` values starting with this name a model shipped inside the package."""
+
+DEFAULT_MODEL = "embedded:tiny-llava-easyvqa"
+
+SPLIT_ROLES = ("train", "validation", "test")
+"""The three roles a split plays: training/calibration, the search's scoring split, final numbers."""
+
+SCHEMA_FIELDS = ("question_id", "image", "question", "answers", "question_type", "answer_type", "image_id")
+"""The in-memory VQA schema every data source is mapped onto (modelled on VQAv2)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model comes from and how to run it."""
+
+    id: str = DEFAULT_MODEL
+    """``embedded:NAME`` (shipped in the package), a hub id, or a local ``save_pretrained`` folder."""
+    revision: str | None = None
+    """A hub branch, tag or commit. Required (a pinned commit) when ``trust_remote_code`` is true."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    """Allow ``.bin``/``.pt`` weights (loaded with ``torch.load(weights_only=True)``); safetensors otherwise."""
+    prompt_template: str | None = None
+    """Overrides the family's template; must contain ``{question}``."""
+
+
+@dataclass(frozen=True)
+class CarveSpec:
+    """Carve a validation split out of another split, by image, so the two share no image."""
+
+    fraction: float = 0.1
+    seed: int = 0
+    source: Literal["train"] = "train"
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """A seeded subset of a split, stratified by question type (``size: null`` = whole split)."""
+
+    size: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which VQA data to load and how it maps onto the schema.
+
+    ``splits`` maps a role (train/validation/test) to what the source calls it:
+    a split name (``easy_vqa``, ``hub``, ``disk``), a file or glob, or a list of them
+    (``parquet``), or ``{questions, annotations, images}`` (``vqav2_json``).
+    """
+
+    source: Literal["easy_vqa", "hub", "disk", "parquet", "vqav2_json"] = "easy_vqa"
+    id: str | None = None
+    """Hub dataset id (``hub`` only)."""
+    revision: str | None = None
+    """Hub dataset revision (``hub`` only)."""
+    name: str | None = None
+    """Hub dataset configuration name (``hub`` only)."""
+    path: str | None = None
+    """A folder written by ``save_to_disk`` (``disk`` only)."""
+    splits: Mapping[str, Any] = field(default_factory=dict)
+    carve_validation: CarveSpec | None = None
+    """How to make a validation split when ``splits`` has none (defaults to 10% of train images)."""
+    columns: Mapping[str, str] = field(default_factory=dict)
+    """Schema field -> source column, for sources that name fields differently."""
+    validation_subset: SubsetSpec = field(default_factory=lambda: SubsetSpec(size=500, seed=0))
+    test_subset: SubsetSpec = field(default_factory=SubsetSpec)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How answers are generated and scored."""
+
+    batch_size: int = 64
+    max_new_tokens: int = 3
+
+
+@dataclass(frozen=True)
+class Job:
+    """A whole job file."""
+
+    name: str
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    outputs: str = "outputs"
+    source_file: str | None = field(default=None, metadata={"internal": True})
+    """The YAML file this job was read from (set by the loader, not written by users)."""

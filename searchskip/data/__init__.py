@@ -1,0 +1,1 @@
+"""VQA data sources, all mapped onto one VQAv2-like schema."""

@@ -1,0 +1,60 @@
+"""The one place where searchskip's exception types live.
+
+Every error a user can cause (bad YAML, a missing file, an unsupported model,
+data without the needed columns, an invalid plan) is a :class:`SearchSkipError`.
+The command line prints its message and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one input: where (file and dotted key) and which rule it breaks."""
+
+    file: str | None
+    key: str
+    rule: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.rule}"
+
+
+class SearchSkipError(Exception):
+    """Base class of every error caused by user input; the CLI maps it to exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(SearchSkipError, ValueError):
+    """One or more problems in a configuration file (job, space or plan), reported together."""
+
+    def __init__(self, problems: Iterable[Problem] | str, file: str | None = None):
+        if isinstance(problems, str):
+            problems = [Problem(file, "", problems)]
+        self.problems: list[Problem] = list(problems)
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        lines = [f"{len(self.problems)} problems:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class DataError(SearchSkipError, ValueError):
+    """A dataset cannot be loaded or does not fit the VQA schema."""
+
+
+class ModelError(SearchSkipError, ValueError):
+    """A model cannot be loaded safely, or its family is not supported."""
+
+
+class OfflineError(SearchSkipError, OSError):
+    """Something needed the network (a hub model or dataset) and none was reachable."""

@@ -1,0 +1,1 @@
+"""Scoring: the official VQAv2 accuracy and batched greedy generation."""

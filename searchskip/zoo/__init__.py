@@ -1,0 +1,1 @@
+"""The embedded default model: a tiny LLaVA trained on easy-VQA, shipped with the package."""

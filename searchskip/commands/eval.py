@@ -1,0 +1,73 @@
+"""``searchskip eval JOB.yaml``: score the job's model on its validation or test split."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score a job's model on VQA (validation or test split)",
+                              description="Score the job's model on its VQA validation subset or test split.")
+    p.add_argument("job", help="job YAML file")
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="validation: the job's validation subset (what the search scores on); test: final numbers")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N questions")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from searchskip.config.loader import load_job
+    from searchskip.data.splits import load_eval_split
+    from searchskip.errors import ConfigError
+    from searchskip.eval.runner import evaluate
+    from searchskip.models import load_model
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit: must be >= 1, but got {args.limit}")
+    job = load_job(args.job)
+    err = Console(stderr=True)
+    with err.status("loading data and model"):
+        dataset = load_eval_split(job.data, args.split)
+        if args.limit is not None:
+            dataset = dataset.select(range(min(args.limit, len(dataset))))
+        loaded = load_model(job.model)
+    columns = (TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("eval", total=len(dataset))
+        result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                          on_batch=lambda n: progress.advance(task, n))
+    if args.json:
+        print(json.dumps({"job": job.name, "split": args.split, "model": job.model.id, **result.to_dict()}))
+    else:
+        print_result(Console(), job, args.split, result)
+    return 0
+
+
+def print_result(console, job, split: str, result) -> None:
+    """Rich tables: the overall score and throughput, then accuracy per question and answer type."""
+    from rich.table import Table
+
+    s = result.score
+    head = Table(title=f"{job.name}: {job.model.id} on {split}")
+    for col in ("accuracy", "questions", "seconds", "samples/s"):
+        head.add_column(col, justify="right")
+    head.add_row(f"{100 * s.accuracy:.2f}%", str(s.n), f"{result.seconds:.1f}", f"{result.samples_per_s:.1f}")
+    console.print(head)
+    for title, values in (("question type", s.per_question_type), ("answer type", s.per_answer_type)):
+        table = Table(title=f"accuracy per {title}")
+        table.add_column(title)
+        table.add_column("accuracy", justify="right")
+        if title == "question type":
+            table.add_column("questions", justify="right")
+        for name, acc in sorted(values.items()):
+            row = [name, f"{100 * acc:.2f}%"]
+            if title == "question type":
+                row.append(str(s.counts_per_question_type.get(name, "")))
+            table.add_row(*row)
+        console.print(table)
+    sys.stdout.flush()

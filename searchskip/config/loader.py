@@ -1,0 +1,710 @@
+"""Turn parsed YAML into the typed, frozen config dataclasses, collecting every problem.
+
+Two layers, both reporting :class:`~searchskip.errors.Problem` objects with dotted keys
+(``data.validation_subset.size``) instead of stopping at the first one:
+
+1. :func:`build` is generic: it reads a dataclass's type annotations and converts nested
+   dicts into instances. It knows nested dataclasses, ``X | None``, ``Literal[...]``,
+   ``int`` (a boolean is not an integer), ``float`` (integers accepted, NaN/inf refused),
+   ``str``, ``bool``, ``Mapping[str, X]``/``dict``, ``list[X]``, ``tuple[X, ...]`` and
+   ``Any``. Unknown keys get a did-you-mean suggestion, required fields (no default) must
+   be present, and fields with ``metadata={"internal": True}`` cannot be set from a file.
+   It is reused for every kind of file (jobs now; search spaces and plans later).
+
+2. Rules a type cannot express are *checks*, passed to :func:`build` as
+   ``checks={Class: [rule, ...]}`` (one list per dataclass, at any depth). A rule receives
+   the built instance and yields ``(relative dotted key, rule text)`` pairs; :func:`build`
+   prefixes the instance's own dotted key. When some fields of an instance failed to
+   build, its rules still run on a partial view that holds the fields that did build
+   (and the defaults of those left out); a rule that reads a failed field is skipped.
+   So a type error in ``model.dtype`` does not hide a bad ``model.device``, and every
+   rule reports only about values that are known. Keep rules small (one concern each)
+   so that few are skipped. The job's rules are the functions below, gathered per
+   dataclass by :func:`job_checks`.
+
+Rules are phrased like optuna's: the rule first, then the values (``\\`0 < fraction < 1\\`
+must hold, but got fraction=1.5``). Relative paths resolve against the current working
+directory. Nothing here loads a model or a dataset; the checks only look at the file system.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import difflib
+import functools
+import glob
+import math
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar, Union
+
+from searchskip.config.job import (
+    EMBEDDED_PREFIX,
+    SCHEMA_FIELDS,
+    SPLIT_ROLES,
+    CarveSpec,
+    DataSpec,
+    EvalSpec,
+    Job,
+    ModelSpec,
+    SubsetSpec,
+)
+from searchskip.config.yaml_io import describe, read_yaml
+from searchskip.errors import ConfigError, Problem
+
+__all__ = [
+    "DEFAULT_EMBEDDED_NAMES",
+    "Check",
+    "build",
+    "embedded_model_names",
+    "job_checks",
+    "job_from_data",
+    "load_job",
+]
+
+T = TypeVar("T")
+
+Check = Callable[[Any], Iterable[tuple[str, str]]]
+"""A rule: takes a built instance (or a partial view of one), yields ``(relative dotted key, rule text)``."""
+
+Checks = Mapping[type, Union[Check, Sequence[Check]]]
+"""Rules per dataclass, for :func:`build`."""
+
+DEFAULT_EMBEDDED_NAMES = frozenset({"tiny-llava-easyvqa"})
+"""Embedded models assumed when :mod:`searchskip.zoo` offers no ``embedded_names()``."""
+
+_INVALID: Any = object()
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+_SEQUENCES = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+
+
+# --------------------------------------------------------------------------------------
+# Generic builder
+# --------------------------------------------------------------------------------------
+
+
+def build(
+    cls: type[T],
+    data: Any,
+    file: str | None,
+    key_prefix: str = "",
+    *,
+    checks: Checks | None = None,
+) -> tuple[T | None, list[Problem]]:
+    """Build ``cls`` from plain ``data`` (as read from YAML); return ``(instance, problems)``.
+
+    The instance is ``None`` whenever ``problems`` is non-empty. ``file`` and ``key_prefix``
+    only label the problems (``key_prefix="search"`` when ``data`` is a section of a larger file).
+    ``checks`` maps dataclasses (at any depth) to their rules; see the module docstring.
+    """
+    builder = _Builder(cls, file, key_prefix, checks or {})
+    value = builder.convert(cls, data, key_prefix)
+    if builder.problems or value is _INVALID:
+        return None, builder.problems
+    return value, builder.problems
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _public_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    """How a type is named in a rule: ``an integer``, ``a string``, ``a mapping``..."""
+    if tp is Any:
+        return "any value"
+    if _is_dataclass_type(tp):
+        return "a mapping of settings"
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(_show(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp in _MAPPINGS or origin in _MAPPINGS:
+        return "a mapping"
+    if tp in _SEQUENCES or origin in _SEQUENCES or tp is tuple or origin is tuple:
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, repr(tp))
+
+
+def _show(value: Any) -> str:
+    """A literal value as it is written in YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    candidates = list(candidates)
+    lowered = {c.lower(): c for c in candidates}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    hits = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=cutoff)
+    if hits:
+        return lowered[hits[0]]
+    prefixed = [c for c in candidates if len(word) >= 2 and c.lower().startswith(word.lower())]
+    return prefixed[0] if len(prefixed) == 1 else None
+
+
+def _field_paths(cls: type, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, str]]:
+    """``(field name, dotted path)`` of every public field reachable from ``cls``."""
+    if depth > 8:
+        return
+    for f in _public_fields(cls):
+        path = _join(prefix, f.name)
+        yield f.name, path
+        tp = _hints(cls)[f.name]
+        for arg in (tp, *typing.get_args(tp)):
+            if _is_dataclass_type(arg):
+                yield from _field_paths(arg, path, depth + 1)
+
+
+class _Unavailable(Exception):
+    """A rule read a field that failed to build (deliberately not an AttributeError)."""
+
+
+class _Partial:
+    """Read-only stand-in for an instance whose fields did not all build: failed fields raise."""
+
+    def __init__(self, cls: type, values: dict[str, Any]):
+        self.__dict__["_cls"] = cls
+        self.__dict__["_values"] = values
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__["_values"]
+        if name in values:
+            return values[name]
+        raise _Unavailable(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __repr__(self) -> str:
+        return f"partial {self.__dict__['_cls'].__name__}({self.__dict__['_values']!r})"
+
+
+class _Builder:
+    def __init__(self, root: type, file: str | None, root_key: str, checks: Checks):
+        self.root = root
+        self.root_key = root_key
+        self.file = file
+        self.checks = checks
+        self.problems: list[Problem] = []
+
+    def problem(self, key: str, rule: str) -> Any:
+        self.problems.append(Problem(self.file, key, rule))
+        return _INVALID
+
+    def mismatch(self, key: str, expected: str, value: Any, nullable: bool, hint: str = "") -> Any:
+        expected += " or null" if nullable else ""
+        return self.problem(key, f"must be {expected}, but got {describe(value)}{hint}")
+
+    # ---- dispatch -----------------------------------------------------------------
+    def convert(self, tp: Any, value: Any, key: str, nullable: bool = False) -> Any:
+        if tp is Any or tp is object:
+            return value
+        if _is_dataclass_type(tp):
+            return self.dataclass(tp, value, key, nullable)
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (Union, types.UnionType):
+            return self.union(args, value, key)
+        if origin is Literal:
+            return self.literal(args, value, key, nullable)
+        if tp in _MAPPINGS or origin in _MAPPINGS:
+            return self.mapping(args[1] if len(args) == 2 else Any, value, key, nullable)
+        if tp in _SEQUENCES or origin in _SEQUENCES:
+            return self.sequence(args[0] if args else Any, value, key, nullable)
+        if tp is tuple or origin is tuple:
+            if not args or (len(args) == 2 and args[1] is Ellipsis):
+                items = self.sequence(args[0] if args else Any, value, key, nullable)
+                return items if items is _INVALID else tuple(items)
+            raise TypeError(f"build() supports only tuple[X, ...], not {tp!r}")
+        if tp is type(None):
+            return None if value is None else self.mismatch(key, "null", value, False)
+        if tp in (bool, int, float, str):
+            return self.scalar(tp, value, key, nullable)
+        raise TypeError(f"build() cannot build a field annotated {tp!r} (at {key or 'top level'})")
+
+    # ---- structured values -----------------------------------------------------------
+    def dataclass(self, cls: type, value: Any, key: str, nullable: bool) -> Any:
+        if not isinstance(value, dict):
+            hint = "; leave the key out to use the defaults" if value is None and key else ""
+            return self.mismatch(key, "a mapping of settings", value, nullable, hint)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        public = [f.name for f in _public_fields(cls)]
+        hints = _hints(cls)
+        kwargs: dict[str, Any] = {}
+        failed: set[str] = set()
+        ok = True
+        for name, item in value.items():
+            if not isinstance(name, str):
+                self.bad_key(key, name)
+                ok = False
+                continue
+            sub = _join(key, name)
+            field = fields.get(name)
+            if field is None:
+                self.unknown_key(sub, name, public)
+                ok = False
+            elif field.metadata.get("internal"):
+                self.problem(sub, "is set by searchskip itself and cannot be set in a file; remove it")
+                ok = False
+            else:
+                converted = self.convert(hints[name], item, sub)
+                if converted is _INVALID:
+                    failed.add(name)
+                else:
+                    kwargs[name] = converted
+        for name in public:
+            f = fields[name]
+            if name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.problem(_join(key, name), "is required but missing")
+                failed.add(name)
+        if ok and not failed:
+            try:
+                instance = cls(**kwargs)
+            except (TypeError, ValueError) as e:  # a __post_init__ refusing the values
+                return self.problem(key, str(e))
+            self.run_checks(cls, instance, key)
+            return instance
+        view = dict(kwargs)
+        for f in dataclasses.fields(cls):
+            if f.name not in view and f.name not in failed:
+                if f.default is not dataclasses.MISSING:
+                    view[f.name] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    view[f.name] = f.default_factory()
+        self.run_checks(cls, _Partial(cls, view), key)
+        return _INVALID
+
+    def run_checks(self, cls: type, obj: Any, key: str) -> None:
+        rules = self.checks.get(cls)
+        if rules is None:
+            return
+        for rule in [rules] if callable(rules) else rules:
+            try:
+                found = list(rule(obj))
+            except _Unavailable:  # the rule reads a field that failed to build
+                continue
+            for rel, text in found:
+                self.problem(_join(key, rel), text)
+
+    def bad_key(self, key: str, name: Any) -> Any:
+        hint = ""
+        if isinstance(name, bool):
+            hint = " (YAML reads unquoted yes/no/on/off/true/false as booleans; quote the key)"
+        elif name is None:
+            hint = " (YAML reads an unquoted `null` or `~` as null; quote the key)"
+        where = key or "the top level"
+        return self.problem(key, f"keys must be strings, but {where} has the key {describe(name)}{hint}")
+
+    def unknown_key(self, sub: str, name: str, allowed: list[str]) -> Any:
+        rule = "is not a known setting here"
+        guess = _did_you_mean(name, allowed)
+        if guess is not None:
+            rule += f"; did you mean {guess!r}?"
+        else:
+            elsewhere = [p for n, p in _field_paths(self.root, self.root_key) if n == name]
+            if elsewhere:
+                rule += f"; did you mean {elsewhere[0]!r}?"
+        rule += f" (known here: {', '.join(allowed)})"
+        return self.problem(sub, rule)
+
+    def mapping(self, value_type: Any, value: Any, key: str, nullable: bool) -> Any:
+        if not isinstance(value, dict):
+            return self.mismatch(key, "a mapping", value, nullable)
+        out: dict[str, Any] = {}
+        ok = True
+        for name, item in value.items():
+            if not isinstance(name, str):
+                self.bad_key(key, name)
+                ok = False
+                continue
+            converted = self.convert(value_type, item, _join(key, name))
+            if converted is _INVALID:
+                ok = False
+            else:
+                out[name] = converted
+        return out if ok else _INVALID
+
+    def sequence(self, item_type: Any, value: Any, key: str, nullable: bool) -> Any:
+        if not isinstance(value, list):
+            return self.mismatch(key, "a list", value, nullable)
+        out = [self.convert(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
+        return _INVALID if any(item is _INVALID for item in out) else out
+
+    def union(self, args: tuple[Any, ...], value: Any, key: str) -> Any:
+        none_type = type(None)
+        if value is None and none_type in args:
+            return None
+        options = [a for a in args if a is not none_type]
+        nullable = len(options) < len(args)
+        if len(options) == 1:
+            return self.convert(options[0], value, key, nullable)
+        for option in options:  # first option that builds without a problem wins
+            trial = _Builder(self.root, self.file, self.root_key, self.checks)
+            converted = trial.convert(option, value, key)
+            if not trial.problems:
+                return converted
+        return self.mismatch(key, " or ".join(_type_name(a) for a in options), value, nullable)
+
+    # ---- scalars -----------------------------------------------------------------------
+    def literal(self, allowed: tuple[Any, ...], value: Any, key: str, nullable: bool) -> Any:
+        for option in allowed:
+            if type(option) is type(value) and option == value:
+                return value
+        rule = f"must be one of {', '.join(_show(a) for a in allowed)}"
+        rule += " or null" if nullable else ""
+        rule += f", but got {describe(value)}"
+        texts = [a for a in allowed if isinstance(a, str)]
+        if isinstance(value, str) and texts:
+            guess = _did_you_mean(value, texts)
+            if guess is not None:
+                rule += f"; did you mean {guess!r}?"
+        return self.problem(key, rule)
+
+    def scalar(self, tp: type, value: Any, key: str, nullable: bool) -> Any:
+        if tp is bool:
+            return value if isinstance(value, bool) else self.mismatch(key, "true or false", value, nullable)
+        if tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            return self.mismatch(key, "an integer", value, nullable, _quote_hint(value, int))
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return self.mismatch(key, "a number", value, nullable, _quote_hint(value, float))
+            if not math.isfinite(value):
+                return self.mismatch(key, "a finite number", value, nullable)
+            return float(value)
+        # str
+        if isinstance(value, str):
+            return value
+        hint = ""
+        if isinstance(value, (bool, int, float)):
+            hint = "; quote it if you meant the text (YAML reads unquoted numbers, yes/no and true/false otherwise)"
+        return self.mismatch(key, "a string", value, nullable, hint)
+
+
+def _quote_hint(value: Any, tp: type) -> str:
+    if isinstance(value, str):
+        try:
+            tp(value)
+        except ValueError:
+            return ""
+        return "; remove the quotes to write a number"
+    return ""
+
+
+# --------------------------------------------------------------------------------------
+# Rules of a job file, one check per dataclass
+# --------------------------------------------------------------------------------------
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_DEVICE = re.compile(r"cpu|cuda|cuda:\d+|mps")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_SPLIT_NAMES = {"easy_vqa": ("train", "test")}
+"""Split names a source offers by itself (only sources with fixed splits are listed)."""
+_DEFAULT_SPLITS = {"easy_vqa": {"train": "train", "test": "test"}}
+"""Roles a source fills when ``data.splits`` leaves them out."""
+_VQAV2_FILES = ("questions", "annotations", "images")
+
+
+def _where(path: str) -> str:
+    """``'x'`` plus where a relative path resolved, for rules about the file system."""
+    p = Path(path).expanduser()
+    return repr(path) if p.is_absolute() else f"{path!r} (resolved against the current directory to {p.absolute()})"
+
+
+def _looks_local(model_id: str) -> bool:
+    return model_id.startswith((".", "/", "~")) or Path(model_id).expanduser().exists()
+
+
+def _job_name(job: Job) -> Iterator[tuple[str, str]]:
+    if not job.name.strip():
+        yield "name", "must be a non-empty name (it names the job's output folder), but got an empty string"
+    elif not _SAFE_NAME.fullmatch(job.name):
+        yield "name", ("must be usable as a folder name: 1 to 100 letters, digits, '.', '_' or '-', starting with "
+                       f"a letter or digit, but got {job.name!r}")
+
+
+def _job_outputs(job: Job) -> Iterator[tuple[str, str]]:
+    if not job.outputs.strip():
+        yield "outputs", "must be a path to a folder, but got an empty string"
+    elif "\0" in job.outputs:
+        yield "outputs", "must be a path to a folder, but it contains a NUL character"
+    elif Path(job.outputs).expanduser().is_file():
+        yield "outputs", f"must be a folder, but {_where(job.outputs)} is an existing file"
+
+
+def _model_id(model: ModelSpec, embedded: frozenset[str]) -> Iterator[tuple[str, str]]:
+    model_id = model.id
+    if not model_id.strip():
+        yield "id", f"must name a model ({EMBEDDED_PREFIX}NAME, a hub id or a local folder), but got an empty string"
+    elif model_id.startswith(EMBEDDED_PREFIX):
+        name = model_id[len(EMBEDDED_PREFIX):]
+        if name not in embedded:
+            known = ", ".join(EMBEDDED_PREFIX + n for n in sorted(embedded)) or "none"
+            guess = _did_you_mean(name, embedded)
+            yield "id", (f"must name an embedded model (known: {known}), but got {model_id!r}"
+                         + (f"; did you mean {EMBEDDED_PREFIX + guess!r}?" if guess else ""))
+    elif _looks_local(model_id):
+        p = Path(model_id).expanduser()
+        if not p.exists():
+            yield "id", f"looks like a local path, so the folder must exist, but {_where(model_id)} does not exist"
+        elif not p.is_dir():
+            yield "id", f"must be a folder written by save_pretrained, but {_where(model_id)} is a file"
+    elif not _HUB_ID.fullmatch(model_id) or "--" in model_id or ".." in model_id:
+        yield "id", (f"must be {EMBEDDED_PREFIX}NAME, a hub id such as 'org/name', or an existing local folder, "
+                     f"but got {model_id!r}")
+
+
+def _model_revision(model: ModelSpec) -> Iterator[tuple[str, str]]:
+    if model.revision is not None and (not model.revision.strip() or any(c.isspace() for c in model.revision)):
+        yield "revision", f"must be a branch, tag or commit without spaces (or null), but got {model.revision!r}"
+
+
+def _model_remote_code(model: ModelSpec) -> Iterator[tuple[str, str]]:
+    if model.trust_remote_code and not (model.revision and _COMMIT.fullmatch(model.revision)):
+        yield "revision", ("must be pinned to a full 40-hex commit hash when `model.trust_remote_code: true` (the "
+                           "model's own code runs on this machine, so it must not change under you), "
+                           f"but got revision={_show(model.revision)}")
+
+
+def _model_device(model: ModelSpec) -> Iterator[tuple[str, str]]:
+    if not _DEVICE.fullmatch(model.device):
+        yield "device", f"must be cpu, cuda, cuda:N (N a GPU index) or mps, but got {model.device!r}"
+
+
+def _model_prompt(model: ModelSpec) -> Iterator[tuple[str, str]]:
+    if model.prompt_template is not None and "{question}" not in model.prompt_template:
+        yield "prompt_template", ("must contain `{question}` (where the question is inserted), "
+                                  f"but got {model.prompt_template!r}")
+
+
+def _data_roles(data: DataSpec) -> Iterator[tuple[str, str]]:
+    for role in data.splits:
+        if role not in SPLIT_ROLES:
+            guess = _did_you_mean(role, SPLIT_ROLES, cutoff=0.5)
+            yield f"splits.{role}", (f"is not a split role; roles are {', '.join(SPLIT_ROLES)}"
+                                     + (f"; did you mean {guess!r}?" if guess else ""))
+
+
+def _data_columns(data: DataSpec) -> Iterator[tuple[str, str]]:
+    for column, name in data.columns.items():
+        if column not in SCHEMA_FIELDS:
+            guess = _did_you_mean(column, SCHEMA_FIELDS)
+            yield f"columns.{column}", (f"is not a schema field; fields are {', '.join(SCHEMA_FIELDS)}"
+                                        + (f"; did you mean {guess!r}?" if guess else ""))
+        elif not name.strip():
+            yield f"columns.{column}", "must name a source column, but got an empty string"
+
+
+def _data_unused_settings(data: DataSpec) -> Iterator[tuple[str, str]]:
+    # Settings that only one source reads: flag them so nobody believes they take effect.
+    for field_name, owner in (("id", "hub"), ("revision", "hub"), ("name", "hub"), ("path", "disk")):
+        if getattr(data, field_name) is not None and data.source != owner:
+            yield field_name, f"is only used with `data.source: {owner}`, but data.source is {data.source!r}"
+
+
+def _data_hub(data: DataSpec) -> Iterator[tuple[str, str]]:
+    if data.source == "hub" and not (data.id and data.id.strip()):
+        yield "id", "is required when `data.source: hub` (the hub dataset id, e.g. 'HuggingFaceM4/VQAv2')"
+
+
+def _data_disk(data: DataSpec) -> Iterator[tuple[str, str]]:
+    if data.source != "disk":
+        return
+    if not (data.path and data.path.strip()):
+        yield "path", "is required when `data.source: disk` (a folder written by save_to_disk)"
+    elif not Path(data.path).expanduser().is_dir():
+        state = "is a file" if Path(data.path).expanduser().exists() else "does not exist"
+        yield "path", f"must be an existing folder written by save_to_disk, but {_where(data.path)} {state}"
+
+
+def _roles(data: DataSpec) -> dict[str, Any]:
+    return {role: value for role, value in data.splits.items() if role in SPLIT_ROLES}
+
+
+def _data_split_values(data: DataSpec) -> Iterator[tuple[str, str]]:
+    source = data.source
+    for role, value in _roles(data).items():
+        key = f"splits.{role}"
+        if source == "parquet":
+            yield from _check_globs(key, value)
+        elif source == "vqav2_json":
+            yield from _check_vqav2_files(key, value)
+        elif not isinstance(value, str) or not value.strip():
+            yield key, f"must be a split name (a string) for source {source!r}, but got {describe(value)}"
+        elif source in _SPLIT_NAMES and value not in _SPLIT_NAMES[source]:
+            yield key, f"must be one of the splits of {source!r} ({', '.join(_SPLIT_NAMES[source])}), but got {value!r}"
+
+
+def _data_roles_filled(data: DataSpec) -> Iterator[tuple[str, str]]:
+    source, splits = data.source, _roles(data)
+    roles = {**_DEFAULT_SPLITS.get(source, {}), **splits}
+    if "test" not in roles:
+        what = {"parquet": "a file or glob of parquet files", "vqav2_json": "{questions, annotations, images}"}
+        given = "no splits" if not data.splits else "roles " + ", ".join(map(str, data.splits))
+        yield "splits", (f"must map the `test` role to {what.get(source, 'a split name')}: source {source!r} has no "
+                         f"default test split, but got {given}")
+    if "validation" not in roles and "train" not in roles:
+        yield "splits", ("must give a `validation` split, or a `train` split to carve one from "
+                         "(data.carve_validation), but got neither")
+
+
+def _data_carve_needed(data: DataSpec) -> Iterator[tuple[str, str]]:
+    if "validation" in data.splits and data.carve_validation is not None:
+        yield "carve_validation", ("must be left out when data.splits.validation is given (carving makes a "
+                                   "validation split when there is none); remove one of the two")
+
+
+def _data_no_test_leak(data: DataSpec) -> Iterator[tuple[str, str]]:
+    roles = {**_DEFAULT_SPLITS.get(data.source, {}), **_roles(data)}
+    if "test" not in roles:
+        return
+    if "validation" in roles:
+        if roles["validation"] == roles["test"]:
+            yield "splits.validation", ("must differ from data.splits.test: the search would be scored on the test "
+                                        f"data, but both are {describe(roles['test'])}")
+    elif roles.get("train") == roles["test"]:
+        yield "splits.train", ("must differ from data.splits.test when validation is carved from train: the "
+                               f"search would be scored on the test data, but both are {describe(roles['test'])}")
+
+
+def _check_globs(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        patterns = [(key, value)]
+    elif isinstance(value, list) and value:
+        patterns = [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        yield key, f"must be a parquet file or glob, or a non-empty list of them, but got {describe(value)}"
+        return
+    for at, pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip() or "\0" in pattern:
+            yield at, f"must be a parquet file or glob (a string), but got {describe(pattern)}"
+            continue
+        matches = [m for m in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(m)]
+        if not matches:
+            yield at, f"must match at least one file, but the glob {_where(pattern)} matches none"
+
+
+def _check_vqav2_files(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(value, dict):
+        yield key, (f"must be a mapping with {', '.join(_VQAV2_FILES)} for source 'vqav2_json', "
+                    f"but got {describe(value)}")
+        return
+    for name in value:
+        if name not in _VQAV2_FILES:
+            guess = _did_you_mean(str(name), _VQAV2_FILES)
+            yield f"{key}.{name}", (f"is not a known setting here (known: {', '.join(_VQAV2_FILES)})"
+                                    + (f"; did you mean {guess!r}?" if guess else ""))
+    for name in _VQAV2_FILES:
+        at = f"{key}.{name}"
+        if name not in value:
+            yield at, "is required but missing"
+            continue
+        path = value[name]
+        if not isinstance(path, str) or not path.strip():
+            yield at, f"must be a path (a string), but got {describe(path)}"
+            continue
+        p = Path(path).expanduser()
+        if name == "images":
+            if not p.is_dir():
+                state = "is a file" if p.exists() else "does not exist"
+                yield at, f"must be an existing folder of images, but {_where(path)} {state}"
+        elif not p.is_file():
+            state = "is a folder" if p.exists() else "does not exist"
+            yield at, f"must be an existing VQAv2 {name} JSON file, but {_where(path)} {state}"
+
+
+def _carve_fraction(carve: CarveSpec) -> Iterator[tuple[str, str]]:
+    if not 0.0 < carve.fraction < 1.0:
+        yield "fraction", f"`0 < fraction < 1` must hold, but got fraction={carve.fraction!r}"
+
+
+def _seed(spec: CarveSpec | SubsetSpec) -> Iterator[tuple[str, str]]:
+    if spec.seed < 0:
+        yield "seed", f"`seed >= 0` must hold, but got seed={spec.seed}"
+
+
+def _subset_size(subset: SubsetSpec) -> Iterator[tuple[str, str]]:
+    if subset.size is not None and subset.size < 1:
+        yield "size", f"`size >= 1` must hold (or `size: null` for the whole split), but got size={subset.size}"
+
+
+def _eval_batch_size(spec: EvalSpec) -> Iterator[tuple[str, str]]:
+    if spec.batch_size < 1:
+        yield "batch_size", f"`batch_size >= 1` must hold, but got batch_size={spec.batch_size}"
+
+
+def _eval_max_new_tokens(spec: EvalSpec) -> Iterator[tuple[str, str]]:
+    if spec.max_new_tokens < 1:
+        yield "max_new_tokens", f"`max_new_tokens >= 1` must hold, but got max_new_tokens={spec.max_new_tokens}"
+
+
+def embedded_model_names() -> frozenset[str]:
+    """Names usable after ``embedded:``: ``searchskip.zoo.embedded_names()`` if the zoo offers it."""
+    try:
+        from searchskip import zoo
+    except ImportError:
+        return DEFAULT_EMBEDDED_NAMES
+    names = getattr(zoo, "embedded_names", None)
+    return frozenset(names()) if callable(names) else DEFAULT_EMBEDDED_NAMES
+
+
+def job_checks(embedded_names: Iterable[str] | None = None) -> dict[type, list[Check]]:
+    """The rules of a job file, per dataclass, for :func:`build`. ``embedded_names`` defaults to the zoo's."""
+    names = frozenset(embedded_names) if embedded_names is not None else embedded_model_names()
+    return {
+        Job: [_job_name, _job_outputs],
+        ModelSpec: [functools.partial(_model_id, embedded=names), _model_revision, _model_remote_code,
+                    _model_device, _model_prompt],
+        DataSpec: [_data_roles, _data_columns, _data_unused_settings, _data_hub, _data_disk, _data_split_values,
+                   _data_roles_filled, _data_carve_needed, _data_no_test_leak],
+        CarveSpec: [_carve_fraction, _seed],
+        SubsetSpec: [_subset_size, _seed],
+        EvalSpec: [_eval_batch_size, _eval_max_new_tokens],
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Job files
+# --------------------------------------------------------------------------------------
+
+
+def job_from_data(data: Any, file: str | None, *, embedded_names: Iterable[str] | None = None) -> Job:
+    """Build and check a :class:`Job` from parsed YAML; raise one :class:`ConfigError` listing every problem."""
+    job, problems = build(Job, data, file, checks=job_checks(embedded_names))
+    if problems or job is None:
+        raise ConfigError(problems, file)
+    return dataclasses.replace(job, source_file=file)
+
+
+def load_job(path: str | Path, *, embedded_names: Iterable[str] | None = None) -> Job:
+    """Read, build and check a job file. Raises :class:`ConfigError` with every problem of the file.
+
+    The returned job's ``source_file`` is ``str(path)``. No model or dataset is loaded.
+    """
+    return job_from_data(read_yaml(path), str(path), embedded_names=embedded_names)

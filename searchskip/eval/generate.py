@@ -1,0 +1,37 @@
+"""Batched, deterministic greedy answering through ``model.generate``."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+
+def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers for one batch of (image, question) pairs, left-padded, special tokens removed."""
+    import torch
+
+    processor = loaded.processor
+    processor.tokenizer.padding_side = "left"  # decoder-only generation needs the prompt flush right
+    prompts = [loaded.template.format(question=q) for q in questions]
+    inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+    inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def answer_all(loaded, dataset, batch_size: int, max_new_tokens: int,
+               on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """Answers for every row of a schema dataset, in order; ``on_batch(n)`` after each batch."""
+    answers: list[str] = []
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start:start + batch_size]
+        answers += answer_batch(loaded, rows["image"], rows["question"], max_new_tokens)
+        if on_batch:
+            on_batch(len(rows["question"]))
+    return answers

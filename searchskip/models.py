@@ -1,0 +1,114 @@
+"""Load the model a job names, safely: the embedded default, a local folder, or a hub id.
+
+Safe by default: safetensors only (pickled ``.bin``/``.pt`` weights need
+``model.allow_pickle: true``, and transformers then loads them with
+``torch.load(weights_only=True)``), and ``trust_remote_code`` only with a
+revision pinned to a commit hash.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from searchskip.config.job import EMBEDDED_PREFIX, ModelSpec
+from searchskip.errors import ModelError, OfflineError
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: the module, its processor, prompt template and device."""
+
+    model: Any
+    processor: Any
+    template: str
+    device: str
+    source: str
+    """Where the weights came from (a folder or a hub id)."""
+
+
+def resolve_source(spec: ModelSpec) -> tuple[str, str | None]:
+    """``(path or hub id, embedded prompt template or None)`` for ``spec.id``."""
+    from searchskip import zoo
+
+    if spec.id.startswith(EMBEDDED_PREFIX):
+        name = spec.id[len(EMBEDDED_PREFIX):]
+        try:
+            entry = zoo.embedded_model(name)
+        except KeyError:
+            raise ModelError(
+                f"model.id: unknown embedded model '{name}' (known: {', '.join(zoo.embedded_names())})"
+            ) from None
+        if not (entry.path / "config.json").is_file():
+            raise ModelError(f"model.id: the embedded model's files are missing from {entry.path}; reinstall searchskip")
+        return str(entry.path), entry.prompt_template
+    return spec.id, None
+
+
+def check_safety(spec: ModelSpec, source: str) -> None:
+    """Refuse remote code without a pinned commit, and pickled weights unless allowed."""
+    if spec.trust_remote_code and not (spec.revision and _COMMIT.match(spec.revision)):
+        raise ModelError(
+            "model.trust_remote_code: true needs model.revision pinned to a 40-character commit hash, "
+            f"but got revision={spec.revision!r}"
+        )
+    folder = Path(source)
+    if folder.is_dir() and not spec.allow_pickle:
+        has_safe = any(folder.glob("*.safetensors"))
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles and not has_safe:
+            raise ModelError(
+                f"model.id: {folder} holds only pickled weights ({', '.join(pickles)}); pickles can run code when "
+                "loaded, so searchskip refuses them unless model.allow_pickle: true (then torch.load(weights_only=True))"
+            )
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"model.device: '{requested}' was asked for, but torch sees no CUDA device here")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("model.device: 'mps' was asked for, but it is not available here")
+    return requested
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load model and processor for ``spec``, in eval mode on ``spec.device``.
+
+    Raises :class:`ModelError` for unsafe or unsupported models and :class:`OfflineError`
+    when a hub model is neither cached nor reachable.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from searchskip.eval.prompts import resolve_template
+
+    device = _device(spec.device)
+    source, embedded_template = resolve_source(spec)
+    check_safety(spec, source)
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ModelError(f"model.id: '{source}' is not a loadable model folder: it has no config.json")
+    kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
+        )
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+    except ValueError as err:  # unknown architecture for the auto class
+        raise ModelError(f"model.id: cannot load '{source}' as an image-text-to-text model: {err}") from None
+    except OSError as err:
+        if Path(source).exists():
+            raise ModelError(f"model.id: '{source}' is not a loadable model folder: {err}") from None
+        raise OfflineError(
+            f"model.id: '{source}' is not in the local Hugging Face cache and the hub could not be reached. "
+            "Download it on a machine with network access (huggingface-cli download) or point model.id at a local folder."
+        ) from None
+    model.to(device).eval()
+    template = resolve_template(model.config.model_type, spec.prompt_template, embedded_template)
+    return LoadedModel(model=model, processor=processor, template=template, device=device, source=source)

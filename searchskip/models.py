@@ -86,6 +86,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
     from searchskip.eval.prompts import resolve_template
 
@@ -94,6 +95,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     check_safety(spec, source)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise ModelError(f"model.id: '{source}' is not a loadable model folder: it has no config.json")
+    hf_logging.disable_progress_bar()  # searchskip shows its own progress
     kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     try:
         model = AutoModelForImageTextToText.from_pretrained(

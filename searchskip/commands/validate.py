@@ -9,14 +9,16 @@ Which kind of file is it? (:func:`detect_kind`)
 
 1. The nearest enclosing folder named ``jobs/``, ``spaces/`` or ``plans/`` decides:
    job, space or plan (see :data:`KIND_FOLDERS`).
-2. Otherwise the top-level keys decide: a file with any top-level key of a job
-   (``name``, ``model``, ``data``, ``eval``, ``outputs``) is a job (see :data:`KIND_KEYS`).
+2. Otherwise the top-level keys decide: the kind sharing the most top-level keys with the
+   file wins, e.g. a job (``name``, ``model``, ``data``, ``eval``, ``outputs``) or a plan
+   (``version``, ``scope``, ``layers``, ``drop``, ``prune``) (see :data:`KIND_KEYS`).
 3. Otherwise the kind is unknown, reported as a problem of that file.
 
-A kind is validated by its entry in :data:`VALIDATORS` (jobs only for now); a known kind
-without a validator (space, plan) is reported as not supported yet. Adding a kind: add
-its folder to :data:`KIND_FOLDERS`, its distinctive top-level keys to :data:`KIND_KEYS`
-and a ``(data, file) -> object`` function raising ``ConfigError`` to :data:`VALIDATORS`.
+A kind is validated by its entry in :data:`VALIDATORS` (jobs and plans for now; a plan is
+checked for structure only, without a model); a known kind without a validator (space) is
+reported as not supported yet. Adding a kind: add its folder to :data:`KIND_FOLDERS`, its
+distinctive top-level keys to :data:`KIND_KEYS` and a ``(data, file) -> object`` function
+raising ``ConfigError`` to :data:`VALIDATORS`.
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ from searchskip.config.job import Job
 from searchskip.config.loader import job_from_data
 from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem, SearchSkipError
+from searchskip.plan import PLAN_KEYS, Plan
 
 KIND_FOLDERS: dict[str, str] = {"jobs": "job", "spaces": "space", "plans": "plan"}
 """Folder name -> kind of the YAML files below it."""
 
 KIND_KEYS: dict[str, frozenset[str]] = {
     "job": frozenset(f.name for f in dataclasses.fields(Job) if not f.metadata.get("internal")),
+    "plan": PLAN_KEYS,
 }
 """Kind -> top-level keys that identify it when the folder does not."""
 
 VALIDATORS: dict[str, Callable[[Any, str], object]] = {
     "job": job_from_data,
+    "plan": Plan.from_dict,
 }
 """Kind -> function that builds and checks parsed YAML, raising ``ConfigError`` with every problem."""
 

@@ -6,10 +6,13 @@ Two layers, both reporting :class:`~searchskip.errors.Problem` objects with dott
 1. :func:`build` is generic: it reads a dataclass's type annotations and converts nested
    dicts into instances. It knows nested dataclasses, ``X | None``, ``Literal[...]``,
    ``int`` (a boolean is not an integer), ``float`` (integers accepted, NaN/inf refused),
-   ``str``, ``bool``, ``Mapping[str, X]``/``dict``, ``list[X]``, ``tuple[X, ...]`` and
-   ``Any``. Unknown keys get a did-you-mean suggestion, required fields (no default) must
+   ``str``, ``bool``, ``Mapping[str, X]``/``dict``, ``Mapping[int, X]`` (integer keys such
+   as layer indices), ``list[X]``, ``tuple[X, ...]`` and ``Any``. In a union of several
+   options, a mapping, list or string value that only one option can take (``float |
+   Mapping[int, float]``) is reported with that option's detailed problems.
+   Unknown keys get a did-you-mean suggestion, required fields (no default) must
    be present, and fields with ``metadata={"internal": True}`` cannot be set from a file.
-   It is reused for every kind of file (jobs now; search spaces and plans later).
+   It is reused for every kind of file (jobs and plans now; search spaces later).
 
 2. Rules a type cannot express are *checks*, passed to :func:`build` as
    ``checks={Class: [rule, ...]}`` (one list per dataclass, at any depth). A rule receives
@@ -232,7 +235,8 @@ class _Builder:
         if origin is Literal:
             return self.literal(args, value, key, nullable)
         if tp in _MAPPINGS or origin in _MAPPINGS:
-            return self.mapping(args[1] if len(args) == 2 else Any, value, key, nullable)
+            key_type = args[0] if len(args) == 2 else str
+            return self.mapping(args[1] if len(args) == 2 else Any, value, key, nullable, key_type)
         if tp in _SEQUENCES or origin in _SEQUENCES:
             return self.sequence(args[0] if args else Any, value, key, nullable)
         if tp is tuple or origin is tuple:
@@ -310,14 +314,16 @@ class _Builder:
             for rel, text in found:
                 self.problem(_join(key, rel), text)
 
-    def bad_key(self, key: str, name: Any) -> Any:
+    def bad_key(self, key: str, name: Any, expected: str = "strings") -> Any:
         hint = ""
-        if isinstance(name, bool):
+        if expected == "strings" and isinstance(name, bool):
             hint = " (YAML reads unquoted yes/no/on/off/true/false as booleans; quote the key)"
-        elif name is None:
+        elif expected == "strings" and name is None:
             hint = " (YAML reads an unquoted `null` or `~` as null; quote the key)"
+        elif expected == "integers" and isinstance(name, str) and re.fullmatch(r"\s*[-+]?\d+\s*", name):
+            hint = " (remove the quotes to write a number)"
         where = key or "the top level"
-        return self.problem(key, f"keys must be strings, but {where} has the key {describe(name)}{hint}")
+        return self.problem(key, f"keys must be {expected}, but {where} has the key {describe(name)}{hint}")
 
     def unknown_key(self, sub: str, name: str, allowed: list[str]) -> Any:
         rule = "is not a known setting here"
@@ -331,13 +337,19 @@ class _Builder:
         rule += f" (known here: {', '.join(allowed)})"
         return self.problem(sub, rule)
 
-    def mapping(self, value_type: Any, value: Any, key: str, nullable: bool) -> Any:
+    def mapping(self, value_type: Any, value: Any, key: str, nullable: bool, key_type: Any = str) -> Any:
+        """A mapping with string keys; with integer keys (no booleans) when annotated ``Mapping[int, X]``."""
         if not isinstance(value, dict):
             return self.mismatch(key, "a mapping", value, nullable)
-        out: dict[str, Any] = {}
+        int_keys = key_type is int
+        out: dict[Any, Any] = {}
         ok = True
         for name, item in value.items():
-            if not isinstance(name, str):
+            if int_keys and (not isinstance(name, int) or isinstance(name, bool)):
+                self.bad_key(key, name, "integers")
+                ok = False
+                continue
+            if not int_keys and not isinstance(name, str):
                 self.bad_key(key, name)
                 ok = False
                 continue
@@ -362,6 +374,9 @@ class _Builder:
         nullable = len(options) < len(args)
         if len(options) == 1:
             return self.convert(options[0], value, key, nullable)
+        shaped = [o for o in options if _takes_shape_of(o, value)]
+        if len(shaped) == 1:  # only one option can take a value of this shape: report its problems in detail
+            return self.convert(shaped[0], value, key, nullable)
         for option in options:  # first option that builds without a problem wins
             trial = _Builder(self.root, self.file, self.root_key, self.checks)
             converted = trial.convert(option, value, key)
@@ -404,6 +419,18 @@ class _Builder:
         if isinstance(value, (bool, int, float)):
             hint = "; quote it if you meant the text (YAML reads unquoted numbers, yes/no and true/false otherwise)"
         return self.mismatch(key, "a string", value, nullable, hint)
+
+
+def _takes_shape_of(tp: Any, value: Any) -> bool:
+    """Whether a union option is the one meant for a mapping, list or string ``value`` (False for other values)."""
+    origin = typing.get_origin(tp)
+    if isinstance(value, dict):
+        return _is_dataclass_type(tp) or tp in _MAPPINGS or origin in _MAPPINGS
+    if isinstance(value, list):
+        return tp in _SEQUENCES or origin in _SEQUENCES or tp is tuple or origin is tuple
+    if isinstance(value, str):
+        return tp is str or (origin is Literal and any(isinstance(a, str) for a in typing.get_args(tp)))
+    return False
 
 
 def _quote_hint(value: Any, tp: type) -> str:

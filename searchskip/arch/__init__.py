@@ -1,0 +1,62 @@
+"""Architecture adapters: where each model family keeps its parts, and how its sublayers decompose.
+
+Use :func:`get_adapter`; never branch on a model's class elsewhere::
+
+    from searchskip.arch import get_adapter
+    adapter = get_adapter(model)            # ModelError if the family is unsupported
+    layers = adapter.layers(model)
+    delta = adapter.attn_delta(layers[0], h, **layer_kwargs)
+
+Adding a family = one new module with an :class:`ArchAdapter` subclass + one ``register``
+line below. A new *decoder* family (with ``text_model_types`` and, if needed,
+``decoder_stack``) also works inside LLaVA with no further change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from searchskip.arch.base import AdapterRegistry, ArchAdapter
+from searchskip.arch.llama import LlamaAdapter
+from searchskip.arch.llava import LlavaAdapter
+from searchskip.arch.opt import OPTAdapter
+
+REGISTRY = AdapterRegistry()
+"""Every supported family, in matching order."""
+
+
+def register(adapter: ArchAdapter) -> ArchAdapter:
+    """Add ``adapter`` to :data:`REGISTRY`; ``ValueError`` if its name is already taken."""
+    return REGISTRY.register(adapter)
+
+
+# ---- the supported families: one line each -------------------------------------------
+register(LlavaAdapter())
+register(LlamaAdapter())
+register(OPTAdapter())
+# ----------------------------------------------------------------------------------------
+
+
+def get_adapter(model: Any) -> ArchAdapter:
+    """The adapter for ``model``. Raises :class:`searchskip.errors.ModelError` naming the
+    model class and listing the supported families when there is none, or when the model is
+    of a supported family but a variant that cannot be decomposed (OPT post-norm)."""
+    return REGISTRY.get(model)
+
+
+def supported_families() -> list[str]:
+    """One line per registered family (what error messages list)."""
+    return REGISTRY.supported()
+
+
+__all__ = [
+    "AdapterRegistry",
+    "ArchAdapter",
+    "LlamaAdapter",
+    "LlavaAdapter",
+    "OPTAdapter",
+    "REGISTRY",
+    "get_adapter",
+    "register",
+    "supported_families",
+]

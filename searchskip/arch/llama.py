@@ -1,0 +1,104 @@
+"""Llama-style pre-norm decoders: Llama (and Vicuna), Mistral, Qwen2.
+
+In transformers 5.x the three decoder layers are line-for-line the same::
+
+    h = h + self_attn(input_layernorm(h), attention_mask=..., position_ids=..., past_key_values=...,
+                      use_cache=..., position_embeddings=..., **kwargs)[0]
+    h = h + mlp(post_attention_layernorm(h))          # mlp = down(act(gate(x)) * up(x))
+
+They differ only inside the attention module (biases, sliding window), which this adapter
+calls as a whole, so one adapter serves all three:
+
+- Llama: q/k/v/o bias = ``config.attention_bias`` (default off), FFN bias = ``config.mlp_bias``;
+  no sliding window.
+- Mistral: no biases; ``config.sliding_window`` (default 4096) applies to every layer — the
+  model builds one sliding-window mask and a ``DynamicCache(config=...)`` of sliding layers.
+- Qwen2: q/k/v biased, o not; sliding window per layer from ``config.layer_types`` (only when
+  ``use_sliding_window``), so the model passes a per-layer mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from searchskip.arch.base import ArchAdapter, class_names
+from searchskip.errors import ModelError
+
+_CAUSAL_LMS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+
+
+class LlamaAdapter(ArchAdapter):
+    """Pre-norm RMSNorm decoders with a gated (SwiGLU) FFN: Llama/Vicuna, Mistral, Qwen2."""
+
+    name = "llama"
+    description = "LlamaForCausalLM (Llama, Vicuna), MistralForCausalLM, Qwen2ForCausalLM"
+    text_model_types = ("llama", "mistral", "qwen2")
+    mlp_in_keys = ("gate", "up")
+    mlp_out_key = "down"
+
+    def matches(self, model: Any) -> bool:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        return model_type in self.text_model_types and bool(class_names(model) & set(_CAUSAL_LMS))
+
+    def validate_layer(self, layer):
+        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
+        if missing:
+            raise ModelError(
+                f"decoder layer {type(layer).__name__} lacks {', '.join(missing)}; this transformers version "
+                "lays Llama-style layers out differently than searchskip expects"
+            )
+
+    def language_model(self, model):
+        return model.model
+
+    # per layer ------------------------------------------------------------
+    def attention(self, layer):
+        return layer.self_attn
+
+    def attn_norm(self, layer):
+        return layer.input_layernorm
+
+    def mlp_norm(self, layer):
+        return layer.post_attention_layernorm
+
+    def attn_linears(self, layer):
+        a = layer.self_attn
+        return {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj, "o": a.o_proj}
+
+    def mlp_linears(self, layer):
+        m = layer.mlp
+        return {"gate": m.gate_proj, "up": m.up_proj, "down": m.down_proj}
+
+    def attn_geometry(self, layer):
+        a = layer.self_attn
+        heads = a.q_proj.out_features // a.head_dim
+        kv_heads = a.k_proj.out_features // a.head_dim
+        return heads, kv_heads, a.head_dim
+
+    def attn_delta(
+        self,
+        layer,
+        hidden_states,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=False,
+        position_embeddings=None,
+        **kwargs,
+    ):
+        # Mirrors {Llama,Mistral,Qwen2}DecoderLayer.forward: the same defaults, every argument
+        # forwarded to self_attn by the same names.
+        out, _ = layer.self_attn(
+            hidden_states=layer.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        return out
+
+    def mlp_delta(self, layer, hidden_states):
+        return layer.mlp(layer.post_attention_layernorm(hidden_states))

@@ -13,14 +13,7 @@ from searchskip.testing import FAMILIES, LLAVA_FAMILIES, tiny_inputs, tiny_model
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: with the machine's cores busy, torch's default thread pool makes each
-    forward ~400x slower (measured 0.5 s vs 1 ms); one thread is fastest. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EXPECTED = {

@@ -1,0 +1,235 @@
+"""What one sample costs: images, image tokens, prompt text tokens, generated tokens.
+
+A :class:`Workload` is part of a study (its FLOP budget is relative to it): it is a frozen
+dataclass with a versioned :meth:`Workload.to_dict` / :meth:`Workload.from_dict`.
+:func:`measure_workload` measures one from a dataset subset with the model's processor.
+
+Positions of one sample, in order (``S`` = prompt length)::
+
+    [0, text_before_image)                         text before the image(s)    "prompt"
+    [text_before_image, +images*image_tokens)      image tokens                "prompt", visual
+    [.., S)                                        the rest of the prompt text "prompt"
+    [S, S + generated_tokens - 1)                  generated tokens fed back   "generated"
+
+``S = images * image_tokens + prompt_tokens``. Several images are counted as one block of
+image positions after ``text_before_image`` (exact for one image, LLaVA-1.5's case).
+Token counts may be fractional (means over a dataset); every formula is a closed form that
+takes them as they are (the quadratic attention term at the mean length is then an
+approximation of the mean of the quadratic term, by ``var(S) * h * d`` per layer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from searchskip.errors import ConfigError, Problem
+
+__all__ = ["WORKLOAD_VERSION", "Workload", "measure_workload"]
+
+WORKLOAD_VERSION = 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one sample costs (see the module docstring)."""
+
+    prompt_tokens: float
+    """Text tokens of the prompt (BOS, template, question), image tokens excluded."""
+    generated_tokens: float = 1
+    """Tokens generated per sample (the answer and its end-of-sequence token), >= 1."""
+    images: int = 1
+    """Images per sample (0 for a text-only model)."""
+    image_tokens: int | None = None
+    """LLM positions per image; ``None``: what the model's config gives (576 for LLaVA-1.5 at 336 px)."""
+    text_before_image: float = 0
+    """Prompt text tokens before the first image (only the ``non_visual`` scope depends on it)."""
+    source: str | None = None
+    """Where the numbers come from, in words (e.g. ``measured on 500 validation questions``)."""
+
+    def __post_init__(self) -> None:
+        problems: list[Problem] = []
+
+        def bad(key: str, rule: str) -> None:
+            problems.append(Problem(None, key, rule))
+
+        for key in ("prompt_tokens", "generated_tokens", "text_before_image"):
+            if not _number(getattr(self, key)):
+                bad(key, f"must be a number, but got {getattr(self, key)!r}")
+        for key in ("images", "image_tokens"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                bad(key, f"must be an integer, but got {value!r}")
+        if problems:
+            raise ConfigError(problems)
+        if self.prompt_tokens < 0:
+            bad("prompt_tokens", f"`prompt_tokens >= 0` must hold, but got prompt_tokens={self.prompt_tokens}")
+        if self.generated_tokens < 1:
+            bad("generated_tokens", "`generated_tokens >= 1` must hold (generation produces at least one token), "
+                                    f"but got generated_tokens={self.generated_tokens}")
+        if self.images < 0:
+            bad("images", f"`images >= 0` must hold, but got images={self.images}")
+        if self.image_tokens is not None and self.image_tokens < 1:
+            bad("image_tokens", f"`image_tokens >= 1` must hold, but got image_tokens={self.image_tokens}")
+        if not 0 <= self.text_before_image <= self.prompt_tokens:
+            bad("text_before_image", "`0 <= text_before_image <= prompt_tokens` must hold, but got "
+                                     f"text_before_image={self.text_before_image}, prompt_tokens={self.prompt_tokens}")
+        if self.images == 0 and self.prompt_tokens < 1:
+            bad("prompt_tokens", "a text-only prompt needs `prompt_tokens >= 1`, but got "
+                                 f"prompt_tokens={self.prompt_tokens}")
+        if problems:
+            raise ConfigError(problems)
+
+    # ---- derived --------------------------------------------------------------------
+    def image_positions(self) -> int:
+        """LLM positions taken by images (needs :attr:`image_tokens`; see :meth:`resolve`)."""
+        if self.images and self.image_tokens is None:
+            raise ValueError("image_tokens is not resolved; call Workload.resolve(geometry) first")
+        return self.images * (self.image_tokens or 0)
+
+    @property
+    def prompt_length(self) -> float:
+        """``S``: every prompt position (image tokens + text tokens)."""
+        return self.image_positions() + self.prompt_tokens
+
+    @property
+    def decode_steps(self) -> float:
+        """Forward passes after the prefill: ``generated_tokens - 1`` (the first token comes
+        from the prefill's last position; the last token is never fed back)."""
+        return self.generated_tokens - 1
+
+    def resolve(self, image_tokens: int | None, multimodal: bool) -> "Workload":
+        """This workload with :attr:`image_tokens` filled in from the model (``image_tokens``
+        is what its config gives); :class:`ConfigError` when the two disagree, or when a
+        text-only model is given images."""
+        if not multimodal:
+            if self.images:
+                raise ConfigError(f"images: the model is text-only, so `images == 0` must hold, but got "
+                                  f"images={self.images}")
+            return self
+        if self.image_tokens is not None and image_tokens is not None and self.image_tokens != image_tokens:
+            raise ConfigError(f"image_tokens: the model's config gives {image_tokens} LLM positions per image, "
+                              f"but the workload says image_tokens={self.image_tokens}")
+        return self if self.image_tokens is not None else replace(self, image_tokens=image_tokens)
+
+    def describe(self) -> str:
+        def n(x: float) -> str:
+            return f"{x:g}" if float(x).is_integer() else f"{x:.2f}"
+
+        parts = []
+        if self.images:
+            per = "?" if self.image_tokens is None else str(self.image_tokens)
+            parts.append(f"{self.images} image{'s' if self.images != 1 else ''} x {per} tokens")
+        parts.append(f"{n(self.prompt_tokens)} prompt text tokens")
+        parts.append(f"{n(self.generated_tokens)} generated")
+        return ", ".join(parts)
+
+    # ---- serialization ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": WORKLOAD_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Workload":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a workload must be a mapping, but got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("version", WORKLOAD_VERSION)
+        if version != WORKLOAD_VERSION:
+            raise ConfigError(f"version: `version == {WORKLOAD_VERSION}` must hold, but got version={version!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError([Problem(None, k, f"is not a workload key (keys: {', '.join(sorted(known))})")
+                               for k in unknown])
+        if "prompt_tokens" not in data:
+            raise ConfigError([Problem(None, "prompt_tokens", "is required")])
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------
+
+
+def _image_token(processor: Any) -> tuple[str, int]:
+    tokenizer = processor.tokenizer
+    token = getattr(processor, "image_token", None) or "<image>"
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+    return token, int(token_id)
+
+
+def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: int | None = None) -> Workload:
+    """The mean workload of ``dataset`` (schema rows: ``question``, ``answers``, ``image``) for
+    the model of ``loaded`` (anything with ``.processor`` and ``.template``, e.g. a
+    :class:`~searchskip.models.LoadedModel`).
+
+    * prompt tokens: the prompt ``template.format(question=...)`` tokenized as the processor
+      does it, with every ``<image>`` expanded; image tokens are counted apart (``images``
+      and ``image_tokens``), the rest are ``prompt_tokens``;
+    * generated tokens: the first reference answer tokenized (no special tokens) plus the
+      end-of-sequence token, capped at ``max_new_tokens``;
+    * ``text_before_image``: text tokens before the first image token.
+
+    The processor runs on the first row (with its image) to learn how many tokens an image
+    expands to; the other rows only need the tokenizer, which is checked to give the same
+    count on that first row (else the processor runs on every row).
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, but got {max_new_tokens!r}")
+    n_rows = len(dataset) if limit is None else min(limit, len(dataset))
+    if n_rows < 1:
+        raise ValueError("cannot measure a workload on an empty dataset")
+    processor = loaded.processor
+    tokenizer = getattr(processor, "tokenizer", processor)
+    template = loaded.template
+    image_token, image_id = _image_token(processor)
+    images_per_prompt = template.count(image_token)
+
+    def prompt(question: str) -> str:
+        return template.format(question=question)
+
+    first = dataset[0]
+    expanded_per_image = 0
+    if images_per_prompt:
+        full = processor(images=[first["image"]] * images_per_prompt, text=[prompt(first["question"])],
+                         return_tensors="pt")["input_ids"][0].tolist()
+        expanded_per_image = full.count(image_id) // images_per_prompt
+        short = tokenizer(prompt(first["question"]))["input_ids"]
+        fast = (short.count(image_id) == images_per_prompt
+                and len(short) - images_per_prompt == len(full) - full.count(image_id))
+    else:
+        fast = True
+
+    rows = dataset.select_columns(["question", "answers"]) if hasattr(dataset, "select_columns") else dataset
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    text_total = before_total = answer_total = 0.0
+    for i in range(n_rows):
+        row = rows[i]
+        text = prompt(row["question"])
+        if fast:
+            ids = tokenizer(text)["input_ids"]
+            n_text = len(ids) - ids.count(image_id)
+        else:
+            ids = processor(images=[dataset[i]["image"]] * images_per_prompt, text=[text],
+                            return_tensors="pt")["input_ids"][0].tolist()
+            n_text = len(ids) - ids.count(image_id)
+        text_total += n_text
+        before_total += ids.index(image_id) if image_id in ids else 0
+        answers = row["answers"] or [""]
+        answer_ids = tokenizer(answers[0], add_special_tokens=False)["input_ids"]
+        answer_total += min(len(answer_ids) + eos, max_new_tokens)
+    return Workload(
+        prompt_tokens=text_total / n_rows,
+        generated_tokens=max(1.0, answer_total / n_rows),
+        images=images_per_prompt,
+        image_tokens=expanded_per_image if images_per_prompt else None,
+        text_before_image=before_total / n_rows,
+        source=f"measured on {n_rows} question{'s' if n_rows != 1 else ''}",
+    )

@@ -1,0 +1,498 @@
+"""Token scopes: which positions an op applies to, and sublayers computed for some positions only.
+
+**Positions, not forward calls.** A scope is a set of *absolute* token positions of one
+generation (prompt + generated tokens), whatever forward calls they arrive in. With
+``N`` = the prompt length (padded input length of the generation's first call):
+
+* ``generated``: positions ``p >= N`` (tokens produced while decoding);
+* ``prompt``: positions ``p < N`` (image + question);
+* ``non_visual``: positions that are not image tokens (every position of a text-only model);
+* ``all``: every position.
+
+A *skip* with a scope skips the sublayer for the positions **in** the scope and computes it
+for the others (``{op: skip_attn, scope: generated}``: attention for the prompt, none for the
+answer — the seed paper's default). A *parallel* op with a scope is parallel for the positions
+in the scope and sequential (the original layer) for the others.
+
+**What is computed** at one layer, for one sample, over the positions of a forward call
+(``q/attn/o`` = query projection, attention scores x values, output projection for those
+query positions; ``K/V`` = key and value projections; ``E`` = one past the last image
+position of the prompt, 0 for a text-only model or a prompt without images):
+
+==================== ============ ====================== ============================ ===================
+op                   scope        q / attn / o for        K/V projected for            FFN for
+==================== ============ ====================== ============================ ===================
+keep                 any          all                    all                          all
+skip_block           all          none                   none                         none
+skip_block           generated    ``p < N``              ``p < N``                    ``p < N``
+skip_block           prompt       ``p >= N``             all (see note)               ``p >= N``
+skip_block           non_visual   image positions        ``p < E`` (see note)         image positions
+skip_attn            (scope)      as skip_block          as skip_block                all
+skip_ffn             (scope)      all                    all                          as skip_block
+parallel_attn_ffn    any          all                    all                          all
+parallel_blocks      any          all (both layers)      all (both layers)            all (both layers)
+drop                 --           none                   none                         none
+==================== ============ ====================== ============================ ===================
+
+Each computed query is scored against every key it may see: the keys in the layer's cache
+slot plus those projected in the call, under the causal / sliding-window / padding mask the
+layer received (sliced to those rows and keys); ``FlopCounterMode`` counts the full
+``queries x keys`` rectangle. K/V follow the rule "only where a computed query (of this call
+or a later one) needs them": with ``generated`` no later query exists at this layer, so its
+cache slot stays prompt-length and decode calls run no attention there; with ``prompt`` the
+generated queries attend to every earlier position; with ``non_visual`` the image queries
+see keys up to the last image position (so a text-only model computes nothing there).
+*Note*: K/V of a call are computed only if a query of that call runs at the layer or the
+call has a KV cache to keep them (e.g. a no-cache forward of the prompt alone under
+``prompt`` scope computes nothing at that layer's attention). Norms, rotary embeddings,
+activations and residual adds follow the positions of the matmuls they feed.
+
+``parallel_attn_ffn`` computes ``x + attn(n1(x)) + ffn(n2(x))`` (each sublayer with its own
+norm); ``parallel_blocks`` (layers ``i``, ``i+1``) computes ``x + (L_i(x) - x) + (L_{i+1}(x) - x)``,
+with ``average`` ``x + ((L_i(x) - x) + (L_{i+1}(x) - x)) / 2`` = the mean of the two outputs.
+Both save depth, not FLOPs.
+
+**Batches.** ``generated`` / ``prompt`` are the same positions in every row. ``non_visual``
+image positions may differ between rows (left padding): the computed positions are the union
+over rows (``E`` too is taken over rows), and a row's results at a position outside its own
+set are discarded. The table is exact per sample; a batch computes the union.
+
+**Runtime context.** :func:`searchskip.apply.apply` installs :class:`PlanRuntime` hooks on the
+top-level model: at the first call of a generation (no cache, or a cache this runtime has
+not tagged; a non-empty untagged cache counts as prompt) it records ``N`` (that call's input
+length, unless declared) and the image-token mask (``input_ids == image_token_id``), and
+tags the cache object so that later calls with it keep them; each call's positions are
+``past + arange(length)``, ``past`` counted by the runtime (not read from the cache, whose
+slot 0 may stop at the prompt). A no-cache forward of prompt + generated tokens must declare
+``N``: ``with plan_context(model, prompt_length=N): model(full_ids)``; the planned model's
+``generate`` declares its input length itself (so ``use_cache=False`` generation works too).
+Token-scoped ops need this context: a decoder submodule called directly raises unless a
+``plan_context`` is active. ``non_visual`` reads the image positions' values (``.any()``), so
+it cannot run on the meta device; the other scopes only need shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch.nn import functional as F
+
+from searchskip.plan import SCOPE_ALL, SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from searchskip.arch.base import ArchAdapter
+
+__all__ = [
+    "CallPositions",
+    "Declaration",
+    "PlanRuntime",
+    "Selection",
+    "attention_update",
+    "mlp_update",
+]
+
+_STATE_ATTR = "_searchskip_positions"
+
+
+# --------------------------------------------------------------------------------------
+# Selections of positions within one forward call
+# --------------------------------------------------------------------------------------
+
+
+class Selection:
+    """Local positions (``0 .. length-1`` of the current call) where a sublayer runs.
+
+    Either a contiguous range ``[start, stop)`` or an index tensor; ``rows`` (batch x n, bool)
+    marks, when not every row belongs at every selected position, which rows' results count.
+    """
+
+    __slots__ = ("length", "start", "stop", "index", "rows")
+
+    def __init__(self, length: int, start: int = 0, stop: int = 0, index: torch.Tensor | None = None,
+                 rows: torch.Tensor | None = None):
+        self.length, self.start, self.stop, self.index, self.rows = length, start, stop, index, rows
+
+    @classmethod
+    def span(cls, length: int, start: int, stop: int) -> "Selection":
+        start = min(max(start, 0), length)
+        return cls(length, start, max(start, min(stop, length)))
+
+    @property
+    def size(self) -> int:
+        return int(self.index.numel()) if self.index is not None else self.stop - self.start
+
+    @property
+    def is_empty(self) -> bool:
+        return self.size == 0
+
+    @property
+    def is_full(self) -> bool:
+        return self.index is None and self.rows is None and self.start == 0 and self.stop == self.length
+
+    @property
+    def last(self) -> int:
+        """One past the last selected position."""
+        if self.index is not None:
+            return int(self.index.max()) + 1 if self.index.numel() else 0
+        return self.stop
+
+    def take(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``x`` restricted to the selected positions along ``dim`` (a view for ranges)."""
+        if self.index is not None:
+            return x.index_select(dim, self.index.to(x.device))
+        return x.narrow(dim, self.start, self.stop - self.start)
+
+    def positions(self, device: torch.device) -> torch.Tensor:
+        if self.index is not None:
+            return self.index.to(device)
+        return torch.arange(self.start, self.stop, device=device)
+
+    def add(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``h`` with ``delta`` added at the selected positions (rows outside ``rows`` unchanged)."""
+        old = self.take(h)
+        new = old + delta
+        if self.rows is not None:
+            new = torch.where(self.rows.to(h.device).unsqueeze(-1), new, old)
+        if self.index is None:
+            return torch.cat([h[:, : self.start], new, h[:, self.stop:]], dim=1)
+        out = h.clone()
+        out.index_copy_(1, self.index.to(h.device), new)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Positions of one forward call
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallPositions:
+    """The token positions of one forward call: ``past .. past + length - 1`` of a generation
+    whose prompt is ``prompt_length`` long. ``image`` is the image-token mask over absolute
+    positions (batch x P; positions past P are not images), ``None`` when there are no images;
+    ``image_unknown`` when the model has images but the mask could not be read."""
+
+    past: int
+    length: int
+    prompt_length: int
+    image: torch.Tensor | None = None
+    image_unknown: bool = False
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def prompt_stop(self) -> int:
+        """Local index where generated positions start (``length`` if none in this call)."""
+        return min(max(self.prompt_length - self.past, 0), self.length)
+
+    def image_local(self) -> torch.Tensor | None:
+        """Image positions of this call (batch x length bool), ``None`` when there are none."""
+        if self.image_unknown:
+            raise RuntimeError(
+                "scope 'non_visual' needs the image-token positions, but the generation's first call had no "
+                "input_ids (inputs_embeds only); pass input_ids, or declare them with "
+                "plan_context(model, prompt_length=..., image_mask=...)")
+        if self.image is None:
+            return None
+        if "image" not in self._memo:
+            stop = min(self.past + self.length, self.prompt_length, self.image.shape[1])
+            local = torch.zeros(self.image.shape[0], self.length, dtype=torch.bool, device=self.image.device)
+            if stop > self.past:
+                local[:, : stop - self.past] = self.image[:, self.past: stop]
+            self._memo["image"] = local if bool(local.any()) else None
+        return self._memo["image"]
+
+    def runs(self, scope: str) -> Selection:
+        """Where a sublayer skipped for ``scope`` still runs (the positions outside the scope)."""
+        key = ("runs", scope)
+        if key not in self._memo:
+            self._memo[key] = self._runs(scope)
+        return self._memo[key]
+
+    def _runs(self, scope: str) -> Selection:
+        n = self.length
+        if scope == SCOPE_ALL:
+            return Selection.span(n, 0, 0)
+        if scope == SCOPE_GENERATED:
+            return Selection.span(n, 0, self.prompt_stop)
+        if scope == SCOPE_PROMPT:
+            return Selection.span(n, self.prompt_stop, n)
+        if scope == SCOPE_NON_VISUAL:
+            image = self.image_local()
+            if image is None:
+                return Selection.span(n, 0, 0)
+            cols = image.any(0).nonzero().flatten()
+            rows = image[:, cols]
+            rows = None if bool(rows.all()) else rows
+            first, last = int(cols[0]), int(cols[-1]) + 1
+            if last - first == cols.numel():
+                return Selection(n, first, last, None, rows)
+            return Selection(n, index=cols, rows=rows)
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def in_scope(self, scope: str) -> torch.Tensor | None:
+        """Positions of the call in ``scope`` as a (batch or 1) x length x 1 bool mask; ``None`` = all."""
+        if scope == SCOPE_ALL:
+            return None
+        key = ("in", scope)
+        if key not in self._memo:
+            local = torch.arange(self.length)
+            if scope == SCOPE_GENERATED:
+                mask = (local >= self.prompt_stop).unsqueeze(0)
+            elif scope == SCOPE_PROMPT:
+                mask = (local < self.prompt_stop).unsqueeze(0)
+            elif scope == SCOPE_NON_VISUAL:
+                image = self.image_local()
+                mask = torch.ones(1, self.length, dtype=torch.bool) if image is None else ~image
+            else:
+                raise ValueError(f"unknown scope {scope!r}")
+            self._memo[key] = mask.unsqueeze(-1)
+        return self._memo[key]
+
+    @property
+    def image_end(self) -> int:
+        """One past the last image position of the generation (union over rows; 0 without images)."""
+        if "image_end" not in self._memo:
+            end = 0
+            if self.image is not None:
+                cols = self.image[:, : self.prompt_length].any(0).nonzero()
+                end = int(cols.max()) + 1 if cols.numel() else 0
+            self._memo["image_end"] = end
+        return self._memo["image_end"]
+
+    def kv_stop(self, scope: str) -> int:
+        """One past the last local position whose K/V an attention skipped for ``scope`` projects:
+        up to the last position whose query still runs there in this generation."""
+        if scope == SCOPE_ALL:
+            return 0
+        if scope == SCOPE_GENERATED:
+            return self.prompt_stop
+        if scope == SCOPE_PROMPT:
+            return self.length
+        if scope == SCOPE_NON_VISUAL:
+            if self.image_unknown:
+                self.image_local()  # raises the explanation
+            return min(max(self.image_end - self.past, 0), self.length)
+        raise ValueError(f"unknown scope {scope!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The runtime: records the positions of each forward call of the top-level model
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Generation:
+    prompt_length: int
+    image: torch.Tensor | None
+    image_unknown: bool
+    seen: int
+
+
+@dataclass(frozen=True, eq=False)
+class Declaration:
+    """What ``plan_context`` declares for generations that start inside it."""
+
+    prompt_length: int | None = None
+    image_mask: torch.Tensor | None = None
+
+
+class PlanRuntime:
+    """Per-model state of an applied plan: the positions of the current forward call.
+
+    :meth:`before_call` / :meth:`after_call` are the forward pre-hook / hook (``with_kwargs``)
+    of the top-level model. The generation state lives on the KV cache object (attribute
+    ``_searchskip_positions``), so interleaved generations with different caches stay apart.
+    """
+
+    def __init__(self, image_token_id: int | None):
+        self.image_token_id = image_token_id
+        self.current: CallPositions | None = None
+        self.declarations: list[Declaration] = []
+        self.stash: dict[Any, Any] = {}
+        """Values handed from one layer to a later one within a call (``parallel_blocks``)."""
+        self._pending: _Generation | None = None
+
+    @contextlib.contextmanager
+    def declare(self, declaration: Declaration) -> Iterator[None]:
+        self.declarations.append(declaration)
+        try:
+            yield
+        finally:
+            self.declarations.remove(declaration)
+
+    # ---- hooks ------------------------------------------------------------------------
+    def before_call(self, module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is None and args and torch.is_tensor(args[0]):
+            ids = args[0]
+        embeds = kwargs.get("inputs_embeds")
+        if ids is None and embeds is None:
+            self.current = None
+            return
+        length = (ids if ids is not None else embeds).shape[1]
+        cache = kwargs.get("past_key_values")
+        state = getattr(cache, _STATE_ATTR, None) if cache is not None else None
+        if not isinstance(state, _Generation):
+            past = _cache_length(cache)
+            declared = self.declarations[-1] if self.declarations else Declaration()
+            prompt_length = declared.prompt_length if declared.prompt_length is not None else past + length
+            image, unknown = self._image_mask(ids, past, declared)
+            state = _Generation(prompt_length, image, unknown, seen=past)
+        self.current = CallPositions(state.seen, length, state.prompt_length, state.image, state.image_unknown)
+        state.seen += length
+        if cache is not None:
+            _tag(cache, state)
+        self._pending = state
+
+    def after_call(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        cache = getattr(output, "past_key_values", None) if not isinstance(output, tuple) else None
+        if cache is not None and self._pending is not None:
+            _tag(cache, self._pending)  # a cache the model created inside this call
+        self.current = None
+        self._pending = None
+        self.stash.clear()
+
+    def _image_mask(self, ids: torch.Tensor | None, past: int, declared: Declaration):
+        if declared.image_mask is not None:
+            return declared.image_mask.bool(), False
+        if self.image_token_id is None:
+            return None, False
+        if ids is None:
+            return None, True
+        mask = ids == self.image_token_id
+        if past:
+            mask = torch.cat([mask.new_zeros(mask.shape[0], past), mask], dim=1)
+        return mask, False
+
+    # ---- what layers ask ----------------------------------------------------------------
+    def positions(self, hidden_states: torch.Tensor) -> CallPositions:
+        """The positions of the current call (checked against ``hidden_states``' length)."""
+        length = hidden_states.shape[1]
+        current = self.current
+        if current is None:
+            if not self.declarations:
+                raise RuntimeError(
+                    "a token-scoped op ran outside a call of the planned top-level model, so the token positions "
+                    "are unknown; call the model itself, or wrap the call in plan_context(model, prompt_length=N)")
+            d = self.declarations[-1]  # a direct call of a submodule: a fresh, no-cache sequence
+            image = d.image_mask.bool() if d.image_mask is not None else None
+            unknown = image is None and self.image_token_id is not None
+            current = CallPositions(0, length, d.prompt_length if d.prompt_length is not None else length,
+                                    image, unknown)
+        if current.length != length:
+            raise RuntimeError(f"the decoder layers got {length} positions, but the model call had "
+                               f"{current.length} input positions")
+        return current
+
+
+def _cache_length(cache: Any) -> int:
+    if cache is None:
+        return 0
+    try:
+        return int(cache.get_seq_length())
+    except Exception:  # noqa: BLE001 - an exotic cache without a length: treat as empty
+        return 0
+
+
+def _tag(cache: Any, state: _Generation) -> None:
+    try:
+        setattr(cache, _STATE_ATTR, state)
+    except (AttributeError, TypeError):
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# Sublayers computed for selected positions
+# --------------------------------------------------------------------------------------
+
+
+def mlp_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor, sel: Selection) -> torch.Tensor:
+    """``h`` after the layer's FFN, computed for the positions of ``sel`` only (gather -> FFN -> scatter)."""
+    if sel.is_empty:
+        return h
+    if sel.is_full:
+        return h + adapter.mlp_delta(layer, h)
+    return sel.add(h, adapter.mlp_delta(layer, sel.take(h)))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos) + (rotated * sin)
+
+
+def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor, queries: Selection,
+                     kv_stop: int, layer_kwargs: dict) -> torch.Tensor:
+    """``h`` after the layer's self-attention, computed for the query positions ``queries`` only.
+
+    K/V are projected for local positions ``[0, kv_stop)`` (which contain every query) and,
+    with a cache in ``layer_kwargs``, appended to the attention's cache slot
+    (``attention.layer_idx``); when the queries are the whole call and ``kv_stop`` is its
+    length, the layer's own attention runs instead (bit-identical). Family differences come
+    from the adapter: linears, geometry, ``scaling`` of the attention module, and rotary
+    embeddings when the layer received ``position_embeddings`` (Llama-like; OPT has none).
+    The 4D mask the layer received is sliced to the query rows and the keys (right-aligned:
+    the mask's last column is the call's last position); without one a causal mask is built
+    (transformers omits the mask only when neither padding nor a sliding window restricts).
+    Attention dropout is not applied (inference; the families here default to 0).
+    """
+    length = h.shape[1]
+    cache = layer_kwargs.get("past_key_values")
+    if queries.is_full and kv_stop == length:
+        return h + adapter.attn_delta(layer, h, **layer_kwargs)
+    if queries.is_empty and (cache is None or kv_stop == 0):
+        return h
+    if queries.last > kv_stop:
+        raise RuntimeError(f"query positions reach {queries.last}, past the projected keys ({kv_stop})")
+
+    attn = adapter.attention(layer)
+    lin = adapter.attn_linears(layer)
+    heads, kv_heads, head_dim = adapter.attn_geometry(layer)
+    batch = h.shape[0]
+    x = adapter.attn_norm(layer)(h[:, :kv_stop])
+    k = lin["k"](x).view(batch, kv_stop, kv_heads, head_dim).transpose(1, 2)
+    v = lin["v"](x).view(batch, kv_stop, kv_heads, head_dim).transpose(1, 2)
+    rope = layer_kwargs.get("position_embeddings")
+    if rope is not None:
+        cos, sin = rope
+        k = _rotate(k, cos[:, :kv_stop], sin[:, :kv_stop])
+    if cache is not None:
+        k, v = cache.update(k, v, attn.layer_idx)
+    if queries.is_empty:
+        return h
+
+    xq = queries.take(x)
+    n = xq.shape[1]
+    q = lin["q"](xq).view(batch, n, heads, head_dim).transpose(1, 2)
+    if rope is not None:
+        q = _rotate(q, queries.take(cos), queries.take(sin))
+    mask = _slice_mask(layer_kwargs.get("attention_mask"), queries, kv_stop, length, k.shape[2], h.device)
+    if kv_heads != heads:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scaling = getattr(attn, "scaling", head_dim ** -0.5)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scaling)
+    out = out.transpose(1, 2).reshape(batch, n, heads * head_dim)
+    return queries.add(h, lin["o"](out))
+
+
+def _slice_mask(mask: Any, queries: Selection, kv_stop: int, length: int, n_keys: int,
+                device: torch.device) -> torch.Tensor:
+    """The rows of ``queries`` and the columns of the ``n_keys`` keys ending at local ``kv_stop``."""
+    if mask is None:
+        key_pos = torch.arange(kv_stop - n_keys, kv_stop, device=device)
+        return (key_pos.unsqueeze(0) <= queries.positions(device).unsqueeze(1))[None, None]
+    if not torch.is_tensor(mask) or mask.dim() != 4:
+        raise RuntimeError(f"token-scoped attention needs a 4D attention mask tensor, got {type(mask).__name__}")
+    stop = mask.shape[-1] - (length - kv_stop)
+    start = stop - n_keys
+    if start < 0:
+        raise RuntimeError(f"the layer's attention mask covers {mask.shape[-1]} key positions, fewer than the "
+                           f"{n_keys} keys its cache slot holds; cache slots are out of step")
+    return queries.take(mask, dim=2)[..., start:stop]

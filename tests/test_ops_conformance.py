@@ -1,0 +1,403 @@
+"""Conformance suite every registered op passes, on tiny models of every family (CPU).
+
+Parametrised from the op registry (like optuna's sampler conformance fixtures): registering
+an op adds it here. Each op is checked for every scope it takes, on every family of
+``searchskip.testing.FAMILIES`` plus Qwen2 with mixed sliding/full layers:
+
+* the empty plan gives bit-identical logits; apply -> restore gives them back bit-identically;
+* references: ``skip_block`` (and ``drop``) equals the model with the layer deleted; every op
+  x scope equals a reference built from the original modules that computes each sublayer in
+  full and keeps its update only where the op runs it (valid for a no-cache forward);
+* cached greedy generation (left-padded batch) gives the tokens and logits of a no-cache
+  recompute under ``plan_context``;
+* ``FlopCounterMode`` on a forward shows exactly the compute tabled in
+  :mod:`searchskip.ops.scope` (skipped matmuls do not run);
+* the applied plan survives a YAML round trip; ``output_hidden_states`` gives one state per layer.
+
+A new op needs an entry in ``REFERENCES`` and ``_planned_compute`` below.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from searchskip.apply import apply, plan_context
+from searchskip.arch import get_adapter
+from searchskip.ops import DROP, REGISTRY
+from searchskip.plan import (
+    KEEP,
+    OPS,
+    PARALLEL_ATTN_FFN,
+    PARALLEL_BLOCKS,
+    SCOPE_ALL,
+    SCOPE_GENERATED,
+    SCOPE_NON_VISUAL,
+    SCOPE_PROMPT,
+    SCOPES,
+    SKIP_ATTN,
+    SKIP_BLOCK,
+    SKIP_FFN,
+    DropSpec,
+    LayerOp,
+    Plan,
+)
+from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, tiny_inputs, tiny_model
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+CASES = FAMILIES + ("qwen2-sliding",)
+"""Model cases: every family, plus Qwen2 whose layers 0-1 are full and 2-3 sliding attention."""
+
+
+@functools.lru_cache(maxsize=None)
+def _model(case: str):
+    if case == "qwen2-sliding":
+        return tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=2)
+    return tiny_model(case)
+
+
+def _variants() -> list[tuple[str, str, bool]]:
+    """(op, scope, average) for every registered op and every scope it takes."""
+    out = []
+    for handler in REGISTRY:
+        scopes = SCOPES if handler.scoped else (SCOPE_ALL,)
+        for scope in scopes:
+            out.append((handler.name, scope, False))
+            if handler.name == PARALLEL_BLOCKS:
+                out.append((handler.name, scope, True))
+    return out
+
+
+VARIANTS = _variants()
+VARIANT_IDS = [f"{op}-{scope}" + ("-avg" if avg else "") for op, scope, avg in VARIANTS]
+LAYER = 0  # layer 0 exercises the cache-slot-0 pitfall
+
+
+def _plan(op: str, scope: str, average: bool, layer: int = LAYER) -> Plan:
+    if op == DROP:
+        return Plan(drop=DropSpec(layer, layer + 1))
+    return Plan(layers={layer: LayerOp(op, scope, average)})
+
+
+def test_every_plan_op_is_registered():
+    assert set(OPS) <= set(REGISTRY.names())
+    assert DROP in REGISTRY
+    assert len(VARIANTS) >= len(OPS)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        REGISTRY.register(REGISTRY.get(SKIP_BLOCK))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _with_generated(model, n_gen: int = 3, left_pad: bool = True) -> tuple[dict, int]:
+    """Prompt inputs (left-padded batch by default) with ``n_gen`` extra (generated-like) tokens
+    appended, and the prompt length to declare."""
+    inp = tiny_inputs(model, left_pad=left_pad)
+    n = inp["input_ids"].shape[1]
+    g = torch.Generator().manual_seed(1)
+    extra = torch.randint(3, IMAGE_TOKEN_ID, (inp["input_ids"].shape[0], n_gen), generator=g)
+    full = dict(inp)
+    full["input_ids"] = torch.cat([inp["input_ids"], extra], dim=1)
+    full["attention_mask"] = torch.cat([inp["attention_mask"], torch.ones_like(extra)], dim=1)
+    return full, n
+
+
+def _logits(model, inputs: dict, prompt_length: int | None = None, **kw) -> torch.Tensor:
+    with torch.no_grad(), plan_context(model, prompt_length=prompt_length):
+        return model(**inputs, **kw).logits
+
+
+# --------------------------------------------------------------------------- bit identity
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_empty_plan_is_bit_identical(case):
+    model = _model(case)
+    inputs, n = _with_generated(model)
+    dense = _logits(model, inputs, use_cache=False)
+    for plan in (Plan(), Plan(layers={0: KEEP, 2: LayerOp(KEEP, SCOPE_GENERATED)})):
+        with apply(model, plan) as applied:
+            assert applied.forwards == {}
+            assert torch.equal(_logits(model, inputs, n, use_cache=False), dense)
+
+
+@pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CASES)
+def test_restore_gives_back_original_logits(case, op, scope, average):
+    model = _model(case)
+    inputs, n = _with_generated(model)
+    before = _logits(model, inputs, use_cache=False)
+    applied = apply(model, _plan(op, scope, average))
+    _logits(model, inputs, n)
+    applied.restore()
+    assert torch.equal(_logits(model, inputs, use_cache=False), before)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _scope_masks(inputs: dict, n: int, scope: str) -> torch.Tensor:
+    """(batch, positions, 1) bool: positions in ``scope`` (from the definitions, per row)."""
+    ids = inputs["input_ids"]
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    if scope == SCOPE_ALL:
+        inside = torch.ones_like(ids, dtype=torch.bool)
+    elif scope == SCOPE_GENERATED:
+        inside = pos >= n
+    elif scope == SCOPE_PROMPT:
+        inside = pos < n
+    elif scope == SCOPE_NON_VISUAL:
+        inside = ~((ids == IMAGE_TOKEN_ID) & (pos < n))
+    else:
+        raise AssertionError(scope)
+    return inside.unsqueeze(-1)
+
+
+def _ref_skip(attn: bool, ffn: bool):
+    def build(adapter, layers, i, inside, average):
+        layer = layers[i]
+        run = ~inside
+
+        def forward(h, **kw):
+            if attn:
+                h = torch.where(run, h + adapter.attn_delta(layer, h, **kw), h)
+            else:
+                h = h + adapter.attn_delta(layer, h, **kw)
+            if ffn:
+                return torch.where(run, h + adapter.mlp_delta(layer, h), h)
+            return h + adapter.mlp_delta(layer, h)
+
+        return {i: forward}
+
+    return build
+
+
+def _ref_keep(adapter, layers, i, inside, average):
+    return {}
+
+
+def _ref_parallel_attn_ffn(adapter, layers, i, inside, average):
+    layer = layers[i]
+    norm1, norm2 = adapter.attn_norm(layer), adapter.mlp_norm(layer)
+
+    def forward(x, **kw):
+        a = adapter.attn_delta(layer, x, **kw)  # attention(n1(x))
+        parallel = x + a + adapter.mlp_delta(layer, x)  # x + attn(n1(x)) + ffn(n2(x))
+        sequential = (x + a) + adapter.mlp_delta(layer, x + a)
+        return torch.where(inside, parallel, sequential)
+
+    assert norm1 is not norm2  # each sublayer has its own norm
+    return {i: forward}
+
+
+def _ref_parallel_blocks(adapter, layers, i, inside, average):
+    first, second = layers[i], layers[i + 1]
+
+    def forward(x, **kw):  # layers i and i+1 share one mask type in the cases used here
+        a = type(first).forward(first, x, **kw)
+        y = torch.where(inside, x, a)
+        b = type(second).forward(second, y, **kw)
+        both = x + ((a - x) + (b - x)) / 2 if average else x + (a - x) + (b - x)
+        return torch.where(inside, both, b)
+
+    return {i: forward, i + 1: lambda h, **kw: h}
+
+
+REFERENCES = {
+    KEEP: _ref_keep,
+    SKIP_BLOCK: _ref_skip(True, True),
+    SKIP_ATTN: _ref_skip(True, False),
+    SKIP_FFN: _ref_skip(False, True),
+    PARALLEL_ATTN_FFN: _ref_parallel_attn_ffn,
+    PARALLEL_BLOCKS: _ref_parallel_blocks,
+    DROP: _ref_skip(True, True),
+}
+
+
+def test_every_op_has_a_reference():
+    assert set(REGISTRY.names()) == set(REFERENCES)
+
+
+def _reference_logits(model, op, scope, average, inputs, n) -> torch.Tensor:
+    ref = copy.deepcopy(model)
+    adapter = get_adapter(ref)
+    layers = adapter.layers(ref)
+    inside = _scope_masks(inputs, n, scope if op != DROP else SCOPE_ALL)
+    for j, forward in REFERENCES[op](adapter, layers, LAYER, inside, average).items():
+        layers[j].forward = forward
+    return _logits(ref, inputs, use_cache=False)
+
+
+@pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("left_pad", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(case, left_pad, op, scope, average):
+    """Unpadded inputs make transformers pass no mask (sdpa's is_causal): the scoped attention
+    then builds its own causal mask."""
+    model = _model(case)
+    inputs, n = _with_generated(model, left_pad=left_pad)
+    expected = _reference_logits(model, op, scope, average, inputs, n)
+    with apply(model, _plan(op, scope, average)):
+        got = _logits(model, inputs, n, use_cache=False)
+        got_cached = _logits(model, inputs, n, use_cache=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_cached, expected, rtol=1e-5, atol=1e-5)
+
+
+def _deleted_layer_model(model, i: int):
+    ref = copy.deepcopy(model)
+    adapter = get_adapter(ref)
+    layers = adapter.layers(ref)
+    del layers[i]
+    for j, layer in enumerate(layers):
+        adapter.attention(layer).layer_idx = j
+    config = adapter.language_model(ref).config
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [t for j, t in enumerate(config.layer_types) if j != i]
+    return ref
+
+
+@pytest.mark.parametrize("op", [SKIP_BLOCK, DROP])
+@pytest.mark.parametrize("layer", [0, 2])
+@pytest.mark.parametrize("case", CASES)
+def test_skip_block_equals_deleted_layer(case, layer, op):
+    model = _model(case)
+    inputs = tiny_inputs(model)
+    ref = _deleted_layer_model(model, layer)
+    expected = _logits(ref, inputs, use_cache=False)
+    gen_kw = dict(max_new_tokens=4, do_sample=False, suppress_tokens=[IMAGE_TOKEN_ID, EOS_ID])
+    with torch.no_grad():
+        expected_tokens = ref.generate(**inputs, **gen_kw)
+    with apply(model, _plan(op, SCOPE_ALL, False, layer)):
+        torch.testing.assert_close(_logits(model, inputs), expected, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            assert torch.equal(model.generate(**inputs, **gen_kw), expected_tokens)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize(("layer", "left_pad"), [(0, True), (2, True), (0, False)],
+                         ids=["layer0-padded", "layer2-padded", "layer0-unpadded"])
+@pytest.mark.parametrize("case", CASES)
+def test_cached_generation_matches_recompute(case, layer, left_pad, op, scope, average):
+    model = _model(case)
+    inputs = tiny_inputs(model, left_pad=left_pad)
+    n = inputs["input_ids"].shape[1]
+    with apply(model, _plan(op, scope, average, layer)), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN_ID, EOS_ID])
+        full = dict(inputs, input_ids=out.sequences)
+        full["attention_mask"] = torch.cat(
+            [inputs["attention_mask"], torch.ones(out.sequences.shape[0], out.sequences.shape[1] - n,
+                                                  dtype=torch.long)], dim=1)
+        recomputed = _logits(model, full, n, use_cache=False)[:, n - 1:-1]
+    steps = torch.stack(out.logits, dim=1)
+    torch.testing.assert_close(steps, recomputed, rtol=1e-5, atol=1e-5)
+    masked = recomputed.clone()
+    masked[..., [IMAGE_TOKEN_ID, EOS_ID]] = float("-inf")
+    assert torch.equal(masked.argmax(-1), out.sequences[:, n:])
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def _linear_flops(linear, rows: int) -> int:
+    return 2 * rows * linear.in_features * linear.out_features
+
+
+def _layer_flops(adapter, layer, batch: int, q: int, kv: int, keys: int, ffn: int) -> int:
+    """Matmul FLOPs of one layer: q/o for ``q`` positions, K/V for ``kv``, ``q x keys`` scores, FFN for ``ffn``."""
+    lin = adapter.attn_linears(layer)
+    heads, _, head_dim = adapter.attn_geometry(layer)
+    flops = batch * (_linear_flops(lin["q"], q) + _linear_flops(lin["k"], kv) + _linear_flops(lin["v"], kv)
+                     + _linear_flops(lin["o"], q))
+    flops += 4 * batch * heads * q * keys * head_dim  # scores and values, full rectangle (torch's formula)
+    flops += batch * sum(_linear_flops(m, ffn) for m in adapter.mlp_linears(layer).values())
+    return flops
+
+
+def _planned_compute(op: str, scope: str, t: int, n: int, image_union: int, image_end: int):
+    """(q, kv, keys, ffn) positions at the planned layer(s) for a cached forward of ``t``
+    positions of which the first ``n`` are the prompt, per the table of searchskip.ops.scope."""
+    dense = (t, t, t, t)
+    if op in (KEEP, PARALLEL_ATTN_FFN, PARALLEL_BLOCKS):
+        return dense
+    if op == DROP or (op == SKIP_BLOCK and scope == SCOPE_ALL):
+        return (0, 0, 0, 0)
+    runs = {SCOPE_ALL: 0, SCOPE_GENERATED: n, SCOPE_PROMPT: t - n, SCOPE_NON_VISUAL: image_union}[scope]
+    kv = {SCOPE_ALL: 0, SCOPE_GENERATED: n, SCOPE_PROMPT: t, SCOPE_NON_VISUAL: image_end}[scope]
+    attn = (runs, kv, kv) if op in (SKIP_ATTN, SKIP_BLOCK) else (t, t, t)
+    ffn = runs if op in (SKIP_FFN, SKIP_BLOCK) else t
+    return (*attn, ffn)
+
+
+def _count(model, inputs, n) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, plan_context(model, prompt_length=n):
+        model(**inputs, use_cache=True)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CASES)
+def test_flops_are_exactly_what_runs(case, op, scope, average):
+    model = _model(case)
+    adapter = get_adapter(model)
+    layer = adapter.layers(model)[LAYER]
+    inputs, n = _with_generated(model)
+    batch, t = inputs["input_ids"].shape
+    image = (inputs["input_ids"] == IMAGE_TOKEN_ID) & (torch.arange(t) < n)
+    cols = image.any(0).nonzero().flatten()
+    union, end = cols.numel(), (int(cols.max()) + 1 if cols.numel() else 0)
+
+    dense = _count(model, inputs, n)
+    with apply(model, _plan(op, scope, average)):
+        planned = _count(model, inputs, n)
+    compute = _planned_compute(op, scope, t, n, union, end)
+    expected_drop = _layer_flops(adapter, layer, batch, t, t, t, t) - _layer_flops(adapter, layer, batch, *compute)
+    assert dense - planned == expected_drop, (compute, dense - planned, expected_drop)
+    if op in (SKIP_ATTN, SKIP_FFN, SKIP_BLOCK, DROP) and (scope == SCOPE_ALL or op == DROP):
+        assert expected_drop > 0
+
+
+def test_sdpa_is_counted_on_cpu():
+    """torch 2.13 has no FLOP formula for the CPU flash-attention kernel; searchskip.ops adds it."""
+    q = torch.randn(1, 2, 5, 8)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 4 * 2 * 5 * 5 * 8
+
+
+# --------------------------------------------------------------------------- serialization, hidden states
+
+
+@pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
+def test_applied_plan_survives_yaml(op, scope, average):
+    model = _model("llama")
+    plan = _plan(op, scope, average)
+    with apply(model, plan) as applied:
+        assert applied.plan == Plan.from_yaml_text(plan.to_yaml()) == plan
+
+
+@pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CASES)
+def test_hidden_states_one_per_layer(case, op, scope, average):
+    model = _model(case)
+    inputs, n = _with_generated(model)
+    num_layers = get_adapter(model).num_layers(model)
+    with apply(model, _plan(op, scope, average)), torch.no_grad(), plan_context(model, prompt_length=n):
+        out = model(**inputs, output_hidden_states=True)
+    assert len(out.hidden_states) == num_layers + 1

@@ -90,7 +90,8 @@ def test_kind_comes_from_the_folder_first(write_yaml, capsys):
     assert cli.main(["validate", str(as_job), str(space)]) == 2
     err = capsys.readouterr().err
     assert f"{as_job}: foo: is not a known setting" in err
-    assert f"{space}: is a space file (by its folder), but validating space files is not supported yet" in err
+    assert f"{space}: name: is not a known setting" in err  # validated as a space, not as a job
+    assert f"{space}: ops: is required but missing" in err
 
 
 @pytest.mark.parametrize("argv", [[], ["validate"], ["bogus"], ["validate", "--nope", "x.yaml"]],

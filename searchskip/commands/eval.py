@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=("validation", "test"), default="validation",
                    help="validation: the job's validation subset (what the search scores on); test: final numbers")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N questions")
+    p.add_argument("--plan", metavar="PLAN.yaml", default=None,
+                   help="apply this compression plan (e.g. spaces/plans/skip_block.yaml) before scoring")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=run)
 
@@ -26,26 +28,50 @@ def run(args) -> int:
     from searchskip.errors import ConfigError
     from searchskip.eval.runner import evaluate
     from searchskip.models import load_model
+    from searchskip.plan import Plan
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit: must be >= 1, but got {args.limit}")
     job = load_job(args.job)
+    plan = Plan.load(args.plan) if args.plan else None
     err = Console(stderr=True)
     with err.status("loading data and model"):
         dataset = load_eval_split(job.data, args.split)
         if args.limit is not None:
             dataset = dataset.select(range(min(args.limit, len(dataset))))
         loaded = load_model(job.model)
+    if plan is not None:
+        with err.status("applying the plan"):
+            apply_plan(loaded, job, plan, source=args.plan)
     columns = (TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("eval", total=len(dataset))
         result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
                           on_batch=lambda n: progress.advance(task, n))
     if args.json:
-        print(json.dumps({"job": job.name, "split": args.split, "model": job.model.id, **result.to_dict()}))
+        print(json.dumps({"job": job.name, "split": args.split, "model": job.model.id,
+                          "plan": plan.to_dict() if plan is not None else None, **result.to_dict()}))
     else:
         print_result(Console(), job, args.split, result)
     return 0
+
+
+def apply_plan(loaded, job, plan, source: str):
+    """Apply ``plan`` to the loaded model in place; Wanda pruning calibrates on the job's train split."""
+    from searchskip.apply import apply
+    from searchskip.data.splits import load_split
+    from searchskip.errors import ConfigError
+    from searchskip.ops.calibration import calibration_batches
+
+    calibration = None
+    if plan.prune is not None and plan.prune.calibration is not None:
+        train = load_split(job.data, "train", check_disjoint=False)
+        cal = plan.prune.calibration
+        calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
+    try:
+        return apply(loaded.model, plan, calibration=calibration)
+    except ConfigError as err:  # name the plan file in model-dependent plan errors
+        raise ConfigError([p if p.file else type(p)(source, p.key, p.rule) for p in err.problems]) from None
 
 
 def print_result(console, job, split: str, result) -> None:
@@ -53,7 +79,8 @@ def print_result(console, job, split: str, result) -> None:
     from rich.table import Table
 
     s = result.score
-    head = Table(title=f"{job.name}: {job.model.id} on {split}")
+    title = f"{job.name}: {job.model.id} on {split}"
+    head = Table(title=title)
     for col in ("accuracy", "questions", "seconds", "samples/s"):
         head.add_column(col, justify="right")
     head.add_row(f"{100 * s.accuracy:.2f}%", str(s.n), f"{result.seconds:.1f}", f"{result.samples_per_s:.1f}")

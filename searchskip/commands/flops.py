@@ -137,7 +137,7 @@ def run(args) -> int:
                "shipped_config": config_source.startswith("config shipped"), "plan_file": args.plan, **data}
         print(json.dumps(out))
     else:
-        print_report(Console(), job, config_source, args.plan, report, baseline)
+        print_report(Console(width=max(Console().width, 120)), job, config_source, args.plan, report, baseline)
     sys.stdout.flush()
     return 0
 

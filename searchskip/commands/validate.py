@@ -14,9 +14,9 @@ Which kind of file is it? (:func:`detect_kind`)
    (``version``, ``scope``, ``layers``, ``drop``, ``prune``) (see :data:`KIND_KEYS`).
 3. Otherwise the kind is unknown, reported as a problem of that file.
 
-A kind is validated by its entry in :data:`VALIDATORS` (jobs and plans for now; a plan is
-checked for structure only, without a model); a known kind without a validator (space) is
-reported as not supported yet. Adding a kind: add its folder to :data:`KIND_FOLDERS`, its
+A kind is validated by its entry in :data:`VALIDATORS` (jobs, plans and spaces; plans and
+spaces are checked for structure only, without a model); a known kind without a validator
+is reported as not supported yet. Adding a kind: add its folder to :data:`KIND_FOLDERS`, its
 distinctive top-level keys to :data:`KIND_KEYS` and a ``(data, file) -> object`` function
 raising ``ConfigError`` to :data:`VALIDATORS`.
 """
@@ -34,6 +34,7 @@ from searchskip.config.loader import job_from_data
 from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem, SearchSkipError
 from searchskip.plan import PLAN_KEYS, Plan
+from searchskip.search.space import SPACE_KEYS, Space
 
 KIND_FOLDERS: dict[str, str] = {"jobs": "job", "spaces": "space", "plans": "plan"}
 """Folder name -> kind of the YAML files below it."""
@@ -41,12 +42,14 @@ KIND_FOLDERS: dict[str, str] = {"jobs": "job", "spaces": "space", "plans": "plan
 KIND_KEYS: dict[str, frozenset[str]] = {
     "job": frozenset(f.name for f in dataclasses.fields(Job) if not f.metadata.get("internal")),
     "plan": PLAN_KEYS,
+    "space": SPACE_KEYS,  # after plan: a tie (version, scope, layers, prune) is a plan
 }
 """Kind -> top-level keys that identify it when the folder does not."""
 
 VALIDATORS: dict[str, Callable[[Any, str], object]] = {
     "job": job_from_data,
     "plan": Plan.from_dict,
+    "space": Space.from_dict,  # structure only; Space.check(num_layers) runs at search time
 }
 """Kind -> function that builds and checks parsed YAML, raising ``ConfigError`` with every problem."""
 

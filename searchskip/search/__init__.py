@@ -1,0 +1,28 @@
+"""The search over plans: what it may choose (:mod:`searchskip.search.space`)."""
+
+from searchskip.search.space import (
+    PARAM_END_LAYER,
+    PARAM_MODE,
+    PARAM_PRUNE_METHOD,
+    PARAM_PRUNE_SPARSITY,
+    PARAM_PRUNE_STRUCTURE,
+    PARAM_SCOPE,
+    PARAM_SKIP_INTERVAL,
+    PARAM_START_LAYER,
+    SPACE_KEYS,
+    SPACE_VERSION,
+    FloatRange,
+    IntRange,
+    LayerRange,
+    PaperSpace,
+    PerLayerSpace,
+    PruneChoices,
+    Space,
+    layer_param,
+)
+
+__all__ = [
+    "PARAM_END_LAYER", "PARAM_MODE", "PARAM_PRUNE_METHOD", "PARAM_PRUNE_SPARSITY", "PARAM_PRUNE_STRUCTURE",
+    "PARAM_SCOPE", "PARAM_SKIP_INTERVAL", "PARAM_START_LAYER", "SPACE_KEYS", "SPACE_VERSION",
+    "FloatRange", "IntRange", "LayerRange", "PaperSpace", "PerLayerSpace", "PruneChoices", "Space", "layer_param",
+]

@@ -1,0 +1,361 @@
+"""Search spaces: loading and checking, suggestions with optuna's samplers, the inverse
+(params_for), the grid and the size, and ``searchskip validate`` on space files."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from searchskip import cli
+from searchskip.commands import validate
+from searchskip.errors import ConfigError
+from searchskip.plan import DropSpec, LayerOp, Plan, PruneSpec
+from searchskip.search import PaperSpace, PerLayerSpace, Space, layer_param
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO_ROOT / "spaces").glob("*.yaml"))  # not the plans/ subfolder
+
+TINY_PER_LAYER = """\
+version: 1
+layers: {from: 1, to: -2}
+ops: [keep, skip_attn, parallel_blocks]
+scope: [all, generated]
+prune:
+  method: [none, magnitude]
+  structure: [unstructured, "2:4"]
+  sparsity: [0.25, 0.5]
+"""
+
+TINY_PAPER = """\
+version: 1
+kind: paper
+mode: [skip_block, parallel_blocks]
+skip_interval: [2, 3]
+start_layer: {low: 0, high: 2}
+end_layer: [-1, 6]
+scope: [all, generated]
+"""
+
+
+def space_from(write_yaml, text: str, name: str = "spaces/s.yaml") -> Space:
+    return Space.load(write_yaml(text, name=name))
+
+
+def problems_of(write_yaml, text: str) -> tuple[Path, list]:
+    path = write_yaml(text, name="spaces/bad.yaml")
+    with pytest.raises(ConfigError) as info:
+        Space.load(path)
+    return path, info.value.problems
+
+
+def objective_value(plan: Plan) -> float:
+    return int(plan.key()[:8], 16) / 16**8  # deterministic, spread out: something for TPE to model
+
+
+# --------------------------------------------------------------------------------------
+# Shipped spaces
+# --------------------------------------------------------------------------------------
+
+
+def test_shipped_spaces_exist_load_and_validate(capsys):
+    assert SHIPPED, "no spaces/*.yaml shipped"
+    assert {p.name for p in SHIPPED} >= {"paper.yaml", "per-layer.yaml", "sublayer.yaml", "prune.yaml"}
+    for path in SHIPPED:
+        assert path.read_text(encoding="utf-8").startswith("#"), f"{path.name} has no header comment"
+        space = Space.load(path)
+        for n in (8, 32):
+            space.check(n)
+            assert space.size(n) >= 1
+    assert cli.main(["validate", *map(str, SHIPPED)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"OK {p}" for p in SHIPPED] and err == ""
+
+
+def test_shipped_spaces_have_the_documented_design():
+    paper = Space.load(REPO_ROOT / "spaces" / "paper.yaml")
+    assert isinstance(paper, PaperSpace)
+    assert set(paper.modes) == {"skip_block", "skip_attn", "skip_ffn", "parallel_attn_ffn", "parallel_blocks"}
+    assert paper.grid(32)["paper.skip_interval"] == [2, 3, 4] and paper.scopes == ("all", "generated")
+    per_layer = Space.load(REPO_ROOT / "spaces" / "per-layer.yaml")
+    assert isinstance(per_layer, PerLayerSpace) and per_layer.scopes == ("all",)
+    assert per_layer.searchable_layers(8) == (1, 2, 3, 4, 5, 6)
+    assert Space.load(REPO_ROOT / "spaces" / "sublayer.yaml").ops == ("keep", "skip_attn", "skip_ffn")
+    prune = Space.load(REPO_ROOT / "spaces" / "prune.yaml")
+    assert prune.grid(8) == {"prune.method": ["magnitude", "wanda"],
+                             "prune.structure": ["unstructured", "2:4", "ffn_channels"],
+                             "prune.sparsity": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
+    assert prune.size(8) == 2 * (7 + 1 + 7)  # per method: 7 unstructured, 2:4 at 0.5, 7 ffn_channels
+
+
+@pytest.mark.parametrize("num_layers", [8, 32])
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_suggestions_are_valid_plans_and_round_trip(path, sampler, num_layers):
+    space = Space.load(path)
+    make = {"random": lambda: optuna.samplers.RandomSampler(seed=1),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=1, n_startup_trials=10)}[sampler]
+    grid = space.grid(num_layers)
+    plans: list[tuple[Plan, dict]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        plan = space.suggest(trial, num_layers)
+        plans.append((plan, dict(trial.params)))
+        return objective_value(plan)
+
+    optuna.create_study(sampler=make()).optimize(objective, n_trials=50)
+    assert len(plans) == 50
+    assert len({p.key() for p, _ in plans}) > 1
+    for plan, params in plans:
+        assert plan.validate(num_layers) is plan
+        for name, value in params.items():  # every parameter and value is in the grid form
+            assert any(math.isclose(value, v) if isinstance(v, float) else value == v for v in grid[name]), name
+        if isinstance(space, PaperSpace):  # the paper's plans are exactly Plan.from_pattern's
+            expected = Plan.from_pattern(
+                params["paper.skip_interval"], params["paper.start_layer"],
+                params.get("paper.end_layer", num_layers), params["paper.mode"],
+                params.get("scope", space.scopes[0]), num_layers,
+                average=space.average and params["paper.mode"] == "parallel_blocks")
+            assert plan == expected
+        enqueued = space.params_for(plan, num_layers)
+        assert enqueued is not None, plan.describe()
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=99))
+        study.enqueue_trial(enqueued)
+        assert space.suggest(study.ask(), num_layers).key() == plan.key()
+
+
+# --------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------
+
+
+def test_parameter_names_are_stable(write_yaml):
+    space = space_from(write_yaml, TINY_PER_LAYER)
+    assert layer_param(3) == "layer_03.op" and layer_param(12) == "layer_12.op"
+    assert list(space.grid(5)) == ["layer_01.op", "layer_02.op", "layer_03.op", "scope",
+                                   "prune.method", "prune.structure", "prune.sparsity"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"layer_01.op": "skip_attn", "layer_02.op": "keep", "layer_03.op": "skip_attn",
+                         "scope": "generated", "prune.method": "magnitude", "prune.structure": "unstructured",
+                         "prune.sparsity": 0.25})
+    trial = study.ask()
+    plan = space.suggest(trial, 5)
+    assert sorted(trial.params) == sorted(space.grid(5))
+    assert plan == Plan(layers={1: LayerOp("skip_attn"), 3: LayerOp("skip_attn")}, scope="generated",
+                        prune=PruneSpec(method="magnitude", sparsity=0.25))
+    paper = space_from(write_yaml, TINY_PAPER)
+    assert list(paper.grid(8)) == ["paper.mode", "paper.skip_interval", "paper.start_layer", "paper.end_layer",
+                                   "scope"]
+    assert paper.grid(8)["paper.end_layer"] == [7, 6]  # -1 counts from the end
+    assert paper.grid(8)["paper.start_layer"] == [0, 1, 2]
+
+
+def test_parallel_blocks_partner_is_not_suggested(write_yaml):
+    space = space_from(write_yaml, TINY_PER_LAYER)
+    grid = space.grid(5)
+    assert "parallel_blocks" in grid["layer_02.op"]
+    assert "parallel_blocks" not in grid["layer_03.op"]  # its partner, layer 4, is not searchable
+    study = optuna.create_study()
+    study.enqueue_trial({"layer_01.op": "parallel_blocks", "layer_03.op": "skip_attn", "scope": "all",
+                         "prune.method": "none"})
+    trial = study.ask()
+    plan = space.suggest(trial, 5)
+    assert "layer_02.op" not in trial.params  # conditional: the partner of layer 1 keeps
+    assert "prune.structure" not in trial.params and "prune.sparsity" not in trial.params
+    assert plan == Plan(layers={1: "parallel_blocks", 3: "skip_attn"})
+
+
+def test_two_four_is_suggested_without_a_sparsity(write_yaml):
+    space = Space.load(REPO_ROOT / "spaces" / "prune.yaml")
+    study = optuna.create_study()
+    study.enqueue_trial({"prune.method": "magnitude", "prune.structure": "2:4"})
+    study.enqueue_trial({"prune.method": "wanda", "prune.structure": "ffn_channels", "prune.sparsity": 0.3})
+    first, second = study.ask(), study.ask()
+    two_four = space.suggest(first, 8)
+    assert "prune.sparsity" not in first.params
+    assert two_four.prune.structure == "2:4" and two_four.prune.sparsity == 0.5
+    channels = space.suggest(second, 8)
+    assert channels.prune.targets == ("ffn",) and channels.prune.sparsity == 0.3
+    assert channels.prune.calibration is not None and channels.prune.calibration.samples == 128
+    assert space.params_for(two_four, 8) == {"prune.method": "magnitude", "prune.structure": "2:4"}
+
+
+def test_params_for_plans_outside_the_space_is_none(write_yaml):
+    space = space_from(write_yaml, TINY_PER_LAYER)
+    inside = Plan(layers={2: "skip_attn"}, scope="generated", prune=PruneSpec(method="magnitude", sparsity=0.5))
+    assert space.params_for(inside, 5) == {"layer_01.op": "keep", "layer_02.op": "skip_attn",
+                                           "layer_03.op": "keep", "scope": "generated",
+                                           "prune.method": "magnitude", "prune.structure": "unstructured",
+                                           "prune.sparsity": 0.5}
+    assert space.params_for(Plan(), 5) is not None  # the dense plan (all keep, no prune) is in it
+    outside = [
+        Plan(layers={0: "skip_attn"}),  # the first layer is not searchable
+        Plan(layers={4: "skip_attn"}),  # nor the last
+        Plan(layers={2: "skip_ffn"}),  # not an op of the space
+        Plan(layers={1: "skip_attn", 2: LayerOp("skip_attn", scope="generated")}),  # two scopes
+        Plan(layers={1: LayerOp("parallel_blocks", average=True)}),  # the space does not average
+        Plan(layers={2: "skip_attn"}, scope="prompt"),  # not a scope of the space
+        Plan(drop=DropSpec(2, 3)),
+        Plan(prune=PruneSpec(method="magnitude", sparsity=0.3)),  # sparsity not offered
+        Plan(prune=PruneSpec(method="wanda", sparsity=0.5)),  # method not offered
+    ]
+    for plan in outside:
+        assert space.params_for(plan, 5) is None, plan.describe()
+    paper = space_from(write_yaml, TINY_PAPER)
+    assert paper.params_for(Plan(layers={5: "skip_block"}), 8) is None  # not an interval pattern here
+    assert paper.params_for(Plan.from_pattern(3, 2, 7, "skip_block", "generated", 8), 8) == {
+        "paper.mode": "skip_block", "paper.skip_interval": 3, "paper.start_layer": 0,
+        "paper.end_layer": 7, "scope": "generated"}  # the first parameters giving layers 3 and 6
+
+
+@pytest.mark.parametrize("text, num_layers, expected_size", [(TINY_PER_LAYER, 5, 92), (TINY_PAPER, 8, None)],
+                         ids=["per_layer", "paper"])
+def test_grid_sampler_enumerates_every_distinct_plan(write_yaml, text, num_layers, expected_size):
+    space = space_from(write_yaml, text)
+    grid = space.grid(num_layers)
+    points = math.prod(len(v) for v in grid.values())
+    keys: set[str] = set()
+
+    def objective(trial: optuna.Trial) -> float:
+        plan = space.suggest(trial, num_layers)
+        if plan.key() not in keys:
+            keys.add(plan.key())
+            assert space.params_for(plan, num_layers) is not None, plan.describe()
+        return objective_value(plan)
+
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
+    study.optimize(objective, n_trials=points + 5)  # the sampler stops the study when the grid is done
+    assert len(study.trials) == points
+    assert len(keys) == space.size(num_layers)
+    if expected_size is not None:
+        # By hand, layers 1..3 of 5: layers 2-3 alone have 2 * 2 + 1 (pair 2+3) = 5 op sequences; with
+        # layer 1: 2 * 5 + 2 (pair 1+2, then layer 3 alone) = 12, one of them all keep, so 11 * 2 scopes + 1
+        # = 23 layer plans; prune: none, 0.25, 0.5, 2:4 -> 4 distinct; 23 * 4 = 92.
+        assert space.size(num_layers) == expected_size
+
+
+# --------------------------------------------------------------------------------------
+# Malformed spaces
+# --------------------------------------------------------------------------------------
+
+BAD = [
+    ("version: 2\nops: [keep]\n", "version", "`version == 1` must hold"),
+    ("version: 1\nopts: [keep]\n", "opts", "did you mean 'ops'?"),
+    ("version: 1\nops: []\n", "ops", "must list at least one op, but got an empty list"),
+    ("version: 1\nops: [keep, skip_blok]\n", "ops[1]", "did you mean 'skip_block'?"),
+    ("version: 1\nops: [keep, keep]\n", "ops", "must list each op once"),
+    ("version: 1\nops: keep\nscope: [all, generatd]\n", "scope[1]", "did you mean 'generated'?"),
+    ("version: 1\nops: keep\nlayers: {form: 1}\n", "layers.form", "did you mean 'from'?"),
+    ("version: 1\nops: keep\nlayers: {from: 5, to: 2}\n", "layers", "but got from=5, to=2"),
+    ("version: 1\nops: [keep, skip_ffn]\naverage: true\n", "average", "applies only to op 'parallel_blocks'"),
+    ("version: 1\nops: keep\nmode: [skip_block]\n", "mode", "add `kind: paper`"),
+    ("version: 1\nkind: papr\nops: keep\n", "kind", "did you mean 'paper'?"),
+    ("version: 1\nops: keep\nprune: {method: [none, wand], sparsity: 0.5}\n", "prune.method[1]",
+     "did you mean 'wanda'?"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, structure: [2:4], sparsity: 0.5}\n",
+     "prune.structure[0]", "quote it"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, structure: [blocky], sparsity: 0.5}\n",
+     "prune.structure[0]", "must be one of 'unstructured', '2:4', 'ffn_channels'"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, sparsity: {low: 0.5, high: 0.2, step: 0.1}}\n",
+     "prune.sparsity.high", "`low <= high` must hold, but got low=0.5, high=0.2"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, sparsity: {low: 0.1, high: 0.5, step: 0}}\n",
+     "prune.sparsity.step", "`step > 0` must hold, but got step=0.0"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, sparsity: {low: 0.1, high: 0.75, step: 0.1}}\n",
+     "prune.sparsity.step", "must be a multiple of `step`"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, sparsity: {low: 0.5, high: 1.0, step: 0.5}}\n",
+     "prune.sparsity.high", "`0 <= high < 1` must hold"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, sparsity: [0.5, -0.1]}\n", "prune.sparsity[1]",
+     "`0 <= sparsity < 1` must hold"),
+    ("version: 1\nops: keep\nprune: {method: [magnitude]}\n", "prune.sparsity", "is required"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, structure: \"2:4\", sparsity: 0.3}\n", "prune.sparsity",
+     "is not used"),
+    ("version: 1\nops: keep\nprune: {method: magnitude, sparsity: 0.3, calibration: {samples: 8}}\n",
+     "prune.calibration", "applies only to method 'wanda'"),
+    ("version: 1\nkind: paper\nmode: [keep]\nskip_interval: 2\n", "mode[0]", "must be an op that changes"),
+    ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: {low: 3, high: 1}\n", "skip_interval.high",
+     "`low <= high` must hold, but got low=3, high=1"),
+    ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: [0, 2]\n", "skip_interval[0]",
+     "`skip_interval >= 1` must hold"),
+    ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: {low: 1, high: 4, step: 0}\n",
+     "skip_interval.step", "`step >= 1` must hold"),
+    ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: 2\nstart_layer: 8\nend_layer: [4, 12]\n",
+     "end_layer", "`start_layer < end_layer` must hold for every choice of both"),
+    ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: 2\nops: [keep]\n", "ops",
+     "it is a setting of `kind: per_layer` spaces"),
+]
+
+
+@pytest.mark.parametrize("text, key, rule", BAD, ids=[f"{i:02d}-{b[1]}" for i, b in enumerate(BAD)])
+def test_malformed_space_names_key_and_rule(write_yaml, text, key, rule):
+    path, problems = problems_of(write_yaml, text)
+    hits = [p for p in problems if p.key == key and rule in p.rule]
+    assert hits, [str(p) for p in problems]
+    assert all(p.file == str(path) for p in problems)
+
+
+def test_all_problems_are_reported_together(write_yaml):
+    _, problems = problems_of(write_yaml, "version: 3\nops: [keep, skip_blok]\nscope: []\n"
+                                          "prune: {method: wand, sparsity: {low: 0.2, high: 0.1, step: -1}}\n")
+    keys = {p.key for p in problems}
+    assert keys >= {"version", "ops[1]", "scope", "prune.method", "prune.sparsity.high", "prune.sparsity.step"}
+
+
+def test_layer_count_checks_name_file_key_and_count(write_yaml):
+    path = write_yaml("version: 1\nops: [keep, skip_attn]\nlayers: {from: 5, to: -4}\n", name="spaces/l.yaml")
+    space = Space.load(path)  # mixed signs: structurally fine
+    space.check(12)  # layers 5..8
+    with pytest.raises(ConfigError) as info:
+        space.check(8)  # layers 5..4
+    (problem,) = info.value.problems
+    assert problem.file == str(path) and problem.key == "layers"
+    assert "`from <= to` must hold" in problem.rule and "8 decoder layers" in problem.rule
+    with pytest.raises(ConfigError) as info:
+        space.suggest(optuna.create_study().ask(), 3)
+    assert {p.key for p in info.value.problems} == {"layers.from", "layers.to"}
+    assert "3 decoder layers" in str(info.value)
+
+
+def test_paper_start_must_stay_below_end_once_resolved(write_yaml):
+    paper = space_from(write_yaml, "version: 1\nkind: paper\nmode: skip_block\nskip_interval: 2\n"
+                                   "start_layer: [0, -3]\nend_layer: 6\n")
+    paper.check(8)  # -3 is layer 5 < 6
+    with pytest.raises(ConfigError) as info:
+        paper.check(9)  # -3 is layer 6, not below 6
+    (problem,) = info.value.problems
+    assert problem.key == "end_layer" and "start_layer=6, end_layer=6" in problem.rule
+    assert "9 decoder layers" in problem.rule
+    with pytest.raises(ConfigError) as info:
+        paper.size(4)  # end_layer 6 is past the last layer, start -3 is layer 1
+    assert [p.key for p in info.value.problems] == ["end_layer"]
+
+
+# --------------------------------------------------------------------------------------
+# searchskip validate
+# --------------------------------------------------------------------------------------
+
+
+def test_space_kind_is_detected_by_its_keys(tmp_path):
+    assert validate.detect_kind(tmp_path / "x.yaml", {"version": 1, "ops": ["keep"], "scope": "all"}) == "space"
+    assert validate.detect_kind(tmp_path / "x.yaml", {"version": 1, "kind": "paper", "mode": "skip_ffn"}) == "space"
+    assert validate.detect_kind(tmp_path / "x.yaml", {"version": 1, "layers": {3: "skip_block"}}) == "plan"
+
+
+def test_validate_a_bad_space_exits_2_without_traceback(write_yaml, tmp_path):
+    bad = write_yaml("version: 1\nops: [keep, skip_blok]\nprune: {method: magnitude, sparsity: 1.5}\n",
+                     name="spaces/bad.yaml")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run([sys.executable, "-m", "searchskip", "validate", str(bad)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert f"{bad}: ops[1]: must be one of" in done.stderr and "did you mean 'skip_block'?" in done.stderr
+    assert f"{bad}: prune.sparsity: `0 <= sparsity < 1` must hold" in done.stderr
+    assert "1 of 1 file failed validation" in done.stderr

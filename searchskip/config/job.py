@@ -95,6 +95,51 @@ class EvalSpec:
     max_new_tokens: int = 3
 
 
+OBJECTIVES = ("accuracy", "flops")
+"""What a search may optimize: VQA accuracy (maximized, always first) and FLOPs (minimized)."""
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+BACKENDS = ("optuna", "ray")
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """The search's FLOP budget per sample: exactly one of ``flops_ratio`` (of the unplanned
+    model on the same workload) or ``gflops_per_sample``; see :class:`searchskip.flops.Budget`."""
+
+    flops_ratio: float | None = None
+    gflops_per_sample: float | None = None
+    count: Literal["dense", "sparse"] = "dense"
+    attention: Literal["causal", "kernel"] = "causal"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How ``searchskip search`` looks for a plan (the ``search:`` section of a job)."""
+
+    space: str
+    """A search space file (``spaces/*.yaml``): relative to the current directory, else to the
+    searchskip checkout (the shipped ``spaces/``)."""
+    budget: BudgetSpec
+    objectives: tuple[Literal["accuracy", "flops"], ...] = ("accuracy",)
+    """``[accuracy]``: best accuracy within the budget; ``[accuracy, flops]``: a Pareto front."""
+    sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
+    seed: int = 0
+    trials: int | None = 50
+    """Trials to finish (complete + pruned + infeasible); ``null`` to stop on ``timeout_s`` only."""
+    timeout_s: float | None = None
+    storage: str | None = None
+    """``null``: a journal file ``<outputs>/<study>/study.journal``; ``sqlite:///F`` (one worker only);
+    ``postgresql://...``."""
+    workers: int = 1
+    backend: Literal["optuna", "ray"] = "optuna"
+    pruner: Literal["median", "none"] = "median"
+    report_every: int = 1
+    """Batches of the validation subset between intermediate reports (multi-fidelity pruning)."""
+    seed_plans: bool = True
+    """Enqueue the unplanned model and the paper's interval plans that fit the budget and the space."""
+
+
 @dataclass(frozen=True)
 class Job:
     """A whole job file."""
@@ -104,5 +149,7 @@ class Job:
     data: DataSpec = field(default_factory=DataSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     outputs: str = "outputs"
+    search: SearchSpec | None = None
+    """The search settings (``searchskip search``); ``null``/left out: the job cannot be searched."""
     source_file: str | None = field(default=None, metadata={"internal": True})
     """The YAML file this job was read from (set by the loader, not written by users)."""

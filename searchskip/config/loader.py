@@ -55,6 +55,8 @@ from searchskip.config.job import (
     Job,
     ModelSpec,
     SubsetSpec,
+    BudgetSpec,
+    SearchSpec,
 )
 from searchskip.config.yaml_io import describe, read_yaml
 from searchskip.errors import ConfigError, Problem
@@ -691,6 +693,104 @@ def _eval_max_new_tokens(spec: EvalSpec) -> Iterator[tuple[str, str]]:
         yield "max_new_tokens", f"`max_new_tokens >= 1` must hold, but got max_new_tokens={spec.max_new_tokens}"
 
 
+# ---- the search section ---------------------------------------------------------------
+
+_STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://", "mysql+pymysql://")
+
+
+def resolve_space(path: str) -> Path:
+    """Where ``search.space`` points: relative to the current directory, else (when that does
+    not exist) relative to the searchskip checkout, so that the shipped jobs' ``spaces/X.yaml``
+    name the shipped spaces from any directory."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    shipped = Path(__file__).resolve().parents[2] / p
+    return shipped if shipped.is_file() else p
+
+
+def _search_space(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    p = resolve_space(search.space)
+    if not search.space.strip():
+        yield "space", "must be a search space file (spaces/*.yaml), but got an empty string"
+        return
+    if not p.is_file():
+        state = "is a folder" if p.exists() else "does not exist"
+        yield "space", f"must be an existing search space file (spaces/*.yaml), but {_where(search.space)} {state}"
+        return
+    from searchskip.search.space import Space  # lazy: space.py imports this module
+
+    try:
+        Space.load(p)
+    except ConfigError as err:
+        for problem in err.problems:
+            at = f" (at {problem.key})" if problem.key else ""
+            yield "space", f"must be a valid search space, but {search.space!r}{at}: {problem.rule}"
+
+
+def _search_objectives(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    objectives = tuple(search.objectives)
+    if objectives not in (("accuracy",), ("accuracy", "flops")):
+        yield "objectives", ("must be [accuracy] (best accuracy within the budget) or [accuracy, flops] (a Pareto "
+                             f"front), but got {list(objectives)!r}")
+
+
+def _search_counts(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    if search.trials is None and search.timeout_s is None:
+        yield "trials", "`trials` or `timeout_s` (or both) must be set, but both are null"
+    if search.trials is not None and search.trials < 1:
+        yield "trials", f"`trials >= 1` must hold (or null with timeout_s), but got trials={search.trials}"
+    if search.timeout_s is not None and not search.timeout_s > 0:
+        yield "timeout_s", f"`timeout_s > 0` must hold (or null), but got timeout_s={search.timeout_s!r}"
+    if search.seed < 0:
+        yield "seed", f"`seed >= 0` must hold, but got seed={search.seed}"
+    if search.report_every < 1:
+        yield "report_every", f"`report_every >= 1` must hold, but got report_every={search.report_every}"
+
+
+def _search_storage(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    storage = search.storage
+    if storage is not None and not storage.startswith(_STORAGE_SCHEMES):
+        yield "storage", ("must be null (a journal file in the study folder), sqlite:///FILE or postgresql://..., "
+                          f"but got {storage!r}")
+
+
+def _search_workers(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    if search.workers < 1:
+        yield "workers", f"`workers >= 1` must hold, but got workers={search.workers}"
+        return
+    if search.workers > 1 and search.storage is not None and search.storage.startswith("sqlite"):
+        yield "storage", ("must not be SQLite when several workers write to it (SQLite locks the whole database: "
+                          f"'database is locked'), but got storage={search.storage!r} with workers={search.workers}; "
+                          "use postgresql://... or workers: 1")
+    elif search.workers > 1 and search.backend == "optuna":
+        yield "workers", ("`workers: 1` must hold with `backend: optuna` (parallel workers are not implemented yet), "
+                          f"but got workers={search.workers}")
+
+
+def _search_backend(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    if search.backend == "ray":
+        yield "backend", "'ray' is not implemented yet; use `backend: optuna` (one machine, one worker)"
+
+
+def _search_sampler(search: SearchSpec) -> Iterator[tuple[str, str]]:
+    if search.sampler == "gp" and len(search.objectives) > 1:
+        yield "sampler", ("must be tpe, nsga2, random or grid with objectives [accuracy, flops], but got sampler='gp'")
+
+
+def _budget_one(budget: BudgetSpec) -> Iterator[tuple[str, str]]:
+    if (budget.flops_ratio is None) == (budget.gflops_per_sample is None):
+        yield "flops_ratio", ("exactly one of `flops_ratio` and `gflops_per_sample` must be given, but got "
+                   f"flops_ratio={_show(budget.flops_ratio)}, gflops_per_sample={_show(budget.gflops_per_sample)}")
+
+
+def _budget_positive(budget: BudgetSpec) -> Iterator[tuple[str, str]]:
+    for name in ("flops_ratio", "gflops_per_sample"):
+        value = getattr(budget, name)
+        if value is not None and not value > 0:
+            yield name, f"`{name} > 0` must hold, but got {name}={value!r}"
+
+
 def embedded_model_names() -> frozenset[str]:
     """Names usable after ``embedded:``: ``searchskip.zoo.embedded_names()`` if the zoo offers it."""
     try:
@@ -713,6 +813,9 @@ def job_checks(embedded_names: Iterable[str] | None = None) -> dict[type, list[C
         CarveSpec: [_carve_fraction, _seed],
         SubsetSpec: [_subset_size, _seed],
         EvalSpec: [_eval_batch_size, _eval_max_new_tokens],
+        SearchSpec: [_search_space, _search_objectives, _search_counts, _search_storage, _search_workers,
+                     _search_backend, _search_sampler],
+        BudgetSpec: [_budget_one, _budget_positive],
     }
 
 

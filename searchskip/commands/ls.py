@@ -1,0 +1,150 @@
+"""``searchskip ls outputs/<study> [--json]``: the leaderboard and the Pareto front of a study.
+
+Leaderboard: COMPLETE (feasible, scored) trials by accuracy (ties: fewer FLOPs). Pareto front:
+the scored trials no other scored trial beats on both accuracy (higher) and FLOP ratio (lower),
+whatever the study's objectives. ``--json`` prints one object::
+
+    {"study": NAME, "folder": DIR, "directions": [...], "budget": {...}, "counts": {...},
+     "trials": [{"number", "state", "accuracy", "flops", "flops_ratio", "plan", "infeasible",
+                 "dedup_of", "retry_of", "seed"}],
+     "leaderboard": [trial numbers], "pareto": [trial numbers]}
+
+``plan`` is the plan as a dict (:meth:`Plan.to_dict`), ``null`` where a trial recorded none.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ls", help="show a study's leaderboard and Pareto front",
+                              description="Show the best feasible plans of a study folder and its Pareto front.")
+    p.add_argument("study_dir", help="the study folder, e.g. outputs/demo")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="leaderboard rows (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def open_existing(study_dir: str) -> Any:
+    """Load the study of a folder written by ``searchskip search`` (read only: no fingerprint check)."""
+    from pathlib import Path
+
+    import optuna
+
+    from searchskip.commands.resume import read_study_folder
+    from searchskip.errors import SearchSkipError
+    from searchskip.search.storage import open_storage
+
+    folder = Path(study_dir)
+    data, info = read_study_folder(study_dir)
+    storage_spec = info.get("storage")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_spec, folder)
+    name = info.get("study", folder.name)
+    if name not in optuna.study.get_all_study_names(storage):
+        raise SearchSkipError(f"{folder}: the storage holds no study named {name!r}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _plan_dict(trial: Any) -> dict | None:
+    from searchskip.plan import Plan
+
+    text = trial.user_attrs.get("plan")
+    return Plan.from_yaml_text(text).to_dict() if text else None
+
+
+def _plan_summary(trial: Any) -> str:
+    from searchskip.plan import Plan
+
+    text = trial.user_attrs.get("plan")
+    if not text:
+        return "?"
+    lines = Plan.from_yaml_text(text).describe()
+    return "; ".join(lines) if lines else "unplanned"
+
+
+def scored(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "accuracy" in t.user_attrs]
+
+
+def leaderboard(study: Any) -> list[Any]:
+    """Scored trials by accuracy, one per plan (repeats, ``dedup_of``, are left out)."""
+    return sorted([t for t in scored(study) if "dedup_of" not in t.user_attrs], key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs.get("flops_ratio", 0),
+                                                t.number))
+
+
+def pareto(study: Any) -> list[Any]:
+    """Scored trials not dominated in (accuracy up, flops_ratio down); one per distinct plan."""
+    trials, seen, front = leaderboard(study), set(), []
+    for t in trials:
+        a, r = t.user_attrs["accuracy"], t.user_attrs.get("flops_ratio", 0)
+        key = t.user_attrs.get("plan_key")
+        if key in seen:
+            continue
+        dominated = any(o.user_attrs["accuracy"] >= a and o.user_attrs.get("flops_ratio", 0) <= r
+                        and (o.user_attrs["accuracy"] > a or o.user_attrs.get("flops_ratio", 0) < r)
+                        for o in trials)
+        if not dominated:
+            front.append(t)
+            seen.add(key)
+    return sorted(front, key=lambda t: t.user_attrs.get("flops_ratio", 0))
+
+
+def leaderboard_table(study: Any, top: int = 10, rows: list | None = None, title: str | None = None):
+    from rich.table import Table
+
+    table = Table(title=title or f"{study.study_name}: best feasible plans")
+    for col, just in (("trial", "right"), ("accuracy", "right"), ("flops ratio", "right"), ("plan", "left"),
+                      ("note", "left")):
+        table.add_column(col, justify=just)
+    for t in (rows if rows is not None else leaderboard(study)[:top]):
+        note = []
+        if "seed" in t.user_attrs:
+            note.append(f"seed {t.user_attrs['seed']}")
+        if "dedup_of" in t.user_attrs:
+            note.append(f"= #{t.user_attrs['dedup_of']}")
+        table.add_row(str(t.number), f"{100 * t.user_attrs['accuracy']:.2f}%",
+                      f"{t.user_attrs.get('flops_ratio', float('nan')):.3f}", _plan_summary(t), ", ".join(note))
+    return table
+
+
+def to_json(study: Any, folder: str) -> dict:
+    from searchskip.search.study import trial_counts
+
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        trials.append({"number": t.number, "state": t.state.name, "accuracy": a.get("accuracy"),
+                       "flops": a.get("flops"), "flops_ratio": a.get("flops_ratio"), "plan": _plan_dict(t),
+                       "infeasible": a.get("infeasible"), "dedup_of": a.get("dedup_of"),
+                       "retry_of": a.get("retry_of"), "seed": a.get("seed")})
+    return {
+        "study": study.study_name, "folder": folder,
+        "directions": [d.name.lower() for d in study.directions],
+        "budget": study.user_attrs.get("budget"), "counts": trial_counts(study),
+        "trials": trials,
+        "leaderboard": [t.number for t in leaderboard(study)],
+        "pareto": [t.number for t in pareto(study)],
+    }
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    study = open_existing(args.study_dir)
+    if args.json:
+        print(json.dumps(to_json(study, args.study_dir)))
+        return 0
+    from searchskip.search.study import trial_counts
+
+    console = Console()
+    console.print(leaderboard_table(study, args.top))
+    console.print(leaderboard_table(study, rows=pareto(study), title="Pareto front (accuracy vs FLOP ratio)"))
+    c = trial_counts(study)
+    console.print(f"{c['counted']} trials: {c['complete']} scored, {c['infeasible']} over budget, "
+                  f"{c['pruned']} pruned; {c['failed']} failed, {c['waiting']} waiting", highlight=False)
+    return 0

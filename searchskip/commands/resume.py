@@ -1,0 +1,55 @@
+"""``searchskip resume outputs/<study>``: continue a search from its study folder.
+
+Reads the job copy saved at the first run (``job.yaml``) and ``run.json`` (working directory,
+study name); relative paths of the job resolve against the working directory of the first run.
+Trials left RUNNING by a killed run are failed and retried once.
+"""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from searchskip.commands.search import add_run_options
+
+    p = subparsers.add_parser("resume", help="continue a stopped search from its study folder",
+                              description="Continue the search stored in a study folder (outputs/<study>).")
+    p.add_argument("study_dir", help="the study folder, e.g. outputs/demo")
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def read_study_folder(study_dir: str):
+    """``(job data as parsed YAML, run info)`` of a study folder."""
+    import json
+    from pathlib import Path
+
+    from searchskip.config.yaml_io import read_yaml
+    from searchskip.errors import SearchSkipError
+    from searchskip.search.study import JOB_FILE, RUN_FILE
+
+    folder = Path(study_dir)
+    for name in (JOB_FILE, RUN_FILE):
+        if not (folder / name).is_file():
+            raise SearchSkipError(f"{folder}: not a study folder of `searchskip search` ({name} is missing)")
+    return read_yaml(folder / JOB_FILE), json.loads((folder / RUN_FILE).read_text())
+
+
+def run(args) -> int:
+    import os
+    from pathlib import Path
+
+    from searchskip.commands.search import search_and_report
+    from searchskip.config.loader import job_from_data
+
+    folder = Path(args.study_dir).absolute()
+    data, info = read_study_folder(str(folder))
+    here = os.getcwd()
+    cwd = info.get("cwd")
+    try:
+        if cwd and Path(cwd).is_dir():
+            os.chdir(cwd)  # the job's relative paths meant the first run's directory
+        job = job_from_data(data, str(folder / "job.yaml"))
+        return search_and_report(job, args, study=info.get("study", folder.name), outputs=str(folder.parent),
+                                 force_new_study=False)
+    finally:
+        os.chdir(here)

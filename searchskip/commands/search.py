@@ -1,0 +1,79 @@
+"""``searchskip search JOB.yaml``: search a plan within the job's FLOP budget (optuna, one machine).
+
+Results go to ``<outputs>/<study>/`` (see :mod:`searchskip.search.study`); ``searchskip ls``
+shows them and ``searchskip resume`` continues a stopped search. Exit code 130 after Ctrl-C
+(the search stops once the running trial is recorded).
+"""
+
+from __future__ import annotations
+
+from searchskip.cli import INTERRUPTED
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("search", help="search a compression plan within the job's FLOP budget",
+                              description="Search which computations to skip within the job's FLOP budget "
+                                          "(the job's `search:` section). Results: <outputs>/<study>/.")
+    p.add_argument("job", help="job YAML file with a `search:` section")
+    add_run_options(p)
+    p.add_argument("--study", metavar="NAME", default=None, help="study name and folder (default: the job's name)")
+    p.add_argument("--outputs", metavar="DIR", default=None, help="folder of study folders (default: job.outputs)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel workers (overrides search.workers; only 1 is implemented)")
+    p.add_argument("--force-new-study", action="store_true",
+                   help="start over when the study folder holds a study of a different job (the old journal is kept)")
+    p.set_defaults(func=run)
+
+
+def add_run_options(p) -> None:
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="total trials the study should hold, complete + pruned + infeasible (default: search.trials)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="stop starting trials after S seconds of this run (default: search.timeout_s)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress view")
+
+
+def run(args) -> int:
+    import dataclasses
+
+    from searchskip.config.loader import job_from_data, load_job
+    from searchskip.errors import ConfigError
+
+    job = load_job(args.job)
+    if job.search is None:
+        raise ConfigError(f"{args.job}: search: the job has no `search` section, so it cannot be searched; "
+                          "add one (see jobs/demo.yaml)")
+    if args.workers is not None and args.workers != job.search.workers:
+        # re-validate with the override so that its rules (sqlite, backend) apply
+        from searchskip.config.yaml_io import read_yaml
+
+        data = read_yaml(args.job)
+        data.setdefault("search", {})["workers"] = args.workers
+        job = job_from_data(data, args.job)
+    return search_and_report(job, args, study=args.study, outputs=args.outputs,
+                             force_new_study=args.force_new_study)
+
+
+def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> int:
+    from rich.console import Console
+
+    from searchskip.commands import print_error
+    from searchskip.commands.ls import leaderboard_table
+    from searchskip.search.study import run_search, trial_counts
+
+    result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,
+                        force_new_study=force_new_study, progress=not args.no_progress)
+    if result.failed_stale:
+        print_error(f"failed {len(result.failed_stale)} trial(s) left RUNNING by a stopped run and retried them: "
+                    f"{result.failed_stale}", style="yellow")
+    counts = trial_counts(result.study)
+    console = Console()
+    console.print(leaderboard_table(result.study, top=10))
+    console.print(f"{counts['counted']} trials ({counts['complete']} scored, {counts['infeasible']} over budget, "
+                  f"{counts['pruned']} pruned, {counts['failed']} failed); {result.evaluations} model evaluations "
+                  f"in {result.seconds:.1f} s. Study: {result.study_dir}", soft_wrap=True, highlight=False)
+    if result.interrupted:
+        print_error(f"interrupted: stopped after the running trial was recorded; continue with "
+                    f"`searchskip resume {result.study_dir}`")
+        return INTERRUPTED
+    return 0

@@ -1,0 +1,210 @@
+"""One trial: suggest a plan, price it, and (only if it fits the budget) score it.
+
+    trial ──► space.suggest ──► count_flops(arch, plan, workload) ──► over budget? ──► PRUNED (infeasible)
+                                                                      │ no
+                                             same plan already COMPLETE? ──► reuse its values (dedup_of)
+                                                                      │ no
+                                   apply(model, plan) ─► score batches ─► report / should_prune ─► restore
+
+**Infeasible trials** are recorded as PRUNED trials with user attrs ``infeasible: true``,
+``flops`` and ``flops_ratio`` (and the plan), and no intermediate value: the model never
+runs. Why pruned rather than optuna's ``constraints_func``: a constrained trial still needs
+objective values, i.e. a model evaluation or a made-up score that would mislead TPE; a
+pruned trial without intermediate values is ranked by TPE among the worst trials (it steers
+the sampler away from that region) and NSGA-II ignores it. Pruned trials count toward
+``search.trials``, so an over-budget space cannot loop forever.
+
+**Dedup.** Plans are compared by :meth:`Plan.key`; several parameter sets give the same plan
+(a layer's op that a scope choice makes irrelevant, grid points, a retried trial). A trial
+whose plan matches a COMPLETE trial returns that trial's values (user attr ``dedup_of``)
+without running the model.
+
+**Multi-fidelity.** With one objective, the running accuracy is reported every
+``report_every`` batches (step = questions scored so far) and the pruner may stop the trial
+(user attr ``pruned_at``). optuna does not support ``report``/``should_prune`` with several
+objectives, so ``[accuracy, flops]`` studies score every plan in full.
+
+User attrs of every trial: ``plan`` (YAML), ``plan_key``, ``flops``, ``flops_ratio``,
+``flops_by_component``, ``infeasible``; of scored trials also ``accuracy``,
+``accuracy_per_question_type``, ``questions``, ``seconds``. Values: ``accuracy`` (maximize)
+and, with ``[accuracy, flops]``, ``flops_ratio`` (minimize).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from searchskip.flops import Budget, FlopReport, Workload, count_flops
+from searchskip.plan import Plan
+
+__all__ = ["Objective", "ObjectiveContext", "Evaluator", "ModelEvaluator", "PlanScore", "plan_cost", "budget_of"]
+
+
+@dataclass
+class PlanScore:
+    """What scoring one plan gives."""
+
+    accuracy: float
+    per_question_type: dict[str, float]
+    questions: int
+
+
+Report = Callable[[float, int], None]
+"""``report(accuracy_so_far, step)``; may raise ``optuna.TrialPruned``."""
+
+
+class Evaluator(Protocol):
+    def __call__(self, plan: Plan, report: Report | None) -> PlanScore: ...
+
+
+def budget_of(spec: Any) -> Budget:
+    """The :class:`~searchskip.flops.Budget` of a job's ``search.budget``."""
+    return Budget(ratio=spec.flops_ratio, gflops=spec.gflops_per_sample, count=spec.count, attention=spec.attention)
+
+
+@dataclass
+class ObjectiveContext:
+    """Everything a trial needs that the study computed once."""
+
+    space: Any
+    num_layers: int
+    arch: Any
+    """What :func:`count_flops` takes (the model's config)."""
+    workload: Workload
+    budget: Budget
+    objectives: tuple[str, ...] = ("accuracy",)
+    baseline: FlopReport | None = None
+
+    def __post_init__(self) -> None:
+        if self.baseline is None:
+            self.baseline = count_flops(self.arch, None, self.workload, count=self.budget.count,
+                                        attention=self.budget.attention)
+
+
+def plan_cost(ctx: ObjectiveContext, plan: Plan) -> tuple[FlopReport, float, bool]:
+    """``(report, ratio to the unplanned model, fits the budget)``."""
+    report = count_flops(ctx.arch, plan, ctx.workload, count=ctx.budget.count, attention=ctx.budget.attention)
+    return report, report.ratio(ctx.baseline), ctx.budget.allows(report, ctx.baseline)
+
+
+class ModelEvaluator:
+    """Scores plans on the loaded model: apply, answer the subset batch by batch, restore.
+
+    ``apply_fn(plan)`` applies a plan and returns a handle with ``restore()`` (default: the
+    ``eval`` verb's ``apply_plan``, which calibrates Wanda pruning on the job's train split).
+    """
+
+    def __init__(self, loaded: Any, dataset: Any, batch_size: int, max_new_tokens: int, *,
+                 report_every: int = 1, apply_fn: Callable[[Plan], Any] | None = None):
+        self.loaded = loaded
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.report_every = report_every
+        self.apply_fn = apply_fn
+        columns = dataset.select_columns(["answers", "question_type", "answer_type"]).to_dict()
+        self.answers = columns["answers"]
+        self.question_types = columns["question_type"]
+        self.answer_types = columns["answer_type"]
+        self.calls = 0
+
+    def __call__(self, plan: Plan, report: Report | None) -> PlanScore:
+        from searchskip.eval.generate import answer_batch
+        from searchskip.eval.vqa_accuracy import score
+
+        self.calls += 1
+        handle = self.apply_fn(plan) if self.apply_fn is not None else None
+        try:
+            predictions: list[str] = []
+            n = len(self.dataset)
+            for batch, start in enumerate(range(0, n, self.batch_size), start=1):
+                rows = self.dataset[start:start + self.batch_size]
+                predictions += answer_batch(self.loaded, rows["image"], rows["question"], self.max_new_tokens)
+                if report is not None and batch % self.report_every == 0 and len(predictions) < n:
+                    k = len(predictions)
+                    report(score(predictions, self.answers[:k]).accuracy, k)
+        finally:
+            if handle is not None:
+                handle.restore()
+        result = score(predictions, self.answers, self.question_types, self.answer_types)
+        return PlanScore(result.accuracy, dict(result.per_question_type), result.n)
+
+
+@dataclass
+class Objective:
+    """The callable handed to ``study.optimize``."""
+
+    ctx: ObjectiveContext
+    evaluate: Evaluator
+    prune: bool = True
+    """Obey the pruner (single objective only; intermediate values are reported either way)."""
+    _scored: dict[str, int] = field(default_factory=dict)
+    evaluations: int = 0
+
+    @property
+    def multi(self) -> bool:
+        return len(self.ctx.objectives) > 1
+
+    def _values(self, attrs: dict[str, Any]) -> float | tuple[float, ...]:
+        if self.multi:
+            return attrs["accuracy"], attrs["flops_ratio"]
+        return attrs["accuracy"]
+
+    def _find_complete(self, study: Any, key: str) -> Any | None:
+        from optuna.trial import TrialState
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.user_attrs.get("plan_key") == key and "accuracy" in trial.user_attrs:
+                return trial
+        return None
+
+    def __call__(self, trial: Any) -> float | tuple[float, ...]:
+        import optuna
+
+        start = time.perf_counter()
+        ctx = self.ctx
+        plan = ctx.space.suggest(trial, ctx.num_layers)
+        report, ratio, fits = plan_cost(ctx, plan)
+        key = plan.key()
+        trial.set_user_attr("plan", plan.to_yaml())
+        trial.set_user_attr("plan_key", key)
+        trial.set_user_attr("flops", report.total_flops)
+        trial.set_user_attr("flops_ratio", ratio)
+        trial.set_user_attr("flops_by_component", report.by_component())
+        trial.set_user_attr("infeasible", not fits)
+        if not fits:
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            raise optuna.TrialPruned(f"over budget: {ratio:.4f} x the unplanned model's FLOPs "
+                                     f"(budget: {ctx.budget.describe()})")
+
+        previous = self._find_complete(trial.study, key)
+        if previous is not None:
+            for name in ("accuracy", "accuracy_per_question_type", "questions"):
+                trial.set_user_attr(name, previous.user_attrs[name])
+            trial.set_user_attr("dedup_of", previous.number)
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            return self._values(previous.user_attrs)
+
+        reporter = None
+        if not self.multi:
+            def reporter(accuracy: float, step: int) -> None:
+                trial.report(accuracy, step)
+                if self.prune and trial.should_prune():
+                    trial.set_user_attr("pruned_at", step)
+                    trial.set_user_attr("accuracy_at_prune", accuracy)
+                    trial.set_user_attr("seconds", time.perf_counter() - start)
+                    raise optuna.TrialPruned(f"pruned at {step} questions (accuracy so far {accuracy:.4f})")
+
+        self.evaluations += 1
+        result = self.evaluate(plan, reporter)
+        trial.set_user_attr("accuracy", result.accuracy)
+        trial.set_user_attr("accuracy_per_question_type", result.per_question_type)
+        trial.set_user_attr("questions", result.questions)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        return self._values({"accuracy": result.accuracy, "flops_ratio": ratio})
+
+
+def directions(objectives: Sequence[str]) -> list[str]:
+    return ["maximize" if o == "accuracy" else "minimize" for o in objectives]

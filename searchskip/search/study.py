@@ -1,0 +1,472 @@
+"""Run a search (one machine, optuna): :func:`run_search`.
+
+    result = run_search(job, trials=20)                 # job.search must be set
+    result.study.best_trial.user_attrs["plan"]
+
+**The study folder** ``<outputs>/<study>/`` (``<study>`` defaults to the job's name) holds
+``job.yaml`` (the job file as it was at the first run, which ``searchskip resume`` reads),
+``run.json`` (the working directory, study name, storage, and the trial target), the journal
+``study.journal`` (default storage) and, while a process searches, ``search.lock``.
+
+**Once per run**: the model and the validation subset are loaded once, the workload is
+measured once on that subset and stored in the study's user attrs (``workload``) with the
+``fingerprint`` (:mod:`searchskip.search.fingerprint`) and the unplanned model's FLOPs. A
+resumed run reuses the stored workload (so FLOP ratios of old and new trials agree).
+
+**Resume**: opening an existing study compares fingerprints and refuses any difference,
+naming the field and both values, unless ``force_new_study`` (the old journal is kept as
+``study.journal.old-<time>``; an RDB study is deleted). Trials left RUNNING by a killed
+process are failed and their parameters re-enqueued once (:func:`~searchskip.search.storage.fail_stale_trials`).
+
+**Counting**: ``trials`` is the number of COMPLETE + PRUNED trials the study should hold at the
+end (infeasible trials are PRUNED; failed trials do not count), so a resumed run finishes
+exactly the missing ones. ``timeout`` (seconds) bounds this run's wall time.
+
+**Seeds** (``search.seed_plans``, enqueued once: optuna's ``skip_if_exists``): the unplanned
+model, the paper's interval plans (:meth:`Plan.from_pattern` with modes skip_block,
+skip_attn, skip_ffn, intervals 2..4, start layers :func:`~searchskip.search.baselines.default_start_layers`
+(every second layer), end = n) and the Block Influence plans (ShortGPT) of
+:mod:`searchskip.search.baselines`, each only if
+it fits the budget **and** the space can express it (:meth:`Space.params_for` is not
+``None``); plans outside the space are left out (a trial must be reproducible from its
+parameters). Seeds run first, in that order.
+
+**Ctrl-C**: the first stops the search after the running trial is recorded (``study.stop()``
+from a callback; :attr:`SearchResult.interrupted`); a second one interrupts at once (the
+running trial is then failed and retried by the next resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from searchskip.config.job import Job
+from searchskip.config.loader import resolve_space
+from searchskip.errors import ConfigError, SearchSkipError
+from searchskip.plan import Plan
+from searchskip.search import fingerprint as fp
+from searchskip.search.objective import (
+    Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
+)
+from searchskip.search.storage import (
+    JOURNAL_FILE, StudyLock, counted_states, fail_stale_trials, open_storage, storage_url,
+)
+
+__all__ = ["SearchResult", "run_search", "study_dir", "seed_plans", "open_study", "trial_counts",
+           "RUN_FILE", "JOB_FILE", "PAPER_SEED_MODES", "PAPER_SEED_INTERVALS"]
+
+RUN_FILE = "run.json"
+JOB_FILE = "job.yaml"
+PAPER_SEED_MODES = ("skip_block", "skip_attn", "skip_ffn")
+PAPER_SEED_INTERVALS = (2, 3, 4)
+
+
+class StudyMismatch(ConfigError):
+    """The study folder holds a study of another job (fingerprint differs)."""
+
+
+@dataclass
+class SearchResult:
+    study: Any
+    study_dir: Path
+    interrupted: bool = False
+    failed_stale: list[int] = field(default_factory=list)
+    evaluations: int = 0
+    """Plans scored on the model in this run (not deduplicated, not infeasible)."""
+    seconds: float = 0.0
+
+
+def study_dir(job: Job, study: str | None = None, outputs: str | None = None) -> Path:
+    return Path(outputs if outputs is not None else job.outputs) / (study or job.name)
+
+
+def trial_counts(study: Any) -> dict[str, int]:
+    """``complete``, ``pruned`` (by the pruner), ``infeasible``, ``failed``, ``running``, ``waiting``, ``counted``."""
+    from optuna.trial import TrialState
+
+    out = dict.fromkeys(("complete", "pruned", "infeasible", "failed", "running", "waiting"), 0)
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            out["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            out["infeasible" if t.user_attrs.get("infeasible") else "pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            out["failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == TrialState.WAITING:
+            out["waiting"] += 1
+    out["counted"] = out["complete"] + out["pruned"] + out["infeasible"]
+    return out
+
+
+# ---- seeds -------------------------------------------------------------------------------
+
+
+def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None) -> list[tuple[str, Plan, dict]]:
+    """``(label, plan, params)`` of the seeds that fit the budget and the space, without duplicates."""
+    n = ctx.num_layers
+    candidates: list[tuple[str, Plan]] = [("unplanned", Plan())]
+    try:
+        from searchskip.search.baselines import default_start_layers
+    except ImportError:  # the shared definition of the paper's plans (baselines.py) is absent
+        starts = sorted({(k * n) // 4 for k in range(4)})
+    else:
+        starts = list(default_start_layers(n))
+    for mode in PAPER_SEED_MODES:
+        for interval in PAPER_SEED_INTERVALS:
+            for start in starts:
+                try:
+                    plan = Plan.from_pattern(interval, start, n, mode, num_layers=n)
+                except ConfigError:
+                    continue
+                if not plan.is_empty:
+                    candidates.append((f"paper:{mode}/interval={interval}/start={start}", plan))
+    candidates += extra or []
+    out: list[tuple[str, Plan, dict]] = []
+    seen: set[str] = set()
+    for label, plan in candidates:
+        key = plan.key()
+        if key in seen:
+            continue
+        seen.add(key)
+        params = ctx.space.params_for(plan, n)
+        if params is None or not plan_cost(ctx, plan)[2]:
+            continue
+        out.append((label, plan, params))
+    return out
+
+
+BI_SAMPLES = 64
+"""Validation questions the Block Influence seed is measured on (the first run only; stored)."""
+
+
+def _baseline_seeds(study: Any, job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> list[tuple[str, Plan]]:
+    """ShortGPT's Block Influence plans (:mod:`searchskip.search.baselines`), one per op of
+    ``BI_OPS``: the least influential layers skipped until the budget fits. BI is measured once
+    on ``BI_SAMPLES`` questions of the validation subset (the search's own split, never the
+    test split) and stored in the study (``block_influence``), so a resumed run reuses it.
+    Returns ``[]`` when the baselines module is missing or no BI can be measured."""
+    try:
+        from searchskip.search.baselines import BI_OPS, block_influence, block_influence_plan
+    except ImportError:
+        return []
+    bi = study.user_attrs.get("block_influence")
+    if bi is None:
+        if dataset is None or len(dataset) == 0:
+            return []
+        from searchskip.ops.calibration import calibration_batches
+
+        batches = calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed,
+                                      job.eval.batch_size)
+        bi = block_influence(loaded.model, batches)
+        study.set_user_attr("block_influence", [float(v) for v in bi])
+    out: list[tuple[str, Plan]] = []
+    for op in BI_OPS:
+        plan = block_influence_plan(bi, ctx.arch, ctx.workload, ctx.budget, op=op)
+        if plan is not None and not plan.is_empty:
+            out.append((f"block_influence:{op}", plan))
+    return out
+
+
+def _enqueue_seeds(study: Any, seeds: list[tuple[str, Plan, dict]]) -> int:
+    before = len(study.get_trials(deepcopy=False))
+    for label, _plan, params in seeds:
+        study.enqueue_trial(params, user_attrs={"seed": label}, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False)) - before
+
+
+# ---- samplers and pruners -----------------------------------------------------------------
+
+
+def make_sampler(search: Any, space: Any, num_layers: int, history: int = 0) -> Any:
+    """The job's sampler. optuna does not store a sampler's state, so a resumed run seeds it
+    with ``search.seed + history`` (trials already in the study): the same seed would replay
+    the first run's random start-up suggestions, all of them duplicates."""
+    import optuna
+
+    name, seed = search.sampler, search.seed + history
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(num_layers), seed=seed)
+    if name == "gp":
+        try:
+            import scipy  # noqa: F401  (GPSampler needs it)
+        except ImportError:
+            raise ConfigError("search.sampler: 'gp' needs scipy, which is not installed here; "
+                              "pip install scipy, or use sampler: tpe") from None
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ConfigError(f"search.sampler: unknown sampler {name!r}")
+
+
+def make_pruner(search: Any) -> Any:
+    import optuna
+
+    if search.pruner == "median" and len(search.objectives) == 1:
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+# ---- the study ------------------------------------------------------------------------------
+
+
+def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if job.source_file and not (folder / JOB_FILE).exists():
+        shutil.copyfile(job.source_file, folder / JOB_FILE)
+    run_file = folder / RUN_FILE
+    info = json.loads(run_file.read_text()) if run_file.exists() else {}
+    info.setdefault("cwd", os.getcwd())
+    info.setdefault("job_file", str(Path(job.source_file).absolute()) if job.source_file else None)
+    info.update(study=study_name, storage=storage, outputs=str(folder.parent))
+    run_file.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool = False,
+               sampler: Any = None, pruner: Any = None, load_only: bool = False) -> tuple[Any, bool]:
+    """``(study, created)``: the study of ``folder``, checked against ``job``'s fingerprint."""
+    import optuna
+
+    search = job.search
+    storage = open_storage(search.storage, folder)
+    current = fp.fingerprint(job)
+    exists = study_name in optuna.study.get_all_study_names(storage)
+    if exists and force_new_study:
+        if search.storage is None:
+            journal = folder / JOURNAL_FILE
+            journal.rename(folder / f"{JOURNAL_FILE}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            storage = open_storage(search.storage, folder)
+        else:
+            optuna.delete_study(study_name=study_name, storage=storage)
+        exists = False
+    if exists:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        stored = study.user_attrs.get("fingerprint")
+        diffs = fp.differences(stored or {}, current)
+        if diffs:
+            lines = [f"{key}: the study has {json.dumps(old)}, the job has {json.dumps(new)}"
+                     for key, old, new in diffs]
+            raise StudyMismatch(
+                [ConfigError(line).problems[0] for line in lines]
+                + [ConfigError(f"the study {study_name!r} in {folder} was made by a different job; its trials are "
+                               "not comparable. Use --force-new-study to start over (the old journal is kept), or "
+                               "--study NAME for a separate study").problems[0]])
+        return study, False
+    if load_only:
+        raise SearchSkipError(f"{folder}: no study named {study_name!r} in {storage_url(search.storage, folder)}")
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                directions=directions(search.objectives))
+    study.set_user_attr("fingerprint", current)
+    return study, True
+
+
+def run_search(
+    job: Job,
+    trials: int | None = None,
+    timeout: float | None = None,
+    *,
+    study_name: str | None = None,
+    outputs: str | None = None,
+    force_new_study: bool = False,
+    evaluator: Evaluator | None = None,
+    loaded: Any = None,
+    dataset: Any = None,
+    progress: bool = True,
+    handle_sigint: bool = True,
+    callbacks: list[Callable[[Any, Any], None]] | None = None,
+) -> SearchResult:
+    """Run (or continue) the search of ``job`` until the study holds ``trials`` counted trials.
+
+    ``trials``/``timeout`` default to ``job.search.trials``/``timeout_s``. ``evaluator``
+    replaces the model evaluation (tests); ``loaded``/``dataset`` reuse an already loaded
+    model and validation subset (else both are loaded from the job, once).
+    """
+    import optuna
+
+    search = job.search
+    if search is None:
+        raise ConfigError(f"{job.source_file or job.name}: search: the job has no `search` section, so it "
+                          "cannot be searched; add one (see jobs/demo.yaml)")
+    if search.backend != "optuna":
+        raise ConfigError(f"search.backend: {search.backend!r} is not implemented yet; use `backend: optuna`")
+    trials = search.trials if trials is None else trials
+    timeout = search.timeout_s if timeout is None else timeout
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials: `trials >= 1` must hold, but got trials={trials}")
+    if trials is None and timeout is None:
+        raise ConfigError("search.trials: `trials` or `timeout_s` must be set, but both are null")
+    name = study_name or job.name
+    folder = study_dir(job, study_name, outputs)
+    start = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    from searchskip.search.space import Space
+
+    space = Space.load(resolve_space(search.space))
+    with StudyLock(folder):
+        _save_job_copy(job, folder, name, search.storage)
+        study, created = open_study(job, folder, name, force_new_study=force_new_study)
+        failed = fail_stale_trials(study)
+        if trials is not None and trial_counts(study)["counted"] >= trials:  # nothing to do: load nothing
+            return SearchResult(study=study, study_dir=folder, failed_stale=failed,
+                                seconds=time.perf_counter() - start)
+
+        if loaded is None:
+            from searchskip.models import load_model
+
+            loaded = load_model(job.model)
+        if dataset is None and (evaluator is None or "workload" not in study.user_attrs):
+            from searchskip.data.splits import load_eval_split
+
+            dataset = load_eval_split(job.data, "validation")
+        config = loaded.model.config
+        num_layers = _num_layers(loaded.model)
+        space.check(num_layers)
+        budget = budget_of(search.budget)
+        workload = _study_workload(study, loaded, dataset, job)
+        ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=config, workload=workload,
+                               budget=budget, objectives=tuple(search.objectives))
+        if "unplanned_flops" not in study.user_attrs:
+            study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
+            study.set_user_attr("budget", budget.to_dict())
+            study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
+            study.set_user_attr("num_layers", num_layers)
+            study.set_user_attr("space", str(search.space))
+
+        sampler = make_sampler(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
+        pruner = make_pruner(search)
+        study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
+
+        if search.seed_plans:
+            extra = _baseline_seeds(study, job, loaded, dataset, ctx)
+            _enqueue_seeds(study, seed_plans(ctx, extra))
+
+        if evaluator is None:
+            from searchskip.commands.eval import apply_plan
+
+            evaluator = ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                                       report_every=search.report_every,
+                                       apply_fn=lambda plan: apply_plan(loaded, job, plan, source=search.space))
+        objective = Objective(ctx, evaluator, prune=search.pruner != "none")
+        interrupted = _optimize(study, objective, trials, timeout, progress=progress,
+                                handle_sigint=handle_sigint, callbacks=callbacks or [])
+    return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
+                        evaluations=objective.evaluations, seconds=time.perf_counter() - start)
+
+
+def _num_layers(model: Any) -> int:
+    from searchskip.arch import get_adapter
+
+    return get_adapter(model).num_layers(model)
+
+
+def _study_workload(study: Any, loaded: Any, dataset: Any, job: Job) -> Any:
+    from searchskip.flops import Workload, measure_workload
+
+    stored = study.user_attrs.get("workload")
+    if stored is not None:
+        return Workload.from_dict(stored)
+    if dataset is None:
+        raise SearchSkipError("the study has no stored workload and no validation data was given to measure one")
+    workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
+    study.set_user_attr("workload", workload.to_dict())
+    return workload
+
+
+def _optimize(study: Any, objective: Objective, trials: int | None, timeout: float | None, *,
+              progress: bool, handle_sigint: bool, callbacks: list) -> bool:
+    """Run trials until ``trials`` are counted or ``timeout`` passes; ``True`` if Ctrl-C stopped it."""
+    from optuna.study import MaxTrialsCallback
+
+    stop = {"requested": False}
+    counted = trial_counts(study)["counted"]
+    if trials is not None and counted >= trials:
+        return False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+
+    def stop_if_asked(study: Any, trial: Any) -> None:
+        if stop["requested"]:
+            study.stop()
+
+    view = _ProgressView(study, trials, enabled=progress)
+    cbs = [view.update, *callbacks, stop_if_asked]
+    if trials is not None:
+        cbs.insert(0, MaxTrialsCallback(trials, states=counted_states()))
+    previous = signal.signal(signal.SIGINT, on_sigint) if handle_sigint else None
+    try:
+        with view:
+            study.optimize(objective, n_trials=None, timeout=timeout, callbacks=cbs, catch=(),
+                           gc_after_trial=False, show_progress_bar=False)
+    finally:
+        if handle_sigint:
+            signal.signal(signal.SIGINT, previous)
+    return stop["requested"]
+
+
+class _ProgressView:
+    """A rich live line: trials done/total, feasible/infeasible/pruned, best accuracy, ETA."""
+
+    def __init__(self, study: Any, total: int | None, enabled: bool = True):
+        self.study = study
+        self.total = total
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> "_ProgressView":
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=False)
+        self.progress.__enter__()
+        counts = trial_counts(self.study)
+        self.task = self.progress.add_task("search", total=self.total, completed=counts["counted"],
+                                           info=self._info(counts))
+        return self
+
+    def _info(self, counts: dict[str, int]) -> str:
+        best = best_feasible(self.study)
+        acc = f"{100 * best.user_attrs['accuracy']:.2f}%" if best is not None else "-"
+        return (f"feasible {counts['complete']}  infeasible {counts['infeasible']}  pruned {counts['pruned']}  "
+                f"failed {counts['failed']}  best {acc}")
+
+    def update(self, study: Any, trial: Any) -> None:
+        if self.progress is None:
+            return
+        counts = trial_counts(study)
+        self.progress.update(self.task, completed=counts["counted"], info=self._info(counts))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+
+def best_feasible(study: Any) -> Any | None:
+    """The COMPLETE trial with the highest accuracy (ties: fewer FLOPs, then lower number)."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "accuracy" in t.user_attrs]
+    if not done:
+        return None
+    return min(done, key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs.get("flops_ratio", 0), t.number))

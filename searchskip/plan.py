@@ -88,7 +88,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import yaml
 
-from searchskip.config.loader import _did_you_mean, build
+from searchskip.config.loader import _did_you_mean, at_least, build
 from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem
 
@@ -289,25 +289,10 @@ def _layer_op_average(op: LayerOp) -> Iterator[tuple[str, str]]:
                           f"but the op is {op.op!r}")
 
 
-def _drop_start(drop: DropSpec) -> Iterator[tuple[str, str]]:
-    if drop.start < 0:
-        yield "start", f"`start >= 0` must hold (decoder layers are numbered from 0), but got start={drop.start}"
-
-
 def _drop_order(drop: DropSpec) -> Iterator[tuple[str, str]]:
     if drop.start >= drop.end:
         yield "end", (f"`start < end` must hold (drop removes layers start..end-1, like range(start, end)), "
                       f"but got start={drop.start}, end={drop.end}")
-
-
-def _calibration_samples(spec: CalibrationSpec) -> Iterator[tuple[str, str]]:
-    if spec.samples < 1:
-        yield "samples", f"`samples >= 1` must hold, but got samples={spec.samples}"
-
-
-def _calibration_seed(spec: CalibrationSpec) -> Iterator[tuple[str, str]]:
-    if spec.seed < 0:
-        yield "seed", f"`seed >= 0` must hold, but got seed={spec.seed}"
 
 
 def _sparsities(prune: _PruneFile) -> Iterator[tuple[str, float, str]]:
@@ -443,8 +428,8 @@ def _prune_vs_drop(plan: _Sketch) -> Iterator[tuple[str, str]]:
 _CHECKS: dict[type, list[Any]] = {
     _PlanFile: [_version],
     LayerOp: [_layer_op_average],
-    DropSpec: [_drop_start, _drop_order],
-    CalibrationSpec: [_calibration_samples, _calibration_seed],
+    DropSpec: [at_least("start", 0, " (decoder layers are numbered from 0)"), _drop_order],
+    CalibrationSpec: [at_least("samples", 1), at_least("seed", 0)],
     _PruneFile: [_sparsity_range, _sparsity_two_four, _targets_listed, _targets_fit_structure,
                  _calibration_needed],
 }

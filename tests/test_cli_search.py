@@ -52,8 +52,14 @@ def test_demo_search_then_ls_json_then_resume(tmp_path):
     assert set(data["pareto"]) <= set(data["leaderboard"])
     assert data["trials"][0]["seed"] == "paper:skip_block/interval=2/start=0"  # the one seed fitting 0.8
 
+    best, paper = data["baselines"]["search"], data["baselines"]["paper"]
+    assert best["trial"] == data["leaderboard"][0]
+    assert paper is None or paper["seed"].startswith("paper:")
+
     table = sk("ls", str(folder))
     assert table.returncode == 0 and "best feasible plans" in table.stdout and "Pareto front" in table.stdout
+    assert f"best plan within the budget: trial {best['trial']}" in table.stdout
+    assert "the best paper interval plan" in table.stdout  # the search states how it compares, honestly
 
     # resume from another directory: the job copy and run.json say where the job's paths resolve
     resumed = sk("resume", str(folder), "--trials", "6", "--no-progress", cwd=tmp_path)

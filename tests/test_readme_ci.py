@@ -17,7 +17,7 @@ def test_ci_reads_the_main_command_from_the_readme(repo_root):
     cmd = _block(repo_root, "<!-- ci:main -->")
     assert "pip install torch==2.13.0" in cmd
     assert cmd.index("torch==2.13.0") < cmd.index("pip install -e .")  # torch first: no CUDA wheels
-    assert cmd.endswith("searchskip eval jobs/demo.yaml")
+    assert cmd.endswith("searchskip search jobs/demo.yaml")
 
 
 def test_ci_reads_the_test_command_from_the_readme(repo_root):

@@ -421,6 +421,38 @@ def test_median_pruner_stops_a_poor_trial_early(tmp_path, demo):
     assert trial_counts(no_pruner.study)["pruned"] == 0
 
 
+def test_seeded_baselines_are_scored_in_full(tmp_path, demo):
+    """The pruner never stops a seeded baseline, even one that scores worst: comparisons stay fair."""
+    class Scoring(FakeEvaluator):
+        def __init__(self, accuracy):
+            super().__init__()
+            self.accuracy = accuracy
+
+        def __call__(self, plan, report):
+            self.calls += 1
+            for step in (8, 16, 24):
+                report(self.accuracy, step)  # raises TrialPruned when the pruner says so
+            return PlanScore(self.accuracy, {}, 32)
+
+    # Six good unseeded trials first, so the median pruner (5 start-up trials) is armed ...
+    run(make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=6, sampler="random", seed_plans=False),
+        demo, Scoring(0.9))
+    # ... then the same study goes on with the seeds enqueued, and everything scores badly.
+    result = run(make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=40, sampler="random", seed_plans=True),
+                 demo, Scoring(0.1))
+    trials = result.study.get_trials()
+    seeds = [t for t in trials if "seed" in t.user_attrs and not t.user_attrs.get("dedup_of")]
+    assert len(seeds) >= 3
+    assert all(t.state == TrialState.COMPLETE for t in seeds), [(t.number, t.state.name) for t in seeds]
+    # Control: the same six good trials, then one unseeded trial that scores badly: it is pruned.
+    run(make_job(tmp_path / "control", budget={"flops_ratio": 1.0}, trials=6, sampler="random", seed_plans=False),
+        demo, Scoring(0.9))
+    control = run(make_job(tmp_path / "control", budget={"flops_ratio": 1.0}, trials=7, sampler="random",
+                           seed_plans=False), demo, Scoring(0.1))
+    seventh = control.study.get_trials()[6]
+    assert seventh.state == TrialState.PRUNED and not seventh.user_attrs["infeasible"]
+
+
 def test_block_influence_plans_are_seeded(tmp_path, demo):
     from searchskip.flops import Workload
     from searchskip.search.baselines import block_influence_plan

@@ -112,6 +112,48 @@ def leaderboard_table(study: Any, top: int = 10, rows: list | None = None, title
     return table
 
 
+BASELINES = (("paper", "the best paper interval plan"), ("block_influence", "the best Block Influence plan"),
+             ("unplanned", "the unplanned model"))
+"""Seed families the search is compared with: ``seed`` user-attr prefix -> description."""
+
+
+def baselines(study: Any) -> dict[str, dict | None]:
+    """The best scored trial overall (``search``) and of each seeded baseline family, all within the budget."""
+    board = leaderboard(study)
+
+    def entry(t: Any) -> dict:
+        return {"trial": t.number, "accuracy": t.user_attrs["accuracy"], "flops_ratio": t.user_attrs.get("flops_ratio"),
+                "seed": t.user_attrs.get("seed")}
+
+    out: dict[str, dict | None] = {"search": entry(board[0]) if board else None}
+    for family, _ in BASELINES:
+        seeded = [t for t in board if str(t.user_attrs.get("seed", "")).split(":")[0] == family]
+        out[family] = entry(seeded[0]) if seeded else None
+    return out
+
+
+def verdict(study: Any) -> list[str]:
+    """One line per baseline family: does the search's best plan beat it at the same budget?"""
+    found = baselines(study)
+    best = found["search"]
+    if best is None:
+        return ["no plan within the budget has been scored yet"]
+    lines = [f"best plan within the budget: trial {best['trial']}, {100 * best['accuracy']:.2f}% at "
+             f"{best['flops_ratio']:.3f}x the unplanned FLOPs"]
+    for family, description in BASELINES[:2]:
+        base = found[family]
+        if base is None:
+            lines.append(f"{description}: none fits the budget (or none was seeded)")
+        elif base["trial"] == best["trial"]:
+            lines.append(f"{description} (trial {base['trial']}) IS the best plan found: the search did not beat it")
+        elif best["accuracy"] > base["accuracy"]:
+            lines.append(f"beats {description} (trial {base['trial']}, {100 * base['accuracy']:.2f}%) "
+                         f"by {100 * (best['accuracy'] - base['accuracy']):.2f} points")
+        else:
+            lines.append(f"does NOT beat {description} (trial {base['trial']}, {100 * base['accuracy']:.2f}%): ties it")
+    return lines
+
+
 def to_json(study: Any, folder: str) -> dict:
     from searchskip.search.study import trial_counts
 
@@ -129,6 +171,7 @@ def to_json(study: Any, folder: str) -> dict:
         "trials": trials,
         "leaderboard": [t.number for t in leaderboard(study)],
         "pareto": [t.number for t in pareto(study)],
+        "baselines": baselines(study),
     }
 
 
@@ -141,10 +184,12 @@ def run(args) -> int:
         return 0
     from searchskip.search.study import trial_counts
 
-    console = Console()
+    console = Console(width=max(Console().width, 140))
     console.print(leaderboard_table(study, args.top))
     console.print(leaderboard_table(study, rows=pareto(study), title="Pareto front (accuracy vs FLOP ratio)"))
     c = trial_counts(study)
     console.print(f"{c['counted']} trials: {c['complete']} scored, {c['infeasible']} over budget, "
                   f"{c['pruned']} pruned; {c['failed']} failed, {c['waiting']} waiting", highlight=False)
+    for line in verdict(study):
+        console.print(line, highlight=False)
     return 0

@@ -58,7 +58,7 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> in
     from rich.console import Console
 
     from searchskip.commands import print_error
-    from searchskip.commands.ls import leaderboard_table
+    from searchskip.commands.ls import leaderboard_table, verdict
     from searchskip.search.study import run_search, trial_counts
 
     result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,
@@ -67,11 +67,13 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> in
         print_error(f"failed {len(result.failed_stale)} trial(s) left RUNNING by a stopped run and retried them: "
                     f"{result.failed_stale}", style="yellow")
     counts = trial_counts(result.study)
-    console = Console()
+    console = Console(width=max(Console().width, 140))
     console.print(leaderboard_table(result.study, top=10))
     console.print(f"{counts['counted']} trials ({counts['complete']} scored, {counts['infeasible']} over budget, "
                   f"{counts['pruned']} pruned, {counts['failed']} failed); {result.evaluations} model evaluations "
                   f"in {result.seconds:.1f} s. Study: {result.study_dir}", soft_wrap=True, highlight=False)
+    for line in verdict(result.study):
+        console.print(line, highlight=False)
     if result.interrupted:
         print_error(f"interrupted: stopped after the running trial was recorded; continue with "
                     f"`searchskip resume {result.study_dir}`")

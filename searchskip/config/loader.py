@@ -673,24 +673,20 @@ def _carve_fraction(carve: CarveSpec) -> Iterator[tuple[str, str]]:
         yield "fraction", f"`0 < fraction < 1` must hold, but got fraction={carve.fraction!r}"
 
 
-def _seed(spec: CarveSpec | SubsetSpec) -> Iterator[tuple[str, str]]:
-    if spec.seed < 0:
-        yield "seed", f"`seed >= 0` must hold, but got seed={spec.seed}"
+def at_least(name: str, low: int, note: str = ""):
+    """A rule for :func:`build`'s ``checks``: field ``name`` must be >= ``low`` (``None`` passes).
 
+    The message states the rule, then the value, optuna style:
+    "`size >= 1` must hold, but got size=-3"; ``note`` goes after the rule.
+    """
 
-def _subset_size(subset: SubsetSpec) -> Iterator[tuple[str, str]]:
-    if subset.size is not None and subset.size < 1:
-        yield "size", f"`size >= 1` must hold (or `size: null` for the whole split), but got size={subset.size}"
+    def rule(obj: Any) -> Iterator[tuple[str, str]]:
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            yield name, f"`{name} >= {low}` must hold{note}, but got {name}={value}"
 
-
-def _eval_batch_size(spec: EvalSpec) -> Iterator[tuple[str, str]]:
-    if spec.batch_size < 1:
-        yield "batch_size", f"`batch_size >= 1` must hold, but got batch_size={spec.batch_size}"
-
-
-def _eval_max_new_tokens(spec: EvalSpec) -> Iterator[tuple[str, str]]:
-    if spec.max_new_tokens < 1:
-        yield "max_new_tokens", f"`max_new_tokens >= 1` must hold, but got max_new_tokens={spec.max_new_tokens}"
+    rule.__name__ = f"at_least_{name}_{low}"
+    return rule
 
 
 # ---- the search section ---------------------------------------------------------------
@@ -810,9 +806,9 @@ def job_checks(embedded_names: Iterable[str] | None = None) -> dict[type, list[C
                     _model_device, _model_prompt],
         DataSpec: [_data_roles, _data_columns, _data_unused_settings, _data_hub, _data_disk, _data_split_values,
                    _data_roles_filled, _data_carve_needed, _data_no_test_leak],
-        CarveSpec: [_carve_fraction, _seed],
-        SubsetSpec: [_subset_size, _seed],
-        EvalSpec: [_eval_batch_size, _eval_max_new_tokens],
+        CarveSpec: [_carve_fraction, at_least("seed", 0)],
+        SubsetSpec: [at_least("size", 1, " (or `size: null` for the whole split)"), at_least("seed", 0)],
+        EvalSpec: [at_least("batch_size", 1), at_least("max_new_tokens", 1)],
         SearchSpec: [_search_space, _search_objectives, _search_counts, _search_storage, _search_workers,
                      _search_backend, _search_sampler],
         BudgetSpec: [_budget_one, _budget_positive],

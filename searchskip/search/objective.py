@@ -21,7 +21,8 @@ without running the model.
 
 **Multi-fidelity.** With one objective, the running accuracy is reported every
 ``report_every`` batches (step = questions scored so far) and the pruner may stop the trial
-(user attr ``pruned_at``). optuna does not support ``report``/``should_prune`` with several
+(user attr ``pruned_at``); seeded baseline trials are never pruned, so the search is compared
+with fully scored baselines. optuna does not support ``report``/``should_prune`` with several
 objectives, so ``[accuracy, flops]`` studies score every plan in full.
 
 User attrs of every trial: ``plan`` (YAML), ``plan_key``, ``flops``, ``flops_ratio``,
@@ -191,7 +192,9 @@ class Objective:
         if not self.multi:
             def reporter(accuracy: float, step: int) -> None:
                 trial.report(accuracy, step)
-                if self.prune and trial.should_prune():
+                # Seeded baselines (unplanned, paper, Block Influence) are scored in full: the search
+                # is compared with them, and a half-scored baseline would make that comparison unfair.
+                if self.prune and "seed" not in trial.user_attrs and trial.should_prune():
                     trial.set_user_attr("pruned_at", step)
                     trial.set_user_attr("accuracy_at_prune", accuracy)
                     trial.set_user_attr("seconds", time.perf_counter() - start)

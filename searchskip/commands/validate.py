@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "validate",
-        help="check job files without loading any model or data",
+        help="check job, space and plan files without loading any model or data",
         description=(
             "Check configuration files without loading any model or dataset: report every problem "
             "of every file, print 'OK FILE' for each valid one, and exit with 2 if any file has a problem."

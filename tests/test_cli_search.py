@@ -34,7 +34,8 @@ def test_demo_search_then_ls_json_then_resume(tmp_path):
     assert "4 trials" in done.stdout
     folder = out / "demo"
     assert (folder / "job.yaml").read_text() == (REPO / "jobs/demo.yaml").read_text()
-    assert (folder / "study.journal").is_file() and not (folder / "search.lock").exists()
+    assert (folder / "study.journal").is_file()
+    assert not list((folder / "workers").glob("*"))  # the worker's registration is removed at exit
 
     listed = sk("ls", str(folder), "--json")
     assert listed.returncode == 0, listed.stderr

@@ -265,14 +265,15 @@ def test_sigkill_mid_trial_then_resume(tmp_path, demo):
     job = job_from_data(job_data, None)
     before = optuna.load_study(study_name="t", storage=open_storage(None, study_dir(job))).get_trials()
     assert [t.state for t in before] == [TrialState.RUNNING]
-    assert (study_dir(job) / "search.lock").exists()  # left by the dead process, taken over below
+    regs = list((study_dir(job) / "workers").iterdir())
+    assert [r.name.rsplit("-", 1)[1] for r in regs] == [str(proc.pid)]  # left by the dead process: stale
     ev = FakeEvaluator()
     result = run(job, demo, ev)
     trials = result.study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert [t.user_attrs.get("retry_of") for t in trials[1:]].count(0) == 1
     assert trial_counts(result.study)["counted"] == 3 and len(trials) == 4
-    assert not (study_dir(job) / "search.lock").exists()
+    assert list((study_dir(job) / "workers").iterdir()) == []  # the stale one removed, ours removed at exit
 
 
 # ---- fingerprint -------------------------------------------------------------------------------
@@ -358,6 +359,11 @@ def job_problems(tmp_path, **search) -> str:
     return str(err.value)
 
 
+def test_two_workers_are_allowed_on_journal_and_postgresql(tmp_path):
+    make_job(tmp_path, workers=2)
+    make_job(tmp_path, storage="postgresql://u@h/db", workers=3)
+
+
 def test_sqlite_with_two_workers_is_refused(tmp_path):
     text = job_problems(tmp_path, storage="sqlite:///s.db", workers=2)
     assert "search.storage" in text and "sqlite:///s.db" in text and "workers=2" in text
@@ -374,7 +380,6 @@ def test_sqlite_with_two_workers_is_refused(tmp_path):
     ({"sampler": "cmaes"}, ["search.sampler"]),
     ({"trials": 0}, ["`trials >= 1`"]),
     ({"trials": None}, ["`trials` or `timeout_s`"]),
-    ({"workers": 2}, ["search.workers", "not implemented yet"]),
     ({"report_every": 0}, ["report_every"]),
     ({"storage": "redis://x"}, ["search.storage"]),
 ])

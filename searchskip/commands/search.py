@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--study", metavar="NAME", default=None, help="study name and folder (default: the job's name)")
     p.add_argument("--outputs", metavar="DIR", default=None, help="folder of study folders (default: job.outputs)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel workers (overrides search.workers; only 1 is implemented)")
+                   help="number of worker processes the study expects (overrides search.workers); start each with `searchskip search JOB` or `searchskip resume DIR` on the same storage")
     p.add_argument("--force-new-study", action="store_true",
                    help="start over when the study folder holds a study of a different job (the old journal is kept)")
     p.set_defaults(func=run)

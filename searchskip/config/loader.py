@@ -759,9 +759,10 @@ def _search_workers(search: SearchSpec) -> Iterator[tuple[str, str]]:
         yield "storage", ("must not be SQLite when several workers write to it (SQLite locks the whole database: "
                           f"'database is locked'), but got storage={search.storage!r} with workers={search.workers}; "
                           "use postgresql://... or workers: 1")
-    elif search.workers > 1 and search.backend == "optuna":
-        yield "workers", ("`workers: 1` must hold with `backend: optuna` (parallel workers are not implemented yet), "
-                          f"but got workers={search.workers}")
+    # workers > 1 on the optuna backend: allowed with the journal (one machine) or postgresql/mysql
+    # storages. `workers` is the number of `searchskip search JOB` processes the user starts on
+    # the study (each loads the model once); they share trials through the storage
+    # (see searchskip.search.storage). The total may overshoot `trials` by up to workers - 1.
 
 
 def _search_backend(search: SearchSpec) -> Iterator[tuple[str, str]]:

@@ -133,6 +133,10 @@ class ModelEvaluator:
         return PlanScore(result.accuracy, dict(result.per_question_type), result.n)
 
 
+TWIN_WAIT_S = 3600.0
+TWIN_POLL_S = 0.5
+
+
 @dataclass
 class Objective:
     """The callable handed to ``study.optimize``."""
@@ -161,10 +165,33 @@ class Objective:
                 return trial
         return None
 
+    def _wait_for_running_twin(self, trial: Any, key: str) -> bool:
+        """Another worker is scoring the same plan in an earlier trial: wait for it (so the plan is
+        scored once and this trial becomes its ``dedup_of``). Gives up if that trial fails or its
+        worker (on this host) dies, or after ``TWIN_WAIT_S``. ``True`` if it waited."""
+        from optuna.trial import TrialState
+
+        from searchskip.search.storage import _dead_local_worker
+
+        waited = False
+        deadline = time.monotonic() + TWIN_WAIT_S
+        while time.monotonic() < deadline:
+            twins = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                     if t.number < trial.number and t.user_attrs.get("plan_key") == key
+                     and not t.user_attrs.get("infeasible") and not _dead_local_worker(t.user_attrs.get("worker"))]
+            if not twins:
+                return waited
+            waited = True
+            time.sleep(TWIN_POLL_S)
+        return waited
+
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
         import optuna
 
+        from searchskip.search.storage import worker_id
+
         start = time.perf_counter()
+        trial.set_user_attr("worker", worker_id())  # first: a stale-trial pass can tell whose it is
         ctx = self.ctx
         plan = ctx.space.suggest(trial, ctx.num_layers)
         report, ratio, fits = plan_cost(ctx, plan)
@@ -181,6 +208,8 @@ class Objective:
                                      f"(budget: {ctx.budget.describe()})")
 
         previous = self._find_complete(trial.study, key)
+        if previous is None and self._wait_for_running_twin(trial, key):
+            previous = self._find_complete(trial.study, key)
         if previous is not None:
             for name in ("accuracy", "accuracy_per_question_type", "questions"):
                 trial.set_user_attr(name, previous.user_attrs[name])

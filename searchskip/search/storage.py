@@ -1,40 +1,49 @@
-"""Where a study lives, and how a resumed run cleans up after a killed one.
+"""Where a study lives, how several processes share it, and how a resumed run cleans up after a killed one.
 
 * ``search.storage: null`` (the default): a journal file ``<outputs>/<study>/study.journal``
-  (``JournalStorage(JournalFileBackend(path))``). Safe for several processes on one file
-  system, no server, but **no heartbeat**: a process killed mid-trial (SIGKILL, a lost
-  machine) leaves its trial RUNNING forever. :func:`fail_stale_trials` marks such trials
-  FAIL and re-enqueues their parameters once (``retry_of``); it runs when a study is opened,
-  while this process holds the study folder's lock (:class:`StudyLock`), so no live
-  process can own a RUNNING trial at that moment (one worker per study: ``workers: 1``).
-* ``sqlite:///FILE``: one worker only (SQLite locks the whole database).
+  (``JournalStorage(JournalFileBackend(path))``). Safe for several processes **on one
+  machine** (it locks the file), no server, but **no heartbeat**: a process killed mid-trial
+  (SIGKILL, a lost machine) leaves its trial RUNNING forever. :func:`fail_stale_trials`
+  marks such trials FAIL and re-enqueues their parameters once (``retry_of``) when a process
+  opens the study.
+* ``sqlite:///FILE``: one worker only (SQLite locks the whole database: "database is locked").
 * ``postgresql://...`` / ``mysql://...``: an RDB storage with a heartbeat (60 s, grace 180 s)
   and optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)``, which fails stale trials
-  and retries them once by itself when a worker starts a new trial.
+  and retries them once by itself when a worker starts a new trial. **Several machines**
+  need this: process ids say nothing across hosts, so the stale-trial pass below leaves other
+  hosts' trials alone and only the heartbeat recovers them.
 
-The stale-trial pass runs for every storage kind (an RDB study left RUNNING is also stale
-once we hold the lock), so behaviour does not depend on the heartbeat's timing.
+**Workers.** Each trial records its worker as the user attr ``worker`` = ``"{host}:{pid}"``
+before any model time. Each searching process registers itself as ``workers/<host>-<pid>``
+in the study folder (removed at exit; the registration of a dead pid is stale and removed by
+the next process). When a process opens a study (under the study folder's ``fcntl`` lock
+``study.lock``), :func:`fail_stale_trials` fails only
+
+* RUNNING trials whose worker is on this host and whose pid is no longer alive, and
+* RUNNING trials without a ``worker`` attr, only if no other live process is registered.
+
+Trials of live workers and of other hosts are left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from searchskip.errors import SearchSkipError
 
-__all__ = ["JOURNAL_FILE", "LOCK_FILE", "StudyLock", "StudyLocked", "open_storage", "storage_url",
-           "fail_stale_trials", "counted_states"]
+__all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "StudyLock", "WorkerRegistration", "study_flock",
+           "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "counted_states"]
 
 JOURNAL_FILE = "study.journal"
-LOCK_FILE = "search.lock"
+LOCK_FILE = "study.lock"
+WORKERS_DIR = "workers"
 HEARTBEAT_S = 60
 GRACE_S = 180
-
-
-class StudyLocked(SearchSkipError):
-    """Another live process is searching in the same study folder."""
 
 
 def storage_url(storage: str | None, study_dir: Path) -> str:
@@ -65,29 +74,9 @@ def counted_states() -> tuple[Any, ...]:
     return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def fail_stale_trials(study: Any) -> list[int]:
-    """Mark every RUNNING trial of ``study`` FAIL and re-enqueue its parameters once.
-
-    Only call this while holding the study's :class:`StudyLock` (no live process then owns a
-    RUNNING trial). A trial that was itself a retry (user attr ``retry_of``) is failed but not
-    retried again. Returns the numbers of the failed trials.
-    """
-    from optuna.trial import TrialState
-
-    failed: list[int] = []
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "failed_reason",
-                                    "stale: left RUNNING by a process that stopped (killed?) mid-trial")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        failed.append(trial.number)
-        if "retry_of" in trial.user_attrs or not trial.params:
-            continue
-        attrs = {"retry_of": trial.number}
-        if "seed" in trial.user_attrs:
-            attrs["seed"] = trial.user_attrs["seed"]
-        study.enqueue_trial(dict(trial.params), user_attrs=attrs)
-    return failed
+def worker_id(pid: int | None = None) -> str:
+    """``"{hostname}:{pid}"`` of this process (or of ``pid`` on this host)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def _alive(pid: int) -> bool:
@@ -100,34 +89,120 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class StudyLock:
-    """``<study dir>/search.lock`` holding this process's id while it searches.
+def _dead_local_worker(worker: Any) -> bool:
+    """``True`` if ``worker`` (``host:pid``) is on this host and its process is gone."""
+    if not isinstance(worker, str) or ":" not in worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        return not _alive(int(pid))
+    except ValueError:
+        return False
 
-    A lock left by a dead process is taken over; one held by a live process raises
-    :class:`StudyLocked`. (Process ids are per machine: the study folder is assumed local.)
+
+def fail_stale_trials(study: Any, others_alive: bool = False) -> list[int]:
+    """Fail the stale RUNNING trials of ``study`` and re-enqueue their parameters once.
+
+    Stale: the ``worker`` attr names a dead process on this host, or there is no ``worker``
+    attr and ``others_alive`` is false (no other live process is registered on the study).
+    A trial that was itself a retry (user attr ``retry_of``) is failed but not retried again.
+    Returns the numbers of the failed trials.
     """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    failed: list[int] = []
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker is None:
+            if others_alive:
+                continue
+        elif not _dead_local_worker(worker):
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "failed_reason",
+                                        "stale: left RUNNING by a process that stopped (killed?) mid-trial")
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:  # finished by its worker meanwhile
+            continue
+        failed.append(trial.number)
+        if "retry_of" in trial.user_attrs or not trial.params:
+            continue
+        attrs = {"retry_of": trial.number}
+        if "seed" in trial.user_attrs:
+            attrs["seed"] = trial.user_attrs["seed"]
+        study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    return failed
+
+
+@contextlib.contextmanager
+def study_flock(study_dir: Path) -> Iterator[None]:
+    """Hold ``<study dir>/study.lock`` exclusively (``fcntl.flock``; released on exit or death)."""
+    path = Path(study_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def live_workers(study_dir: Path, *, prune: bool = True) -> list[str]:
+    """Registrations (``host-pid``) of live processes on ``study_dir``, this one excluded.
+
+    A registration of a dead pid on this host is removed when ``prune``; one from another
+    host is counted as live (its pid cannot be checked from here)."""
+    folder = Path(study_dir) / WORKERS_DIR
+    me = _reg_name()
+    out: list[str] = []
+    if not folder.is_dir():
+        return out
+    host = socket.gethostname()
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if name == me:
+            continue
+        h, _, pid = name.rpartition("-")
+        if h == host:
+            try:
+                alive = _alive(int(pid))
+            except ValueError:
+                alive = False
+            if not alive:
+                if prune:
+                    entry.unlink(missing_ok=True)
+                continue
+        out.append(name)
+    return out
+
+
+def _reg_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerRegistration:
+    """``<study dir>/workers/<host>-<pid>`` while this process searches the study.
+
+    Enter it while holding :func:`study_flock`; :attr:`others` lists the other live
+    registrations seen then."""
 
     def __init__(self, study_dir: Path):
-        self.path = Path(study_dir) / LOCK_FILE
+        self.path = Path(study_dir) / WORKERS_DIR / _reg_name()
+        self.others: list[str] = []
 
-    def __enter__(self) -> "StudyLock":
+    def __enter__(self) -> "WorkerRegistration":
+        self.others = live_workers(self.path.parent.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or "0")
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise StudyLocked(f"{self.path.parent}: process {pid} is searching in this study now "
-                                      f"(lock file {self.path}); wait for it or stop it") from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+        self.path.write_text(worker_id() + "\n")
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.path.unlink(missing_ok=True)
+
+
+StudyLock = WorkerRegistration  # the old name (one process per study); kept for imports

@@ -6,7 +6,15 @@
 **The study folder** ``<outputs>/<study>/`` (``<study>`` defaults to the job's name) holds
 ``job.yaml`` (the job file as it was at the first run, which ``searchskip resume`` reads),
 ``run.json`` (the working directory, study name, storage, and the trial target), the journal
-``study.journal`` (default storage) and, while a process searches, ``search.lock``.
+``study.journal`` (default storage), ``study.lock`` (an ``fcntl`` lock held while a process sets
+the study up) and ``workers/<host>-<pid>`` (one per process searching it now).
+
+**Several workers** (``search.workers: N``): start ``searchskip search JOB`` (or ``resume``) N
+times on one machine (journal) or on several (PostgreSQL/MySQL: multi-host needs an RDB storage
+with its heartbeat); each loads the model once and they share the study. The study ends with
+between ``trials`` and ``trials + N - 1`` counted trials (each worker stops after its running
+trial once the target is reached: ``MaxTrialsCallback``). Seeds are enqueued once (study attr
+``seeded``); a worker that draws a plan another worker is scoring waits for it (``dedup_of``).
 
 **Once per run**: the model and the validation subset are loaded once, the workload is
 measured once on that subset and stored in the study's user attrs (``workload``) with the
@@ -16,7 +24,9 @@ resumed run reuses the stored workload (so FLOP ratios of old and new trials agr
 **Resume**: opening an existing study compares fingerprints and refuses any difference,
 naming the field and both values, unless ``force_new_study`` (the old journal is kept as
 ``study.journal.old-<time>``; an RDB study is deleted). Trials left RUNNING by a killed
-process are failed and their parameters re-enqueued once (:func:`~searchskip.search.storage.fail_stale_trials`).
+process are failed and their parameters re-enqueued once (:func:`~searchskip.search.storage.fail_stale_trials`):
+only trials whose ``worker`` attr names a dead process on this host (or, with no other live
+worker registered, trials without one); live workers' and other hosts' trials are left alone.
 
 **Counting**: ``trials`` is the number of COMPLETE + PRUNED trials the study should hold at the
 end (infeasible trials are PRUNED; failed trials do not count), so a resumed run finishes
@@ -57,7 +67,7 @@ from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
 )
 from searchskip.search.storage import (
-    JOURNAL_FILE, StudyLock, counted_states, fail_stale_trials, open_storage, storage_url,
+    JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, storage_url, study_flock,
 )
 
 __all__ = ["SearchResult", "run_search", "study_dir", "seed_plans", "open_study", "trial_counts",
@@ -67,6 +77,7 @@ RUN_FILE = "run.json"
 JOB_FILE = "job.yaml"
 PAPER_SEED_MODES = ("skip_block", "skip_attn", "skip_ffn")
 PAPER_SEED_INTERVALS = (2, 3, 4)
+WORKER_SEED_STRIDE = 7919
 
 
 class StudyMismatch(ConfigError):
@@ -316,10 +327,14 @@ def run_search(
     from searchskip.search.space import Space
 
     space = Space.load(resolve_space(search.space))
-    with StudyLock(folder):
-        _save_job_copy(job, folder, name, search.storage)
-        study, created = open_study(job, folder, name, force_new_study=force_new_study)
-        failed = fail_stale_trials(study)
+    registration = WorkerRegistration(folder)
+    with study_flock(folder):  # one process at a time sets up, fails stale trials and seeds
+        registration.__enter__()
+    try:
+        with study_flock(folder):
+            _save_job_copy(job, folder, name, search.storage)
+            study, created = open_study(job, folder, name, force_new_study=force_new_study)
+            failed = fail_stale_trials(study, others_alive=bool(registration.others))
         if trials is not None and trial_counts(study)["counted"] >= trials:  # nothing to do: load nothing
             return SearchResult(study=study, study_dir=folder, failed_stale=failed,
                                 seconds=time.perf_counter() - start)
@@ -336,23 +351,27 @@ def run_search(
         num_layers = _num_layers(loaded.model)
         space.check(num_layers)
         budget = budget_of(search.budget)
-        workload = _study_workload(study, loaded, dataset, job)
-        ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=config, workload=workload,
-                               budget=budget, objectives=tuple(search.objectives))
-        if "unplanned_flops" not in study.user_attrs:
-            study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
-            study.set_user_attr("budget", budget.to_dict())
-            study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
-            study.set_user_attr("num_layers", num_layers)
-            study.set_user_attr("space", str(search.space))
+        with study_flock(folder):
+            workload = _study_workload(study, loaded, dataset, job)
+            ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=config, workload=workload,
+                                   budget=budget, objectives=tuple(search.objectives))
+            if "unplanned_flops" not in study.user_attrs:
+                study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
+                study.set_user_attr("budget", budget.to_dict())
+                study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
+                study.set_user_attr("num_layers", num_layers)
+                study.set_user_attr("space", str(search.space))
+            if search.seed_plans and not study.user_attrs.get("seeded"):
+                extra = _baseline_seeds(study, job, loaded, dataset, ctx)
+                _enqueue_seeds(study, seed_plans(ctx, extra))
+                study.set_user_attr("seeded", True)
 
-        sampler = make_sampler(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
+        # Concurrent workers must not replay one sampler sequence: offset the seed by the number
+        # of other live workers seen at registration (0 for a lone process: reproducible as before).
+        history = len(study.get_trials(deepcopy=False)) + WORKER_SEED_STRIDE * len(registration.others)
+        sampler = make_sampler(search, space, num_layers, history=history)
         pruner = make_pruner(search)
         study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
-
-        if search.seed_plans:
-            extra = _baseline_seeds(study, job, loaded, dataset, ctx)
-            _enqueue_seeds(study, seed_plans(ctx, extra))
 
         if evaluator is None:
             from searchskip.commands.eval import apply_plan
@@ -363,6 +382,8 @@ def run_search(
         objective = Objective(ctx, evaluator, prune=search.pruner != "none")
         interrupted = _optimize(study, objective, trials, timeout, progress=progress,
                                 handle_sigint=handle_sigint, callbacks=callbacks or [])
+    finally:
+        registration.__exit__(None, None, None)
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
                         evaluations=objective.evaluations, seconds=time.perf_counter() - start)
 

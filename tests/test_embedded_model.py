@@ -139,3 +139,23 @@ def test_skipping_an_early_block_hurts_more_than_a_late_ffn(loaded, validation_r
             return evaluate(loaded, validation_rows, batch_size=48, max_new_tokens=2).score.accuracy
 
     assert accuracy(Plan(layers={0: "skip_block"})) < accuracy(Plan(layers={7: "skip_ffn"})) - 0.2
+
+
+def test_wanda_calibration_is_built_once_per_cache(loaded, monkeypatch, repo_root):
+    """A search worker calibrates Wanda once per (samples, seed), not once per trial."""
+    import searchskip.ops.calibration as calibration
+    from searchskip.commands.eval import apply_plan
+    from searchskip.config.loader import load_job
+    from searchskip.plan import CalibrationSpec, Plan, PruneSpec
+
+    built = []
+    real = calibration.calibration_batches
+    monkeypatch.setattr(calibration, "calibration_batches", lambda *a, **k: built.append(a[2:4]) or real(*a, **k))
+    job = load_job(repo_root / "jobs" / "demo.yaml")
+    cache: dict = {}
+    for sparsity in (0.2, 0.4):
+        plan = Plan(prune=PruneSpec(method="wanda", sparsity=sparsity, calibration=CalibrationSpec(samples=4, seed=1)))
+        apply_plan(loaded, job, plan, source="test", calibration_cache=cache).restore()
+    assert built == [(4, 1)]
+    apply_plan(loaded, job, plan, source="test").restore()  # no cache: built again
+    assert built == [(4, 1), (4, 1)]

@@ -56,8 +56,13 @@ def run(args) -> int:
     return 0
 
 
-def apply_plan(loaded, job, plan, source: str):
-    """Apply ``plan`` to the loaded model in place; Wanda pruning calibrates on the job's train split."""
+def apply_plan(loaded, job, plan, source: str, calibration_cache: dict | None = None):
+    """Apply ``plan`` to the loaded model in place; Wanda pruning calibrates on the job's train split.
+
+    ``calibration_cache`` (a dict kept by the caller, e.g. one per search worker) keeps the
+    calibration batches by ``(samples, seed)``, so trials after the first reuse them instead of
+    reloading the train split and re-running the processor.
+    """
     from searchskip.apply import apply
     from searchskip.data.splits import load_split
     from searchskip.errors import ConfigError
@@ -65,9 +70,15 @@ def apply_plan(loaded, job, plan, source: str):
 
     calibration = None
     if plan.prune is not None and plan.prune.calibration is not None:
-        train = load_split(job.data, "train", check_disjoint=False)
         cal = plan.prune.calibration
-        calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
+        key = (cal.samples, cal.seed)
+        if calibration_cache is not None and key in calibration_cache:
+            calibration = calibration_cache[key]
+        else:
+            train = load_split(job.data, "train", check_disjoint=False)
+            calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
+            if calibration_cache is not None:
+                calibration_cache[key] = calibration
     try:
         return apply(loaded.model, plan, calibration=calibration)
     except ConfigError as err:  # name the plan file in model-dependent plan errors

@@ -376,9 +376,11 @@ def run_search(
         if evaluator is None:
             from searchskip.commands.eval import apply_plan
 
+            calibration_cache: dict = {}  # one per worker: Wanda calibration batches by (samples, seed)
             evaluator = ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
                                        report_every=search.report_every,
-                                       apply_fn=lambda plan: apply_plan(loaded, job, plan, source=search.space))
+                                       apply_fn=lambda plan: apply_plan(loaded, job, plan, source=search.space,
+                                                                        calibration_cache=calibration_cache))
         objective = Objective(ctx, evaluator, prune=search.pruner != "none")
         interrupted = _optimize(study, objective, trials, timeout, progress=progress,
                                 handle_sigint=handle_sigint, callbacks=callbacks or [])

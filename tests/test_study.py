@@ -371,7 +371,7 @@ def test_sqlite_with_two_workers_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("search, words", [
-    ({"backend": "ray"}, ["search.backend", "not implemented yet"]),
+    ({"backend": "ray", "storage": "sqlite:///s.db"}, ["search.storage", "sqlite:///s.db", "backend='ray'"]),
     ({"budget": {"flops_ratio": 0.5, "gflops_per_sample": 2}}, ["exactly one", "flops_ratio=0.5"]),
     ({"budget": {"count": "dense"}}, ["exactly one", "flops_ratio=null"]),
     ({"budget": {"flops_ratio": -0.5}}, ["search.budget.flops_ratio", "`flops_ratio > 0`"]),

@@ -1,4 +1,4 @@
-"""``searchskip search JOB.yaml``: search a plan within the job's FLOP budget (optuna, one machine).
+"""``searchskip search JOB.yaml``: search a plan within the job's FLOP budget (optuna here, or Ray actors: ``backend: ray``).
 
 Results go to ``<outputs>/<study>/`` (see :mod:`searchskip.search.study`); ``searchskip ls``
 shows them and ``searchskip resume`` continues a stopped search. Exit code 130 after Ctrl-C

@@ -133,6 +133,14 @@ class SearchSpec:
     ``postgresql://...``."""
     workers: int = 1
     backend: Literal["optuna", "ray"] = "optuna"
+    """``optuna``: this process searches (start it ``workers`` times yourself); ``ray``: this
+    process starts ``workers`` Ray actors that search the study together (:mod:`searchskip.search.ray_backend`)."""
+    ray_address: str | None = None
+    """``backend: ray`` only: the Ray cluster to join (``ray.init(address=...)``, e.g. ``auto`` or
+    ``ray://head:10001``); ``null``: start a local Ray for this run."""
+    resources_per_worker: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0})
+    """``backend: ray`` only: what each worker actor reserves: ``cpu``, ``gpu``, ``memory`` (bytes)
+    or a custom Ray resource name, e.g. ``{gpu: 1}`` on a GPU cluster."""
     pruner: Literal["median", "none"] = "median"
     report_every: int = 1
     """Batches of the validation subset between intermediate reports (multi-fidelity pruning)."""

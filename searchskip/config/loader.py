@@ -765,9 +765,27 @@ def _search_workers(search: SearchSpec) -> Iterator[tuple[str, str]]:
     # (see searchskip.search.storage). The total may overshoot `trials` by up to workers - 1.
 
 
+_RAY_RESOURCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+_RAY_RESERVED = ("CPU", "GPU", "object_store_memory", "node", "accelerator_type")
+
+
 def _search_backend(search: SearchSpec) -> Iterator[tuple[str, str]]:
-    if search.backend == "ray":
-        yield "backend", "'ray' is not implemented yet; use `backend: optuna` (one machine, one worker)"
+    if search.backend != "ray":
+        return
+    if search.storage is not None and search.storage.startswith("sqlite"):
+        yield "storage", ("must not be SQLite with backend='ray' (the Ray workers write to it in parallel: "
+                          f"'database is locked'), but got storage={search.storage!r} with backend='ray'; "
+                          "use null (a journal file, one machine) or postgresql://...")
+    for key, value in dict(search.resources_per_worker).items():
+        name = f"resources_per_worker.{key}"
+        if key not in ("cpu", "gpu", "memory") and (key in _RAY_RESERVED or not _RAY_RESOURCE.match(str(key))):
+            yield name, (f"must be cpu, gpu, memory or a custom Ray resource name (letters, digits, '_'), "
+                         f"but got {key!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            yield name, f"`{key} > 0` must hold, but got {key}={value!r}"
+    if not search.resources_per_worker:
+        yield "resources_per_worker", "must name at least one resource (e.g. {cpu: 1}), but got {}"
 
 
 def _search_sampler(search: SearchSpec) -> Iterator[tuple[str, str]]:

@@ -41,6 +41,10 @@ it fits the budget **and** the space can express it (:meth:`Space.params_for` is
 ``None``); plans outside the space are left out (a trial must be reproducible from its
 parameters). Seeds run first, in that order.
 
+**Ray** (``search.backend: ray``): :func:`run_search` hands the run to
+:func:`searchskip.search.ray_backend.run_ray_search`, which starts ``workers`` Ray actors that
+each run this same worker loop on the shared storage.
+
 **Ctrl-C**: the first stops the search after the running trial is recorded (``study.stop()``
 from a callback; :attr:`SearchResult.interrupted`); a second one interrupts at once (the
 running trial is then failed and retried by the next resume).
@@ -70,7 +74,7 @@ from searchskip.search.storage import (
     JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, storage_url, study_flock,
 )
 
-__all__ = ["SearchResult", "run_search", "study_dir", "seed_plans", "open_study", "trial_counts",
+__all__ = ["SearchResult", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
            "RUN_FILE", "JOB_FILE", "PAPER_SEED_MODES", "PAPER_SEED_INTERVALS"]
 
 RUN_FILE = "run.json"
@@ -284,6 +288,30 @@ def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool
     return study, True
 
 
+def run_targets(job: Job, trials: int | None, timeout: float | None) -> tuple[int | None, float | None]:
+    """``(trials, timeout)`` of a run: the arguments, else the job's; checked."""
+    search = job.search
+    trials = search.trials if trials is None else trials
+    timeout = search.timeout_s if timeout is None else timeout
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials: `trials >= 1` must hold, but got trials={trials}")
+    if trials is None and timeout is None:
+        raise ConfigError("search.trials: `trials` or `timeout_s` must be set, but both are null")
+    return trials, timeout
+
+
+def prepare_study(job: Job, folder: Path, name: str, *, force_new_study: bool = False,
+                  others_alive: bool = False) -> tuple[Any, list[int]]:
+    """``(study, failed_stale)``: under the study's lock, save the job copy and ``run.json``, open
+    or create the study (fingerprint check, ``force_new_study``) and fail the stale RUNNING trials
+    of dead local workers (:func:`~searchskip.search.storage.fail_stale_trials`)."""
+    with study_flock(folder):
+        _save_job_copy(job, folder, name, job.search.storage)
+        study, _created = open_study(job, folder, name, force_new_study=force_new_study)
+        failed = fail_stale_trials(study, others_alive=others_alive)
+    return study, failed
+
+
 def run_search(
     job: Job,
     trials: int | None = None,
@@ -311,14 +339,12 @@ def run_search(
     if search is None:
         raise ConfigError(f"{job.source_file or job.name}: search: the job has no `search` section, so it "
                           "cannot be searched; add one (see jobs/demo.yaml)")
-    if search.backend != "optuna":
-        raise ConfigError(f"search.backend: {search.backend!r} is not implemented yet; use `backend: optuna`")
-    trials = search.trials if trials is None else trials
-    timeout = search.timeout_s if timeout is None else timeout
-    if trials is not None and trials < 1:
-        raise ConfigError(f"--trials: `trials >= 1` must hold, but got trials={trials}")
-    if trials is None and timeout is None:
-        raise ConfigError("search.trials: `trials` or `timeout_s` must be set, but both are null")
+    if search.backend == "ray":
+        from searchskip.search.ray_backend import run_ray_search
+
+        return run_ray_search(job, trials, timeout, study_name=study_name, outputs=outputs,
+                              force_new_study=force_new_study, progress=progress)
+    trials, timeout = run_targets(job, trials, timeout)
     name = study_name or job.name
     folder = study_dir(job, study_name, outputs)
     start = time.perf_counter()
@@ -331,10 +357,8 @@ def run_search(
     with study_flock(folder):  # one process at a time sets up, fails stale trials and seeds
         registration.__enter__()
     try:
-        with study_flock(folder):
-            _save_job_copy(job, folder, name, search.storage)
-            study, created = open_study(job, folder, name, force_new_study=force_new_study)
-            failed = fail_stale_trials(study, others_alive=bool(registration.others))
+        study, failed = prepare_study(job, folder, name, force_new_study=force_new_study,
+                                      others_alive=bool(registration.others))
         if trials is not None and trial_counts(study)["counted"] >= trials:  # nothing to do: load nothing
             return SearchResult(study=study, study_dir=folder, failed_stale=failed,
                                 seconds=time.perf_counter() - start)

@@ -1,0 +1,77 @@
+"""``search.backend: ray``: two Ray actors search one journal study together (a local Ray)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from searchskip.config.loader import job_from_data
+from searchskip.search.ray_backend import _is_loopback, ray_options
+from searchskip.search.storage import open_storage
+from searchskip.search.study import study_dir, trial_counts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ray_job(tmp_path: Path, **search) -> dict:
+    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
+    data["outputs"] = str(tmp_path / "out")
+    data["data"]["validation_subset"]["size"] = 32
+    data["eval"]["batch_size"] = 16
+    data["search"].update({"space": str(REPO / "spaces/per-layer.yaml"), "backend": "ray", "workers": 2,
+                           "resources_per_worker": {"cpu": 1}, "trials": 12, **search})
+    return data
+
+
+def problems(data: dict) -> str:
+    from searchskip.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        job_from_data(data, None)
+    return str(err.value)
+
+
+def test_ray_config_rules(tmp_path):
+    job = job_from_data(ray_job(tmp_path), None)
+    assert dict(job.search.resources_per_worker) == {"cpu": 1} and job.search.ray_address is None
+    text = problems(ray_job(tmp_path, storage="sqlite:///s.db"))
+    assert "search.storage" in text and "sqlite:///s.db" in text and "backend='ray'" in text
+    text = problems(ray_job(tmp_path, resources_per_worker={"CPU": 1}))
+    assert "resources_per_worker.CPU" in text
+    text = problems(ray_job(tmp_path, resources_per_worker={"gpu": 0}))
+    assert "`gpu > 0`" in text
+    job_from_data(ray_job(tmp_path, resources_per_worker={"gpu": 1, "memory": 2e9, "tpu_v4": 1}), None)
+    assert ray_options({"cpu": 1, "gpu": 0.5, "memory": 2e9, "tpu_v4": 1}) == {
+        "num_cpus": 1, "num_gpus": 0.5, "memory": 2000000000, "resources": {"tpu_v4": 1.0}}
+    assert _is_loopback("127.0.0.1:6379") and not _is_loopback("ray://10.0.0.2:10001")
+
+
+def test_two_ray_actors_complete_a_study_together(tmp_path):
+    data = ray_job(tmp_path)
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "searchskip", "search", str(job_file), "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.communicate(timeout=150)[0]
+    assert proc.returncode == 0, out
+    assert "listen on every network interface" in out  # the exposure of a local Ray is never silent
+    job = job_from_data(data, None)
+    study = optuna.load_study(study_name="demo", storage=open_storage(None, study_dir(job)))
+    trials = study.get_trials()
+    counts = trial_counts(study)
+    assert 12 <= counts["counted"] <= 13, counts
+    assert counts["running"] == 0 and counts["failed"] == 0
+    assert len({t.number for t in trials}) == len(trials)
+    pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials if "worker" in t.user_attrs}
+    assert len(pids) == 2 and str(proc.pid) not in pids, pids
+    seeds = [t.user_attrs["seed"] for t in trials if "seed" in t.user_attrs]
+    assert seeds and len(seeds) == len(set(seeds)), "seeds enqueued more than once"
+    assert study.user_attrs["seeded"] is True
+    assert list((study_dir(job) / "workers").iterdir()) == []

@@ -487,3 +487,11 @@ def test_sqlite_storage_with_one_worker_resumes(tmp_path, demo):
     assert trial_counts(result.study)["counted"] == 3
     with pytest.raises(ConfigError, match="search.seed"):
         run(make_job(tmp_path, storage=url, trials=4, seed_plans=False, seed=5), demo, FakeEvaluator())
+
+
+def test_live_view_shows_the_leaderboard_so_far(tmp_path, demo, capsys):
+    loaded, dataset = demo
+    job = make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=4, sampler="random", seed_plans=False)
+    run_search(job, loaded=loaded, dataset=dataset, evaluator=FakeEvaluator(), progress=True)
+    err = capsys.readouterr().err
+    assert "leaderboard so far" in err and "search" in err and "feasible" in err

@@ -58,7 +58,7 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> in
     from rich.console import Console
 
     from searchskip.commands import print_error
-    from searchskip.commands.ls import leaderboard_table, verdict
+    from searchskip.search.leaderboard import leaderboard_table, verdict
     from searchskip.search.study import run_search, trial_counts
 
     result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,

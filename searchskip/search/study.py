@@ -468,28 +468,34 @@ def _optimize(study: Any, objective: Objective, trials: int | None, timeout: flo
 
 
 class _ProgressView:
-    """A rich live line: trials done/total, feasible/infeasible/pruned, best accuracy, ETA."""
+    """A rich live view: trials done/total, feasible/infeasible/pruned, best accuracy, ETA, and the
+    current top of the leaderboard."""
+
+    TOP = 5
 
     def __init__(self, study: Any, total: int | None, enabled: bool = True):
         self.study = study
         self.total = total
         self.enabled = enabled
         self.progress = None
+        self.live = None
         self.task = None
 
     def __enter__(self) -> "_ProgressView":
         if not self.enabled:
             return self
         from rich.console import Console
+        from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
         self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=False)
-        self.progress.__enter__()
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
         counts = trial_counts(self.study)
         self.task = self.progress.add_task("search", total=self.total, completed=counts["counted"],
                                            info=self._info(counts))
+        self.live = Live(self._render(self.study), console=console, refresh_per_second=4, transient=False)
+        self.live.__enter__()
         return self
 
     def _info(self, counts: dict[str, int]) -> str:
@@ -498,15 +504,23 @@ class _ProgressView:
         return (f"feasible {counts['complete']}  infeasible {counts['infeasible']}  pruned {counts['pruned']}  "
                 f"failed {counts['failed']}  best {acc}")
 
+    def _render(self, study: Any):
+        from rich.console import Group
+
+        from searchskip.search.leaderboard import leaderboard_table
+
+        return Group(self.progress, leaderboard_table(study, top=self.TOP, title="leaderboard so far"))
+
     def update(self, study: Any, trial: Any) -> None:
-        if self.progress is None:
+        if self.live is None:
             return
         counts = trial_counts(study)
         self.progress.update(self.task, completed=counts["counted"], info=self._info(counts))
+        self.live.update(self._render(study))
 
     def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
+        if self.live is not None:
+            self.live.__exit__(*exc)
 
 
 def best_feasible(study: Any) -> Any | None:

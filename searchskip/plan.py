@@ -80,7 +80,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +88,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
 import yaml
 
 from searchskip.config.loader import _did_you_mean, at_least, build
-from searchskip.config.yaml_io import read_yaml
+from searchskip.config.yaml_io import parse_yaml_text, read_yaml
 from searchskip.errors import ConfigError, Problem
 
 __all__ = [
@@ -645,16 +644,9 @@ class Plan:
 
     @classmethod
     def from_yaml_text(cls, text: str, file: str | None = None) -> "Plan":
-        """Parse YAML text with the strict reader of files, :func:`~searchskip.config.yaml_io.read_yaml`
-        (through a temporary file, so there is one YAML reader); ``file`` labels the problems."""
-        with tempfile.TemporaryDirectory(prefix="searchskip-plan-") as folder:
-            path = Path(folder) / "plan.yaml"
-            path.write_text(text, encoding="utf-8")
-            try:
-                data = read_yaml(path)
-            except ConfigError as e:
-                raise ConfigError([dataclasses.replace(p, file=file) for p in e.problems]) from None
-        return cls.from_dict(data, file)
+        """Parse YAML text with the strict reader of files
+        (:func:`~searchskip.config.yaml_io.parse_yaml_text`); ``file`` labels the problems."""
+        return cls.from_dict(parse_yaml_text(text, file), file)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -167,7 +167,7 @@ def _syntax_rule(error: yaml.MarkedYAMLError) -> str:
     return rule
 
 
-def _error(file: str, rule: str, key: str = "") -> ConfigError:
+def _error(file: str | None, rule: str, key: str = "") -> ConfigError:
     return ConfigError([Problem(file, key, rule)])
 
 
@@ -192,6 +192,12 @@ def read_yaml(path: str | Path) -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise _error(file, f"is not UTF-8 text (undecodable byte at offset {e.start}); save it as UTF-8") from None
+    return parse_yaml_text(text, file)
+
+
+def parse_yaml_text(text: str, file: str | None = None) -> Any:
+    """Parse YAML text with the same strict rules as :func:`read_yaml` (which calls it for files);
+    ``file`` labels the problems. The top level must be a mapping."""
     if not text.strip():
         raise _error(file, "is empty; expected a mapping of settings such as `name: my-job`")
 

@@ -359,3 +359,24 @@ def test_validate_a_bad_space_exits_2_without_traceback(write_yaml, tmp_path):
     assert f"{bad}: ops[1]: must be one of" in done.stderr and "did you mean 'skip_block'?" in done.stderr
     assert f"{bad}: prune.sparsity: `0 <= sparsity < 1` must hold" in done.stderr
     assert "1 of 1 file failed validation" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp", "random", "grid"])
+def test_every_job_sampler_searches_the_shipped_space(name, repo_root):
+    """Each `search.sampler` a job may name is built by `make_sampler` and yields valid plans."""
+    from types import SimpleNamespace
+
+    from searchskip.search.study import make_sampler
+
+    space = Space.load(repo_root / "spaces/sublayer.yaml")
+    sampler = make_sampler(SimpleNamespace(sampler=name, seed=3), space, 8)
+    study = optuna.create_study(sampler=sampler)
+    keys = []
+
+    def objective(trial: optuna.Trial) -> float:
+        plan = space.suggest(trial, 8)
+        keys.append(plan.validate(8).key())
+        return objective_value(plan)
+
+    study.optimize(objective, n_trials=12)
+    assert len(study.trials) == 12 and len(set(keys)) > 1

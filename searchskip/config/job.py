@@ -134,7 +134,7 @@ class SearchSpec:
     workers: int = 1
     backend: Literal["optuna", "ray"] = "optuna"
     """``optuna``: this process searches (start it ``workers`` times yourself); ``ray``: this
-    process starts ``workers`` Ray actors that search the study together (:mod:`searchskip.search.ray_backend`)."""
+    process runs the trials as Ray Tune trials, at most ``workers`` at once (:mod:`searchskip.search.ray_backend`)."""
     ray_address: str | None = None
     """``backend: ray`` only: the Ray cluster to join (``ray.init(address=...)``, e.g. ``auto`` or
     ``ray://head:10001``); ``null``: start a local Ray for this run."""

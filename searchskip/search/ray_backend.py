@@ -1,27 +1,34 @@
-"""Run a search on Ray (``search.backend: ray``): :func:`run_ray_search`.
+"""Run a search on Ray Tune (``search.backend: ray``): :func:`run_ray_search`.
 
 **Design.** The driver (``searchskip search JOB``) opens or creates the study once
 (:func:`~searchskip.search.study.prepare_study`: job copy, fingerprint check,
-``--force-new-study``, stale trials of dead workers), then starts ``search.workers`` Ray actors,
-each reserving ``search.resources_per_worker`` (``cpu``/``gpu``/``memory``/custom resources).
-Every actor loads the model and the validation subset once and runs the very same worker loop
-as ``backend: optuna`` (:func:`~searchskip.search.study.run_search`) against the job's shared
-storage: the journal file in the study folder (one node, or a filesystem every node shares) or
-PostgreSQL/MySQL (many nodes; it has the heartbeat). So everything the optuna backend does holds
-unchanged: each actor registers as a worker and records ``worker`` = host:pid on its trials,
-seeds are enqueued once under the study's file lock (by the first actor to get it),
-``MaxTrialsCallback`` stops the study at ``trials`` to ``trials + workers - 1`` counted trials,
-plans over budget are recorded as infeasible before any compute, duplicates wait for the trial
-scoring them, and trials are pruned on intermediate accuracy. The driver only watches (a
-progress line read from the storage) and waits.
+``--force-new-study``, stale trials of dead workers). If the study is new, one Ray task with the
+worker's resources runs :func:`~searchskip.search.study.setup_worker` (measures the workload,
+stores the unplanned FLOPs and the budget, enqueues the seeds). Then a ``ray.tune.Tuner`` runs
+the trials: its searcher is Ray Tune's ``OptunaSearch`` on **the job's storage and study**
+(:class:`StorageOptunaSearch`), with the job's sampler and a define-by-run space that suggests
+the plan's parameters in the driver (seeds first: ``study.ask()`` pops the enqueued ones).
+Each Tune trial runs in a Ray actor reserving ``search.resources_per_worker``
+(``cpu``/``gpu``/``memory``/custom resources); at most ``search.workers`` run at once, and
+actors are reused (``reuse_actors``), so **each worker process loads the model and the
+validation subset once** (:func:`_worker`) for all the trials it runs.
 
-**Why not Ray Tune's ``OptunaSearch``**: it asks and tells in the driver and runs only the
-objective in the trial actors, so the trial would be created before the plan is costed (no
-infeasible record before any compute), duplicate plans could not wait on the trial already
-scoring them, the actors could not report intermediate accuracy to the study's pruner, and
-a killed driver would lose the sampler's pending trials instead of leaving them in the storage
-for ``searchskip resume`` to fail and retry. Running optuna's own worker loop in each actor keeps
-the storage the single source of truth.
+**The trial body is the optuna backend's** (:class:`~searchskip.search.objective.Objective`):
+the actor opens the Optuna trial the driver created (``optuna.trial.Trial(study, trial_id)``,
+whose ``suggest_*`` return the stored parameters), prices the plan, records an over-budget plan
+as infeasible without running the model, reuses the score of a duplicate plan, reports the
+running accuracy to the study's pruner and stops a hopeless trial, and tells the study the
+result itself. So ``StorageOptunaSearch`` never tells values: it only fails an Optuna trial that
+its Tune trial left unfinished (an actor crash) and re-enqueues its parameters once. The storage
+is the single source of truth: the journal file in the study folder (one node, or a filesystem
+every node shares) or PostgreSQL/MySQL (many nodes; it has the heartbeat).
+
+**Resume** goes through the storage, not ``Tuner.restore``: a killed driver takes its actors
+with it, and the trials they left RUNNING carry the dead processes' ids (``worker``: the
+driver's id while the trial waits for an actor, the actor's once it starts), so the next
+``searchskip search JOB`` / ``searchskip resume DIR`` fails them, re-enqueues their parameters
+and starts a new ``Tuner`` for the trials still missing. Tune's own experiment state goes to
+``<study>/ray/<run>`` (one folder per run; nothing there is needed to resume).
 
 **Ray cluster**: ``search.ray_address`` joins an existing cluster (``ray.init(address=...)``);
 its services then listen beyond this machine (a warning is printed for a non-loopback address).
@@ -29,33 +36,35 @@ its services then listen beyond this machine (a warning is printed for a non-loo
 node address 127.0.0.1 and worker output not forwarded, and shuts it down at the end. Ray 2.60
 has no setting that binds its gRPC servers (GCS, raylet, core workers) to loopback: they listen
 on all interfaces whatever the node address is, and a warning says so at every local start; what
-protects them is Ray's token authentication, on by default in 2.60 (a local cluster generates ``~/.ray/auth_token``; do not
-set ``RAY_AUTH_MODE=disabled``).
+protects them is Ray's token authentication, on by default in 2.60 (a local cluster generates
+``~/.ray/auth_token``; do not set ``RAY_AUTH_MODE=disabled``).
 
-**Ctrl-C** in the driver kills the actors (``ray.kill``); the storage keeps every finished trial,
-and the trials they left RUNNING (their pids are dead) are failed and retried by the next
-``searchskip resume``.
+**Ctrl-C** in the driver stops Tune (its first Ctrl-C ends the experiment); the trials it
+stopped mid-run are failed and re-enqueued at once, and every finished trial is in the storage.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from searchskip.config.job import Job
 from searchskip.search.study import SearchResult, prepare_study, run_targets, study_dir
 
-__all__ = ["run_ray_search", "LOOPBACK", "ray_options"]
+__all__ = ["run_ray_search", "StorageOptunaSearch", "LOOPBACK", "ray_options", "TRIAL_ID"]
 
 LOOPBACK = "127.0.0.1"
-POLL_S = 1.0
+TRIAL_ID = "optuna_trial_id"
+"""Config key carrying the Optuna trial id from the driver's searcher to the Tune trial."""
 
 
 def ray_options(resources: dict[str, float]) -> dict[str, Any]:
-    """``search.resources_per_worker`` as Ray actor options (``num_cpus``, ``num_gpus``, ``memory``, ``resources``)."""
+    """``search.resources_per_worker`` as Ray options (``num_cpus``, ``num_gpus``, ``memory``, ``resources``)."""
     opts: dict[str, Any] = {"num_cpus": 0}
     custom: dict[str, float] = {}
     for key, value in resources.items():
@@ -72,23 +81,21 @@ def ray_options(resources: dict[str, float]) -> dict[str, Any]:
     return opts
 
 
+def tune_resources(resources: dict[str, float]) -> dict[str, float]:
+    """``search.resources_per_worker`` as ``tune.with_resources`` takes it (``cpu``, ``gpu``, ``memory``, custom)."""
+    opts = ray_options(resources)
+    out: dict[str, float] = {"cpu": opts["num_cpus"]}
+    if "num_gpus" in opts:
+        out["gpu"] = opts["num_gpus"]
+    if "memory" in opts:
+        out["memory"] = opts["memory"]
+    out.update(opts.get("resources", {}))
+    return out
+
+
 def _is_loopback(address: str) -> bool:
     host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-
-
-def _worker_loop(job: Job, trials: int | None, timeout: float | None, study_name: str, outputs: str,
-                 cwd: str) -> dict[str, Any]:
-    """The body of one actor: the optuna backend's worker loop on the shared storage."""
-    if os.path.isdir(cwd):  # relative paths of the job (space, outputs) resolve as in the driver
-        os.chdir(cwd)
-    from searchskip.search.study import run_search
-
-    job = dataclasses.replace(job, search=dataclasses.replace(job.search, backend="optuna"))
-    result = run_search(job, trials, timeout, study_name=study_name, outputs=outputs, progress=False,
-                        handle_sigint=False)
-    return {"pid": os.getpid(), "evaluations": result.evaluations, "failed_stale": result.failed_stale,
-            "interrupted": result.interrupted}
 
 
 def _init_ray(address: str | None) -> bool:
@@ -111,6 +118,191 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
+# ---- the worker side (runs in Ray processes) -----------------------------------------------
+
+
+@dataclass
+class _Worker:
+    study: Any
+    objective: Any
+    registration: Any
+
+
+_WORKERS: dict[tuple[str, str], _Worker] = {}
+"""Per process: the loaded worker of each study (Tune reuses the actor across trials)."""
+
+
+def _open_worker_study(job: Job, study_name: str, folder: Path) -> Any:
+    import optuna
+
+    from searchskip.search.storage import open_storage
+    from searchskip.search.study import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The sampler is never asked: every parameter of a Tune trial was suggested by the driver.
+    return optuna.load_study(study_name=study_name, storage=open_storage(job.search.storage, folder),
+                             sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(job.search))
+
+
+def _setup_task(job: Job, study_name: str, folder: str, cwd: str) -> None:
+    """The one-off Ray task of a new study: workload, unplanned FLOPs, budget and seeds."""
+    if os.path.isdir(cwd):  # relative paths of the job (space, data) resolve as in the driver
+        os.chdir(cwd)
+    from searchskip.config.loader import resolve_space
+    from searchskip.search.space import Space
+    from searchskip.search.study import setup_worker
+
+    study = _open_worker_study(job, study_name, Path(folder))
+    setup_worker(job, study, Path(folder), Space.load(resolve_space(job.search.space)))
+
+
+def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
+    """This process's worker for the study: model, subset and objective, loaded on first use."""
+    key = (folder, study_name)
+    if key in _WORKERS:
+        return _WORKERS[key]
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    import atexit
+
+    from searchskip.config.loader import resolve_space
+    from searchskip.search.objective import Objective
+    from searchskip.search.space import Space
+    from searchskip.search.storage import WorkerRegistration, study_flock
+    from searchskip.search.study import make_evaluator, setup_worker
+
+    path = Path(folder)
+    registration = WorkerRegistration(path)
+    with study_flock(path):
+        registration.__enter__()
+    atexit.register(registration.__exit__, None, None, None)
+    study = _open_worker_study(job, study_name, path)
+    setup = setup_worker(job, study, path, Space.load(resolve_space(job.search.space)))
+    objective = Objective(setup.ctx, make_evaluator(job, setup.loaded, setup.dataset),
+                          prune=job.search.pruner != "none")
+    _WORKERS[key] = _Worker(study, objective, registration)
+    return _WORKERS[key]
+
+
+def run_trial(study: Any, objective: Any, trial_id: int) -> dict[str, Any]:
+    """Run the Optuna trial ``trial_id`` (created by the driver) through ``objective`` and tell the
+    study its result, exactly as ``study.optimize`` would. Returns the metrics for Tune."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial = optuna.trial.Trial(study, trial_id)
+    try:
+        values = objective(trial)
+    except optuna.TrialPruned:
+        frozen = study.tell(trial, state=TrialState.PRUNED)
+    except BaseException as err:
+        trial.set_user_attr("failed_reason", f"{type(err).__name__}: {err}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        frozen = study.tell(trial, values)
+    attrs = frozen.user_attrs
+    accuracy = attrs.get("accuracy", attrs.get("accuracy_at_prune"))
+    return {"accuracy": float("nan") if accuracy is None else float(accuracy),
+            "flops_ratio": float(attrs.get("flops_ratio", math.nan)),
+            "optuna_state": frozen.state.name, "optuna_number": frozen.number,
+            "infeasible": bool(attrs.get("infeasible", False))}
+
+
+def _tune_trial(config: dict[str, Any], job: Job, study_name: str, folder: str, cwd: str) -> None:
+    """The Tune trainable: one Optuna trial on this process's worker."""
+    from ray import tune
+
+    worker = _worker(job, study_name, folder, cwd)
+    tune.report(run_trial(worker.study, worker.objective, int(config[TRIAL_ID])))
+
+
+# ---- the driver side ------------------------------------------------------------------------
+
+
+def _searcher_class() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    class _StorageOptunaSearch(OptunaSearch):
+        """Ray Tune's ``OptunaSearch`` whose trials tell the study themselves (see the module doc).
+
+        It asks the study in the driver (define-by-run ``space``), marks each asked trial with
+        the driver's worker id, and on completion only fails (and re-enqueues once) an Optuna
+        trial that its Tune trial left RUNNING."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.asked: dict[str, Any] = {}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            config = super().suggest(trial_id)
+            self.asked[trial_id] = self._ot_trials[trial_id]
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            """The trial reported to the study itself."""
+
+        def save_to_dir(self, dirpath: str, session_str: str = "default") -> None:
+            """Nothing to checkpoint: the study's storage holds every trial, and resuming goes through it
+            (OptunaSearch would pickle the study, the sampler and the space function here)."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            self._completed_trials.add(trial_id)
+            ot_trial = self.asked.get(trial_id)
+            if ot_trial is not None:
+                fail_unfinished(self._ot_study, [ot_trial.number],
+                                "its Ray Tune trial ended without recording a result"
+                                + (" (the trial raised an error)" if error else " (stopped)"))
+
+    return _StorageOptunaSearch
+
+
+def StorageOptunaSearch(*args: Any, **kwargs: Any) -> Any:
+    """An instance of the searcher class (Ray is imported only when a Ray search runs)."""
+    return _searcher_class()(*args, **kwargs)
+
+
+def fail_unfinished(study: Any, numbers: list[int], reason: str) -> list[int]:
+    """Fail (and re-enqueue once) those trials among ``numbers`` that are still RUNNING."""
+    from optuna.trial import TrialState
+
+    from searchskip.search.storage import fail_and_retry
+
+    wanted = set(numbers)
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number in wanted and fail_and_retry(study, t, reason)]
+
+
+def _define_by_run(space: Any, num_layers: int) -> Any:
+    from searchskip.search.storage import worker_id
+
+    me = worker_id()
+
+    def define(trial: Any) -> dict[str, Any]:
+        trial.set_user_attr("worker", me)  # the driver's until an actor takes the trial
+        space.suggest(trial, num_layers)
+        return {TRIAL_ID: trial.ot_trial._trial_id}
+
+    return define
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def _progress_callback(view: Any, study: Any) -> Any:
+    from ray.tune import Callback
+
+    class _View(Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            view.update(study, None)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            view.update(study, None)
+
+    return _View()
+
+
 def run_ray_search(
     job: Job,
     trials: int | None = None,
@@ -121,71 +313,93 @@ def run_ray_search(
     force_new_study: bool = False,
     progress: bool = True,
 ) -> SearchResult:
-    """Search ``job`` with ``search.workers`` Ray actors on its shared storage (see the module doc).
+    """Search ``job`` with Ray Tune trials on its shared storage (see the module doc).
 
     Returns a :class:`~searchskip.search.study.SearchResult` (the study as the storage holds it
-    at the end; ``evaluations`` and ``failed_stale`` summed over the actors)."""
+    at the end; ``evaluations`` counts the Tune trials that scored a plan on the model)."""
+    import optuna
+
+    from searchskip.config.loader import resolve_space
+    from searchskip.search.space import Space
     from searchskip.search.storage import live_workers
-    from searchskip.search.study import _ProgressView, trial_counts
+    from searchskip.search.study import _ProgressView, directions, make_sampler, trial_counts
 
     search = job.search
     trials, timeout = run_targets(job, trials, timeout)
     name = study_name or job.name
     folder = study_dir(job, study_name, outputs)
     start = time.perf_counter()
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = Space.load(resolve_space(search.space))
     study, failed = prepare_study(job, folder, name, force_new_study=force_new_study,
                                   others_alive=bool(live_workers(folder)))
-    if trials is not None and trial_counts(study)["counted"] >= trials:
+    counted = trial_counts(study)["counted"]
+    if trials is not None and counted >= trials:
         return SearchResult(study=study, study_dir=folder, failed_stale=failed, seconds=time.perf_counter() - start)
 
     import ray
+    from ray import tune
 
     local = _init_ray(search.ray_address)
-    actors: list[Any] = []
     interrupted = False
     evaluations = 0
+    where = str(folder.absolute())
     try:
-        Worker = ray.remote(max_restarts=0)(_RayWorker).options(**ray_options(dict(search.resources_per_worker)))
-        actors = [Worker.remote() for _ in range(search.workers)]
-        refs = [a.run.remote(job, trials, timeout, name, str(folder.parent.absolute()), os.getcwd())
-                for a in actors]
-        pending = list(refs)
+        needs_setup = ("num_layers" not in study.user_attrs or "workload" not in study.user_attrs
+                       or (search.seed_plans and not study.user_attrs.get("seeded")))
+        if needs_setup:
+            task = ray.remote(max_retries=0)(_setup_task).options(**ray_options(dict(search.resources_per_worker)))
+            try:
+                ray.get(task.remote(job, name, where, os.getcwd()))
+            except ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
+        study = optuna.load_study(study_name=name, storage=study._storage)
+        num_layers = int(study.user_attrs["num_layers"])
+        sampler = make_sampler(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
+        multi = len(search.objectives) > 1
+        searcher = StorageOptunaSearch(
+            space=_define_by_run(space, num_layers), study_name=name, storage=study._storage, sampler=sampler,
+            metric=list(search.objectives) if multi else "accuracy",
+            mode=[("max" if d == "maximize" else "min") for d in directions(search.objectives)] if multi else "max")
+        trainable = tune.with_resources(
+            tune.with_parameters(_tune_trial, job=job, study_name=name, folder=where, cwd=os.getcwd()),
+            tune_resources(dict(search.resources_per_worker)))
         view = _ProgressView(study, trials, enabled=progress)
+        remaining = (trials - counted) if trials is not None else 10**9
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                        max_concurrent_trials=search.workers, reuse_actors=True,
+                                        time_budget_s=timeout, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                                      storage_path=str(folder.absolute() / "ray"), verbose=0,
+                                      callbacks=[_progress_callback(view, study)],
+                                      failure_config=tune.FailureConfig(max_failures=0)))
         try:
             with view:
-                while pending:
-                    _done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-                    view.update(study, None)
+                grid = tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
-            print(f"interrupted: the Ray workers were stopped; the storage keeps every finished trial and the "
-                  f"next run fails and retries the ones they left running: `searchskip resume {folder}`",
-                  file=sys.stderr)
-        if not interrupted:
-            for ref in refs:
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    raise e.as_instanceof_cause() from None
-                evaluations += out["evaluations"]
-                failed += [n for n in out["failed_stale"] if n not in failed]
-                interrupted = interrupted or out["interrupted"]
+            grid = None
+        stopped = fail_unfinished(study, [t.number for t in searcher.asked.values()],
+                                  "its Ray Tune trial was stopped (Ctrl-C or the time limit) before it finished")
+        if grid is not None:
+            errors = [r.error for r in grid if r.error is not None]
+            interrupted = interrupted or (trials is not None and timeout is None and not errors
+                                          and trial_counts(study)["counted"] < trials)
+            evaluations = sum(1 for r in grid if r.metrics and r.metrics.get("optuna_state") == "COMPLETE"
+                              and not r.metrics.get("infeasible"))
+            if errors:
+                err = errors[0]
+                cause = getattr(err, "as_instanceof_cause", None)
+                raise (cause() if cause else err) from None
+        if interrupted:
+            print(f"interrupted: Ray Tune stopped; the storage keeps every finished trial"
+                  + (f", and the {len(stopped)} stopped mid-run were re-enqueued" if stopped else "")
+                  + f": `searchskip resume {folder}` continues", file=sys.stderr)
     finally:
         if local:
             ray.shutdown()
     study = optuna.load_study(study_name=name, storage=study._storage)
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
                         evaluations=evaluations, seconds=time.perf_counter() - start)
-
-
-class _RayWorker:
-    """One search worker (a Ray actor): its own process, so its own pid, worker id and model."""
-
-    def run(self, job: Job, trials: int | None, timeout: float | None, study_name: str, outputs: str,
-            cwd: str) -> dict[str, Any]:
-        return _worker_loop(job, trials, timeout, study_name, outputs, cwd)

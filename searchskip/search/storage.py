@@ -37,7 +37,7 @@ from typing import Any, Iterator
 from searchskip.errors import SearchSkipError
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "StudyLock", "WorkerRegistration", "study_flock",
-           "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "counted_states"]
+           "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "fail_and_retry", "counted_states"]
 
 JOURNAL_FILE = "study.journal"
 LOCK_FILE = "study.lock"
@@ -102,6 +102,28 @@ def _dead_local_worker(worker: Any) -> bool:
         return False
 
 
+def fail_and_retry(study: Any, trial: Any, reason: str) -> bool:
+    """Fail the RUNNING ``trial`` (user attr ``failed_reason``) and re-enqueue its parameters once
+    (user attr ``retry_of``; a retry is not retried again). ``False`` if it had finished meanwhile."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "failed_reason", reason)
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:  # finished by its worker meanwhile
+        return False
+    if "retry_of" in trial.user_attrs or not trial.params:
+        return True
+    attrs = {"retry_of": trial.number}
+    if "seed" in trial.user_attrs:
+        attrs["seed"] = trial.user_attrs["seed"]
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    return True
+
+
 def fail_stale_trials(study: Any, others_alive: bool = False) -> list[int]:
     """Fail the stale RUNNING trials of ``study`` and re-enqueue their parameters once.
 
@@ -110,11 +132,9 @@ def fail_stale_trials(study: Any, others_alive: bool = False) -> list[int]:
     A trial that was itself a retry (user attr ``retry_of``) is failed but not retried again.
     Returns the numbers of the failed trials.
     """
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     failed: list[int] = []
-    storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         if worker is None:
@@ -122,20 +142,8 @@ def fail_stale_trials(study: Any, others_alive: bool = False) -> list[int]:
                 continue
         elif not _dead_local_worker(worker):
             continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "failed_reason",
-                                        "stale: left RUNNING by a process that stopped (killed?) mid-trial")
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:  # finished by its worker meanwhile
-            continue
-        failed.append(trial.number)
-        if "retry_of" in trial.user_attrs or not trial.params:
-            continue
-        attrs = {"retry_of": trial.number}
-        if "seed" in trial.user_attrs:
-            attrs["seed"] = trial.user_attrs["seed"]
-        study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+        if fail_and_retry(study, trial, "stale: left RUNNING by a process that stopped (killed?) mid-trial"):
+            failed.append(trial.number)
     return failed
 
 

@@ -42,8 +42,8 @@ it fits the budget **and** the space can express it (:meth:`Space.params_for` is
 parameters). Seeds run first, in that order.
 
 **Ray** (``search.backend: ray``): :func:`run_search` hands the run to
-:func:`searchskip.search.ray_backend.run_ray_search`, which starts ``workers`` Ray actors that
-each run this same worker loop on the shared storage.
+:func:`searchskip.search.ray_backend.run_ray_search`, which runs Ray Tune trials (``OptunaSearch``
+on this study) whose actors run this same trial body (:class:`Objective`) on the shared storage.
 
 **Ctrl-C**: the first stops the search after the running trial is recorded (``study.stop()``
 from a callback; :attr:`SearchResult.interrupted`); a second one interrupts at once (the
@@ -74,7 +74,7 @@ from searchskip.search.storage import (
     JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, storage_url, study_flock,
 )
 
-__all__ = ["SearchResult", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
+__all__ = ["SearchResult", "WorkerSetup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
            "RUN_FILE", "JOB_FILE", "PAPER_SEED_MODES", "PAPER_SEED_INTERVALS"]
 
 RUN_FILE = "run.json"
@@ -363,48 +363,18 @@ def run_search(
             return SearchResult(study=study, study_dir=folder, failed_stale=failed,
                                 seconds=time.perf_counter() - start)
 
-        if loaded is None:
-            from searchskip.models import load_model
-
-            loaded = load_model(job.model)
-        if dataset is None and (evaluator is None or "workload" not in study.user_attrs):
-            from searchskip.data.splits import load_eval_split
-
-            dataset = load_eval_split(job.data, "validation")
-        config = loaded.model.config
-        num_layers = _num_layers(loaded.model)
-        space.check(num_layers)
-        budget = budget_of(search.budget)
-        with study_flock(folder):
-            workload = _study_workload(study, loaded, dataset, job)
-            ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=config, workload=workload,
-                                   budget=budget, objectives=tuple(search.objectives))
-            if "unplanned_flops" not in study.user_attrs:
-                study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
-                study.set_user_attr("budget", budget.to_dict())
-                study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
-                study.set_user_attr("num_layers", num_layers)
-                study.set_user_attr("space", str(search.space))
-            if search.seed_plans and not study.user_attrs.get("seeded"):
-                extra = _baseline_seeds(study, job, loaded, dataset, ctx)
-                _enqueue_seeds(study, seed_plans(ctx, extra))
-                study.set_user_attr("seeded", True)
+        setup = setup_worker(job, study, folder, space, loaded=loaded, dataset=dataset,
+                             need_dataset=evaluator is None)
+        loaded, dataset, ctx = setup.loaded, setup.dataset, setup.ctx
 
         # Concurrent workers must not replay one sampler sequence: offset the seed by the number
         # of other live workers seen at registration (0 for a lone process: reproducible as before).
         history = len(study.get_trials(deepcopy=False)) + WORKER_SEED_STRIDE * len(registration.others)
-        sampler = make_sampler(search, space, num_layers, history=history)
+        sampler = make_sampler(search, space, ctx.num_layers, history=history)
         pruner = make_pruner(search)
         study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
-
         if evaluator is None:
-            from searchskip.commands.eval import apply_plan
-
-            calibration_cache: dict = {}  # one per worker: Wanda calibration batches by (samples, seed)
-            evaluator = ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                                       report_every=search.report_every,
-                                       apply_fn=lambda plan: apply_plan(loaded, job, plan, source=search.space,
-                                                                        calibration_cache=calibration_cache))
+            evaluator = make_evaluator(job, loaded, dataset)
         objective = Objective(ctx, evaluator, prune=search.pruner != "none")
         interrupted = _optimize(study, objective, trials, timeout, progress=progress,
                                 handle_sigint=handle_sigint, callbacks=callbacks or [])
@@ -412,6 +382,62 @@ def run_search(
         registration.__exit__(None, None, None)
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
                         evaluations=objective.evaluations, seconds=time.perf_counter() - start)
+
+
+@dataclass
+class WorkerSetup:
+    """What a search worker holds for all its trials: the model, the validation subset and the
+    :class:`~searchskip.search.objective.ObjectiveContext`."""
+
+    loaded: Any
+    dataset: Any
+    ctx: ObjectiveContext
+
+
+def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
+                 need_dataset: bool = True) -> WorkerSetup:
+    """Load the model and the validation subset (unless given), check the space against the model,
+    and, under the study's lock, measure and store the workload, the unplanned FLOPs and the budget
+    once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this."""
+    search = job.search
+    if loaded is None:
+        from searchskip.models import load_model
+
+        loaded = load_model(job.model)
+    if dataset is None and (need_dataset or "workload" not in study.user_attrs):
+        from searchskip.data.splits import load_eval_split
+
+        dataset = load_eval_split(job.data, "validation")
+    num_layers = _num_layers(loaded.model)
+    space.check(num_layers)
+    budget = budget_of(search.budget)
+    with study_flock(folder):
+        workload = _study_workload(study, loaded, dataset, job)
+        ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
+                               budget=budget, objectives=tuple(search.objectives))
+        if "unplanned_flops" not in study.user_attrs:
+            study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
+            study.set_user_attr("budget", budget.to_dict())
+            study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
+            study.set_user_attr("num_layers", num_layers)
+            study.set_user_attr("space", str(search.space))
+        if search.seed_plans and not study.user_attrs.get("seeded"):
+            extra = _baseline_seeds(study, job, loaded, dataset, ctx)
+            _enqueue_seeds(study, seed_plans(ctx, extra))
+            study.set_user_attr("seeded", True)
+    return WorkerSetup(loaded, dataset, ctx)
+
+
+def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
+    """The model evaluator of a search worker (plans applied with the ``eval`` verb's
+    ``apply_plan``; Wanda calibration batches cached for the worker's lifetime)."""
+    from searchskip.commands.eval import apply_plan
+
+    calibration_cache: dict = {}
+    return ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                          report_every=job.search.report_every,
+                          apply_fn=lambda plan: apply_plan(loaded, job, plan, source=job.search.space,
+                                                           calibration_cache=calibration_cache))
 
 
 def _num_layers(model: Any) -> int:

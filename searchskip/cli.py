@@ -26,7 +26,7 @@ from searchskip import __version__
 from searchskip.commands import print_error
 from searchskip.errors import SearchSkipError
 
-VERBS: tuple[str, ...] = ("validate", "eval", "flops", "search", "resume", "ls")
+VERBS: tuple[str, ...] = ("validate", "eval", "flops", "search", "resume", "ls", "export", "finetune")
 """Modules under :mod:`searchskip.commands`, one per verb, in the order ``--help`` lists them."""
 
 USAGE_ERROR = 2

@@ -56,29 +56,35 @@ def run(args) -> int:
     return 0
 
 
-def apply_plan(loaded, job, plan, source: str, calibration_cache: dict | None = None):
-    """Apply ``plan`` to the loaded model in place; Wanda pruning calibrates on the job's train split.
+def plan_calibration(loaded, job, plan, calibration_cache: dict | None = None):
+    """The calibration batches ``plan``'s pruning needs (Wanda: from the job's train split), or ``None``.
 
     ``calibration_cache`` (a dict kept by the caller, e.g. one per search worker) keeps the
-    calibration batches by ``(samples, seed)``, so trials after the first reuse them instead of
-    reloading the train split and re-running the processor.
+    batches by ``(samples, seed)``, so trials after the first reuse them instead of reloading
+    the train split and re-running the processor.
     """
-    from searchskip.apply import apply
     from searchskip.data.splits import load_split
-    from searchskip.errors import ConfigError
     from searchskip.ops.calibration import calibration_batches
 
-    calibration = None
-    if plan.prune is not None and plan.prune.calibration is not None:
-        cal = plan.prune.calibration
-        key = (cal.samples, cal.seed)
-        if calibration_cache is not None and key in calibration_cache:
-            calibration = calibration_cache[key]
-        else:
-            train = load_split(job.data, "train", check_disjoint=False)
-            calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
-            if calibration_cache is not None:
-                calibration_cache[key] = calibration
+    if plan.prune is None or plan.prune.calibration is None:
+        return None
+    cal = plan.prune.calibration
+    key = (cal.samples, cal.seed)
+    if calibration_cache is not None and key in calibration_cache:
+        return calibration_cache[key]
+    train = load_split(job.data, "train", check_disjoint=False)
+    calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
+    if calibration_cache is not None:
+        calibration_cache[key] = calibration
+    return calibration
+
+
+def apply_plan(loaded, job, plan, source: str, calibration_cache: dict | None = None):
+    """Apply ``plan`` to the loaded model in place (pruning calibrated by :func:`plan_calibration`)."""
+    from searchskip.apply import apply
+    from searchskip.errors import ConfigError
+
+    calibration = plan_calibration(loaded, job, plan, calibration_cache)
     try:
         return apply(loaded.model, plan, calibration=calibration)
     except ConfigError as err:  # name the plan file in model-dependent plan errors

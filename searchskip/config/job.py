@@ -148,6 +148,58 @@ class SearchSpec:
     """Enqueue the unplanned model and the paper's interval plans that fit the budget and the space."""
 
 
+FINETUNE_METHODS = ("projector", "lora")
+"""``projector``: the paper's training with skipping (only the vision-to-LLM projector trains,
+the LLM is frozen, the plan is active); ``lora``: LoRA adapters on the LLM's decoder linears."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA settings (``finetune.lora``, only with ``finetune.method: lora``)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+    """Module names (or name suffixes, peft style) inside the language model; ``null``: every
+    attention and MLP linear of the decoder layers, as the architecture adapter names them."""
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """How ``searchskip finetune`` recovers accuracy with the plan active (the ``finetune:`` section)."""
+
+    method: Literal["projector", "lora"] = "projector"
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 2e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """``cosine``: linear warm-up then cosine decay to 0; ``constant``: warm-up then constant."""
+    warmup_ratio: float = 0.03
+    """Share of the total steps spent warming up linearly, in [0, 1)."""
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (``null``: no clipping)."""
+    train_split: Literal["train", "validation", "test"] = "train"
+    train_limit: int | None = None
+    """Train on the first N questions of the shuffled train split (``null``: all of it)."""
+    eval_split: Literal["train", "validation", "test"] = "test"
+    eval_limit: int | None = None
+    """Score before and after training on the first N questions of the eval split (``null``: all)."""
+    seed: int = 0
+    checkpoint_every: int = 200
+    """Optimizer steps between checkpoints (one is also written at each epoch end and on Ctrl-C)."""
+    out: str | None = None
+    """Folder for checkpoints, the recovered model and metrics; ``null``: ``<outputs>/<name>-finetune``."""
+    lora: LoraSpec | None = None
+    """LoRA settings (``method: lora`` only); ``null``/left out: the defaults of :class:`LoraSpec`."""
+
+    @property
+    def lora_settings(self) -> LoraSpec:
+        """``lora``, or the defaults when it is left out."""
+        return self.lora if self.lora is not None else LoraSpec()
+
+
 @dataclass(frozen=True)
 class Job:
     """A whole job file."""
@@ -159,5 +211,7 @@ class Job:
     outputs: str = "outputs"
     search: SearchSpec | None = None
     """The search settings (``searchskip search``); ``null``/left out: the job cannot be searched."""
+    finetune: FinetuneSpec | None = None
+    """The fine-tune recipe (``searchskip finetune``); ``null``/left out: the job cannot be fine-tuned."""
     source_file: str | None = field(default=None, metadata={"internal": True})
     """The YAML file this job was read from (set by the loader, not written by users)."""

@@ -56,6 +56,8 @@ from searchskip.config.job import (
     ModelSpec,
     SubsetSpec,
     BudgetSpec,
+    FinetuneSpec,
+    LoraSpec,
     SearchSpec,
 )
 from searchskip.config.yaml_io import describe, read_yaml
@@ -806,6 +808,57 @@ def _budget_positive(budget: BudgetSpec) -> Iterator[tuple[str, str]]:
             yield name, f"`{name} > 0` must hold, but got {name}={value!r}"
 
 
+# ---- the finetune section -------------------------------------------------------------
+
+
+def _finetune_numbers(ft: FinetuneSpec) -> Iterator[tuple[str, str]]:
+    if not ft.lr > 0:
+        yield "lr", f"`lr > 0` must hold, but got lr={ft.lr!r}"
+    if not 0.0 <= ft.warmup_ratio < 1.0:
+        yield "warmup_ratio", f"`0 <= warmup_ratio < 1` must hold, but got warmup_ratio={ft.warmup_ratio!r}"
+    if ft.weight_decay < 0:
+        yield "weight_decay", f"`weight_decay >= 0` must hold, but got weight_decay={ft.weight_decay!r}"
+    if ft.max_grad_norm is not None and not ft.max_grad_norm > 0:
+        yield "max_grad_norm", f"`max_grad_norm > 0` must hold (or null: no clipping), but got max_grad_norm={ft.max_grad_norm!r}"
+
+
+def _finetune_splits(ft: FinetuneSpec) -> Iterator[tuple[str, str]]:
+    if ft.train_split == "test":
+        yield "train_split", ("must not be 'test': the test split gives the final numbers, and training on it "
+                              "would make them meaningless; use train (or validation)")
+    elif ft.train_split == ft.eval_split:
+        yield "eval_split", (f"must differ from finetune.train_split: accuracy would be measured on the questions "
+                             f"trained on, but both are {ft.train_split!r}")
+
+
+def _finetune_out(ft: FinetuneSpec) -> Iterator[tuple[str, str]]:
+    if ft.out is None:
+        return
+    if not ft.out.strip() or "\0" in ft.out:
+        yield "out", f"must be a path to a folder (or null: <outputs>/<name>-finetune), but got {ft.out!r}"
+    elif Path(ft.out).expanduser().is_file():
+        yield "out", f"must be a folder, but {_where(ft.out)} is an existing file"
+
+
+def _finetune_lora(ft: FinetuneSpec) -> Iterator[tuple[str, str]]:
+    if ft.lora is not None and ft.method != "lora":
+        yield "lora", (f"is only used with `finetune.method: lora`, but method is {ft.method!r}; remove the "
+                       "section or set method: lora")
+
+
+def _lora_numbers(lora: LoraSpec) -> Iterator[tuple[str, str]]:
+    if not lora.alpha > 0:
+        yield "alpha", f"`alpha > 0` must hold, but got alpha={lora.alpha!r}"
+    if not 0.0 <= lora.dropout < 1.0:
+        yield "dropout", f"`0 <= dropout < 1` must hold, but got dropout={lora.dropout!r}"
+    if lora.target_modules is not None:
+        if not lora.target_modules:
+            yield "target_modules", "must name at least one module (or null: every decoder linear), but got []"
+        for i, name in enumerate(lora.target_modules):
+            if not name.strip():
+                yield f"target_modules[{i}]", "must be a module name, but got an empty string"
+
+
 def embedded_model_names() -> frozenset[str]:
     """Names usable after ``embedded:``: ``searchskip.zoo.embedded_names()`` if the zoo offers it."""
     try:
@@ -831,6 +884,10 @@ def job_checks(embedded_names: Iterable[str] | None = None) -> dict[type, list[C
         SearchSpec: [_search_space, _search_objectives, _search_counts, _search_storage, _search_workers,
                      _search_backend, _search_sampler],
         BudgetSpec: [_budget_one, _budget_positive],
+        FinetuneSpec: [at_least("epochs", 1), at_least("batch_size", 1), at_least("train_limit", 1),
+                       at_least("eval_limit", 1), at_least("seed", 0), at_least("checkpoint_every", 1),
+                       _finetune_numbers, _finetune_splits, _finetune_out, _finetune_lora],
+        LoraSpec: [at_least("r", 1), _lora_numbers],
     }
 
 

@@ -10,6 +10,7 @@ Public API:
 * :func:`load_split` / :func:`load_eval_split` -- a role's split (then its subset);
 * :func:`to_schema`, :data:`FEATURES`, :func:`check_images` -- the schema;
 * :func:`select_subset` -- seeded subsets stratified by question type;
+* :class:`TrainingTensors` -- a split as padded prompt + answer tensors for training;
 * :func:`assert_disjoint`, :func:`check_splits`, :func:`carved_image_ids` -- split hygiene;
 * :data:`LOADERS` / :func:`register` -- the source registry (``searchskip.data.sources``).
 """
@@ -25,8 +26,10 @@ from searchskip.data.splits import (
     resolve_splits,
 )
 from searchskip.data.subset import select_subset
+from searchskip.data.tensors import Batch, TrainingTensors
 
 __all__ = [
+    "Batch",
     "FEATURES",
     "LOADERS",
     "RawSplit",
@@ -42,4 +45,5 @@ __all__ = [
     "resolve_splits",
     "select_subset",
     "to_schema",
+    "TrainingTensors",
 ]

@@ -29,6 +29,7 @@ import math
 import time
 from pathlib import Path
 
+from searchskip.data.tensors import TrainingTensors
 from searchskip.zoo.tiny_llava import (
     PROMPT_TEMPLATE,
     TinyLlavaShape,
@@ -64,50 +65,6 @@ def mine_image_labels(questions, answers, image_ids) -> dict[str, tuple[int, int
     return {img: (shape.get(img, -100), colour.get(img, -100)) for img in set(image_ids)}
 
 
-class _Tensors:
-    """A split turned into tensors once: preprocessed images and tokenised prompt + answer."""
-
-    def __init__(self, ds, tokenizer, processor, n_image_tokens: int):
-        import torch
-
-        image_ids = list(ds["image_id"])
-        first: dict[str, int] = {}
-        for i, img in enumerate(image_ids):
-            first.setdefault(img, i)
-        order = sorted(first)
-        self.image_row = {img: r for r, img in enumerate(order)}
-        pil = list(ds.select([first[img] for img in order])["image"])
-        self.pixels = processor.image_processor(pil, return_tensors="pt")["pixel_values"]
-        self.sample_image = torch.tensor([self.image_row[i] for i in image_ids])
-        expanded = PROMPT_TEMPLATE.replace("<image>", "<image>" * n_image_tokens)
-        prompts = tokenizer([expanded.format(question=q) for q in list(ds["question"])], add_special_tokens=False)["input_ids"]
-        answers = tokenizer([a[0] for a in list(ds["answers"])], add_special_tokens=False)["input_ids"]
-        seqs = [p + a + [tokenizer.eos_token_id] for p, a in zip(prompts, answers)]
-        width = max(map(len, seqs))
-        self.input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-        self.labels = torch.full((len(seqs), width), -100)
-        self.attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (p, s) in enumerate(zip(prompts, seqs)):
-            self.input_ids[i, : len(s)] = torch.tensor(s)
-            self.labels[i, len(p) : len(s)] = torch.tensor(s[len(p) :])
-            self.attention[i, : len(s)] = 1
-        self.answer_pos = torch.tensor([len(p) for p in prompts])
-        self.answer_id = torch.tensor([a[0] for a in answers])
-        self.image_ids = order
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def batch(self, idx):
-        width = int(self.attention[idx].sum(1).max())
-        return (
-            self.input_ids[idx, :width],
-            self.attention[idx, :width],
-            self.labels[idx, :width],
-            self.pixels[self.sample_image[idx]],
-        )
-
-
 def _flip(pixels, gen):
     """Random horizontal and vertical flips: easy-VQA answers (shape, colour) do not change under them."""
     import torch
@@ -126,7 +83,7 @@ def _lr(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _answer_accuracy(model, data: _Tensors, batch_size: int = 256) -> float:
+def _answer_accuracy(model, data: TrainingTensors, batch_size: int = 256) -> float:
     """Teacher-forced exact match of the first answer token (a fast proxy for VQA accuracy)."""
     import torch
 
@@ -135,9 +92,9 @@ def _answer_accuracy(model, data: _Tensors, batch_size: int = 256) -> float:
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(data)))
-            ids, att, _, pix = data.batch(idx)
-            logits = model(input_ids=ids, attention_mask=att, pixel_values=pix).logits
-            pred = logits[torch.arange(len(idx)), data.answer_pos[idx] - 1].argmax(-1)
+            b = data.batch(idx)
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, pixel_values=b.pixel_values).logits
+            pred = logits[torch.arange(len(idx)), b.answer_pos - 1].argmax(-1)
             right += int((pred == data.answer_id[idx]).sum())
     model.train()
     return right / len(data)
@@ -164,8 +121,10 @@ def train(out: Path, seed: int = 0, epochs: int = 8, warmup_epochs: int = 60, ba
     tokenizer = build_tokenizer(vocabulary(list(train_ds["question"]) + list(get_answers())))
     processor = build_processor(tokenizer, shape)
     model = build_model(build_config(tokenizer, shape), seed=seed)
-    data = _Tensors(train_ds, tokenizer, processor, shape.image_tokens)
-    val = _Tensors(val_ds, tokenizer, processor, shape.image_tokens)
+    # Right padding, no special tokens: how the shipped weights were trained.
+    tensors = dict(n_image_tokens=shape.image_tokens, padding_side="right", add_special_tokens=False)
+    data = TrainingTensors(train_ds, processor, PROMPT_TEMPLATE, **tensors)
+    val = TrainingTensors(val_ds, processor, PROMPT_TEMPLATE, **tensors)
     labels = mine_image_labels(list(train_ds["question"]), [a[0] for a in train_ds["answers"]], list(train_ds["image_id"]))
     image_labels = torch.tensor([labels[img] for img in data.image_ids])
     log(f"data: {len(data)} train questions on {len(data.image_ids)} images, {len(val)} validation questions; "
@@ -212,8 +171,8 @@ def train(out: Path, seed: int = 0, epochs: int = 8, warmup_epochs: int = 60, ba
         running = 0.0
         for start in range(0, len(data), batch_size):
             idx = perm[start : start + batch_size]
-            ids, att, lab, pix = data.batch(idx)
-            pix = _flip(pix, gen)
+            b = data.batch(idx)
+            ids, att, lab, pix = b.input_ids, b.attention_mask, b.labels, _flip(b.pixel_values, gen)
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, per_epoch // 2, lr)
             output = model(input_ids=ids, attention_mask=att, pixel_values=pix, labels=lab)

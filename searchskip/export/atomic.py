@@ -1,0 +1,498 @@
+"""Atomic directory writes with a sha256 manifest, used by ``searchskip export``.
+
+An export folder (``plan.yaml``, ``metrics.json``, ``model/``, ...) is never written in
+place. :func:`atomic_directory` follows this protocol, for a target folder ``out/<name>``:
+
+1. **Clean up.** :func:`cleanup_leftovers` removes what killed earlier runs left next to
+   the target (see below), and restores the previous export if a run was killed in the
+   middle of the swap (step 4).
+2. **Write.** The caller writes every file into a fresh temporary sibling
+   ``out/.<name>.tmp-<pid>-<random>`` (same parent, so the same file system and the
+   renames below are atomic). Nothing at ``out/<name>`` changes meanwhile.
+3. **Seal.** :func:`write_manifest` writes ``manifest.json`` into the temporary folder:
+   the sha256 and size of every other file. Every file and folder is fsynced, so the
+   data is on disk before any rename makes it visible.
+4. **Swap.** If the target exists it is renamed to ``out/.<name>.old-<pid>-<random>``;
+   then the temporary folder is renamed to the target; the parent folder is fsynced.
+5. **Discard.** The old folder is renamed to ``out/.<name>.trash-<pid>-<random>`` and
+   deleted.
+
+If the block raises (any exception, ``KeyboardInterrupt`` included) the temporary folder
+is deleted, the exception propagates and the target is untouched. If the process is
+*killed* (no Python cleanup runs), one of these states remains, and every one of them is
+recovered by the next :func:`cleanup_leftovers` (which every :func:`atomic_directory`
+calls first):
+
+* killed in step 2 or 3: the target is the complete previous export; a ``.tmp-`` folder
+  of a dead process is left over and gets deleted;
+* killed between the two renames of step 4: the target is missing and the previous
+  complete export is in a ``.old-`` folder, which is renamed back to the target;
+* killed after the second rename: the target is the complete new export; the ``.old-``
+  or ``.trash-`` folder is deleted.
+
+So whenever a kill happens, the target is (after cleanup) either the whole previous export
+or the whole new one, never a mix, and :func:`verify_manifest` on it reports no problem.
+
+Leftovers are recognised by name and owned by the process id in their name: a folder of
+a process that is still running (another export in progress) is left alone, tested with
+``os.kill(pid, 0)``. Folders of this very process count as leftovers unless an
+:func:`atomic_directory` of this process is still using them. A dead process's id that the
+system has since given to an unrelated live process keeps its leftovers until that
+process ends; that costs disk space, never correctness.
+
+``manifest.json`` has the form ``{"version": 1, "files": {"model/model.safetensors":
+{"sha256": "<hex>", "bytes": 123}, ...}}`` with paths relative to the folder, in POSIX
+form and sorted; it does not list itself. :func:`verify_manifest` lists the problems of a
+folder against its manifest and :func:`check_manifest` raises :class:`ManifestError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from searchskip.errors import SearchSkipError
+
+__all__ = [
+    "MANIFEST",
+    "ManifestError",
+    "atomic_directory",
+    "cleanup_leftovers",
+    "write_manifest",
+    "verify_manifest",
+    "check_manifest",
+]
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+_CHUNK = 1 << 20  # hash files 1 MiB at a time: model weights can be gigabytes
+_KINDS = ("tmp", "old", "trash")
+
+# Leftover folders this process is using right now (an atomic_directory in progress, in any
+# thread): cleanup_leftovers never touches them even though their pid is alive (ours).
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+class ManifestError(SearchSkipError, ValueError):
+    """A folder's ``manifest.json`` is missing or unreadable, or its files do not match it."""
+
+    def __init__(self, message: str, *, folder: str | Path | None = None, problems: Iterable[str] = ()):
+        super().__init__(message)
+        self.folder = folder
+        self.problems: list[str] = list(problems)
+
+
+def _checkpoint(name: str) -> None:
+    """Test seam: called after each step of the protocol; does nothing.
+
+    Tests replace ``searchskip.export.atomic._checkpoint`` (looked up at call time) to count
+    the steps and kill the process at one of them. Names: ``tmp-created``,
+    ``manifest-hashed`` (once per file), ``manifest-written``, ``synced``,
+    ``target-moved`` (target renamed to ``.old-``), ``tmp-moved`` (temporary folder renamed
+    to the target), ``old-trashed``, ``old-removed``.
+    """
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _hash_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
+    """sha256 (hex) and size in bytes of a file, read in chunks; fsync it first if asked."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        if fsync:
+            _fsync_fd(f.fileno())
+        while True:
+            n = f.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+            size += n
+    return digest.hexdigest(), size
+
+
+def _list_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` as a sorted relative POSIX path, except the top manifest."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(folder)
+        for filename in filenames:
+            rel = (rel_dir / filename).as_posix()
+            if rel != MANIFEST:
+                found.append(rel)
+    return sorted(found)
+
+
+def _manifest_dict(folder: Path, *, fsync: bool = False) -> dict:
+    files = {}
+    for rel in _list_files(folder):
+        sha, size = _hash_file(folder / rel, fsync=fsync)
+        files[rel] = {"sha256": sha, "bytes": size}
+        _checkpoint("manifest-hashed")
+    return {"version": MANIFEST_VERSION, "files": files}
+
+
+def _write_manifest(folder: Path, *, fsync: bool) -> dict:
+    manifest = _manifest_dict(folder, fsync=fsync)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    partial = folder / f".{MANIFEST}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            _fsync_fd(f.fileno())
+        os.replace(partial, folder / MANIFEST)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    _checkpoint("manifest-written")
+    return manifest
+
+
+def write_manifest(folder: str | Path) -> dict:
+    """Write ``folder/manifest.json`` listing the sha256 and size of every other file under ``folder``.
+
+    Paths are relative to ``folder`` in POSIX form (``model/config.json``); keys are sorted
+    and the JSON is indented by 2. The manifest does not list itself (only the top-level
+    ``manifest.json`` is left out). Files are hashed in 1 MiB chunks. Returns the manifest
+    as a dict: ``{"version": 1, "files": {path: {"sha256": hex, "bytes": n}}}``.
+    """
+    return _write_manifest(Path(folder), fsync=False)
+
+
+def _load_manifest(folder: Path) -> tuple[dict | None, list[str], set[str]]:
+    """The manifest (None if missing or unusable), its problems, and its entries that are invalid."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None, [f"{MANIFEST}: missing"], set()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, [f"{MANIFEST}: unreadable ({exc})"], set()
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        problem = f"{MANIFEST}: unreadable (expected version {MANIFEST_VERSION}, found {version!r})"
+        return None, [problem], set()
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return None, [f"{MANIFEST}: unreadable ('files' is not a mapping)"], set()
+    problems = []
+    invalid = set()
+    for rel, entry in files.items():
+        pure = PurePosixPath(rel)
+        if (not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel or rel == MANIFEST
+                or pure.as_posix() != rel):
+            problems.append(f"{rel!r}: not a valid relative path in {MANIFEST}")
+            invalid.add(rel)
+        elif (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+              or not isinstance(entry.get("bytes"), int) or isinstance(entry.get("bytes"), bool)):
+            problems.append(f"{rel}: entry in {MANIFEST} needs 'sha256' (text) and 'bytes' (integer)")
+            invalid.add(rel)
+    return data, problems, invalid
+
+
+def verify_manifest(folder: str | Path) -> list[str]:
+    """Check ``folder`` against its ``manifest.json``; return the problems found (empty: all good).
+
+    Each problem is one line naming the relative path it is about: the manifest is missing
+    or unreadable; a listed file is missing, or its size or sha256 differs; a file is there
+    that the manifest does not list. A file whose size differs is not hashed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder}: {'not a folder' if os.path.lexists(folder) else 'missing'}"]
+    manifest, problems, invalid = _load_manifest(folder)
+    if manifest is None:
+        return problems
+    listed: dict = manifest["files"]
+    present = set(_list_files(folder))
+    for rel in sorted(listed):
+        if rel in invalid:
+            continue
+        entry = listed[rel]
+        path = folder / rel
+        if rel not in present:
+            problems.append(f"{rel}: missing")
+            continue
+        try:
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                problems.append(f"{rel}: size {size} bytes, manifest says {entry['bytes']}")
+                continue
+            sha, _ = _hash_file(path)
+        except OSError as exc:
+            problems.append(f"{rel}: unreadable ({exc})")
+            continue
+        if sha != entry["sha256"]:
+            problems.append(f"{rel}: sha256 {sha} differs from the manifest's {entry['sha256']}")
+    for rel in sorted(present - set(listed)):
+        problems.append(f"{rel}: not listed in {MANIFEST}")
+    return problems
+
+
+def check_manifest(folder: str | Path) -> None:
+    """Raise :class:`ManifestError` naming ``folder`` and listing every problem, unless it verifies."""
+    problems = verify_manifest(folder)
+    if problems:
+        lines = [f"{folder}: does not match its {MANIFEST} ({len(problems)} problem(s)):"]
+        lines += [f"  - {p}" for p in problems]
+        raise ManifestError("\n".join(lines), folder=folder, problems=problems)
+
+
+# --------------------------------------------------------------------------- file system helpers
+
+
+def _fsync_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):  # some file systems (and Windows read handles) refuse
+        os.fsync(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (creations, renames) durable; a no-op where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        _fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every folder under ``folder`` (files were fsynced while hashing), deepest first."""
+    for dirpath, _dirs, _files in os.walk(folder, topdown=False):
+        _fsync_dir(Path(dirpath))
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running; unknown counts as running (keeps its folders)."""
+    if pid <= 0:
+        return True
+    if os.name == "posix":
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # PermissionError: it exists, owned by someone else
+            return True
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
+        try:
+            import ctypes
+
+            kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+            handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+            if not handle:
+                return kernel32.GetLastError() == 5  # access denied: it exists
+            try:
+                code = ctypes.c_ulong()
+                if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                    return True
+                return code.value == 259  # STILL_ACTIVE
+            finally:
+                kernel32.CloseHandle(handle)
+        except Exception:
+            return True
+    return True
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _normalize(target: str | Path) -> Path:
+    target = Path(os.path.abspath(os.fspath(target)))
+    if not target.name:
+        raise SearchSkipError(f"{target}: cannot export to the root of a file system")
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _registered(path: Path) -> Iterator[None]:
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(str(path))
+    try:
+        yield
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(str(path))
+
+
+def _owner_gone(pid: int, path: Path) -> bool:
+    if pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return str(path) not in _ACTIVE
+    return not _pid_alive(pid)
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def cleanup_leftovers(target: str | Path) -> list[Path]:
+    """Recover from exports of ``target`` that were killed, and delete what they left behind.
+
+    Looks at the siblings of ``target`` named ``.<name>.tmp-<pid>-<random>``,
+    ``.<name>.old-<pid>-<random>`` and ``.<name>.trash-<pid>-<random>`` whose process
+    ``<pid>`` is no longer running (a running process's folders are left alone: that
+    export is still in progress):
+
+    * ``.tmp-`` (an export killed before it was complete) and ``.trash-`` folders are deleted;
+    * if ``target`` does not exist, the newest ``.old-`` folder (the previous complete
+      export, renamed away just before the kill) is renamed back to ``target``;
+    * the other ``.old-`` folders are deleted once ``target`` exists.
+
+    Returns the leftover paths it deleted or restored (a restored one by its old name).
+    """
+    target = _normalize(target)
+    parent = target.parent
+    pattern = re.compile(
+        rf"\.{re.escape(target.name)}\.(?P<kind>{'|'.join(_KINDS)})-(?P<pid>\d+)-[0-9a-f]+"
+    )
+    try:
+        entries = list(os.scandir(parent))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    stale: dict[str, list[Path]] = {kind: [] for kind in _KINDS}
+    live_old = False
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match:
+            continue
+        path = parent / entry.name
+        if _owner_gone(int(match["pid"]), path):
+            stale[match["kind"]].append(path)
+        elif match["kind"] == "old":
+            live_old = True
+
+    done: list[Path] = []
+    for path in sorted(stale["tmp"]) + sorted(stale["trash"]):
+        with contextlib.suppress(FileNotFoundError):
+            _remove(path)
+        done.append(path)
+
+    olds = stale["old"]
+    if not os.path.lexists(target) and olds and not live_old:
+        # Killed between "target -> old" and "tmp -> target": the old folder is the previous
+        # complete export. Several can only exist if the target was deleted by hand since.
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                return float("-inf")
+
+        newest = max(olds, key=lambda p: (mtime(p), p.name))
+        os.rename(newest, target)
+        _fsync_dir(parent)
+        olds = [p for p in olds if p != newest]
+        done.append(newest)
+    if os.path.lexists(target):
+        for path in sorted(olds):
+            with contextlib.suppress(FileNotFoundError):
+                _remove(path)
+            done.append(path)
+    return done
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def _discard(old: Path, target: Path) -> None:
+    """Delete the replaced export; renamed to ``.trash-`` first so a kill mid-delete is never restored."""
+    trash = _sibling(target, "trash")
+    with _registered(trash):
+        try:
+            os.rename(old, trash)
+        except OSError:
+            return  # cleanup_leftovers deletes it later
+        _checkpoint("old-trashed")
+        with contextlib.suppress(OSError):
+            _remove(trash)
+    _checkpoint("old-removed")
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Seal ``tmp`` with a manifest and rename it to ``target`` (moving the previous one away)."""
+    _write_manifest(tmp, fsync=True)
+    _fsync_tree(tmp)
+    _checkpoint("synced")
+    parent = target.parent
+    if not os.path.lexists(target):
+        os.rename(tmp, target)
+        _fsync_dir(parent)
+        _checkpoint("tmp-moved")
+        return
+    old = _sibling(target, "old")
+    with _registered(old):
+        os.rename(target, old)
+        _checkpoint("target-moved")
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            if not os.path.lexists(target):  # put the previous export back
+                os.rename(old, target)
+            raise
+        _fsync_dir(parent)
+        _checkpoint("tmp-moved")
+        _discard(old, target)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Write a folder atomically: yield an empty temporary folder, then swap it into ``target``.
+
+    First calls :func:`cleanup_leftovers` on ``target``, then creates
+    ``.<name>.tmp-<pid>-<random>`` next to ``target`` (making the parent folders if needed)
+    and yields its path; write every file of the export into it. When the block ends
+    normally, :func:`write_manifest` seals it, all files and folders are fsynced, the
+    existing ``target`` (if any) is renamed to ``.<name>.old-<pid>-<random>``, the temporary
+    folder is renamed to ``target`` and the old folder is deleted.
+
+    If the block raises (``KeyboardInterrupt`` included), the temporary folder is deleted,
+    ``target`` is left as it was and the exception propagates. See the module docstring for
+    what a killed process leaves and how the next run recovers.
+
+    Raises :class:`SearchSkipError` if ``target`` exists and is not a folder.
+    """
+    target = _normalize(target)
+    if os.path.lexists(target) and not target.is_dir():
+        raise SearchSkipError(f"{target}: exists and is not a folder; refusing to replace it")
+    cleanup_leftovers(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    with _registered(tmp):
+        tmp.mkdir()
+        try:
+            _checkpoint("tmp-created")
+            yield tmp
+            _swap(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if os.path.lexists(tmp):
+                    _remove(tmp)
+            raise

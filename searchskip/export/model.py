@@ -1,0 +1,198 @@
+"""Compress a model by a plan for good: :func:`compress` and :func:`save_compressed`.
+
+What a plan becomes in the exported model:
+
+========================================  =====================================================
+plan part                                 in the export
+========================================  =====================================================
+``drop``, ``skip_block`` with scope all   the layers are **removed**; the others are renumbered
+                                          (``num_hidden_layers``, ``layer_types``, each
+                                          attention's ``layer_idx``)
+``prune`` unstructured / ``"2:4"``        the zeros are baked into the weights (dense tensors)
+``prune`` ``ffn_channels``                the channels are **removed**; transformers' configs
+                                          have one FFN size for all layers, so layers keeping
+                                          fewer channels than the widest one are padded back
+                                          with zero channels (exact; they cost FLOPs on dense
+                                          kernels). A uniform sparsity on every layer therefore
+                                          shrinks ``intermediate_size`` for real.
+sublayer skips, scoped ops, parallel ops  kept as a **runtime plan**, renumbered to the
+                                          compressed layers, stored in ``searchskip_export.json``
+                                          and applied by :func:`searchskip.load_compressed`
+========================================  =====================================================
+
+A plan without runtime ops gives a model that plain ``transformers`` loads with
+``from_pretrained`` and no searchskip import; ``searchskip_export.json`` then only records
+where it came from (and the prompt template the search scored it with).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from searchskip.errors import ModelError
+from searchskip.plan import Plan
+
+__all__ = ["EXPORT_FILE", "FORMAT", "CompressedModel", "compress", "runtime_plan", "removed_layers", "save_compressed",
+           "read_export_info"]
+
+EXPORT_FILE = "searchskip_export.json"
+FORMAT = 1
+FFN_SIZE_KEYS = ("intermediate_size", "ffn_dim")
+"""Config attributes that hold the FFN width (Llama/Mistral/Qwen2; OPT)."""
+
+
+def removed_layers(plan: Plan, num_layers: int) -> list[int]:
+    """Layers the export removes: ``drop`` and ``skip_block`` for all tokens."""
+    gone = set(plan.dropped_layers())
+    gone |= {i for i in range(num_layers) if plan.op_for(i).op == "skip_block" and plan.op_for(i).scope == "all"}
+    return sorted(gone)
+
+
+def runtime_plan(plan: Plan, num_layers: int) -> tuple[Plan | None, list[int]]:
+    """``(plan of the ops left as runtime hooks, renumbered; or None, kept original layer indices)``."""
+    gone = set(removed_layers(plan, num_layers))
+    kept = [i for i in range(num_layers) if i not in gone]
+    new_index = {old: new for new, old in enumerate(kept)}
+    data = plan.to_dict()
+    layers = {new_index[i]: entry for i, entry in (data.get("layers") or {}).items() if i in new_index}
+    rest = {"version": data["version"], "scope": data.get("scope", "all"), "layers": layers}
+    residual = Plan.from_dict(rest)
+    return (None if residual.is_empty else residual), kept
+
+
+@dataclass
+class CompressedModel:
+    """What :func:`compress` did."""
+
+    kept_layers: list[int]
+    """Original index of each remaining decoder layer, in order."""
+    runtime_plan: Plan | None
+    ffn_size: int | None
+    """The FFN width written to the config when ``ffn_channels`` pruning changed it."""
+
+
+def compress(loaded: Any, plan: Plan, *, calibration: Any = None) -> CompressedModel:
+    """Turn ``loaded.model`` into the compressed model of ``plan``, in place (see the module doc).
+
+    ``loaded.model`` must carry no applied plan; afterwards it is a plain transformers model of
+    the same class with fewer layers (the runtime plan is *not* applied: :func:`save_compressed`
+    stores it, :func:`searchskip.load_compressed` applies it)."""
+    from searchskip.apply import applied_plan
+    from searchskip.arch import get_adapter
+
+    model = loaded.model
+    if applied_plan(model) is not None:
+        raise RuntimeError("compress() needs a model without an applied plan; restore it first")
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    n = len(layers)
+    plan.validate(n)
+    residual, kept = runtime_plan(plan, n)
+    if plan.prune is not None:
+        from searchskip.ops.prune import apply_pruning
+
+        apply_pruning(model, adapter, plan.prune, None if calibration is None else list(calibration))
+    ffn_size = _even_ffn_widths(adapter, model, [layers[i] for i in kept]) if plan.prune is not None else None
+    _keep_layers(adapter, model, kept)
+    return CompressedModel(kept_layers=kept, runtime_plan=residual, ffn_size=ffn_size)
+
+
+def _keep_layers(adapter: Any, model: Any, kept: list[int]) -> None:
+    import torch.nn as nn
+
+    stack = adapter.language_model(model)
+    layers = stack.layers
+    if len(kept) == len(layers):
+        return
+    stack.layers = nn.ModuleList([layers[i] for i in kept])
+    config = adapter.text_config(model)
+    config.num_hidden_layers = len(kept)
+    if isinstance(getattr(config, "layer_types", None), (list, tuple)):
+        config.layer_types = [config.layer_types[i] for i in kept]
+    for new, layer in enumerate(stack.layers):
+        attention = adapter.attention(layer)
+        if hasattr(attention, "layer_idx"):
+            attention.layer_idx = new
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = new
+
+
+def _even_ffn_widths(adapter: Any, model: Any, layers: list[Any]) -> int | None:
+    """After ``ffn_channels`` pruning: pad every layer's FFN to the widest one with zero channels
+    and write that width to the config. ``None`` if every layer still has the config's width."""
+    config = adapter.text_config(model)
+    key = next((k for k in FFN_SIZE_KEYS if hasattr(config, k)), None)
+    widths = [adapter.ffn_channels(layer) for layer in layers]
+    if key is None or all(w == getattr(config, key) for w in widths):
+        return None
+    target = max(widths)
+    for layer, width in zip(layers, widths):
+        if width < target:
+            _pad_ffn(adapter, layer, target)
+    if target == getattr(config, key):
+        return None
+    setattr(config, key, target)
+    return target
+
+
+def _pad_ffn(adapter: Any, layer: Any, size: int) -> None:
+    """Grow ``layer``'s FFN to ``size`` channels with zero channels (their output is exactly 0:
+    the out-projection's columns for them are zero)."""
+    import torch
+    import torch.nn as nn
+
+    from searchskip.ops.prune import _parent_of
+
+    for key, linear in adapter.mlp_linears(layer).items():
+        if key not in adapter.mlp_in_keys and key != adapter.mlp_out_key:
+            continue
+        w = linear.weight.detach()
+        dim = 0 if key in adapter.mlp_in_keys else 1
+        shape = list(w.shape)
+        shape[dim] = size - w.shape[dim]
+        new_w = torch.cat([w, w.new_zeros(shape)], dim=dim)
+        new = nn.Linear(new_w.shape[1], new_w.shape[0], bias=linear.bias is not None, device="meta")
+        new.weight = nn.Parameter(new_w, requires_grad=linear.weight.requires_grad)
+        if linear.bias is not None:
+            b = linear.bias.detach()
+            new.bias = nn.Parameter(torch.cat([b, b.new_zeros(size - b.shape[0])]) if dim == 0 else b.clone(),
+                                    requires_grad=linear.bias.requires_grad)
+        parent, name = _parent_of(layer, linear)
+        setattr(parent, name, new)
+
+
+def save_compressed(loaded: Any, folder: str | Path, *, runtime_plan: Plan | None, prompt_template: str,
+                    source_model: str, extra: dict | None = None) -> Path:
+    """Write ``loaded`` (model + processor, safetensors) into ``folder`` with ``searchskip_export.json``
+    (``format``, ``runtime_plan``, ``prompt_template``, ``source_model``, ``plain_transformers``
+    and ``extra``). ``loaded.model`` must carry no applied plan."""
+    from searchskip.apply import applied_plan
+
+    if applied_plan(loaded.model) is not None:
+        raise RuntimeError("save_compressed() needs a model without an applied plan; restore it first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(folder, safe_serialization=True)
+    loaded.processor.save_pretrained(folder)
+    info = {"format": FORMAT, "runtime_plan": json.loads(runtime_plan.to_json()) if runtime_plan is not None else None,
+            "plain_transformers": runtime_plan is None, "prompt_template": prompt_template,
+            "source_model": source_model, **(extra or {})}
+    (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def read_export_info(folder: str | Path) -> dict | None:
+    """The ``searchskip_export.json`` of a model folder, or ``None`` for any other model."""
+    path = Path(folder) / EXPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}: unreadable export record: {err}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ModelError(f"{path}: format must be {FORMAT}, but got {info.get('format') if isinstance(info, dict) else info!r}")
+    return info

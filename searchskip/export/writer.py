@@ -1,0 +1,224 @@
+"""One export folder from one plan: :func:`export_plan` (what ``searchskip export`` runs).
+
+::
+
+    <out>/
+      plan.yaml        the plan (version 1), its FLOPs and scores as a comment header
+      metrics.json     FLOPs breakdown, search scores, the export check, the unplanned model's scores
+      model/           the compressed model (safetensors) + processor + searchskip_export.json
+      finetune.yaml    a runnable recipe: `searchskip finetune <out>/finetune.yaml`
+      report.md        layer map, FLOPs breakdown, accuracy per question type vs the unplanned model
+      pareto.png       accuracy vs FLOPs of the study's feasible trials (study exports only)
+      manifest.json    sha256 of every file above
+
+**The export check.** The exported folder is loaded back (:func:`searchskip.load_compressed`)
+and answers the job's validation subset; its answers are compared one by one with those of the
+source model with the plan applied (the search's way of running it). ``metrics.json`` records
+both accuracies and the number of identical answers; a difference is an error (nothing is
+written) unless ``allow_mismatch``.
+
+Everything is written into a temporary folder and renamed into place
+(:mod:`searchskip.export.atomic`): a killed export leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from searchskip.config.job import Job
+from searchskip.errors import SearchSkipError
+from searchskip.plan import Plan
+
+__all__ = ["ExportResult", "ExportSource", "export_plan", "MODEL_DIR", "PLAN_FILE", "METRICS_FILE"]
+
+MODEL_DIR = "model"
+PLAN_FILE = "plan.yaml"
+METRICS_FILE = "metrics.json"
+
+
+class ExportMismatch(SearchSkipError):
+    """The exported model does not answer like the planned source model."""
+
+
+@dataclass
+class ExportSource:
+    """Where the plan came from: a study trial (``study``, ``trial``) or a plan file."""
+
+    label: str
+    study: Any = None
+    trial: Any = None
+    plan_file: str | None = None
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    metrics: dict
+    files: list[str] = field(default_factory=list)
+
+
+def _score(loaded: Any, dataset: Any, job: Job, progress: Any, what: str) -> tuple[list[str], Any]:
+    from searchskip.eval.generate import answer_all
+    from searchskip.eval.vqa_accuracy import score
+
+    task = progress.add_task(what, total=len(dataset))
+    answers = answer_all(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                         on_batch=lambda n: progress.advance(task, n))
+    progress.remove_task(task)
+    return answers, score(answers, list(dataset["answers"]), list(dataset["question_type"]),
+                          list(dataset["answer_type"]))
+
+
+def _unplanned_scores(source: ExportSource, loaded: Any, dataset: Any, job: Job, progress: Any) -> tuple[float, dict]:
+    """The unplanned model's validation accuracy: from the study's scored unplanned trial if there
+    is one, else measured now (and cached in the study's user attrs)."""
+    study = source.study
+    if study is not None:
+        for t in study.get_trials(deepcopy=False):
+            a = t.user_attrs
+            if a.get("seed") == "unplanned" and "accuracy" in a:
+                return a["accuracy"], dict(a.get("accuracy_per_question_type", {}))
+        cached = study.user_attrs.get("unplanned_score")
+        if cached:
+            return cached["accuracy"], cached["per_question_type"]
+    _answers, result = _score(loaded, dataset, job, progress, "scoring the unplanned model")
+    scores = {"accuracy": result.accuracy, "per_question_type": dict(result.per_question_type)}
+    if study is not None:
+        study.set_user_attr("unplanned_score", scores)
+    return scores["accuracy"], scores["per_question_type"]
+
+
+LLM_COMPONENTS = ("llm_prefill", "llm_decode", "lm_head")
+
+
+def llm_ratio(report: Any, baseline: Any) -> float:
+    """FLOPs of the language model alone (prefill, decode, lm_head) over the unplanned model's."""
+    mine, base = report.by_component(), baseline.by_component()
+    denominator = sum(base[c] for c in LLM_COMPONENTS)
+    return sum(mine[c] for c in LLM_COMPONENTS) / denominator if denominator else float("nan")
+
+
+def _plan_text(plan: Plan, header: list[str]) -> str:
+    return "".join(f"# {line}\n" for line in header) + plan.to_yaml()
+
+
+def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, progress: bool = True,
+                allow_mismatch: bool = False, dataset: Any = None) -> ExportResult:
+    """Write the export folder ``out`` for ``plan`` on ``job``'s model (see the module doc)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from searchskip.arch import get_adapter
+    from searchskip.commands.eval import apply_plan, plan_calibration
+    from searchskip.data.splits import load_eval_split
+    from searchskip.export.atomic import atomic_directory
+    from searchskip.export.load import load_compressed
+    from searchskip.export.model import compress, save_compressed
+    from searchskip.flops import Workload, count_flops, measure_workload
+    from searchskip.models import load_model
+    from searchskip.search.objective import budget_of
+
+    start = time.perf_counter()
+    out = Path(out)
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not progress)
+    with bar:
+        if dataset is None:
+            dataset = load_eval_split(job.data, "validation")
+        loaded = load_model(job.model)
+        num_layers = get_adapter(loaded.model).num_layers(loaded.model)
+        plan = plan.validate(num_layers, file=source.plan_file)
+        study = source.study
+        stored = study.user_attrs.get("workload") if study is not None else None
+        workload = Workload.from_dict(stored) if stored else measure_workload(loaded, dataset, job.eval.max_new_tokens)
+        budget = budget_of(job.search.budget) if job.search is not None else None
+        count_kw = {"count": budget.count, "attention": budget.attention} if budget is not None else {}
+        report = count_flops(loaded.model.config, plan, workload, **count_kw)
+        baseline = count_flops(loaded.model.config, None, workload, **count_kw)
+        ratio = report.ratio(baseline)
+
+        unplanned_acc, unplanned_pqt = _unplanned_scores(source, loaded, dataset, job, bar)
+        calibration_cache: dict = {}
+        calibration = plan_calibration(loaded, job, plan, calibration_cache)
+        handle = apply_plan(loaded, job, plan, source=source.plan_file or source.label,
+                            calibration_cache=calibration_cache)
+        try:
+            planned_answers, planned = _score(loaded, dataset, job, bar, "scoring the planned model")
+        finally:
+            handle.restore()
+
+        with atomic_directory(out) as tmp:
+            compressed = compress(loaded, plan, calibration=calibration)
+            save_compressed(loaded, tmp / MODEL_DIR, runtime_plan=compressed.runtime_plan,
+                            prompt_template=loaded.template, source_model=job.model.id,
+                            extra={"kept_layers": compressed.kept_layers, "source_plan": json.loads(plan.to_json())})
+            del loaded
+            exported = load_compressed(tmp / MODEL_DIR, device=job.model.device)
+            export_answers, checked = _score(exported, dataset, job, bar, "checking the exported model")
+            same = sum(a == b for a, b in zip(planned_answers, export_answers))
+            if same != len(planned_answers) and not allow_mismatch:
+                raise ExportMismatch(
+                    f"{out}: the exported model answers {len(planned_answers) - same} of {len(planned_answers)} "
+                    "validation questions differently from the planned source model; nothing was written")
+            trial = source.trial
+            metrics = {
+                "source": source.label,
+                "trial": trial.number if trial is not None else None,
+                "model": job.model.id,
+                "plan": json.loads(plan.to_json()),
+                "flops": {"per_sample": report.total_flops, "unplanned_per_sample": baseline.total_flops,
+                          "ratio": ratio, "llm_ratio": llm_ratio(report, baseline),
+                          "by_component": report.by_component(),
+                          "unplanned_by_component": baseline.by_component()},
+                "validation": {"questions": len(dataset), "accuracy": planned.accuracy,
+                               "per_question_type": dict(planned.per_question_type),
+                               "unplanned_accuracy": unplanned_acc, "unplanned_per_question_type": unplanned_pqt},
+                "search": ({k: trial.user_attrs.get(k) for k in ("accuracy", "flops_ratio", "questions")}
+                           if trial is not None else None),
+                "export_check": {"questions": len(dataset), "same_answers": same,
+                                 "accuracy_planned": planned.accuracy, "accuracy_export": checked.accuracy},
+                "model_dir": {"kept_layers": compressed.kept_layers, "ffn_size": compressed.ffn_size,
+                              "plain_transformers": compressed.runtime_plan is None,
+                              "runtime_plan": (json.loads(compressed.runtime_plan.to_json())
+                                               if compressed.runtime_plan is not None else None)},
+            }
+            header = [f"searchskip export of {source.label}",
+                      f"model: {job.model.id}",
+                      f"FLOPs: {ratio:.4f} x the unplanned model ({report.total_flops / 1e9:.4g} GFLOPs/sample); "
+                      f"the LLM alone: {llm_ratio(report, baseline):.4f} x",
+                      f"validation accuracy: {100 * planned.accuracy:.2f}% (unplanned {100 * unplanned_acc:.2f}%, "
+                      f"{len(dataset)} questions)",
+                      "full figures: metrics.json"]
+            (tmp / PLAN_FILE).write_text(_plan_text(plan, header))
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+            _write_recipe(job, tmp, out, plan)
+            _write_report(tmp, job, plan, num_layers, report, ratio, planned, unplanned_acc, unplanned_pqt, source,
+                          budget.ratio if budget is not None else None)
+            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    metrics["seconds"] = time.perf_counter() - start
+    return ExportResult(folder=out, metrics=metrics, files=files)
+
+
+def _write_recipe(job: Job, tmp: Path, out: Path, plan: Plan) -> None:
+    from searchskip.export.recipe import write_recipe
+
+    write_recipe(job, tmp, "; ".join(plan.describe()) or "no change", final_dir=out)
+
+
+def _write_report(tmp: Path, job: Job, plan: Plan, num_layers: int, report: Any, ratio: float, planned: Any,
+                  unplanned_acc: float, unplanned_pqt: dict, source: ExportSource, budget_ratio: float | None) -> None:
+    from searchskip.export.report import trial_points, write_report
+
+    points = trial_points(source.study) if source.study is not None else None
+    write_report(tmp, title=f"{job.name}: {source.label}", plan=plan, num_layers=num_layers,
+                 flops=report.by_component(), flops_ratio=ratio, accuracy=planned.accuracy,
+                 per_question_type=dict(planned.per_question_type), unplanned_per_question_type=unplanned_pqt,
+                 unplanned_accuracy=unplanned_acc, points=points,
+                 chosen=source.trial.number if source.trial is not None else None,
+                 source=str(source.label), pareto_png="pareto.png" if points else None,
+                 budget_ratio=budget_ratio, study=source.study)

@@ -1,0 +1,195 @@
+"""`searchskip export` end to end on the embedded model: study and hand-written plans, plain
+transformers loading, load_compressed, manifest, atomicity, the recipe and bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from searchskip.cli import main
+from searchskip.config.loader import job_from_data, load_job
+from searchskip.export.atomic import verify_manifest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = 32
+
+
+def small_job(folder: Path, **search) -> Path:
+    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
+    data["outputs"] = str(folder / "out")
+    data["data"]["validation_subset"]["size"] = QUESTIONS
+    data["eval"]["batch_size"] = 16
+    data["search"].update({"space": str(REPO / "spaces/per-layer.yaml"), "trials": 8, **search})
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export-study")
+    job_file = small_job(folder)
+    assert main(["search", str(job_file), "--no-progress"]) == 0
+    return folder / "out" / "demo", job_file
+
+
+def test_best_trial_export_has_every_file_and_verifies(study, capsys):
+    study_dir, _ = study
+    out = study_dir.parent / "best"
+    assert main(["export", str(study_dir), "--out", str(out), "--no-progress"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"plan.yaml", "metrics.json", "model", "finetune.yaml", "report.md", "pareto.png", "manifest.json"} <= names
+    assert verify_manifest(out) == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    check = metrics["export_check"]
+    assert check["same_answers"] == check["questions"] == QUESTIONS
+    assert metrics["validation"]["accuracy"] == pytest.approx(metrics["search"]["accuracy"])
+    assert metrics["flops"]["ratio"] == pytest.approx(metrics["search"]["flops_ratio"])
+    assert metrics["flops"]["ratio"] <= 0.8
+    recipe = load_job(out / "finetune.yaml")  # the recipe is itself a valid job, pointing at the final folder
+    assert Path(recipe.model.id) == out / "model"
+    assert "searchskip finetune" in (out / "finetune.yaml").read_text().split("\n\n")[0]
+    report = (out / "report.md").read_text()
+    assert "## Layer map" in report and "pareto.png" in report
+    assert "identical answers" in capsys.readouterr().out
+
+
+def test_pareto_export_writes_one_folder_per_front_trial(study):
+    from searchskip.commands.ls import open_existing
+    from searchskip.search.leaderboard import pareto
+
+    study_dir, _ = study
+    front = [t.number for t in pareto(open_existing(str(study_dir)))]
+    assert main(["export", str(study_dir), "--trial", "pareto", "--no-progress"]) == 0
+    written = sorted(p.name for p in (study_dir / "export").iterdir() if not p.name.startswith("."))
+    assert written == sorted(f"trial-{n}" for n in front)
+    for name in written:
+        assert verify_manifest(study_dir / "export" / name) == []
+
+
+def test_block_only_export_loads_with_plain_transformers_and_answers_like_the_planned_model(tmp_path):
+    from searchskip.apply import apply
+    from searchskip.data.splits import load_eval_split
+    from searchskip.eval.generate import answer_batch
+    from searchskip.models import load_model
+    from searchskip.plan import Plan
+
+    job_file = small_job(tmp_path)
+    plan_file = REPO / "spaces/plans/skip_block.yaml"
+    out = tmp_path / "exp"
+    assert main(["export", "--job", str(job_file), "--plan", str(plan_file), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_dir"]["plain_transformers"] is True
+    assert metrics["model_dir"]["kept_layers"] == [0, 1, 2, 4, 6, 7]
+
+    job = load_job(job_file)
+    rows = load_eval_split(job.data, "validation").select(range(16))
+    loaded = load_model(job.model)
+    with apply(loaded.model, Plan.load(plan_file)):
+        want = answer_batch(loaded, rows["image"], rows["question"], job.eval.max_new_tokens)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, image in enumerate(rows["image"]):
+        image.save(images / f"{i}.png")
+    (tmp_path / "questions.json").write_text(json.dumps(list(rows["question"])))
+    script = f"""
+import json, sys, torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+torch.set_num_threads(1)
+folder = {str(out / 'model')!r}
+model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+processor = AutoProcessor.from_pretrained(folder)
+processor.tokenizer.padding_side = "left"
+template = json.load(open(folder + "/searchskip_export.json"))["prompt_template"]
+questions = json.load(open({str(tmp_path / 'questions.json')!r}))
+images = [Image.open({str(images)!r} + f"/{{i}}.png") for i in range(len(questions))]
+inputs = processor(images=images, text=[template.format(question=q) for q in questions], return_tensors="pt", padding=True)
+with torch.inference_mode():
+    out = model.generate(**inputs, max_new_tokens={job.eval.max_new_tokens}, do_sample=False, num_beams=1,
+                         pad_token_id=processor.tokenizer.pad_token_id)
+texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+assert not any(m.startswith("searchskip") for m in sys.modules), "searchskip was imported"
+print(json.dumps([t.strip() for t in texts]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
+
+
+def test_sublayer_export_loads_through_load_compressed(tmp_path):
+    import searchskip
+    from searchskip.apply import applied_plan
+
+    job_file = small_job(tmp_path)
+    out = tmp_path / "exp"
+    assert main(["export", "--job", str(job_file), "--plan", str(REPO / "spaces/plans/scoped.yaml"),
+                 "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_dir"]["plain_transformers"] is False
+    assert metrics["model_dir"]["kept_layers"] == [0, 1, 2, 3, 4, 5, 7]  # 6: skip_block for all tokens
+    assert metrics["export_check"]["same_answers"] == QUESTIONS
+    loaded = searchskip.load_compressed(out / "model")
+    runtime = applied_plan(loaded.model).plan
+    assert runtime.op_for(5).op == "skip_ffn" and runtime.op_for(5).scope == "prompt"
+    stored = json.loads((out / "model" / "searchskip_export.json").read_text())["prompt_template"]
+    assert loaded.template == stored == load_model_template(job_file)
+
+
+def load_model_template(job_file: Path) -> str:
+    from searchskip.models import load_model
+
+    return load_model(load_job(job_file).model).template
+
+
+def test_interrupted_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    import searchskip.export.writer as writer
+
+    job_file = small_job(tmp_path)
+    out = tmp_path / "exp"
+    args = ["export", "--job", str(job_file), "--plan", str(REPO / "spaces/plans/skip_block.yaml"),
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    before = (out / "manifest.json").read_text()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_write_report", crash)
+    args[4] = str(REPO / "spaces/plans/skip_ffn.yaml")
+    assert main(args) == 130
+    assert (out / "manifest.json").read_text() == before and verify_manifest(out) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trial", "999"], "no trial 999"),
+    (["--trial", "first"], "must be best, pareto or a trial number"),
+    (["--job", "x.yaml"], "needs --job JOB.yaml --plan PLAN.yaml --out DIR"),
+])
+def test_bad_export_arguments_exit_2(study, capsys, argv, message):
+    study_dir, _ = study
+    assert main(["export", str(study_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_infeasible_trial_is_not_exported(study, capsys):
+    from searchskip.commands.ls import open_existing
+
+    study_dir, _ = study
+    infeasible = [t.number for t in open_existing(str(study_dir)).get_trials() if t.user_attrs.get("infeasible")]
+    if not infeasible:
+        pytest.skip("this study drew no over-budget plan")
+    assert main(["export", str(study_dir), "--trial", str(infeasible[0])]) == 2
+    assert "over the budget" in capsys.readouterr().err

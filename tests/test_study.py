@@ -339,6 +339,23 @@ def test_multi_objective_study_has_two_values(tmp_path, demo):
     assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE"]
 
 
+def test_latency_objective_uses_the_measured_time_per_question(tmp_path, demo):
+    """[accuracy, latency]: the second value is the wall time of answering the subset per question,
+    measured by the real evaluator; skipping most blocks must be faster than the unplanned model."""
+    loaded, dataset = demo
+    job = make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=3, objectives=["accuracy", "latency"],
+                   sampler="random", seed_plans=False)
+    ev = ModelEvaluator(loaded, dataset, 16, 2)
+    result = run(job, demo, ev)
+    done = [t for t in result.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert done and all(len(t.values) == 2 and t.values[1] == t.user_attrs["latency_ms"] > 0 for t in done)
+    assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    full = min(ev(Plan(), None).latency_ms for _ in range(3))
+    fast = min(ev(Plan.from_dict({"version": 1, "layers": {i: "skip_block" for i in range(1, 8)}}), None).latency_ms
+               for _ in range(3))
+    assert fast < full, (fast, full)
+
+
 def test_ctrl_c_stops_after_the_running_trial(tmp_path, demo):
     def interrupt(study, trial):
         os.kill(os.getpid(), signal.SIGINT)
@@ -375,7 +392,7 @@ def test_sqlite_with_two_workers_is_refused(tmp_path):
     ({"budget": {"flops_ratio": 0.5, "gflops_per_sample": 2}}, ["exactly one", "flops_ratio=0.5"]),
     ({"budget": {"count": "dense"}}, ["exactly one", "flops_ratio=null"]),
     ({"budget": {"flops_ratio": -0.5}}, ["search.budget.flops_ratio", "`flops_ratio > 0`"]),
-    ({"objectives": ["flops"]}, ["search.objectives", "[accuracy, flops]"]),
+    ({"objectives": ["flops"]}, ["search.objectives", "[accuracy, flops]", "[accuracy, latency]"]),
     ({"space": "spaces/nope.yaml"}, ["search.space", "does not exist"]),
     ({"sampler": "cmaes"}, ["search.sampler"]),
     ({"trials": 0}, ["`trials >= 1`"]),

@@ -121,7 +121,7 @@ class SearchSpec:
     """A search space file (``spaces/*.yaml``): relative to the current directory, else to the
     searchskip checkout (the shipped ``spaces/``)."""
     budget: BudgetSpec
-    objectives: tuple[Literal["accuracy", "flops"], ...] = ("accuracy",)
+    objectives: tuple[Literal["accuracy", "flops", "latency"], ...] = ("accuracy",)
     """``[accuracy]``: best accuracy within the budget; ``[accuracy, flops]``: a Pareto front."""
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
     seed: int = 0

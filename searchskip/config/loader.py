@@ -728,9 +728,10 @@ def _search_space(search: SearchSpec) -> Iterator[tuple[str, str]]:
 
 def _search_objectives(search: SearchSpec) -> Iterator[tuple[str, str]]:
     objectives = tuple(search.objectives)
-    if objectives not in (("accuracy",), ("accuracy", "flops")):
-        yield "objectives", ("must be [accuracy] (best accuracy within the budget) or [accuracy, flops] (a Pareto "
-                             f"front), but got {list(objectives)!r}")
+    if objectives not in (("accuracy",), ("accuracy", "flops"), ("accuracy", "latency")):
+        yield "objectives", ("must be [accuracy] (best accuracy within the budget), [accuracy, flops] (a Pareto "
+                             "front over FLOPs) or [accuracy, latency] (a Pareto front over the measured seconds "
+                             f"per question), but got {list(objectives)!r}")
 
 
 def _search_counts(search: SearchSpec) -> Iterator[tuple[str, str]]:
@@ -792,7 +793,8 @@ def _search_backend(search: SearchSpec) -> Iterator[tuple[str, str]]:
 
 def _search_sampler(search: SearchSpec) -> Iterator[tuple[str, str]]:
     if search.sampler == "gp" and len(search.objectives) > 1:
-        yield "sampler", ("must be tpe, nsga2, random or grid with objectives [accuracy, flops], but got sampler='gp'")
+        yield "sampler", (f"must be tpe, nsga2, random or grid with objectives {list(search.objectives)}, "
+                          "but got sampler='gp'")
 
 
 def _budget_one(budget: BudgetSpec) -> Iterator[tuple[str, str]]:

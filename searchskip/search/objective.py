@@ -27,8 +27,10 @@ objectives, so ``[accuracy, flops]`` studies score every plan in full.
 
 User attrs of every trial: ``plan`` (YAML), ``plan_key``, ``flops``, ``flops_ratio``,
 ``flops_by_component``, ``infeasible``; of scored trials also ``accuracy``,
-``accuracy_per_question_type``, ``questions``, ``seconds``. Values: ``accuracy`` (maximize)
-and, with ``[accuracy, flops]``, ``flops_ratio`` (minimize).
+``accuracy_per_question_type``, ``questions``, ``latency_ms`` (measured wall time of answering
+the subset per question), ``seconds``. Values: ``accuracy`` (maximize) and, with
+``[accuracy, flops]``, ``flops_ratio`` (minimize), with ``[accuracy, latency]``, ``latency_ms``
+(minimize; measured, so it varies with the machine's load: compare trials of one quiet run).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class PlanScore:
     accuracy: float
     per_question_type: dict[str, float]
     questions: int
+    latency_ms: float | None = None
+    """Measured wall time per question (ms): answering the subset over the questions scored."""
 
 
 Report = Callable[[float, int], None]
@@ -120,9 +124,12 @@ class ModelEvaluator:
         try:
             predictions: list[str] = []
             n = len(self.dataset)
+            answering = 0.0
             for batch, start in enumerate(range(0, n, self.batch_size), start=1):
                 rows = self.dataset[start:start + self.batch_size]
+                began = time.perf_counter()
                 predictions += answer_batch(self.loaded, rows["image"], rows["question"], self.max_new_tokens)
+                answering += time.perf_counter() - began
                 if report is not None and batch % self.report_every == 0 and len(predictions) < n:
                     k = len(predictions)
                     report(score(predictions, self.answers[:k]).accuracy, k)
@@ -130,8 +137,11 @@ class ModelEvaluator:
             if handle is not None:
                 handle.restore()
         result = score(predictions, self.answers, self.question_types, self.answer_types)
-        return PlanScore(result.accuracy, dict(result.per_question_type), result.n)
+        return PlanScore(result.accuracy, dict(result.per_question_type), result.n, 1000 * answering / max(1, n))
 
+
+OBJECTIVE_ATTRS = {"accuracy": "accuracy", "flops": "flops_ratio", "latency": "latency_ms"}
+"""The trial user attr holding each objective's value (``latency``: measured ms per question)."""
 
 TWIN_WAIT_S = 3600.0
 TWIN_POLL_S = 0.5
@@ -154,7 +164,7 @@ class Objective:
 
     def _values(self, attrs: dict[str, Any]) -> float | tuple[float, ...]:
         if self.multi:
-            return attrs["accuracy"], attrs["flops_ratio"]
+            return tuple(attrs[OBJECTIVE_ATTRS[o]] for o in self.ctx.objectives)
         return attrs["accuracy"]
 
     def _find_complete(self, study: Any, key: str) -> Any | None:
@@ -211,8 +221,9 @@ class Objective:
         if previous is None and self._wait_for_running_twin(trial, key):
             previous = self._find_complete(trial.study, key)
         if previous is not None:
-            for name in ("accuracy", "accuracy_per_question_type", "questions"):
-                trial.set_user_attr(name, previous.user_attrs[name])
+            for name in ("accuracy", "accuracy_per_question_type", "questions", "latency_ms"):
+                if name in previous.user_attrs:
+                    trial.set_user_attr(name, previous.user_attrs[name])
             trial.set_user_attr("dedup_of", previous.number)
             trial.set_user_attr("seconds", time.perf_counter() - start)
             return self._values(previous.user_attrs)
@@ -234,8 +245,10 @@ class Objective:
         trial.set_user_attr("accuracy", result.accuracy)
         trial.set_user_attr("accuracy_per_question_type", result.per_question_type)
         trial.set_user_attr("questions", result.questions)
+        if result.latency_ms is not None:
+            trial.set_user_attr("latency_ms", result.latency_ms)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        return self._values({"accuracy": result.accuracy, "flops_ratio": ratio})
+        return self._values({"accuracy": result.accuracy, "flops_ratio": ratio, "latency_ms": result.latency_ms})
 
 
 def directions(objectives: Sequence[str]) -> list[str]:

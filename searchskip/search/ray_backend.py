@@ -203,8 +203,10 @@ def run_trial(study: Any, objective: Any, trial_id: int) -> dict[str, Any]:
         frozen = study.tell(trial, values)
     attrs = frozen.user_attrs
     accuracy = attrs.get("accuracy", attrs.get("accuracy_at_prune"))
+    flops_ratio = float(attrs.get("flops_ratio", math.nan))
     return {"accuracy": float("nan") if accuracy is None else float(accuracy),
-            "flops_ratio": float(attrs.get("flops_ratio", math.nan)),
+            "flops_ratio": flops_ratio, "flops": flops_ratio,  # `flops` / `latency`: the objectives' names
+            "latency": float(attrs.get("latency_ms", math.nan)),
             "optuna_state": frozen.state.name, "optuna_number": frozen.number,
             "infeasible": bool(attrs.get("infeasible", False))}
 

@@ -34,7 +34,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
-from searchskip.errors import SearchSkipError
+from searchskip.errors import ConfigError, SearchSkipError
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "StudyLock", "WorkerRegistration", "study_flock",
            "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "fail_and_retry", "counted_states"]
@@ -61,10 +61,14 @@ def open_storage(storage: str | None, study_dir: Path) -> Any:
         return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
     if storage.startswith("sqlite"):
         return optuna.storages.RDBStorage(storage)
-    return optuna.storages.RDBStorage(
-        storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    try:
+        return optuna.storages.RDBStorage(
+            storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except ImportError:
+        raise ConfigError(f"search.storage: {storage.split('://', 1)[0]}:// URLs need a database driver, which is not "
+                          "installed here; for PostgreSQL: pip install 'searchskip[postgres]' (psycopg)") from None
 
 
 def counted_states() -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ revision pinned to a commit hash.
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             source, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
         )
         processor = AutoProcessor.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) met a non-tensor object
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model.id: '{source}' holds a pickled checkpoint with objects other than tensors; it was "
+                         f"refused without running them (torch.load(weights_only=True)): {first}") from None
     except ValueError as err:  # unknown architecture for the auto class
         raise ModelError(f"model.id: cannot load '{source}' as an image-text-to-text model: {err}") from None
     except OSError as err:

@@ -49,3 +49,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server on loopback for the module (``tests/postgres_server.py``); skipped, with
+    the reason, where none can start."""
+    import postgres_server as pg
+
+    why = pg.unavailable()
+    if why:
+        pytest.skip(why)
+    server = pg.start()
+    yield server
+    server.stop()

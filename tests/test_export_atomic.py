@@ -189,6 +189,7 @@ def test_failed_swap_puts_previous_back(tmp_path: Path, monkeypatch: pytest.Monk
             raise OSError("disk gone")
         return real_rename(src, dst)
 
+    monkeypatch.setattr(atomic, "_EXCHANGE", False)  # the two-rename fallback
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(OSError, match="disk gone"):
         export(target, NEW)
@@ -264,6 +265,7 @@ CHILD = textwrap.dedent(
     from searchskip.export import atomic
 
     target, kill_at, files = sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+    atomic._EXCHANGE = sys.argv[5] == "exchange"
     count = 0
 
     def point(name):
@@ -285,53 +287,59 @@ CHILD = textwrap.dedent(
 )
 
 # Every step of an export of NEW over OLD, in order; the child is killed after the k-th.
-POINTS = (
-    ["tmp-created"]
-    + [f"wrote {rel}" for rel in NEW]
-    + ["manifest-hashed"] * len(NEW)
-    + ["manifest-written", "synced", "target-moved", "tmp-moved", "old-trashed", "old-removed"]
-)
-NEW_FROM = POINTS.index("tmp-moved")  # killed at or after this point, the new export is in place
+# "exchange": one renameat2(RENAME_EXCHANGE) swap; "renames": the two-rename fallback.
+_WRITE = ["tmp-created"] + [f"wrote {rel}" for rel in NEW] + ["manifest-hashed"] * len(NEW) + ["manifest-written",
+                                                                                                 "synced"]
+POINTS_BY_MODE = {
+    "exchange": _WRITE + ["exchanged", "old-trashed", "old-removed"],
+    "renames": _WRITE + ["target-moved", "tmp-moved", "old-trashed", "old-removed"],
+}
+NEW_FROM = {"exchange": POINTS_BY_MODE["exchange"].index("exchanged"),
+            "renames": POINTS_BY_MODE["renames"].index("tmp-moved")}  # from here on, the new export is in place
+POINTS = POINTS_BY_MODE["renames"]
+CASES = [(mode, k) for mode, points in POINTS_BY_MODE.items() for k in range(1, len(points) + 1)]
 
 
-def run_child(target: Path, kill_at: int) -> subprocess.CompletedProcess:
+def run_child(target: Path, kill_at: int, mode: str = "renames") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(REPO_ROOT), str(target), str(kill_at), json.dumps(NEW)],
+        [sys.executable, "-c", CHILD, str(REPO_ROOT), str(target), str(kill_at), json.dumps(NEW), mode],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )
 
 
-def test_child_without_kill_passes_every_point(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(POINTS_BY_MODE))
+def test_child_without_kill_passes_every_point(tmp_path: Path, mode: str) -> None:
     target = tmp_path / "export"
     export(target, OLD)
-    done = run_child(target, 0)
+    done = run_child(target, 0, mode)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["done", str(len(POINTS))]
+    assert done.stdout.split() == ["done", str(len(POINTS_BY_MODE[mode]))]
     assert read_files(target) == NEW and verify_manifest(target) == []
     assert leftovers(target) == []
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-@pytest.mark.parametrize("kill_at", range(1, len(POINTS) + 1), ids=lambda k: f"{k}-{POINTS[k - 1]}")
-def test_killed_export_leaves_a_complete_one(tmp_path: Path, kill_at: int) -> None:
-    assert len(POINTS) >= 10
+@pytest.mark.parametrize("mode, kill_at", CASES, ids=[f"{m}-{k}-{POINTS_BY_MODE[m][k - 1]}" for m, k in CASES])
+def test_killed_export_leaves_a_complete_one(tmp_path: Path, mode: str, kill_at: int) -> None:
+    points = POINTS_BY_MODE[mode]
+    assert len(points) >= 10
     target = tmp_path / "export"
     export(target, OLD)
-    done = run_child(target, kill_at)
+    done = run_child(target, kill_at, mode)
     assert done.returncode == -signal.SIGKILL, done.stderr
-    assert done.stdout.strip() == POINTS[kill_at - 1]
-    expected = NEW if kill_at - 1 >= NEW_FROM else OLD
+    assert done.stdout.strip() == points[kill_at - 1]
+    expected = NEW if kill_at - 1 >= NEW_FROM[mode] else OLD
 
     # What the kill left, before any recovery.
-    if POINTS[kill_at - 1] == "target-moved":
+    if points[kill_at - 1] == "target-moved":  # only the two-rename fallback has this moment
         assert not target.exists()
         assert any(".export.old-" in name for name in leftovers(target))
     else:
         assert read_files(target) == expected
         assert verify_manifest(target) == []
-    if kill_at - 1 < NEW_FROM:
+    if kill_at - 1 < NEW_FROM[mode]:
         assert any(".export.tmp-" in name for name in leftovers(target))
-    if POINTS[kill_at - 1] != "old-removed":
+    if points[kill_at - 1] != "old-removed":
         assert leftovers(target), "the kill should have left something to clean up"
 
     # The next run's cleanup: the target is whole (old or new, never a mix) and verifies.
@@ -351,7 +359,7 @@ def test_killed_export_leaves_a_complete_one(tmp_path: Path, kill_at: int) -> No
 def test_fresh_export_cleans_what_a_kill_left(tmp_path: Path) -> None:
     target = tmp_path / "export"
     export(target, OLD)
-    done = run_child(target, POINTS.index("target-moved") + 1)  # between the two renames
+    done = run_child(target, POINTS.index("target-moved") + 1, "renames")  # between the two renames
     assert done.returncode == -signal.SIGKILL
     assert not target.exists()
     export(target, {"a.txt": "a"})  # atomic_directory recovers first, then replaces

@@ -11,24 +11,12 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 
-import postgres_server as pg
 from searchskip.search.study import trial_counts
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    why = pg.unavailable()
-    if why:
-        pytest.skip(why)
-    server = pg.start()
-    yield server
-    server.stop()
 
 
 def job_file(tmp_path: Path, url: str, **search) -> Path:

@@ -24,7 +24,7 @@ def ray_job(tmp_path: Path, **search) -> dict:
     data["outputs"] = str(tmp_path / "out")
     data["data"]["validation_subset"]["size"] = 32
     data["eval"]["batch_size"] = 16
-    data["search"].update({"space": str(REPO / "spaces/per-layer.yaml"), "backend": "ray", "workers": 2,
+    data["search"].update({"space": str(REPO / "spaces/per-layer.yaml"), "backend": "ray", "ray_allow_network": True, "workers": 2,
                            "resources_per_worker": {"cpu": 1}, "trials": 12, **search})
     return data
 

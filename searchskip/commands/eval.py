@@ -23,9 +23,11 @@ def run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from searchskip.commands import in_job
     from searchskip.config.loader import load_job
+    from searchskip.data.schema import check_images
     from searchskip.data.splits import load_eval_split
-    from searchskip.errors import ConfigError
+    from searchskip.errors import ConfigError, SearchSkipError
     from searchskip.eval.runner import evaluate
     from searchskip.models import load_model
     from searchskip.plan import Plan
@@ -36,10 +38,19 @@ def run(args) -> int:
     plan = Plan.load(args.plan) if args.plan else None
     err = Console(stderr=True)
     with err.status("loading data and model"):
-        dataset = load_eval_split(job.data, args.split)
-        if args.limit is not None:
-            dataset = dataset.select(range(min(args.limit, len(dataset))))
-        loaded = load_model(job.model)
+        try:
+            dataset = load_eval_split(job.data, args.split)
+            if args.limit is not None:
+                dataset = dataset.select(range(min(args.limit, len(dataset))))
+            # open every image to score before the model loads: an unreadable one is a user
+            # error naming the file, not a PIL traceback in the middle of the evaluation
+            check_images(dataset)
+        except SearchSkipError as e:
+            raise in_job(args.job, e, f"data.splits.{args.split}") from None
+        try:
+            loaded = load_model(job.model)
+        except SearchSkipError as e:
+            raise in_job(args.job, e, "model.id") from None
     if plan is not None:
         with err.status("applying the plan"):
             apply_plan(loaded, job, plan, source=args.plan)

@@ -111,7 +111,9 @@ def _measure(job: Any, config: Any) -> Any:
 def run(args) -> int:
     from rich.console import Console
 
+    from searchskip.commands import in_job
     from searchskip.config.loader import load_job
+    from searchskip.errors import SearchSkipError
     from searchskip.flops import count_flops, geometry_of, resolve_config
     from searchskip.plan import Plan
 
@@ -120,8 +122,11 @@ def run(args) -> int:
     job = load_job(args.job)
     err = Console(stderr=True)
     with err.status("reading the model's config"):
-        config, config_source = resolve_config(job.model)
-        geometry = geometry_of(config)
+        try:
+            config, config_source = resolve_config(job.model)
+            geometry = geometry_of(config)
+        except SearchSkipError as e:  # name the job file and the key (an unsupported family, no config)
+            raise in_job(args.job, e, "model.id") from None
     plan = Plan() if args.plan is None else Plan.load(args.plan)
     plan.validate(geometry.num_layers, file=args.plan)
     with err.status("measuring the workload"):

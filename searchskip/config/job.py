@@ -138,6 +138,11 @@ class SearchSpec:
     ray_address: str | None = None
     """``backend: ray`` only: the Ray cluster to join (``ray.init(address=...)``, e.g. ``auto`` or
     ``ray://head:10001``); ``null``: start a local Ray for this run."""
+    ray_allow_network: bool = False
+    """``backend: ray`` without ``ray_address`` only: start a local Ray although its services
+    listen on every network interface (Ray 2.60 cannot bind them to loopback; Ray's token
+    authentication protects them). ``false`` (default): such a job is refused, so nothing
+    searchskip starts listens beyond loopback unless asked; a warning is printed when it is."""
     resources_per_worker: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0})
     """``backend: ray`` only: what each worker actor reserves: ``cpu``, ``gpu``, ``memory`` (bytes)
     or a custom Ray resource name, e.g. ``{gpu: 1}`` on a GPU cluster."""

@@ -428,6 +428,8 @@ class _Builder:
 def _takes_shape_of(tp: Any, value: Any) -> bool:
     """Whether a union option is the one meant for a mapping, list or string ``value`` (False for other values)."""
     origin = typing.get_origin(tp)
+    if isinstance(value, float) and not math.isfinite(value):  # NaN/inf: the number option says "finite"
+        return tp is float
     if isinstance(value, dict):
         return _is_dataclass_type(tp) or tp in _MAPPINGS or origin in _MAPPINGS
     if isinstance(value, list):
@@ -789,6 +791,12 @@ def _search_backend(search: SearchSpec) -> Iterator[tuple[str, str]]:
             yield name, f"`{key} > 0` must hold, but got {key}={value!r}"
     if not search.resources_per_worker:
         yield "resources_per_worker", "must name at least one resource (e.g. {cpu: 1}), but got {}"
+    if search.ray_address is None and not search.ray_allow_network:
+        yield "ray_allow_network", ("must be true to start a local Ray (backend='ray' with ray_address: null): "
+                                    "Ray 2.60's services listen on every network interface, not only loopback; "
+                                    "set ray_allow_network: true to accept that (Ray's token authentication "
+                                    "protects them), give ray_address of a cluster you run, or use "
+                                    "backend: optuna with several processes (listens on nothing)")
 
 
 def _search_sampler(search: SearchSpec) -> Iterator[tuple[str, str]]:

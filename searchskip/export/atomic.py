@@ -12,8 +12,10 @@ place. :func:`atomic_directory` follows this protocol, for a target folder ``out
 3. **Seal.** :func:`write_manifest` writes ``manifest.json`` into the temporary folder:
    the sha256 and size of every other file. Every file and folder is fsynced, so the
    data is on disk before any rename makes it visible.
-4. **Swap.** If the target exists it is renamed to ``out/.<name>.old-<pid>-<random>``;
-   then the temporary folder is renamed to the target; the parent folder is fsynced.
+4. **Swap.** If the target exists, the temporary folder and the target are exchanged in one
+   atomic ``renameat2(RENAME_EXCHANGE)`` (Linux), so a complete target exists at every moment;
+   where that is unavailable, the target is renamed to ``out/.<name>.old-<pid>-<random>`` and
+   then the temporary folder to the target. The parent folder is fsynced.
 5. **Discard.** The old folder is renamed to ``out/.<name>.trash-<pid>-<random>`` and
    deleted.
 
@@ -436,6 +438,35 @@ def _discard(old: Path, target: Path) -> None:
     _checkpoint("old-removed")
 
 
+_EXCHANGE = True
+"""Swap with ``renameat2(RENAME_EXCHANGE)`` where the kernel and file system support it (Linux
+3.15+: ext4, xfs, btrfs, tmpfs, ...); tests set it to ``False`` to exercise the two-rename path."""
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange the folders ``a`` and ``b`` (``renameat2(..., RENAME_EXCHANGE)``).
+    ``False`` where that is unavailable (not Linux, an old kernel or libc, a file system that
+    refuses it); then the caller falls back to two renames."""
+    import ctypes
+    import errno
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def _swap(tmp: Path, target: Path) -> None:
     """Seal ``tmp`` with a manifest and rename it to ``target`` (moving the previous one away)."""
     _write_manifest(tmp, fsync=True)
@@ -446,6 +477,14 @@ def _swap(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
         _fsync_dir(parent)
         _checkpoint("tmp-moved")
+        return
+    if _EXCHANGE and _exchange(tmp, target):
+        # One atomic step: the target is the new export and ``tmp`` holds the previous one, so there
+        # is no moment without a complete target. A kill now leaves the old export under the
+        # ``.tmp-`` name of a dead process, which cleanup deletes.
+        _fsync_dir(parent)
+        _checkpoint("exchanged")
+        _discard(tmp, target)
         return
     old = _sibling(target, "old")
     with _registered(old):

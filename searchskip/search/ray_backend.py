@@ -32,7 +32,8 @@ and starts a new ``Tuner`` for the trials still missing. Tune's own experiment s
 
 **Ray cluster**: ``search.ray_address`` joins an existing cluster (``ray.init(address=...)``);
 its services then listen beyond this machine (a warning is printed for a non-loopback address).
-``null`` starts a local Ray for the run, with ``num_cpus = os.cpu_count()``, no dashboard, the
+``null`` starts a local Ray for the run, only with ``search.ray_allow_network: true`` (the job is
+refused otherwise, so that by default nothing searchskip starts listens beyond loopback), with ``num_cpus = os.cpu_count()``, no dashboard, the
 node address 127.0.0.1 and worker output not forwarded, and shuts it down at the end. Ray 2.60
 has no setting that binds its gRPC servers (GCS, raylet, core workers) to loopback: they listen
 on all interfaces whatever the node address is, and a warning says so at every local start; what
@@ -109,8 +110,8 @@ def _init_ray(address: str | None) -> bool:
                   file=sys.stderr)
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         return False
-    print("warning: backend: ray starts a local Ray whose services listen on every network interface "
-          "(Ray 2.60 cannot bind them to loopback); they are protected by Ray's token authentication, "
+    print("warning: search.ray_allow_network: true: a local Ray starts and its services listen on every network "
+          "interface (Ray 2.60 cannot bind them to loopback); they are protected by Ray's token authentication, "
           "which must stay on. backend: optuna (with several `searchskip search` processes) listens on nothing.",
           file=sys.stderr)
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address=LOOPBACK,

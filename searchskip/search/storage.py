@@ -6,6 +6,9 @@
   (SIGKILL, a lost machine) leaves its trial RUNNING forever. :func:`fail_stale_trials`
   marks such trials FAIL and re-enqueues their parameters once (``retry_of``) when a process
   opens the study.
+  A journal torn by a kill or a full disk (its last record cut off, or garbage after the
+  records) is detected every time it is opened, before anything is appended:
+  :func:`repair_journal` keeps the damaged file aside and continues from the complete records.
 * ``sqlite:///FILE``: one worker only (SQLite locks the whole database: "database is locked").
 * ``postgresql://...`` / ``mysql://...``: an RDB storage with a heartbeat (60 s, grace 180 s)
   and optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)``, which fails stale trials
@@ -30,14 +33,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from searchskip.errors import ConfigError, SearchSkipError
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "StudyLock", "WorkerRegistration", "study_flock",
-           "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "fail_and_retry", "counted_states"]
+           "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "fail_and_retry", "counted_states",
+           "JournalCheck", "check_journal", "repair_journal"]
 
 JOURNAL_FILE = "study.journal"
 LOCK_FILE = "study.lock"
@@ -51,6 +59,72 @@ def storage_url(storage: str | None, study_dir: Path) -> str:
     return str(study_dir / JOURNAL_FILE) if storage is None else storage
 
 
+@dataclass
+class JournalCheck:
+    """What :func:`check_journal` found: ``records`` complete records in the first ``good_bytes``
+    bytes of a ``size``-byte file, and the ``problem`` that ends them (``None``: the file is whole)."""
+
+    records: int
+    good_bytes: int
+    size: int
+    problem: str | None
+
+
+def check_journal(path: Path) -> JournalCheck:
+    """Read an optuna journal file record by record (one JSON object per line, each ending in a
+    newline). Stops at the first record that is cut off (a write interrupted by a kill or a full
+    disk) or is not a journal record (garbage)."""
+    import json
+
+    data = Path(path).read_bytes() if Path(path).exists() else b""
+    records = good = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            return JournalCheck(records, good, len(data), f"record {records + 1} is cut off (no line end): "
+                                "a write was interrupted")
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return JournalCheck(records, good, len(data), f"record {records + 1} is not valid JSON (garbage)")
+        if not isinstance(record, dict) or "op_code" not in record:
+            return JournalCheck(records, good, len(data), f"record {records + 1} is not an optuna journal record")
+        records += 1
+        good += len(line)
+    return JournalCheck(records, good, len(data), None)
+
+
+def repair_journal(path: Path) -> str | None:
+    """Check the journal ``path`` under optuna's own journal lock (so no append is in flight) and,
+    if it is damaged, keep the damaged file aside as ``<name>.damaged-<time>`` (never overwritten),
+    and replace the journal by its complete records (written to a temporary file, then renamed).
+    Returns what was done, or ``None`` for a whole (or missing) file. Nothing is ever appended to a
+    damaged journal: optuna would glue the next record to the torn one."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        found = check_journal(path)
+        if found.problem is None:
+            return None
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        shutil.copy2(path, aside)
+        tmp = path.with_name(f".{path.name}.repair-{os.getpid()}")
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(src.read(found.good_bytes))
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    finally:
+        lock.release()
+    dropped = found.size - found.good_bytes
+    return (f"{path}: {found.problem}; kept its {found.records} complete records and dropped the last "
+            f"{dropped} bytes; the damaged file is kept as {aside}")
+
+
 def open_storage(storage: str | None, study_dir: Path) -> Any:
     """The optuna storage object for ``search.storage`` (see the module docstring)."""
     import optuna
@@ -58,7 +132,11 @@ def open_storage(storage: str | None, study_dir: Path) -> Any:
 
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
+        journal = study_dir / JOURNAL_FILE
+        note = repair_journal(journal)
+        if note is not None:
+            print(f"warning: {note}", file=sys.stderr)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     if storage.startswith("sqlite"):
         return optuna.storages.RDBStorage(storage)
     try:

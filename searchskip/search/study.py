@@ -353,6 +353,25 @@ def run_search(
     from searchskip.search.space import Space
 
     space = Space.load(resolve_space(search.space))
+    if not _study_complete(job, folder, name, trials):
+        # Bad data or an unloadable model must stop the run before anything is written to outputs/.
+        from searchskip.commands import in_job
+
+        where = job.source_file or job.name
+        if dataset is None and evaluator is None:
+            from searchskip.data.splits import load_eval_split
+
+            try:
+                dataset = load_eval_split(job.data, "validation", check=True)
+            except SearchSkipError as e:
+                raise in_job(where, e, "data.splits.validation") from None
+        if loaded is None:
+            from searchskip.models import load_model
+
+            try:
+                loaded = load_model(job.model)
+            except SearchSkipError as e:
+                raise in_job(where, e, "model.id") from None
     registration = WorkerRegistration(folder)
     with study_flock(folder):  # one process at a time sets up, fails stale trials and seeds
         registration.__enter__()
@@ -438,6 +457,19 @@ def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
                           report_every=job.search.report_every,
                           apply_fn=lambda plan: apply_plan(loaded, job, plan, source=job.search.space,
                                                            calibration_cache=calibration_cache))
+
+
+def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bool:
+    """Whether the study already holds ``trials`` counted trials (checked without creating anything)."""
+    import optuna
+
+    if trials is None or (job.search.storage is None and not (folder / JOURNAL_FILE).exists()):
+        return False
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder))
+    except KeyError:
+        return False
+    return trial_counts(study)["counted"] >= trials
 
 
 def _num_layers(model: Any) -> int:

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import datasets
+import pyarrow.parquet as pq
 
 from searchskip.config.job import DataSpec
 from searchskip.data.sources.base import RawSplit
@@ -44,8 +45,16 @@ def resolve_files(locator: Any, role: str) -> list[str]:
 def load(spec: DataSpec, locator: Any, role: str) -> RawSplit:
     files = resolve_files(locator, role)
     origin = files[0] if len(files) == 1 else f"{len(files)} parquet files ({files[0]} ...)"
+    rows = 0
+    for file in files:  # a file that is not Parquet, or a split without rows, named before datasets sees it
+        try:
+            rows += pq.ParquetFile(file).metadata.num_rows
+        except Exception as e:  # pyarrow raises several types for files that are not Parquet
+            raise DataError(f"data.splits.{role}: {file}: cannot be read as Parquet: {type(e).__name__}: {e}") from None
+    if rows == 0:
+        raise DataError(f"data.splits.{role}: {origin}: the split is empty (0 rows); a split needs at least one question")
     try:
         ds = datasets.load_dataset("parquet", data_files={"data": files}, split="data")
     except Exception as e:  # bad parquet, mismatched schemas between files
-        raise DataError(f"{origin}: cannot be read as Parquet: {type(e).__name__}: {e}") from None
+        raise DataError(f"data.splits.{role}: {origin}: cannot be read as Parquet: {type(e).__name__}: {e}") from None
     return RawSplit(ds, origin)

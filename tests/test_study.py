@@ -230,6 +230,23 @@ def test_a_retry_is_retried_only_once(tmp_path, demo):
     assert study.get_trials(states=(TrialState.WAITING,)) == []
 
 
+def test_a_seed_killed_before_it_suggested_is_retried_with_its_plan(tmp_path, demo):
+    """An enqueued trial killed before `suggest` has its plan only in its fixed params: the retry
+    must carry them (else the seed would be lost); a sampled trial killed that early has none."""
+    job = make_job(tmp_path, trials=1, seed_plans=False)
+    run(job, demo, FakeEvaluator())
+    study = optuna.load_study(study_name="t", storage=open_storage(None, study_dir(job)))
+    plan_params = {"layer.01.op": "skip_block"}
+    study.enqueue_trial(plan_params, user_attrs={"seed": "paper:x"})
+    seed = study.ask()  # started, then killed before it suggested anything
+    assert seed.params == {}
+    sampled = study.ask()  # a sampled trial killed as early
+    assert sorted(fail_stale_trials(study)) == [seed.number, sampled.number]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": seed.number, "seed": "paper:x"}
+    assert waiting[0].system_attrs["fixed_params"] == plan_params
+
+
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path

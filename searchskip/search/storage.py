@@ -197,12 +197,15 @@ def fail_and_retry(study: Any, trial: Any, reason: str) -> bool:
             return False
     except UpdateFinishedTrialError:  # finished by its worker meanwhile
         return False
-    if "retry_of" in trial.user_attrs or not trial.params:
+    # An enqueued trial (a seed, a retry) killed before it suggested anything has its plan only in
+    # its fixed params; a sampled trial killed that early has nothing to retry.
+    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
+    if "retry_of" in trial.user_attrs or not params:
         return True
     attrs = {"retry_of": trial.number}
     if "seed" in trial.user_attrs:
         attrs["seed"] = trial.user_attrs["seed"]
-    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    study.enqueue_trial(params, user_attrs=attrs)
     return True
 
 

@@ -463,7 +463,9 @@ def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bo
     """Whether the study already holds ``trials`` counted trials (checked without creating anything)."""
     import optuna
 
-    if trials is None or (job.search.storage is None and not (folder / JOURNAL_FILE).exists()):
+    # Only a journal file is checked: opening an RDB storage creates its tables, which must happen
+    # under the study lock (two workers starting at once on a fresh database would race).
+    if trials is None or job.search.storage is not None or not (folder / JOURNAL_FILE).exists():
         return False
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder))

@@ -290,17 +290,20 @@ def check_study(study: optuna.Study) -> Check:
             original = by_number[t.user_attrs["dedup_of"]]
             assert original.state == TrialState.COMPLETE and "dedup_of" not in original.user_attrs
             assert original.user_attrs["plan_key"] == t.user_attrs["plan_key"] and original.values == t.values
+    def plan_params(t) -> dict:  # what a trial's plan is: its params, or (killed before suggesting) its fixed params
+        return dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+
     retries = [t for t in trials if "retry_of" in t.user_attrs]
     for t in retries:
         source = by_number[t.user_attrs["retry_of"]]
-        assert source.state == TrialState.FAIL and source.params == t.params
+        assert source.state == TrialState.FAIL and plan_params(source) == plan_params(t)
         assert source.number < t.number
     retried = [t.user_attrs["retry_of"] for t in retries]
     assert len(retried) == len(set(retried)), "a failed trial was retried twice"
     for t in trials:
         if t.state == TrialState.FAIL:
             assert "stale" in t.user_attrs.get("failed_reason", ""), (t.number, t.user_attrs)
-            if "retry_of" not in t.user_attrs and t.params:
+            if "retry_of" not in t.user_attrs and plan_params(t):
                 assert t.number in retried, f"failed trial {t.number} was not retried"
     seeds = [t.user_attrs["seed"] for t in trials if "seed" in t.user_attrs and "retry_of" not in t.user_attrs]
     assert len(seeds) == len(set(seeds)), "a seed was enqueued twice"

@@ -197,9 +197,10 @@ def fail_and_retry(study: Any, trial: Any, reason: str) -> bool:
             return False
     except UpdateFinishedTrialError:  # finished by its worker meanwhile
         return False
-    # An enqueued trial (a seed, a retry) killed before it suggested anything has its plan only in
-    # its fixed params; a sampled trial killed that early has nothing to retry.
-    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
+    # An enqueued trial (a seed, a retry) has its whole plan in its fixed params, even when it was
+    # killed before or while suggesting; a sampled trial is retried with what it had suggested
+    # (nothing: nothing to retry).
+    params = dict(trial.system_attrs.get("fixed_params") or {}) or dict(trial.params)
     if "retry_of" in trial.user_attrs or not params:
         return True
     attrs = {"retry_of": trial.number}

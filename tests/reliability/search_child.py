@@ -290,13 +290,14 @@ def check_study(study: optuna.Study) -> Check:
             original = by_number[t.user_attrs["dedup_of"]]
             assert original.state == TrialState.COMPLETE and "dedup_of" not in original.user_attrs
             assert original.user_attrs["plan_key"] == t.user_attrs["plan_key"] and original.values == t.values
-    def plan_params(t) -> dict:  # what a trial's plan is: its params, or (killed before suggesting) its fixed params
-        return dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+    def plan_params(t) -> dict:  # what a killed trial is retried with: its fixed params (enqueued) or its params
+        return dict(t.system_attrs.get("fixed_params") or {}) or dict(t.params)
 
     retries = [t for t in trials if "retry_of" in t.user_attrs]
     for t in retries:
         source = by_number[t.user_attrs["retry_of"]]
-        assert source.state == TrialState.FAIL and plan_params(source) == plan_params(t)
+        assert source.state == TrialState.FAIL and plan_params(source) == t.system_attrs.get("fixed_params")
+        assert t.state != TrialState.COMPLETE or plan_params(source).items() <= t.params.items()
         assert source.number < t.number
     retried = [t.user_attrs["retry_of"] for t in retries]
     assert len(retried) == len(set(retried)), "a failed trial was retried twice"

@@ -58,3 +58,20 @@ class ModelError(SearchSkipError, ValueError):
 
 class OfflineError(SearchSkipError, OSError):
     """Something needed the network (a hub model or dataset) and none was reachable."""
+
+
+def in_job(job_file: str, err: Exception, key: str = "") -> Exception:
+    """``err`` (a :class:`~searchskip.errors.SearchSkipError` raised while loading what a job names:
+    its model or data) again, its message prefixed with the job file and, when the message does
+    not start with a dotted key of its own, with ``key``; so the one line a user sees names the
+    file, the key and the rule. ConfigError problems without a file get ``job_file``."""
+    if isinstance(err, ConfigError):
+        problems = [p if p.file else Problem(job_file, p.key or key, p.rule) for p in err.problems]
+        return ConfigError(problems)
+    message = str(err)
+    head = message.split(":", 1)[0]
+    if key and not (head.startswith(("model.", "data.")) or head == key):
+        message = f"{key}: {message}"
+    if not message.startswith(f"{job_file}: "):
+        message = f"{job_file}: {message}"
+    return type(err)(message)

@@ -23,7 +23,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from searchskip.commands import in_job
+    from searchskip.errors import in_job
     from searchskip.config.loader import load_job
     from searchskip.data.schema import check_images
     from searchskip.data.splits import load_eval_split

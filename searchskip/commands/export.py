@@ -50,14 +50,13 @@ def _in_dir(path: str | None) -> Iterator[None]:
 
 def _chosen_trials(study: Any, which: str, folder: Path) -> list[Any]:
     from searchskip.errors import ConfigError
-    from searchskip.search.leaderboard import pareto
-    from searchskip.search.study import best_feasible
+    from searchskip.search.leaderboard import leaderboard, pareto
 
     if which == "best":
-        best = best_feasible(study)
-        if best is None:
+        board = leaderboard(study)
+        if not board:
             raise ConfigError(f"--trial: the study in {folder} has no feasible scored trial yet")
-        return [best]
+        return board[:1]
     if which == "pareto":
         front = pareto(study)
         if not front:

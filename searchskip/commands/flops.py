@@ -111,7 +111,7 @@ def _measure(job: Any, config: Any) -> Any:
 def run(args) -> int:
     from rich.console import Console
 
-    from searchskip.commands import in_job
+    from searchskip.errors import in_job
     from searchskip.config.loader import load_job
     from searchskip.errors import SearchSkipError
     from searchskip.flops import count_flops, geometry_of, resolve_config

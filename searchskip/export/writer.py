@@ -62,15 +62,14 @@ class ExportResult:
 
 
 def _score(loaded: Any, dataset: Any, job: Job, progress: Any, what: str) -> tuple[list[str], Any]:
-    from searchskip.eval.generate import answer_all
-    from searchskip.eval.vqa_accuracy import score
+    """``(answers, VQA score)`` of ``loaded`` on ``dataset`` (:func:`searchskip.eval.runner.evaluate`)."""
+    from searchskip.eval.runner import evaluate
 
     task = progress.add_task(what, total=len(dataset))
-    answers = answer_all(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                         on_batch=lambda n: progress.advance(task, n))
+    result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                      on_batch=lambda n: progress.advance(task, n))
     progress.remove_task(task)
-    return answers, score(answers, list(dataset["answers"]), list(dataset["question_type"]),
-                          list(dataset["answer_type"]))
+    return result.predictions, result.score
 
 
 def _unplanned_scores(source: ExportSource, loaded: Any, dataset: Any, job: Job, progress: Any) -> tuple[float, dict]:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from searchskip.config.job import Job
-from searchskip.search.study import SearchResult, prepare_study, run_targets, study_dir
+from searchskip.search.study import SearchResult, prepare_study
 
 __all__ = ["run_ray_search", "StorageOptunaSearch", "LOOPBACK", "ray_options", "TRIAL_ID"]
 
@@ -322,18 +322,12 @@ def run_ray_search(
     at the end; ``evaluations`` counts the Tune trials that scored a plan on the model)."""
     import optuna
 
-    from searchskip.config.loader import resolve_space
-    from searchskip.search.space import Space
     from searchskip.search.storage import live_workers
-    from searchskip.search.study import _ProgressView, directions, make_sampler, trial_counts
+    from searchskip.search.study import _ProgressView, begin_run, directions, make_sampler, trial_counts
 
     search = job.search
-    trials, timeout = run_targets(job, trials, timeout)
-    name = study_name or job.name
-    folder = study_dir(job, study_name, outputs)
-    start = time.perf_counter()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = Space.load(resolve_space(search.space))
+    run = begin_run(job, trials, timeout, study_name, outputs)
+    trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
     study, failed = prepare_study(job, folder, name, force_new_study=force_new_study,
                                   others_alive=bool(live_workers(folder)))
     counted = trial_counts(study)["counted"]

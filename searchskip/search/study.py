@@ -67,6 +67,7 @@ from searchskip.config.loader import resolve_space
 from searchskip.errors import ConfigError, SearchSkipError
 from searchskip.plan import Plan
 from searchskip.search import fingerprint as fp
+from searchskip.search.leaderboard import leaderboard
 from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
 )
@@ -74,7 +75,7 @@ from searchskip.search.storage import (
     JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, storage_url, study_flock,
 )
 
-__all__ = ["SearchResult", "WorkerSetup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
+__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
            "RUN_FILE", "JOB_FILE", "PAPER_SEED_MODES", "PAPER_SEED_INTERVALS"]
 
 RUN_FILE = "run.json"
@@ -288,6 +289,32 @@ def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool
     return study, True
 
 
+@dataclass
+class RunStart:
+    """What both backends settle before a run: targets, study name and folder, the space."""
+
+    trials: int | None
+    timeout: float | None
+    name: str
+    folder: Path
+    space: Any
+    start: float
+
+
+def begin_run(job: Job, trials: int | None, timeout: float | None, study_name: str | None,
+              outputs: str | None) -> RunStart:
+    """Check the run's targets (:func:`run_targets`), name its study and folder, load the space."""
+    import optuna
+
+    from searchskip.search.space import Space
+
+    start = time.perf_counter()
+    trials, timeout = run_targets(job, trials, timeout)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return RunStart(trials, timeout, study_name or job.name, study_dir(job, study_name, outputs),
+                    Space.load(resolve_space(job.search.space)), start)
+
+
 def run_targets(job: Job, trials: int | None, timeout: float | None) -> tuple[int | None, float | None]:
     """``(trials, timeout)`` of a run: the arguments, else the job's; checked."""
     search = job.search
@@ -344,18 +371,11 @@ def run_search(
 
         return run_ray_search(job, trials, timeout, study_name=study_name, outputs=outputs,
                               force_new_study=force_new_study, progress=progress)
-    trials, timeout = run_targets(job, trials, timeout)
-    name = study_name or job.name
-    folder = study_dir(job, study_name, outputs)
-    start = time.perf_counter()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    from searchskip.search.space import Space
-
-    space = Space.load(resolve_space(search.space))
+    run = begin_run(job, trials, timeout, study_name, outputs)
+    trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
     if not _study_complete(job, folder, name, trials):
         # Bad data or an unloadable model must stop the run before anything is written to outputs/.
-        from searchskip.commands import in_job
+        from searchskip.errors import in_job
 
         where = job.source_file or job.name
         if dataset is None and evaluator is None:
@@ -551,43 +571,28 @@ class _ProgressView:
         console = Console(stderr=True)
         self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
-        counts = trial_counts(self.study)
-        self.task = self.progress.add_task("search", total=self.total, completed=counts["counted"],
-                                           info=self._info(counts))
-        self.live = Live(self._render(self.study), console=console, refresh_per_second=4, transient=False)
+        self.task = self.progress.add_task("search", total=self.total, info="")
+        self.live = Live(self._refresh(self.study), console=console, refresh_per_second=4, transient=False)
         self.live.__enter__()
         return self
 
-    def _info(self, counts: dict[str, int]) -> str:
-        best = best_feasible(self.study)
-        acc = f"{100 * best.user_attrs['accuracy']:.2f}%" if best is not None else "-"
-        return (f"feasible {counts['complete']}  infeasible {counts['infeasible']}  pruned {counts['pruned']}  "
-                f"failed {counts['failed']}  best {acc}")
-
-    def _render(self, study: Any):
+    def _refresh(self, study: Any):
+        """Update the bar from the study and return the view to show (the leaderboard is ranked once)."""
         from rich.console import Group
 
         from searchskip.search.leaderboard import leaderboard_table
 
-        return Group(self.progress, leaderboard_table(study, top=self.TOP, title="leaderboard so far"))
+        counts, board = trial_counts(study), leaderboard(study)
+        best = f"{100 * board[0].user_attrs['accuracy']:.2f}%" if board else "-"
+        self.progress.update(self.task, completed=counts["counted"], info=(
+            f"feasible {counts['complete']}  infeasible {counts['infeasible']}  pruned {counts['pruned']}  "
+            f"failed {counts['failed']}  best {best}"))
+        return Group(self.progress, leaderboard_table(study, rows=board[:self.TOP], title="leaderboard so far"))
 
     def update(self, study: Any, trial: Any) -> None:
-        if self.live is None:
-            return
-        counts = trial_counts(study)
-        self.progress.update(self.task, completed=counts["counted"], info=self._info(counts))
-        self.live.update(self._render(study))
+        if self.live is not None:
+            self.live.update(self._refresh(study))
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)
-
-
-def best_feasible(study: Any) -> Any | None:
-    """The COMPLETE trial with the highest accuracy (ties: fewer FLOPs, then lower number)."""
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "accuracy" in t.user_attrs]
-    if not done:
-        return None
-    return min(done, key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs.get("flops_ratio", 0), t.number))

@@ -59,6 +59,7 @@ import torch
 from searchskip.arch import get_adapter
 from searchskip.arch.base import ArchAdapter
 from searchskip.ops import ATTN_ALL, ATTN_NONE, DROP, REGISTRY, LayerSite
+from searchskip.ops import prune
 from searchskip.ops.registry import AttentionUse
 from searchskip.ops.scope import Declaration, PlanRuntime
 from searchskip.plan import KEEP, Plan
@@ -182,10 +183,9 @@ def apply(model: Any, plan: Plan, *, calibration: Sequence[Mapping[str, Any]] | 
     try:
         uses: dict[int, AttentionUse] = {i: ATTN_ALL for i in range(len(layers))}
         forwards: dict[int, Callable[..., Any]] = {}
-        sites = [(i, DROP, plan.op_for(i)) for i in sorted(dropped)]
-        sites += [(i, op.op, plan.op_for(i)) for i, op in plan.layers if op.op != KEEP]
-        for i, name, op in sites:
-            handler = REGISTRY.get(name) if name == DROP else handlers[i]
+        sites = [(i, REGISTRY.get(DROP), plan.op_for(i)) for i in sorted(dropped)]
+        sites += [(i, handlers[i], plan.op_for(i)) for i, op in plan.layers if op.op != KEEP]
+        for i, handler, op in sites:
             for offset, use in handler.attention_use(op).items():
                 uses[i + offset] = use
             built = handler.build(LayerSite(index=i, op=op, layers=layers, adapter=adapter, runtime=runtime))
@@ -237,11 +237,7 @@ def _declaring_generate(generate: Callable[..., Any], runtime: PlanRuntime) -> C
 
 
 def _prune(model: Any, adapter: ArchAdapter, plan: Plan, calibration: Any) -> Any:
-    try:
-        from searchskip.ops.prune import apply_pruning
-    except ImportError as e:  # pragma: no cover - the module ships with the package
-        raise RuntimeError(f"plan.prune needs searchskip.ops.prune, which cannot be imported: {e}") from e
-    return apply_pruning(model, adapter, plan.prune, None if calibration is None else list(calibration))
+    return prune.apply_pruning(model, adapter, plan.prune, None if calibration is None else list(calibration))
 
 
 def assign_cache_slots(uses: Sequence[AttentionUse], layer_types: Sequence[str]) -> dict[int, int]:

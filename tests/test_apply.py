@@ -11,6 +11,7 @@ import searchskip.apply as apply_module
 from searchskip.apply import applied_plan, apply, assign_cache_slots, plan_context, restore
 from searchskip.arch import get_adapter
 from searchskip.errors import ConfigError
+from searchskip.ops import prune
 from searchskip.plan import SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT, DropSpec, LayerOp, Plan, PruneSpec
 from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, LLAVA_FAMILIES, tiny_inputs, tiny_model
 
@@ -304,7 +305,6 @@ def test_layer_zero_skip_with_left_padding():
 
 
 def test_prune_is_delegated_and_undone(monkeypatch):
-    prune = pytest.importorskip("searchskip.ops.prune", reason="searchskip.ops.prune is not written yet")
     model = tiny_model("llama")
     inputs = tiny_inputs(model)
     before = _logits(model, inputs)
@@ -326,7 +326,6 @@ def test_prune_is_delegated_and_undone(monkeypatch):
 
 
 def test_prune_failure_leaves_model_untouched():
-    pytest.importorskip("searchskip.ops.prune", reason="searchskip.ops.prune is not written yet")
     model = tiny_model("llama")
     before = _logits(model, tiny_inputs(model))
     plan = Plan(prune=PruneSpec(method="wanda", sparsity=0.5))  # wanda without calibration

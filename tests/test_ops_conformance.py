@@ -386,10 +386,20 @@ def test_sdpa_is_counted_on_cpu():
 
 @pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)
 def test_applied_plan_survives_yaml(op, scope, average):
+    """The plan reloaded from its YAML is applied exactly as the plan itself: the same forwards,
+    cache slots and logits (the YAML round trip itself: tests/test_plan.py)."""
     model = _model("llama")
     plan = _plan(op, scope, average)
+    inputs, n = _with_generated(model)
     with apply(model, plan) as applied:
-        assert applied.plan == Plan.from_yaml_text(plan.to_yaml()) == plan
+        want = _logits(model, inputs, n)
+        layers, slots, uses = set(applied.forwards), dict(applied.cache_slots), dict(applied.attention_use)
+    reloaded = Plan.from_yaml_text(plan.to_yaml())
+    with apply(model, reloaded) as applied:
+        got = _logits(model, inputs, n)
+        assert set(applied.forwards) == layers
+        assert applied.cache_slots == slots and applied.attention_use == uses
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize(("op", "scope", "average"), VARIANTS, ids=VARIANT_IDS)

@@ -363,6 +363,18 @@ def respelled(plan: Plan, rng: random.Random) -> dict[str, Any]:
     return data
 
 
+def test_every_op_scope_and_drop_round_trip_yaml():
+    """Every (op, scope, average) a planned layer can hold, and a drop, as the ops conformance suite
+    applies them, come back equal from their YAML."""
+    plans = [Plan(drop=DropSpec(0, 1))]
+    for op in OPS:
+        for scope in SCOPES:
+            for average in ((False, True) if op == PARALLEL_BLOCKS else (False,)):
+                plans.append(Plan(layers={0: LayerOp(op, scope, average)}))
+    for plan in plans:
+        assert Plan.from_yaml_text(plan.to_yaml()) == plan, plan.to_yaml()
+
+
 def test_random_plans_round_trip_and_respellings_are_equal():
     rng = random.Random(20241012)
     kinds = set()

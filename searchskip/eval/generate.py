@@ -5,17 +5,27 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 
-def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers for one batch of (image, question) pairs, left-padded, special tokens removed."""
-    import torch
-
+def prompt_inputs(loaded, images: Sequence, questions: Sequence[str]) -> dict:
+    """Model inputs for a batch of (image, question) pairs: ``loaded.template`` around each
+    question, ``loaded.processor`` on images + prompts, padded on the left; a plain dict of
+    tensors on ``loaded.device``, ``pixel_values`` in the model's dtype."""
     processor = loaded.processor
     processor.tokenizer.padding_side = "left"  # decoder-only generation needs the prompt flush right
     prompts = [loaded.template.format(question=q) for q in questions]
     inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
     inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    dtype = getattr(loaded.model, "dtype", None)
+    if "pixel_values" in inputs and dtype is not None:
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return inputs
+
+
+def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers for one batch of (image, question) pairs, left-padded, special tokens removed."""
+    import torch
+
+    processor = loaded.processor
+    inputs = prompt_inputs(loaded, images, questions)
     with torch.inference_mode():
         out = loaded.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -20,7 +20,7 @@ from searchskip.plan import (
 
 __all__ = [
     "PRE", "IMAGE", "POST", "GEN", "CLASSES", "PROMPT_CLASSES", "SCOPE_CLASSES",
-    "LayerExec", "layer_execution", "kv_classes", "count_flops", "kept_ffn_channels", "kept_fraction",
+    "LayerExec", "layer_execution", "kv_classes", "count_flops", "kept_ffn_channels",
 ]
 
 # ---- position classes ------------------------------------------------------------------
@@ -104,7 +104,8 @@ def layer_execution(plan: Plan, num_layers: int) -> tuple[LayerExec, ...]:
 
 def kept_ffn_channels(channels: int, sparsity: float) -> int:
     """FFN channels left by ``ffn_channels`` pruning: ``round(sparsity * channels)`` removed
-    (Python rounding, ties to even), at least one kept -- as :mod:`searchskip.ops.prune` does."""
+    (Python rounding, ties to even), at least one kept. :mod:`searchskip.ops.prune` calls this
+    to decide how many channels to remove, so the count and the pruning share one rule."""
     if sparsity <= 0:
         return channels
     return channels - min(round(sparsity * channels), channels - 1)
@@ -119,14 +120,6 @@ def _zeroed(prune: PruneSpec, sparsity: float, lin: Linear) -> int:
     if prune.method == "wanda":  # per output row
         return lin.out_features * round(sparsity * lin.in_features)
     return round(sparsity * lin.weights)  # magnitude: the whole matrix
-
-
-def kept_fraction(prune: PruneSpec | None, layer: int, lin: Linear, role: str) -> float:
-    """The fraction of ``lin``'s weights left nonzero in decoder ``layer`` (``role``: attn or ffn)."""
-    if prune is None or role not in prune.targets:
-        return 1.0
-    zeroed = _zeroed(prune, prune.sparsity_for(layer), lin)
-    return 1.0 - zeroed / lin.weights if lin.weights else 1.0
 
 
 def _pruned_layer(g: DecoderLayerGeometry, prune: PruneSpec | None,

@@ -14,7 +14,6 @@ the configs shipped in ``searchskip/arch/configs/`` (:data:`KNOWN_CONFIGS`).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import dataclass
@@ -121,8 +120,6 @@ class VisionGeometry:
     """LLM positions (projector outputs) per image: the patches, plus the class token with
     ``vision_feature_select_strategy: full``."""
     projector: tuple[Linear, ...]
-    tower_params: int
-    projector_params: int
 
     @property
     def tokens(self) -> int:
@@ -145,9 +142,6 @@ class ArchGeometry:
     (OPT's ``project_in`` / ``project_out`` when the embedding width differs)."""
     vision: VisionGeometry | None
     params_total: int
-    params_lm_head: int
-    params_other: int
-    """Embeddings, final norm and anything else not in the layers, lm_head or vision part."""
 
     @property
     def num_layers(self) -> int:
@@ -285,14 +279,10 @@ def _build_geometry(config: Any) -> ArchGeometry:
 
     vision = _vision_geometry(model, adapter, config) if adapter.vision_tower(model) is not None else None
     total = _numel(model)
-    params_head = _numel(head)
-    params_vision = (vision.tower_params + vision.projector_params) if vision else 0
-    params_layers = sum(g.params for g in layers)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")
     return ArchGeometry(
         name=name, family=adapter.name, layers=tuple(layers), lm_head=_linear("lm_head", head),
-        extra_linears=extra, vision=vision, params_total=total, params_lm_head=params_head,
-        params_other=total - params_head - params_vision - params_layers,
+        extra_linears=extra, vision=vision, params_total=total,
     )
 
 
@@ -333,7 +323,6 @@ def _vision_geometry(model: Any, adapter: Any, config: Any) -> VisionGeometry:
     return VisionGeometry(
         channels=int(conv.in_channels), patch_size=patch, width=int(conv.out_channels), patches=patches,
         class_token=class_token, layers=tuple(layers), image_tokens=image_tokens, projector=proj,
-        tower_params=_numel(tower), projector_params=_numel(projector),
     )
 
 
@@ -395,8 +384,3 @@ def resolve_config(spec: Any) -> tuple[Any, str]:
         f"model.id: the config of '{source}' is not in the local Hugging Face cache and the hub could not be reached; "
         f"searchskip ships configs only for {', '.join(sorted(KNOWN_CONFIGS))}"
     )
-
-
-def config_dict(arch: Any) -> dict[str, Any]:
-    """The config of ``arch`` as a plain dict (for reports)."""
-    return json.loads(_config_key(_as_config(arch)))

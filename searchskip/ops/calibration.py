@@ -2,7 +2,7 @@
 
 :func:`calibration_batches` picks ``samples`` rows of a schema VQA dataset (columns
 ``image``, ``question``, ...) with a seeded RNG and turns them into model inputs exactly the
-way evaluation does (:func:`searchskip.eval.generate.answer_batch`): the job's prompt
+way evaluation does (:func:`searchskip.eval.generate.prompt_inputs`): the job's prompt
 template around each question, the processor on images + prompts, left padding. For LLaVA
 each batch therefore holds ``pixel_values``, ``input_ids`` and ``attention_mask``, and the
 activations wanda measures cover image and text tokens.
@@ -18,6 +18,7 @@ import random
 from typing import Any
 
 from searchskip.errors import DataError
+from searchskip.eval.generate import prompt_inputs
 
 __all__ = ["calibration_indices", "calibration_batches"]
 
@@ -44,16 +45,8 @@ def calibration_batches(loaded: Any, dataset: Any, samples: int, seed: int, batc
     if missing:
         raise DataError(f"calibration data lacks the column(s) {', '.join(missing)} (map it onto the VQA schema first)")
     rows = dataset.select(calibration_indices(len(dataset), samples, seed))
-    processor = loaded.processor
-    processor.tokenizer.padding_side = "left"  # as in evaluation: prompts flush right
-    dtype = getattr(loaded.model, "dtype", None)
     batches: list[dict] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        prompts = [loaded.template.format(question=q) for q in chunk["question"]]
-        inputs = processor(images=list(chunk["image"]), text=prompts, return_tensors="pt", padding=True)
-        batch = {k: v.to(loaded.device) for k, v in inputs.items()}
-        if "pixel_values" in batch and dtype is not None:
-            batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        batches.append(batch)
+        batches.append(prompt_inputs(loaded, chunk["image"], chunk["question"]))
     return batches

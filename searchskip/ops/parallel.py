@@ -41,7 +41,7 @@ def _build_parallel_attn_ffn(site: LayerSite) -> dict:
         a = adapter.attn_delta(layer, x, **bind(args, kwargs))
         if scope == SCOPE_ALL:
             return x + a + adapter.mlp_delta(layer, x)
-        inside = runtime.positions(x).in_scope(scope).to(x.device)
+        inside = runtime.positions(x).in_scope(scope, x.device)
         return x + a + adapter.mlp_delta(layer, torch.where(inside, x, x + a))
 
     return {site.index: forward}
@@ -59,7 +59,7 @@ def _build_parallel_blocks(site: LayerSite) -> dict:
     def forward_first(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         x = hidden_states
         a = first_forward(first, x, *args, **kwargs)
-        inside = None if scope == SCOPE_ALL else runtime.positions(x).in_scope(scope).to(x.device)
+        inside = None if scope == SCOPE_ALL else runtime.positions(x).in_scope(scope, x.device)
         runtime.stash[key] = (x, a, inside)
         return x if inside is None else torch.where(inside, x, a)
 
@@ -78,7 +78,7 @@ def _build_parallel_blocks(site: LayerSite) -> dict:
     return {i: forward_first, i + 1: forward_second}
 
 
-PARALLEL_ATTN_FFN_HANDLER = OpHandler(PARALLEL_ATTN_FFN, "attention and FFN both read the layer input",
-                                      _build_parallel_attn_ffn, lambda op: {0: ATTN_ALL})
-PARALLEL_BLOCKS_HANDLER = OpHandler(PARALLEL_BLOCKS, "layers i and i+1 both read layer i's input",
-                                    _build_parallel_blocks, lambda op: {0: ATTN_ALL, 1: ATTN_ALL}, span=2)
+# attention and FFN both read the layer input
+PARALLEL_ATTN_FFN_HANDLER = OpHandler(PARALLEL_ATTN_FFN, _build_parallel_attn_ffn, lambda op: {0: ATTN_ALL})
+# layers i and i+1 both read layer i's input
+PARALLEL_BLOCKS_HANDLER = OpHandler(PARALLEL_BLOCKS, _build_parallel_blocks, lambda op: {0: ATTN_ALL, 1: ATTN_ALL})

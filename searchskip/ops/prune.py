@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from searchskip.errors import ConfigError, ModelError, Problem
+from searchskip.flops.count import kept_ffn_channels
 
 __all__ = [
     "PruneResult",
@@ -92,8 +93,6 @@ class PruneResult:
     so a sparse kernel would save ``2 * zeroed`` FLOPs per token). Empty for ``ffn_channels``."""
     zeroed_by_linear: dict[int, dict[str, int]] = field(default_factory=dict)
     """Layer -> linear role (``q``, ``up``, ``fc2``, ...) -> weights zeroed in it."""
-    numel_by_linear: dict[int, dict[str, int]] = field(default_factory=dict)
-    """Layer -> linear role -> weights in it (before pruning), the denominator of its sparsity."""
     channels_removed: dict[int, int] = field(default_factory=dict)
     """Layer -> FFN channels removed (``ffn_channels``)."""
     kept_channels: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -298,36 +297,41 @@ def _parent_of(root: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
     raise ModelError(f"cannot find {type(child).__name__} inside {type(root).__name__} to replace it")
 
 
-def _subset_linear(old: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear with only the ``keep`` output rows (``dim=0``) or input columns (``dim=1``)."""
-    w = old.weight.detach()
-    keep = keep.to(w.device)
-    new_w = w.index_select(dim, keep).clone()
-    out_f, in_f = new_w.shape
-    new = nn.Linear(in_f, out_f, bias=old.bias is not None, device="meta")
-    new.weight = nn.Parameter(new_w, requires_grad=old.weight.requires_grad)
-    if old.bias is not None:
-        b = old.bias.detach()
-        new.bias = nn.Parameter((b.index_select(0, keep) if dim == 0 else b).clone(),
-                                requires_grad=old.bias.requires_grad)
+def linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A new Linear holding ``weight`` (out x in) and ``bias``, with ``old``'s ``requires_grad`` and
+    train/eval mode (built on the meta device, so no weight is allocated twice)."""
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new.weight = nn.Parameter(weight, requires_grad=old.weight.requires_grad)
+    if bias is not None:
+        new.bias = nn.Parameter(bias, requires_grad=old.bias.requires_grad)
     new.train(old.training)
     return new
 
 
-def shrink_ffn(adapter: Any, layer: nn.Module, keep: torch.Tensor) -> Callable[[], None]:
-    """Replace ``layer``'s FFN linears by smaller ones holding only the channels ``keep`` (sorted
-    indices); return a function that puts the original modules back."""
-    linears = adapter.mlp_linears(layer)
+def _subset_linear(old: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear with only the ``keep`` output rows (``dim=0``) or input columns (``dim=1``)."""
+    w = old.weight.detach()
+    keep = keep.to(w.device)
+    b = None if old.bias is None else old.bias.detach()
+    return linear_like(old, w.index_select(dim, keep).clone(),
+                       None if b is None else (b.index_select(0, keep) if dim == 0 else b).clone())
+
+
+def swap_ffn_linears(adapter: Any, layer: nn.Module,
+                     rebuild: Callable[[nn.Linear, int], nn.Linear]) -> Callable[[], None]:
+    """Replace each FFN linear of ``layer`` that holds the FFN channels by ``rebuild(linear, dim)``
+    (``dim`` 0: the channels are its output rows; 1: its input columns); return a function that
+    puts the original modules back."""
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
-    for key, linear in linears.items():
+    for key, linear in adapter.mlp_linears(layer).items():
         if key in adapter.mlp_in_keys:
-            new = _subset_linear(linear, keep, 0)
+            dim = 0
         elif key == adapter.mlp_out_key:
-            new = _subset_linear(linear, keep, 1)
+            dim = 1
         else:
             continue
         parent, name = _parent_of(layer, linear)
-        setattr(parent, name, new)
+        setattr(parent, name, rebuild(linear, dim))
         swaps.append((parent, name, linear))
 
     def restore() -> None:
@@ -335,6 +339,12 @@ def shrink_ffn(adapter: Any, layer: nn.Module, keep: torch.Tensor) -> Callable[[
             setattr(parent, name, original)
 
     return restore
+
+
+def shrink_ffn(adapter: Any, layer: nn.Module, keep: torch.Tensor) -> Callable[[], None]:
+    """Replace ``layer``'s FFN linears by smaller ones holding only the channels ``keep`` (sorted
+    indices); return a function that puts the original modules back."""
+    return swap_ffn_linears(adapter, layer, lambda linear, dim: _subset_linear(linear, keep, dim))
 
 
 # --------------------------------------------------------------------------------------
@@ -452,7 +462,6 @@ def apply_pruning(model: nn.Module, adapter: Any, spec: Any, calibration: list[d
 def _prune_weights(adapter: Any, layer: nn.Module, pos: int, i: int, s: float, spec: Any,
                    norms: Mapping[tuple[int, str], torch.Tensor] | None, result: PruneResult) -> None:
     zeroed: dict[str, int] = {}
-    numel: dict[str, int] = {}
     for key, linear in target_linears(adapter, layer, spec.targets).items():
         w = linear.weight
         scores = wanda_scores(w, norms[(pos, key)]) if norms is not None else magnitude_scores(w)
@@ -468,16 +477,14 @@ def _prune_weights(adapter: Any, layer: nn.Module, pos: int, i: int, s: float, s
         result._restore.append(restore)
         w.data.masked_fill_(mask, 0)
         zeroed[key] = int(mask.sum())
-        numel[key] = w.numel()
     result.zeroed[i] = sum(zeroed.values())
     result.zeroed_by_linear[i] = zeroed
-    result.numel_by_linear[i] = numel
 
 
 def _prune_channels(adapter: Any, layer: nn.Module, pos: int, i: int, s: float,
                     norms: Mapping[tuple[int, str], torch.Tensor] | None, result: PruneResult) -> None:
     total = adapter.ffn_channels(layer)
-    remove = min(round(s * total), total - 1)
+    remove = total - kept_ffn_channels(total, s)  # the FLOP count's rule, so the two cannot drift
     if remove <= 0:
         return
     scores = ffn_channel_scores(adapter, layer, None if norms is None else norms[(pos, adapter.mlp_out_key)])
@@ -485,7 +492,6 @@ def _prune_channels(adapter: Any, layer: nn.Module, pos: int, i: int, s: float,
     keep_mask = torch.ones(total, dtype=torch.bool, device=scores.device)
     keep_mask[drop] = False
     keep = keep_mask.nonzero().flatten()
-    result.numel_by_linear[i] = {k: lin.weight.numel() for k, lin in adapter.mlp_linears(layer).items()}
     result._restore.append(shrink_ffn(adapter, layer, keep))
     result.channels_removed[i] = remove
     result.kept_channels[i] = keep.cpu()

@@ -79,13 +79,10 @@ class OpHandler:
     """
 
     name: str
-    summary: str
     build: Callable[[LayerSite], dict[int, Forward]]
     attention_use: Callable[["LayerOp"], dict[int, AttentionUse]]
     scoped: bool = True
     """Whether the op's ``scope`` changes what it does (False for ``keep`` and ``drop``)."""
-    span: int = 1
-    """How many consecutive layers the op governs, from its own (2 for ``parallel_blocks``)."""
 
 
 class OpRegistry:

@@ -111,11 +111,12 @@ class Selection:
     marks, when not every row belongs at every selected position, which rows' results count.
     """
 
-    __slots__ = ("length", "start", "stop", "index", "rows")
+    __slots__ = ("length", "start", "stop", "index", "rows", "_last")
 
     def __init__(self, length: int, start: int = 0, stop: int = 0, index: torch.Tensor | None = None,
-                 rows: torch.Tensor | None = None):
+                 rows: torch.Tensor | None = None, last: int | None = None):
         self.length, self.start, self.stop, self.index, self.rows = length, start, stop, index, rows
+        self._last = last  # one past the last index, when the builder knows it (saves a device sync)
 
     @classmethod
     def span(cls, length: int, start: int, stop: int) -> "Selection":
@@ -137,9 +138,11 @@ class Selection:
     @property
     def last(self) -> int:
         """One past the last selected position."""
-        if self.index is not None:
-            return int(self.index.max()) + 1 if self.index.numel() else 0
-        return self.stop
+        if self.index is None:
+            return self.stop
+        if self._last is None:
+            self._last = int(self.index.max()) + 1 if self.index.numel() else 0
+        return self._last
 
     def take(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """``x`` restricted to the selected positions along ``dim`` (a view for ranges)."""
@@ -183,6 +186,8 @@ class CallPositions:
     image: torch.Tensor | None = None
     image_unknown: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
+    _generation_memo: dict = field(default_factory=dict, repr=False)
+    """Values that hold for the whole generation (shared by its calls' ``CallPositions``)."""
 
     @property
     def prompt_stop(self) -> int:
@@ -231,23 +236,25 @@ class CallPositions:
             first, last = int(cols[0]), int(cols[-1]) + 1
             if last - first == cols.numel():
                 return Selection(n, first, last, None, rows)
-            return Selection(n, index=cols, rows=rows)
+            return Selection(n, index=cols, rows=rows, last=last)
         raise ValueError(f"unknown scope {scope!r}")
 
-    def in_scope(self, scope: str) -> torch.Tensor | None:
-        """Positions of the call in ``scope`` as a (batch or 1) x length x 1 bool mask; ``None`` = all."""
+    def in_scope(self, scope: str, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """Positions of the call in ``scope`` as a (batch or 1) x length x 1 bool mask on ``device``
+        (default: CPU); ``None`` = all. Built once per call and device."""
         if scope == SCOPE_ALL:
             return None
-        key = ("in", scope)
+        device = torch.device(device if device is not None else "cpu")
+        key = ("in", scope, device)
         if key not in self._memo:
-            local = torch.arange(self.length)
             if scope == SCOPE_GENERATED:
-                mask = (local >= self.prompt_stop).unsqueeze(0)
+                mask = (torch.arange(self.length, device=device) >= self.prompt_stop).unsqueeze(0)
             elif scope == SCOPE_PROMPT:
-                mask = (local < self.prompt_stop).unsqueeze(0)
+                mask = (torch.arange(self.length, device=device) < self.prompt_stop).unsqueeze(0)
             elif scope == SCOPE_NON_VISUAL:
                 image = self.image_local()
-                mask = torch.ones(1, self.length, dtype=torch.bool) if image is None else ~image
+                mask = (torch.ones(1, self.length, dtype=torch.bool, device=device) if image is None
+                        else (~image).to(device))
             else:
                 raise ValueError(f"unknown scope {scope!r}")
             self._memo[key] = mask.unsqueeze(-1)
@@ -255,14 +262,16 @@ class CallPositions:
 
     @property
     def image_end(self) -> int:
-        """One past the last image position of the generation (union over rows; 0 without images)."""
-        if "image_end" not in self._memo:
+        """One past the last image position of the generation (union over rows; 0 without images);
+        computed once per generation."""
+        memo = self._generation_memo
+        if "image_end" not in memo:
             end = 0
             if self.image is not None:
                 cols = self.image[:, : self.prompt_length].any(0).nonzero()
                 end = int(cols.max()) + 1 if cols.numel() else 0
-            self._memo["image_end"] = end
-        return self._memo["image_end"]
+            memo["image_end"] = end
+        return memo["image_end"]
 
     def kv_stop(self, scope: str) -> int:
         """One past the last local position whose K/V an attention skipped for ``scope`` projects:
@@ -291,6 +300,8 @@ class _Generation:
     image: torch.Tensor | None
     image_unknown: bool
     seen: int
+    memo: dict = field(default_factory=dict)
+    """What :class:`CallPositions` computes once per generation (``image_end``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,7 +354,8 @@ class PlanRuntime:
             prompt_length = declared.prompt_length if declared.prompt_length is not None else past + length
             image, unknown = self._image_mask(ids, past, declared)
             state = _Generation(prompt_length, image, unknown, seen=past)
-        self.current = CallPositions(state.seen, length, state.prompt_length, state.image, state.image_unknown)
+        self.current = CallPositions(state.seen, length, state.prompt_length, state.image, state.image_unknown,
+                                     _generation_memo=state.memo)
         state.seen += length
         if cache is not None:
             _tag(cache, state)

@@ -74,7 +74,7 @@ def _build_keep(site: LayerSite) -> dict:
     return {}
 
 
-KEEP_HANDLER = OpHandler(KEEP, "run the layer as it is", _build_keep, _full, scoped=False)
+KEEP_HANDLER = OpHandler(KEEP, _build_keep, _full, scoped=False)  # run the layer as it is
 
 
 # ---- drop -------------------------------------------------------------------------------
@@ -84,8 +84,8 @@ def _build_drop(site: LayerSite) -> dict:
     return {site.index: _passthrough}
 
 
-DROP_HANDLER = OpHandler(DROP, "layer removed by plan.drop: no compute (physical removal is the export's job)",
-                         _build_drop, lambda op: {0: ATTN_NONE}, scoped=False)
+# layer removed by plan.drop: no compute (physical removal is the export's job)
+DROP_HANDLER = OpHandler(DROP, _build_drop, lambda op: {0: ATTN_NONE}, scoped=False)
 
 
 # ---- skip_block / skip_attn / skip_ffn ----------------------------------------------------
@@ -126,9 +126,7 @@ def _build_skip(site: LayerSite, skip_attn: bool, skip_ffn: bool) -> dict:
     return {site.index: forward_scoped}
 
 
-SKIP_BLOCK_HANDLER = OpHandler(SKIP_BLOCK, "skip attention and FFN for the scope's positions",
-                               lambda site: _build_skip(site, True, True), _skipped)
-SKIP_ATTN_HANDLER = OpHandler(SKIP_ATTN, "skip self-attention for the scope's positions",
-                              lambda site: _build_skip(site, True, False), _skipped)
-SKIP_FFN_HANDLER = OpHandler(SKIP_FFN, "skip the FFN for the scope's positions",
-                             lambda site: _build_skip(site, False, True), _full)
+# skip attention and FFN / self-attention / the FFN for the scope's positions
+SKIP_BLOCK_HANDLER = OpHandler(SKIP_BLOCK, lambda site: _build_skip(site, True, True), _skipped)
+SKIP_ATTN_HANDLER = OpHandler(SKIP_ATTN, lambda site: _build_skip(site, True, False), _skipped)
+SKIP_FFN_HANDLER = OpHandler(SKIP_FFN, lambda site: _build_skip(site, False, True), _full)

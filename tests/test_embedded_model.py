@@ -105,15 +105,22 @@ def test_eval_cli_bad_limit_is_a_clean_error(repo_root):
     assert "--limit" in out.stderr and "Traceback" not in out.stderr + out.stdout
 
 
-def test_eval_cli_scores_a_hand_written_plan(repo_root):
-    out = subprocess.run(
-        [sys.executable, "-m", "searchskip", "eval", "jobs/demo.yaml", "--limit", "40", "--json",
-         "--plan", "spaces/plans/skip_block.yaml"],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+def test_eval_cli_scores_a_hand_written_plan(repo_root, tmp_path):
+    """The plan is applied, not only echoed: skipping block 0 wrecks the answers of the same questions."""
+    plan = tmp_path / "early.yaml"
+    plan.write_text("version: 1\nlayers:\n  0: skip_block\n")
+
+    def run(*extra):
+        out = subprocess.run([sys.executable, "-m", "searchskip", "eval", "jobs/demo.yaml", "--limit", "40", "--json",
+                              *extra], cwd=repo_root, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    result = run("--plan", str(plan))
     assert result["n"] == 40 and result["plan"]["layers"]
+    unplanned = run()
+    assert unplanned["n"] == 40 and unplanned["plan"] is None
+    assert result["accuracy"] < unplanned["accuracy"] - 0.3, (result["accuracy"], unplanned["accuracy"])
 
 
 def test_eval_cli_plan_out_of_range_for_the_model(repo_root, tmp_path):
@@ -144,7 +151,7 @@ def test_skipping_an_early_block_hurts_more_than_a_late_ffn(loaded, validation_r
 def test_wanda_calibration_is_built_once_per_cache(loaded, monkeypatch, repo_root):
     """A search worker calibrates Wanda once per (samples, seed), not once per trial."""
     import searchskip.ops.calibration as calibration
-    from searchskip.commands.eval import apply_plan
+    from searchskip.eval.planned import apply_plan
     from searchskip.config.loader import load_job
     from searchskip.plan import CalibrationSpec, Plan, PruneSpec
 

@@ -152,15 +152,26 @@ def load_model_template(job_file: Path) -> str:
     return load_model(load_job(job_file).model).template
 
 
-def test_interrupted_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
-    import searchskip.export.writer as writer
-
+def _first_export(tmp_path: Path) -> tuple[list[str], Path, str]:
+    """Export skip_block.yaml into ``tmp_path/exp``: ``(the export argv, the folder, its manifest text)``;
+    ``argv[4]`` is the plan file, for a second export into the same folder."""
     job_file = small_job(tmp_path)
     out = tmp_path / "exp"
     args = ["export", "--job", str(job_file), "--plan", str(REPO / "spaces/plans/skip_block.yaml"),
             "--out", str(out), "--no-progress"]
     assert main(args) == 0
-    before = (out / "manifest.json").read_text()
+    return args, out, (out / "manifest.json").read_text()
+
+
+def _no_leftovers(tmp_path: Path) -> bool:
+    """No temporary export folder is left next to ``tmp_path/exp``."""
+    return [p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")] == []
+
+
+def test_interrupted_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    import searchskip.export.writer as writer
+
+    args, out, before = _first_export(tmp_path)
 
     def crash(*a, **k):
         raise KeyboardInterrupt
@@ -169,7 +180,45 @@ def test_interrupted_export_leaves_the_previous_one_intact(tmp_path, monkeypatch
     args[4] = str(REPO / "spaces/plans/skip_ffn.yaml")
     assert main(args) == 130
     assert (out / "manifest.json").read_text() == before and verify_manifest(out) == []
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")] == []
+    assert _no_leftovers(tmp_path)
+
+
+def test_export_check_mismatch_exits_2_unless_allowed(tmp_path, monkeypatch, capsys):
+    """An exported model that answers differently from the planned source model is an error
+    (exit 2, the previous export intact, nothing written) unless --allow-mismatch."""
+    import torch
+
+    import searchskip.export.model as export_model
+
+    args, out, before = _first_export(tmp_path)
+    capsys.readouterr()
+
+    real_save = export_model.save_compressed
+
+    def perturbed_save(loaded, folder, **kw):
+        # zero the outputs of decoder layer 0 (= skipping it): the export now answers very differently
+        layer = loaded.model.model.language_model.layers[0]
+        with torch.no_grad():
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        return real_save(loaded, folder, **kw)
+
+    monkeypatch.setattr(export_model, "save_compressed", perturbed_save)
+    args[4] = str(REPO / "spaces/plans/skip_ffn.yaml")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "differently from the planned source model" in err and "Traceback" not in err
+    assert (out / "manifest.json").read_text() == before and verify_manifest(out) == []
+    assert yaml.safe_load((out / "plan.yaml").read_text())["layers"] == {3: "skip_block", 5: "skip_block"}
+    assert _no_leftovers(tmp_path)
+
+    assert main([*args, "--allow-mismatch"]) == 0
+    assert verify_manifest(out) == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["plan"]["layers"] == {"5": "skip_ffn", "6": "skip_ffn"}
+    check = metrics["export_check"]
+    assert check["same_answers"] < check["questions"] == QUESTIONS
+    assert check["accuracy_export"] < check["accuracy_planned"]
 
 
 @pytest.mark.parametrize("argv, message", [

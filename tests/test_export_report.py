@@ -167,7 +167,7 @@ def _kwargs(**over):
 
 
 def test_render_report_sections_and_numbers(study):
-    text = render_report(**_kwargs(points=trial_points(study)))
+    text = render_report(**_kwargs(points=trial_points(study), llm_flops_ratio=0.52))
     for heading in ("# demo export", "## Summary", "## Accuracy vs FLOPs", "### Pareto front", "## Layer map",
                     "## FLOPs breakdown", "## Accuracy per question type", "## Notes"):
         assert heading in text.splitlines(), heading
@@ -175,7 +175,8 @@ def test_render_report_sections_and_numbers(study):
     assert "| validation accuracy | 75.00% |" in text
     assert "| unplanned model's accuracy | 80.00% |" in text
     assert "| share of the unplanned model | 93.75% |" in text
-    assert "| LLM FLOPs (x unplanned) | 0.580 |" in text
+    assert "| FLOPs (x unplanned) | 0.580 |" in text
+    assert "| LLM FLOPs (x unplanned) | 0.520 |" in text
     assert "| decoder layers kept | 7 of 8 |" in text  # skip_block at 3 (scope all) is removed
     assert "![accuracy vs FLOPs](pareto.png)" in text
     # the front, fewest FLOPs first, chosen trial marked
@@ -214,7 +215,8 @@ def test_render_report_without_study_is_graceful():
     for absent in ("## Accuracy vs FLOPs", "### Pareto front", "## FLOPs breakdown", "## Accuracy per question type",
                    "## Notes", "share of the unplanned model", "validation accuracy", "pareto.png", "trial"):
         assert absent not in text, absent
-    assert "| LLM FLOPs (x unplanned) | 0.900 |" in text
+    assert "| FLOPs (x unplanned) | 0.900 |" in text
+    assert "LLM FLOPs" not in text  # no llm_flops_ratio: no row
     assert "| 2 | kept | skipped | all |  | skip_ffn |" in text
 
 

@@ -116,10 +116,36 @@ def test_lora_section_needs_method_lora(write_yaml):
         load_job(path)
 
 
-def test_finetune_verb_refuses_a_job_without_the_section(repo_root, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "VERBS", (*cli.VERBS, "finetune") if "finetune" not in cli.VERBS else cli.VERBS)
+def test_finetune_verb_refuses_a_job_without_the_section(repo_root, capsys):
     assert cli.main(["finetune", str(repo_root / "jobs" / "demo.yaml")]) == 2
     assert "has no `finetune:` section" in capsys.readouterr().err
+
+
+def test_lr_at_warmup_cosine_constant_and_floor():
+    import math
+
+    from searchskip.finetune import lr_at
+
+    # linear warm-up over 4 steps to the peak, whatever the schedule
+    for schedule in ("cosine", "constant"):
+        assert [lr_at(s, 20, 4, 1.0, schedule) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # cosine: the peak right after the warm-up, half way down at the middle, 0 at (and past) the end
+    assert lr_at(4, 20, 4, 2.0) == pytest.approx(2.0)
+    assert lr_at(12, 20, 4, 2.0) == pytest.approx(1.0)
+    assert lr_at(20, 20, 4, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(25, 20, 4, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(8, 20, 4, 2.0) == pytest.approx(1.0 + math.cos(math.pi / 4))
+    decay = [lr_at(s, 20, 4, 2.0) for s in range(4, 21)]
+    assert decay == sorted(decay, reverse=True)
+    # constant: the peak after the warm-up
+    assert [lr_at(s, 20, 4, 2.0, "constant") for s in (4, 12, 19, 30)] == [2.0] * 4
+    # floor: the cosine ends at floor * peak instead of 0; the warm-up is unchanged
+    assert lr_at(20, 20, 4, 2.0, floor=0.05) == pytest.approx(0.1)
+    assert lr_at(12, 20, 4, 2.0, floor=0.05) == pytest.approx(2.0 * (0.05 + 0.95 * 0.5))
+    assert lr_at(4, 20, 4, 2.0, floor=0.05) == pytest.approx(2.0)
+    assert lr_at(1, 20, 4, 2.0, floor=0.05) == lr_at(1, 20, 4, 2.0) == 1.0
+    # no warm-up
+    assert lr_at(0, 10, 0, 3.0) == pytest.approx(3.0)
 
 
 # --------------------------------------------------------------------------------------

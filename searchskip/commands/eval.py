@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from searchskip.eval.planned import apply_plan
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score a job's model on VQA (validation or test split)",
@@ -65,41 +67,6 @@ def run(args) -> int:
     else:
         print_result(Console(), job, args.split, result)
     return 0
-
-
-def plan_calibration(loaded, job, plan, calibration_cache: dict | None = None):
-    """The calibration batches ``plan``'s pruning needs (Wanda: from the job's train split), or ``None``.
-
-    ``calibration_cache`` (a dict kept by the caller, e.g. one per search worker) keeps the
-    batches by ``(samples, seed)``, so trials after the first reuse them instead of reloading
-    the train split and re-running the processor.
-    """
-    from searchskip.data.splits import load_split
-    from searchskip.ops.calibration import calibration_batches
-
-    if plan.prune is None or plan.prune.calibration is None:
-        return None
-    cal = plan.prune.calibration
-    key = (cal.samples, cal.seed)
-    if calibration_cache is not None and key in calibration_cache:
-        return calibration_cache[key]
-    train = load_split(job.data, "train", check_disjoint=False)
-    calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
-    if calibration_cache is not None:
-        calibration_cache[key] = calibration
-    return calibration
-
-
-def apply_plan(loaded, job, plan, source: str, calibration_cache: dict | None = None):
-    """Apply ``plan`` to the loaded model in place (pruning calibrated by :func:`plan_calibration`)."""
-    from searchskip.apply import apply
-    from searchskip.errors import ConfigError
-
-    calibration = plan_calibration(loaded, job, plan, calibration_cache)
-    try:
-        return apply(loaded.model, plan, calibration=calibration)
-    except ConfigError as err:  # name the plan file in model-dependent plan errors
-        raise ConfigError([p if p.file else type(p)(source, p.key, p.rule) for p in err.problems]) from None
 
 
 def print_result(console, job, split: str, result) -> None:

@@ -82,6 +82,7 @@ def run(args) -> int:
     from rich.console import Console
 
     from searchskip.config.loader import job_from_data, load_job
+    from searchskip.data.splits import load_eval_split
     from searchskip.errors import ConfigError
     from searchskip.export.writer import ExportSource, export_plan
     from searchskip.plan import Plan
@@ -113,11 +114,14 @@ def run(args) -> int:
             exports.append((job, plan, out, ExportSource(label=f"trial {trial.number}", study=study, trial=trial),
                             info.get("cwd")))
     console = Console()
+    dataset = None  # the validation split, loaded once: every export here is of the same job
     for job, plan, out, source, cwd in exports:
         out = out.absolute()
         with _in_dir(cwd):
+            if dataset is None:
+                dataset = load_eval_split(job.data, "validation")
             result = export_plan(job, plan, out, source, progress=not args.no_progress,
-                                 allow_mismatch=args.allow_mismatch)
+                                 allow_mismatch=args.allow_mismatch, dataset=dataset)
         _print(console, result)
     return 0
 

@@ -25,16 +25,12 @@ def run(args) -> int:
     from rich.console import Console
 
     from searchskip.config.loader import load_job
-    from searchskip.errors import ConfigError
     from searchskip.finetune import run_finetune
 
     job = load_job(args.job)
-    if job.finetune is None:
-        raise ConfigError(f"{args.job}: the job has no `finetune:` section, so there is nothing to fine-tune; add one "
-                          "(e.g. `finetune: {method: projector}`) or run the finetune.yaml that `searchskip export` "
-                          "writes next to the exported model")
-    result = run_finetune(job, progress=not getattr(args, "no_progress", False), restart=getattr(args, "restart", False))
-    if getattr(args, "json", False):
+    # a job without a `finetune:` section: run_finetune's ConfigError (exit 2) says what to do
+    result = run_finetune(job, progress=not args.no_progress, restart=args.restart)
+    if args.json:
         print(json.dumps(result.metrics))
     else:
         print_metrics(Console(), job, result)

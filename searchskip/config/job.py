@@ -95,13 +95,6 @@ class EvalSpec:
     max_new_tokens: int = 3
 
 
-OBJECTIVES = ("accuracy", "flops")
-"""What a search may optimize: VQA accuracy (maximized, always first) and FLOPs (minimized)."""
-
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-BACKENDS = ("optuna", "ray")
-
-
 @dataclass(frozen=True)
 class BudgetSpec:
     """The search's FLOP budget per sample: exactly one of ``flops_ratio`` (of the unplanned
@@ -153,11 +146,6 @@ class SearchSpec:
     """Enqueue the unplanned model and the paper's interval plans that fit the budget and the space."""
 
 
-FINETUNE_METHODS = ("projector", "lora")
-"""``projector``: the paper's training with skipping (only the vision-to-LLM projector trains,
-the LLM is frozen, the plan is active); ``lora``: LoRA adapters on the LLM's decoder linears."""
-
-
 @dataclass(frozen=True)
 class LoraSpec:
     """LoRA settings (``finetune.lora``, only with ``finetune.method: lora``)."""
@@ -175,6 +163,8 @@ class FinetuneSpec:
     """How ``searchskip finetune`` recovers accuracy with the plan active (the ``finetune:`` section)."""
 
     method: Literal["projector", "lora"] = "projector"
+    """``projector``: the paper's training with skipping (only the vision-to-LLM projector trains,
+    the LLM is frozen, the plan is active); ``lora``: LoRA adapters on the LLM's decoder linears."""
     epochs: int = 1
     batch_size: int = 16
     lr: float = 2e-4

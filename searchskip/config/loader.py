@@ -739,14 +739,11 @@ def _search_objectives(search: SearchSpec) -> Iterator[tuple[str, str]]:
 def _search_counts(search: SearchSpec) -> Iterator[tuple[str, str]]:
     if search.trials is None and search.timeout_s is None:
         yield "trials", "`trials` or `timeout_s` (or both) must be set, but both are null"
-    if search.trials is not None and search.trials < 1:
-        yield "trials", f"`trials >= 1` must hold (or null with timeout_s), but got trials={search.trials}"
+    yield from at_least("trials", 1, " (or null with timeout_s)")(search)
     if search.timeout_s is not None and not search.timeout_s > 0:
         yield "timeout_s", f"`timeout_s > 0` must hold (or null), but got timeout_s={search.timeout_s!r}"
-    if search.seed < 0:
-        yield "seed", f"`seed >= 0` must hold, but got seed={search.seed}"
-    if search.report_every < 1:
-        yield "report_every", f"`report_every >= 1` must hold, but got report_every={search.report_every}"
+    yield from at_least("seed", 0)(search)
+    yield from at_least("report_every", 1)(search)
 
 
 def _search_storage(search: SearchSpec) -> Iterator[tuple[str, str]]:
@@ -757,9 +754,7 @@ def _search_storage(search: SearchSpec) -> Iterator[tuple[str, str]]:
 
 
 def _search_workers(search: SearchSpec) -> Iterator[tuple[str, str]]:
-    if search.workers < 1:
-        yield "workers", f"`workers >= 1` must hold, but got workers={search.workers}"
-        return
+    yield from at_least("workers", 1)(search)
     if search.workers > 1 and search.storage is not None and search.storage.startswith("sqlite"):
         yield "storage", ("must not be SQLite when several workers write to it (SQLite locks the whole database: "
                           f"'database is locked'), but got storage={search.storage!r} with workers={search.workers}; "

@@ -36,7 +36,7 @@ def load_compressed(spec_or_path: Any, *, device: str | None = None) -> Any:
     from searchskip.apply import apply
     from searchskip.config.job import ModelSpec
     from searchskip.errors import ModelError
-    from searchskip.export.model import read_export_info
+    from searchskip.export.model import EXPORT_FILE, read_export_info
     from searchskip.models import load_model
     from searchskip.plan import Plan
 
@@ -48,7 +48,7 @@ def load_compressed(spec_or_path: Any, *, device: str | None = None) -> Any:
         spec = dataclasses.replace(spec, prompt_template=info["prompt_template"])
     loaded = load_model(spec)
     if info is not None and info.get("runtime_plan") is not None:
-        file = str(Path(spec.id) / "searchskip_export.json")
+        file = str(Path(spec.id) / EXPORT_FILE)
         plan = Plan.from_json(json.dumps(info["runtime_plan"]), file=file)
         try:
             apply(loaded.model, plan)

@@ -35,10 +35,12 @@ from typing import Any
 from searchskip.errors import ModelError
 from searchskip.plan import Plan
 
-__all__ = ["EXPORT_FILE", "FORMAT", "CompressedModel", "compress", "runtime_plan", "removed_layers", "save_compressed",
+__all__ = ["EXPORT_FILE", "MODEL_DIR", "FORMAT", "CompressedModel", "compress", "runtime_plan", "removed_layers", "save_compressed",
            "read_export_info"]
 
 EXPORT_FILE = "searchskip_export.json"
+MODEL_DIR = "model"
+"""The model folder inside an export (and inside a fine-tune's output folder)."""
 FORMAT = 1
 FFN_SIZE_KEYS = ("intermediate_size", "ffn_dim")
 """Config attributes that hold the FFN width (Llama/Mistral/Qwen2; OPT)."""
@@ -142,26 +144,19 @@ def _pad_ffn(adapter: Any, layer: Any, size: int) -> None:
     """Grow ``layer``'s FFN to ``size`` channels with zero channels (their output is exactly 0:
     the out-projection's columns for them are zero)."""
     import torch
-    import torch.nn as nn
 
-    from searchskip.ops.prune import _parent_of
+    from searchskip.ops.prune import linear_like, swap_ffn_linears
 
-    for key, linear in adapter.mlp_linears(layer).items():
-        if key not in adapter.mlp_in_keys and key != adapter.mlp_out_key:
-            continue
-        w = linear.weight.detach()
-        dim = 0 if key in adapter.mlp_in_keys else 1
+    def padded(old: Any, dim: int) -> Any:
+        w = old.weight.detach()
         shape = list(w.shape)
         shape[dim] = size - w.shape[dim]
-        new_w = torch.cat([w, w.new_zeros(shape)], dim=dim)
-        new = nn.Linear(new_w.shape[1], new_w.shape[0], bias=linear.bias is not None, device="meta")
-        new.weight = nn.Parameter(new_w, requires_grad=linear.weight.requires_grad)
-        if linear.bias is not None:
-            b = linear.bias.detach()
-            new.bias = nn.Parameter(torch.cat([b, b.new_zeros(size - b.shape[0])]) if dim == 0 else b.clone(),
-                                    requires_grad=linear.bias.requires_grad)
-        parent, name = _parent_of(layer, linear)
-        setattr(parent, name, new)
+        b = None if old.bias is None else old.bias.detach()
+        if b is not None:
+            b = torch.cat([b, b.new_zeros(size - b.shape[0])]) if dim == 0 else b.clone()
+        return linear_like(old, torch.cat([w, w.new_zeros(shape)], dim=dim), b)
+
+    swap_ffn_linears(adapter, layer, padded)
 
 
 def save_compressed(loaded: Any, folder: str | Path, *, runtime_plan: Plan | None, prompt_template: str,

@@ -23,11 +23,11 @@ from typing import Any, Literal
 import yaml
 
 from searchskip.config.job import FinetuneSpec, Job, LoraSpec
+from searchskip.export.model import MODEL_DIR
 
 __all__ = ["RECIPE_FILE", "recipe_data", "render_recipe", "write_recipe"]
 
 RECIPE_FILE = "finetune.yaml"
-MODEL_DIR = "model"
 FINETUNE_DIR = "finetune"
 """Where the recipe's checkpoints, recovered model and metrics go, inside the export folder."""
 

@@ -49,11 +49,6 @@ PARETO_FILE = "pareto.png"
 FRONT_ROWS = 10
 """How many trials of the Pareto front the report's table lists (the smallest FLOP ratios first)."""
 
-PAPER_PREFIX = "paper:"
-BLOCK_INFLUENCE_PREFIX = "block_influence:"
-UNPLANNED_LABEL = "unplanned"
-
-
 
 # --------------------------------------------------------------------------------------
 # Trials of a study
@@ -76,20 +71,13 @@ class TrialPoint:
     """The plan in one line (:meth:`Plan.describe` joined by ``; ``, ``unplanned`` for the empty plan)."""
 
 
-def _summary(plan_text: str | None) -> str:
-    if not plan_text:
-        return "?"
-    lines = Plan.from_yaml_text(plan_text).describe()
-    return "; ".join(lines) if lines else "unplanned"
-
-
 def trial_points(study: Any) -> list[TrialPoint]:
     """Every COMPLETE, feasible trial with an ``accuracy`` of ``study``, by trial number.
 
     Repeats of a plan (``dedup_of``) and infeasible (over budget, PRUNED) trials are left
     out; ``on_front`` is membership of :func:`~searchskip.search.leaderboard.pareto`.
     """
-    from searchskip.search.leaderboard import pareto, scored
+    from searchskip.search.leaderboard import _plan_summary, pareto, scored
 
     front = {t.number for t in pareto(study)}
     points = []
@@ -101,20 +89,19 @@ def trial_points(study: Any) -> list[TrialPoint]:
         points.append(TrialPoint(number=t.number, accuracy=float(a["accuracy"]),
                                  flops_ratio=float(a.get("flops_ratio", float("nan"))),
                                  label=str(seed) if seed is not None else None, on_front=t.number in front,
-                                 summary=_summary(a.get("plan"))))
+                                 summary=_plan_summary(t)))
     return sorted(points, key=lambda p: p.number)
 
 
 def _family(label: str | None) -> str | None:
+    """The seeded baseline family of a trial's ``seed`` label (``paper``, ``block_influence``,
+    ``unplanned``: :data:`~searchskip.search.leaderboard.BASELINES`' rule), ``None`` for the rest."""
+    from searchskip.search.leaderboard import BASELINES
+
     if label is None:
         return None
-    if label.startswith(PAPER_PREFIX):
-        return "paper"
-    if label.startswith(BLOCK_INFLUENCE_PREFIX):
-        return "block_influence"
-    if label == UNPLANNED_LABEL:
-        return "unplanned"
-    return None
+    family = label.split(":")[0]
+    return family if any(family == name for name, _ in BASELINES) else None
 
 
 # --------------------------------------------------------------------------------------
@@ -173,7 +160,7 @@ def plot_pareto(points: Sequence[TrialPoint], path: str | Path, *, chosen: int |
     if budget_ratio is not None:
         ax.axvline(budget_ratio, color="tab:red", linestyle="--", linewidth=1.0,
                    label=f"budget ({budget_ratio:.3g}x)", zorder=1)
-    ax.set_xlabel("LLM FLOPs (x unplanned)")
+    ax.set_xlabel("FLOPs (x unplanned)")
     ax.set_ylabel("validation accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}%"))
     ax.grid(True, linestyle=":", linewidth=0.6, alpha=0.7)
@@ -216,7 +203,10 @@ def layer_map_rows(plan: Plan, num_layers: int) -> list[dict]:
     A ``skip_block`` with scope ``all`` is ``removed`` (the export deletes the layer
     physically, like ``drop``); with another scope the layer stays and is ``skipped (scope)``.
     """
+    from searchskip.export.model import removed_layers
+
     dropped = plan.dropped_layers()
+    gone = set(removed_layers(plan, num_layers))
     rows = []
     for i in range(num_layers):
         row = {"layer": i, "attention": "kept", "ffn": "kept", "scope": "", "pruned": "", "note": ""}
@@ -225,7 +215,7 @@ def layer_map_rows(plan: Plan, num_layers: int) -> list[dict]:
             rows.append(row)
             continue
         op = plan.op_for(i)
-        scope = op.scope or plan.scope
+        scope = op.scope
         partner = plan.op_for(i - 1) if i > 0 else None
         if op.op == SKIP_BLOCK:
             state = "removed" if scope == SCOPE_ALL else _scoped("skipped", scope)
@@ -242,12 +232,11 @@ def layer_map_rows(plan: Plan, num_layers: int) -> list[dict]:
             row.update(attention=state, ffn=state, scope=scope,
                        note=f"parallel with layer {i + 1}" + (", averaged" if op.average else ""))
         elif partner is not None and partner.op == PARALLEL_BLOCKS:
-            pscope = partner.scope or plan.scope
+            pscope = partner.scope
             state = _scoped("parallel", pscope)
             row.update(attention=state, ffn=state, scope=pscope,
                        note=f"parallel with layer {i - 1}" + (", averaged" if partner.average else ""))
-        removed = row["attention"] == "removed"
-        if plan.prune is not None and not removed:
+        if plan.prune is not None and i not in gone:
             fraction = plan.prune.sparsity_for(i)
             if fraction > 0:
                 text = f"{_pct(fraction)} {'+'.join(plan.prune.targets)}"
@@ -297,6 +286,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence
 
 def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str, float] | None,
                   flops_ratio: float | None, accuracy: float | None,
+                  llm_flops_ratio: float | None = None,
                   per_question_type: Mapping[str, float] | None,
                   unplanned_per_question_type: Mapping[str, float] | None,
                   unplanned_accuracy: float | None, points: Sequence[TrialPoint] | None, chosen: int | None,
@@ -304,7 +294,8 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
     """The Markdown text of ``report.md``.
 
     ``flops``: FLOPs per sample by component (:meth:`FlopReport.by_component`); ``flops_ratio``:
-    of the unplanned model; ``accuracy`` / ``unplanned_accuracy``: fractions in ``[0, 1]``;
+    the whole model's FLOPs over the unplanned model's; ``llm_flops_ratio``: the same for the
+    language model alone (:func:`searchskip.export.writer.llm_ratio`; its row is left out when ``None``); ``accuracy`` / ``unplanned_accuracy``: fractions in ``[0, 1]``;
     ``per_question_type`` / ``unplanned_per_question_type``: question type -> accuracy fraction;
     ``points``: the study's trials (:func:`trial_points`), ``chosen`` the exported trial's
     number; ``source``: the study folder or plan file; ``pareto_png``: the image's file name
@@ -327,11 +318,14 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
     if accuracy is not None and unplanned_accuracy:
         summary.append(("share of the unplanned model", f"{100.0 * accuracy / unplanned_accuracy:.2f}%"))
     if flops_ratio is not None:
-        summary.append(("LLM FLOPs (x unplanned)", f"{flops_ratio:.3f}"))
+        summary.append(("FLOPs (x unplanned)", f"{flops_ratio:.3f}"))
+    if llm_flops_ratio is not None:
+        summary.append(("LLM FLOPs (x unplanned)", f"{llm_flops_ratio:.3f}"))
     if flops:
         summary.append(("GFLOPs per sample", _gflops(sum(flops.values()))))
-    layer_rows = layer_map_rows(plan, num_layers)
-    removed = sum(1 for r in layer_rows if r["attention"] == "removed")
+    from searchskip.export.model import removed_layers
+
+    removed = len(removed_layers(plan, num_layers))
     summary.append(("decoder layers kept", f"{num_layers - removed} of {num_layers}"))
     out += ["## Summary", ""] + _table(("measure", "value"), summary, ("l", "r")) + [""]
 
@@ -360,7 +354,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
     # ---- layer map ----
     out += ["## Layer map", ""]
     rows = [(r["layer"], r["attention"], r["ffn"], r["scope"], r["pruned"], r["note"])
-            for r in layer_rows]
+            for r in layer_map_rows(plan, num_layers)]
     out += _table(("layer", "attention", "FFN", "scope", "pruned", "note"), rows, ("r", "l", "l", "l", "l", "l"))
     out.append("")
 

@@ -31,11 +31,11 @@ from typing import Any
 
 from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
+from searchskip.export.model import MODEL_DIR
 from searchskip.plan import Plan
 
 __all__ = ["ExportResult", "ExportSource", "export_plan", "MODEL_DIR", "PLAN_FILE", "METRICS_FILE"]
 
-MODEL_DIR = "model"
 PLAN_FILE = "plan.yaml"
 METRICS_FILE = "metrics.json"
 
@@ -107,13 +107,16 @@ def _plan_text(plan: Plan, header: list[str]) -> str:
 
 def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, progress: bool = True,
                 allow_mismatch: bool = False, dataset: Any = None) -> ExportResult:
-    """Write the export folder ``out`` for ``plan`` on ``job``'s model (see the module doc)."""
+    """Write the export folder ``out`` for ``plan`` on ``job``'s model (see the module doc).
+
+    ``dataset``: the job's validation split when the caller has it already (the verb loads it
+    once for all the trials it exports); ``None``: loaded here."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from searchskip.arch import get_adapter
-    from searchskip.commands.eval import apply_plan, plan_calibration
     from searchskip.data.splits import load_eval_split
+    from searchskip.eval.planned import apply_plan, plan_calibration
     from searchskip.export.atomic import atomic_directory
     from searchskip.export.load import load_compressed
     from searchskip.export.model import compress, save_compressed
@@ -140,12 +143,11 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
         report = count_flops(loaded.model.config, plan, workload, **count_kw)
         baseline = count_flops(loaded.model.config, None, workload, **count_kw)
         ratio = report.ratio(baseline)
+        llm = llm_ratio(report, baseline)
 
         unplanned_acc, unplanned_pqt = _unplanned_scores(source, loaded, dataset, job, bar)
-        calibration_cache: dict = {}
-        calibration = plan_calibration(loaded, job, plan, calibration_cache)
-        handle = apply_plan(loaded, job, plan, source=source.plan_file or source.label,
-                            calibration_cache=calibration_cache)
+        calibration = plan_calibration(loaded, job, plan)
+        handle = apply_plan(loaded, job, plan, source=source.plan_file or source.label, calibration=calibration)
         try:
             planned_answers, planned = _score(loaded, dataset, job, bar, "scoring the planned model")
         finally:
@@ -171,7 +173,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
                 "model": job.model.id,
                 "plan": json.loads(plan.to_json()),
                 "flops": {"per_sample": report.total_flops, "unplanned_per_sample": baseline.total_flops,
-                          "ratio": ratio, "llm_ratio": llm_ratio(report, baseline),
+                          "ratio": ratio, "llm_ratio": llm,
                           "by_component": report.by_component(),
                           "unplanned_by_component": baseline.by_component()},
                 "validation": {"questions": len(dataset), "accuracy": planned.accuracy,
@@ -189,15 +191,15 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
             header = [f"searchskip export of {source.label}",
                       f"model: {job.model.id}",
                       f"FLOPs: {ratio:.4f} x the unplanned model ({report.total_flops / 1e9:.4g} GFLOPs/sample); "
-                      f"the LLM alone: {llm_ratio(report, baseline):.4f} x",
+                      f"the LLM alone: {llm:.4f} x",
                       f"validation accuracy: {100 * planned.accuracy:.2f}% (unplanned {100 * unplanned_acc:.2f}%, "
                       f"{len(dataset)} questions)",
                       "full figures: metrics.json"]
             (tmp / PLAN_FILE).write_text(_plan_text(plan, header))
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             _write_recipe(job, tmp, out, plan)
-            _write_report(tmp, job, plan, num_layers, report, ratio, planned, unplanned_acc, unplanned_pqt, source,
-                          budget.ratio if budget is not None else None)
+            _write_report(tmp, job, plan, num_layers, report, ratio, llm, planned, unplanned_acc, unplanned_pqt,
+                          source, budget.ratio if budget is not None else None)
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     metrics["seconds"] = time.perf_counter() - start
     return ExportResult(folder=out, metrics=metrics, files=files)
@@ -209,15 +211,16 @@ def _write_recipe(job: Job, tmp: Path, out: Path, plan: Plan) -> None:
     write_recipe(job, tmp, "; ".join(plan.describe()) or "no change", final_dir=out)
 
 
-def _write_report(tmp: Path, job: Job, plan: Plan, num_layers: int, report: Any, ratio: float, planned: Any,
-                  unplanned_acc: float, unplanned_pqt: dict, source: ExportSource, budget_ratio: float | None) -> None:
-    from searchskip.export.report import trial_points, write_report
+def _write_report(tmp: Path, job: Job, plan: Plan, num_layers: int, report: Any, ratio: float, llm: float,
+                  planned: Any, unplanned_acc: float, unplanned_pqt: dict, source: ExportSource,
+                  budget_ratio: float | None) -> None:
+    """``report.md`` (and, for a study's trial, ``pareto.png`` of the study's points: :func:`write_report`
+    derives them from ``study``)."""
+    from searchskip.export.report import write_report
 
-    points = trial_points(source.study) if source.study is not None else None
     write_report(tmp, title=f"{job.name}: {source.label}", plan=plan, num_layers=num_layers,
-                 flops=report.by_component(), flops_ratio=ratio, accuracy=planned.accuracy,
+                 flops=report.by_component(), flops_ratio=ratio, llm_flops_ratio=llm, accuracy=planned.accuracy,
                  per_question_type=dict(planned.per_question_type), unplanned_per_question_type=unplanned_pqt,
-                 unplanned_accuracy=unplanned_acc, points=points,
+                 unplanned_accuracy=unplanned_acc,
                  chosen=source.trial.number if source.trial is not None else None,
-                 source=str(source.label), pareto_png="pareto.png" if points else None,
-                 budget_ratio=budget_ratio, study=source.study)
+                 source=str(source.label), budget_ratio=budget_ratio, study=source.study)

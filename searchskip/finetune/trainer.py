@@ -42,12 +42,12 @@ from typing import Any, Callable
 
 from searchskip.config.job import FinetuneSpec, Job
 from searchskip.errors import ConfigError
+from searchskip.export.model import MODEL_DIR
 from searchskip.finetune import checkpoint as ckpt_io
 
 __all__ = ["FinetuneResult", "finetune_out", "lr_at", "run_finetune"]
 
 METRICS_FILE = "metrics.json"
-MODEL_DIR = "model"
 CHECKPOINTS = "checkpoints"
 
 
@@ -74,15 +74,16 @@ def finetune_out(job: Job) -> Path:
     return Path(spec.out if spec.out is not None else Path(job.outputs) / f"{job.name}-finetune").expanduser()
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str = "cosine") -> float:
+def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str = "cosine", *,
+          floor: float = 0.0) -> float:
     """Learning rate of (0-based) ``step``: linear warm-up over ``warmup`` steps to ``peak``, then
-    cosine decay to 0 at ``total`` (``cosine``) or ``peak`` (``constant``)."""
+    cosine decay to ``floor * peak`` at ``total`` (``cosine``) or ``peak`` (``constant``)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":
         return peak
     progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _spec(job: Job) -> FinetuneSpec:
@@ -149,20 +150,21 @@ def _merge_lora(adapter: Any, model: Any, zeros: dict[str, Any]) -> int:
     return merged
 
 
-def _zero_masks(adapter: Any, model: Any, spec: FinetuneSpec) -> dict[str, Any]:
-    """Masks of the exactly-zero weights of the linears LoRA will touch (only where there are any)."""
-    lm = adapter.language_model(model)
-    lora = spec.lora_settings
-    names = (list(lora.target_modules) if lora.target_modules is not None else _lora_targets(adapter, model, lm))
+def _zero_masks(adapter: Any, model: Any, lora_modules: list[Any]) -> dict[str, Any]:
+    """Masks of the exactly-zero weights of the linears under the LoRA adapters ``lora_modules``
+    (:func:`_inject_lora`'s result), by module name inside the language model (where
+    :func:`_merge_lora` puts the base linear back); only linears with zeros are listed."""
+    wrapped = {id(m) for m in lora_modules}
     masks = {}
-    for full, module in lm.named_modules():
-        weight = getattr(module, "weight", None)
+    for name, module in adapter.language_model(model).named_modules():
+        if id(module) not in wrapped:
+            continue
+        weight = getattr(module.get_base_layer(), "weight", None)
         if weight is None or weight.dim() != 2:
             continue
-        if any(full == t or full.endswith("." + t) for t in names):
-            mask = weight.detach() == 0
-            if bool(mask.any()):
-                masks[full] = mask.cpu()
+        mask = weight.detach() == 0
+        if bool(mask.any()):
+            masks[name] = mask.cpu()
     return masks
 
 
@@ -318,8 +320,8 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
         p.requires_grad_(False)
     zeros: dict[str, Any] = {}
     if spec.method == "lora":
-        zeros = _zero_masks(adapter, model, spec)
         train_modules = _inject_lora(spec, adapter, model)
+        zeros = _zero_masks(adapter, model, train_modules)
         for m in train_modules:
             for name, p in m.named_parameters():
                 if "lora_" in name:

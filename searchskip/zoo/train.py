@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from searchskip.data.tensors import TrainingTensors
+from searchskip.finetune.trainer import lr_at
 from searchskip.zoo.tiny_llava import (
     PROMPT_TEMPLATE,
     TinyLlavaShape,
@@ -39,6 +40,9 @@ from searchskip.zoo.tiny_llava import (
     build_tokenizer,
     vocabulary,
 )
+
+LR_FLOOR = 0.05
+"""The zoo's cosine decay ends at this fraction of the peak learning rate (:func:`~searchskip.finetune.trainer.lr_at`)."""
 
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -74,13 +78,6 @@ def _flip(pixels, gen):
         flip = (torch.rand(n, generator=gen) < 0.5)[:, None, None, None]
         pixels = torch.where(flip, pixels.flip(dim), pixels)
     return pixels
-
-
-def _lr(step: int, total: int, warmup: int, peak: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _answer_accuracy(model, data: TrainingTensors, batch_size: int = 256) -> float:
@@ -151,7 +148,7 @@ def train(out: Path, seed: int = 0, epochs: int = 8, warmup_epochs: int = 60, ba
         for start in range(0, n_img, batch_size):
             idx = perm[start : start + batch_size]
             for g in opt.param_groups:
-                g["lr"] = _lr(step, steps, steps // 10, lr)
+                g["lr"] = lr_at(step, steps, steps // 10, lr, floor=LR_FLOOR)
             loss = aux_loss(_flip(data.pixels[idx], gen), image_labels[idx])
             loss.backward()
             opt.step()
@@ -174,7 +171,7 @@ def train(out: Path, seed: int = 0, epochs: int = 8, warmup_epochs: int = 60, ba
             b = data.batch(idx)
             ids, att, lab, pix = b.input_ids, b.attention_mask, b.labels, _flip(b.pixel_values, gen)
             for g in opt.param_groups:
-                g["lr"] = _lr(step, steps, per_epoch // 2, lr)
+                g["lr"] = lr_at(step, steps, per_epoch // 2, lr, floor=LR_FLOOR)
             output = model(input_ids=ids, attention_mask=att, pixel_values=pix, labels=lab)
             loss = output.loss + 0.3 * aux_loss(pix, image_labels[data.sample_image[idx]])
             loss.backward()

@@ -1,0 +1,54 @@
+"""Score a model with a compression plan applied: :func:`apply_plan` and its Wanda calibration.
+
+Library code shared by the ``eval`` verb, the search's workers
+(:func:`searchskip.search.study.make_evaluator`) and the export (:func:`searchskip.export.writer.export_plan`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["apply_plan", "plan_calibration"]
+
+
+def plan_calibration(loaded: Any, job: Any, plan: Any, calibration_cache: dict | None = None) -> Any:
+    """The calibration batches ``plan``'s pruning needs (Wanda: from the job's train split), or ``None``.
+
+    ``calibration_cache`` (a dict kept by the caller, e.g. one per search worker) keeps the
+    batches by ``(samples, seed)``, so trials after the first reuse them instead of reloading
+    the train split and re-running the processor.
+    """
+    from searchskip.data.splits import load_split
+    from searchskip.ops.calibration import calibration_batches
+
+    if plan.prune is None or plan.prune.calibration is None:
+        return None
+    cal = plan.prune.calibration
+    key = (cal.samples, cal.seed)
+    if calibration_cache is not None and key in calibration_cache:
+        return calibration_cache[key]
+    train = load_split(job.data, "train", check_disjoint=False)
+    calibration = calibration_batches(loaded, train, cal.samples, cal.seed, job.eval.batch_size)
+    if calibration_cache is not None:
+        calibration_cache[key] = calibration
+    return calibration
+
+
+def apply_plan(loaded: Any, job: Any, plan: Any, source: str, calibration_cache: dict | None = None, *,
+               calibration: Any = None) -> Any:
+    """Apply ``plan`` to the loaded model in place; returns the handle whose ``restore()`` undoes it.
+
+    Pruning is calibrated with ``calibration`` when the caller already has the batches
+    (:func:`plan_calibration`'s result), else with :func:`plan_calibration`'s batches
+    (``calibration_cache`` as there). ``source`` (the plan file or a label) names the plan in
+    model-dependent plan errors.
+    """
+    from searchskip.apply import apply
+    from searchskip.errors import ConfigError
+
+    if calibration is None:
+        calibration = plan_calibration(loaded, job, plan, calibration_cache)
+    try:
+        return apply(loaded.model, plan, calibration=calibration)
+    except ConfigError as err:  # name the plan file in model-dependent plan errors
+        raise ConfigError([p if p.file else type(p)(source, p.key, p.rule) for p in err.problems]) from None

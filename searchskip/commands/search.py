@@ -34,22 +34,13 @@ def add_run_options(p) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
+    from searchskip.config.loader import job_from_data
+    from searchskip.config.yaml_io import read_yaml
 
-    from searchskip.config.loader import job_from_data, load_job
-    from searchskip.errors import ConfigError
-
-    job = load_job(args.job)
-    if job.search is None:
-        raise ConfigError(f"{args.job}: search: the job has no `search` section, so it cannot be searched; "
-                          "add one (see jobs/demo.yaml)")
-    if args.workers is not None and args.workers != job.search.workers:
-        # re-validate with the override so that its rules (sqlite, backend) apply
-        from searchskip.config.yaml_io import read_yaml
-
-        data = read_yaml(args.job)
-        data.setdefault("search", {})["workers"] = args.workers
-        job = job_from_data(data, args.job)
+    data = read_yaml(args.job)
+    if args.workers is not None and isinstance(data, dict) and isinstance(data.get("search"), dict):
+        data["search"]["workers"] = args.workers  # validated with the job, so its rules (sqlite, backend) apply
+    job = job_from_data(data, args.job)  # a job without `search` is refused by run_search, naming the file
     return search_and_report(job, args, study=args.study, outputs=args.outputs,
                              force_new_study=args.force_new_study)
 

@@ -40,6 +40,7 @@ __all__ = [
     "block_influence",
     "block_influence_plan",
     "paper_interval_plans",
+    "labelled_paper_plans",
     "default_start_layers",
     "best_fitting",
 ]
@@ -208,15 +209,7 @@ def default_start_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(range(0, max(num_layers - 1, 1), 2))
 
 
-def paper_interval_plans(
-    num_layers: int,
-    modes: Sequence[str] = PAPER_MODES,
-    intervals: Sequence[int] = PAPER_INTERVALS,
-    start_layers: Sequence[int] | None = None,
-    scope: str = SCOPE_ALL,
-    *,
-    end_layer: int | None = None,
-) -> list[Plan]:
+def paper_interval_plans(num_layers: int, **options: Any) -> list[Plan]:
     """The seed paper's interval plans for a model with ``num_layers`` decoder layers.
 
     One :meth:`Plan.from_pattern` ``(interval, start, end_layer, mode, scope, num_layers)``
@@ -224,11 +217,26 @@ def paper_interval_plans(
     ``num_layers`` (the whole depth; both bounds exclusive, so ``start`` itself is never
     changed) and ``start_layers`` to :func:`default_start_layers`. Plans that change nothing
     are left out and each plan appears once (its first occurrence), so the list is what the
-    study and the benchmarks enumerate as "the paper's plans".
+    study and the benchmarks enumerate as "the paper's plans". ``options`` (``modes``, ``intervals``,
+    ``start_layers``, ``scope``, ``end_layer``) are those of :func:`labelled_paper_plans`.
     """
+    return [plan for _label, plan in labelled_paper_plans(num_layers, **options)]
+
+
+def labelled_paper_plans(
+    num_layers: int,
+    modes: Sequence[str] = PAPER_MODES,
+    intervals: Sequence[int] = PAPER_INTERVALS,
+    start_layers: Sequence[int] | None = None,
+    scope: str = SCOPE_ALL,
+    *,
+    end_layer: int | None = None,
+) -> list[tuple[str, Plan]]:
+    """:func:`paper_interval_plans` with each plan's label,
+    ``paper:<mode>/interval=<interval>/start=<start>`` (its first occurrence)."""
     end = num_layers if end_layer is None else end_layer
     starts = default_start_layers(num_layers) if start_layers is None else tuple(start_layers)
-    out: list[Plan] = []
+    out: list[tuple[str, Plan]] = []
     seen: set[Plan] = set()
     for mode in modes:
         for interval in intervals:
@@ -239,7 +247,7 @@ def paper_interval_plans(
                 if plan.is_empty or plan in seen:
                     continue
                 seen.add(plan)
-                out.append(plan)
+                out.append((f"paper:{mode}/interval={interval}/start={start}", plan))
     return out
 
 

@@ -36,7 +36,7 @@ the subset per question), ``seconds``. Values: ``accuracy`` (maximize) and, with
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from searchskip.flops import Budget, FlopReport, Workload, count_flops
@@ -97,8 +97,9 @@ def plan_cost(ctx: ObjectiveContext, plan: Plan) -> tuple[FlopReport, float, boo
 class ModelEvaluator:
     """Scores plans on the loaded model: apply, answer the subset batch by batch, restore.
 
-    ``apply_fn(plan)`` applies a plan and returns a handle with ``restore()`` (default: the
-    ``eval`` verb's ``apply_plan``, which calibrates Wanda pruning on the job's train split).
+    ``apply_fn(plan)`` applies a plan and returns a handle with ``restore()`` (the search passes
+    :func:`searchskip.eval.planned.apply_plan`, which calibrates Wanda pruning on the job's train split;
+    without one, plans are not applied).
     """
 
     def __init__(self, loaded: Any, dataset: Any, batch_size: int, max_new_tokens: int, *,
@@ -113,26 +114,27 @@ class ModelEvaluator:
         self.answers = columns["answers"]
         self.question_types = columns["question_type"]
         self.answer_types = columns["answer_type"]
-        self.calls = 0
 
     def __call__(self, plan: Plan, report: Report | None) -> PlanScore:
         from searchskip.eval.generate import answer_batch
-        from searchskip.eval.vqa_accuracy import score
+        from searchskip.eval.vqa_accuracy import question_accuracy, score
 
-        self.calls += 1
         handle = self.apply_fn(plan) if self.apply_fn is not None else None
         try:
             predictions: list[str] = []
             n = len(self.dataset)
             answering = 0.0
+            running = 0.0  # sum of the per-question accuracies so far (score()'s mean, kept incrementally)
             for batch, start in enumerate(range(0, n, self.batch_size), start=1):
                 rows = self.dataset[start:start + self.batch_size]
                 began = time.perf_counter()
-                predictions += answer_batch(self.loaded, rows["image"], rows["question"], self.max_new_tokens)
+                answers = answer_batch(self.loaded, rows["image"], rows["question"], self.max_new_tokens)
                 answering += time.perf_counter() - began
+                for i, answer in enumerate(answers, start=len(predictions)):
+                    running += question_accuracy(answer, self.answers[i])
+                predictions += answers
                 if report is not None and batch % self.report_every == 0 and len(predictions) < n:
-                    k = len(predictions)
-                    report(score(predictions, self.answers[:k]).accuracy, k)
+                    report(running / len(predictions), len(predictions))
         finally:
             if handle is not None:
                 handle.restore()
@@ -155,7 +157,6 @@ class Objective:
     evaluate: Evaluator
     prune: bool = True
     """Obey the pruner (single objective only; intermediate values are reported either way)."""
-    _scored: dict[str, int] = field(default_factory=dict)
     evaluations: int = 0
 
     @property

@@ -145,43 +145,40 @@ def _open_worker_study(job: Job, study_name: str, folder: Path) -> Any:
                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(job.search))
 
 
-def _setup_task(job: Job, study_name: str, folder: str, cwd: str) -> None:
-    """The one-off Ray task of a new study: workload, unplanned FLOPs, budget and seeds."""
-    if os.path.isdir(cwd):  # relative paths of the job (space, data) resolve as in the driver
+def _set_up(job: Job, study_name: str, folder: str, cwd: str) -> tuple[Any, Any]:
+    """``(study, WorkerSetup)`` in this Ray process: the driver's working directory (the job's
+    relative paths resolve as there), the study, and :func:`~searchskip.search.study.setup_worker`."""
+    if os.path.isdir(cwd):
         os.chdir(cwd)
     from searchskip.config.loader import resolve_space
     from searchskip.search.space import Space
     from searchskip.search.study import setup_worker
 
     study = _open_worker_study(job, study_name, Path(folder))
-    setup_worker(job, study, Path(folder), Space.load(resolve_space(job.search.space)))
+    return study, setup_worker(job, study, Path(folder), Space.load(resolve_space(job.search.space)))
+
+
+def _setup_task(job: Job, study_name: str, folder: str, cwd: str) -> None:
+    """The one-off Ray task of a new study: workload, unplanned FLOPs, budget and seeds."""
+    _set_up(job, study_name, folder, cwd)
 
 
 def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
     """This process's worker for the study: model, subset and objective, loaded on first use."""
     key = (folder, study_name)
-    if key in _WORKERS:
-        return _WORKERS[key]
-    if os.path.isdir(cwd):
-        os.chdir(cwd)
-    import atexit
+    if key not in _WORKERS:
+        import atexit
 
-    from searchskip.config.loader import resolve_space
-    from searchskip.search.objective import Objective
-    from searchskip.search.space import Space
-    from searchskip.search.storage import WorkerRegistration, study_flock
-    from searchskip.search.study import make_evaluator, setup_worker
+        from searchskip.search.objective import Objective
+        from searchskip.search.storage import WorkerRegistration
+        from searchskip.search.study import make_evaluator
 
-    path = Path(folder)
-    registration = WorkerRegistration(path)
-    with study_flock(path):
-        registration.__enter__()
-    atexit.register(registration.__exit__, None, None, None)
-    study = _open_worker_study(job, study_name, path)
-    setup = setup_worker(job, study, path, Space.load(resolve_space(job.search.space)))
-    objective = Objective(setup.ctx, make_evaluator(job, setup.loaded, setup.dataset),
-                          prune=job.search.pruner != "none")
-    _WORKERS[key] = _Worker(study, objective, registration)
+        registration = WorkerRegistration(Path(folder)).__enter__()  # left when the actor's process exits
+        atexit.register(registration.__exit__, None, None, None)
+        study, setup = _set_up(job, study_name, folder, cwd)
+        objective = Objective(setup.ctx, make_evaluator(job, setup.loaded, setup.dataset),
+                              prune=job.search.pruner != "none")
+        _WORKERS[key] = _Worker(study, objective, registration)
     return _WORKERS[key]
 
 
@@ -323,7 +320,8 @@ def run_ray_search(
     import optuna
 
     from searchskip.search.storage import live_workers
-    from searchskip.search.study import _ProgressView, begin_run, directions, make_sampler, trial_counts
+    from searchskip.search.study import (_ProgressView, begin_run, directions, make_sampler, study_needs_setup,
+                                         trial_counts)
 
     search = job.search
     run = begin_run(job, trials, timeout, study_name, outputs)
@@ -342,9 +340,7 @@ def run_ray_search(
     evaluations = 0
     where = str(folder.absolute())
     try:
-        needs_setup = ("num_layers" not in study.user_attrs or "workload" not in study.user_attrs
-                       or (search.seed_plans and not study.user_attrs.get("seeded")))
-        if needs_setup:
+        if study_needs_setup(study, search):
             task = ray.remote(max_retries=0)(_setup_task).options(**ray_options(dict(search.resources_per_worker)))
             try:
                 ray.get(task.remote(job, name, where, os.getcwd()))

@@ -43,8 +43,8 @@ from typing import Any, Iterator
 
 from searchskip.errors import ConfigError, SearchSkipError
 
-__all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "StudyLock", "WorkerRegistration", "study_flock",
-           "worker_id", "live_workers", "open_storage", "storage_url", "fail_stale_trials", "fail_and_retry", "counted_states",
+__all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "WorkerRegistration", "study_flock",
+           "worker_id", "live_workers", "open_storage", "fail_stale_trials", "fail_and_retry", "counted_states",
            "JournalCheck", "check_journal", "repair_journal"]
 
 JOURNAL_FILE = "study.journal"
@@ -52,11 +52,6 @@ LOCK_FILE = "study.lock"
 WORKERS_DIR = "workers"
 HEARTBEAT_S = 60
 GRACE_S = 180
-
-
-def storage_url(storage: str | None, study_dir: Path) -> str:
-    """A printable name of the storage (the journal file's path for the default)."""
-    return str(study_dir / JOURNAL_FILE) if storage is None else storage
 
 
 @dataclass
@@ -282,21 +277,22 @@ def _reg_name() -> str:
 class WorkerRegistration:
     """``<study dir>/workers/<host>-<pid>`` while this process searches the study.
 
-    Enter it while holding :func:`study_flock`; :attr:`others` lists the other live
-    registrations seen then."""
+    Entering it takes :func:`study_flock`, so that :attr:`others` (the other live registrations
+    seen then) and this registration are consistent with every other process's view."""
 
     def __init__(self, study_dir: Path):
-        self.path = Path(study_dir) / WORKERS_DIR / _reg_name()
+        self.study_dir = Path(study_dir)
+        self.path = self.study_dir / WORKERS_DIR / _reg_name()
         self.others: list[str] = []
 
     def __enter__(self) -> "WorkerRegistration":
-        self.others = live_workers(self.path.parent.parent)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(worker_id() + "\n")
+        with study_flock(self.study_dir):
+            self.others = live_workers(self.study_dir)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(worker_id() + "\n")
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.path.unlink(missing_ok=True)
 
 
-StudyLock = WorkerRegistration  # the old name (one process per study); kept for imports

@@ -67,21 +67,20 @@ from searchskip.config.loader import resolve_space
 from searchskip.errors import ConfigError, SearchSkipError
 from searchskip.plan import Plan
 from searchskip.search import fingerprint as fp
+from searchskip.search.baselines import BI_OPS, block_influence, block_influence_plan, labelled_paper_plans
 from searchskip.search.leaderboard import leaderboard
 from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
 )
 from searchskip.search.storage import (
-    JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, storage_url, study_flock,
+    JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, study_flock,
 )
 
-__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
-           "RUN_FILE", "JOB_FILE", "PAPER_SEED_MODES", "PAPER_SEED_INTERVALS"]
+__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
+           "RUN_FILE", "JOB_FILE"]
 
 RUN_FILE = "run.json"
 JOB_FILE = "job.yaml"
-PAPER_SEED_MODES = ("skip_block", "skip_attn", "skip_ffn")
-PAPER_SEED_INTERVALS = (2, 3, 4)
 WORKER_SEED_STRIDE = 7919
 
 
@@ -130,22 +129,7 @@ def trial_counts(study: Any) -> dict[str, int]:
 def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None) -> list[tuple[str, Plan, dict]]:
     """``(label, plan, params)`` of the seeds that fit the budget and the space, without duplicates."""
     n = ctx.num_layers
-    candidates: list[tuple[str, Plan]] = [("unplanned", Plan())]
-    try:
-        from searchskip.search.baselines import default_start_layers
-    except ImportError:  # the shared definition of the paper's plans (baselines.py) is absent
-        starts = sorted({(k * n) // 4 for k in range(4)})
-    else:
-        starts = list(default_start_layers(n))
-    for mode in PAPER_SEED_MODES:
-        for interval in PAPER_SEED_INTERVALS:
-            for start in starts:
-                try:
-                    plan = Plan.from_pattern(interval, start, n, mode, num_layers=n)
-                except ConfigError:
-                    continue
-                if not plan.is_empty:
-                    candidates.append((f"paper:{mode}/interval={interval}/start={start}", plan))
+    candidates: list[tuple[str, Plan]] = [("unplanned", Plan()), *labelled_paper_plans(n)]
     candidates += extra or []
     out: list[tuple[str, Plan, dict]] = []
     seen: set[str] = set()
@@ -170,11 +154,7 @@ def _baseline_seeds(study: Any, job: Job, loaded: Any, dataset: Any, ctx: Object
     ``BI_OPS``: the least influential layers skipped until the budget fits. BI is measured once
     on ``BI_SAMPLES`` questions of the validation subset (the search's own split, never the
     test split) and stored in the study (``block_influence``), so a resumed run reuses it.
-    Returns ``[]`` when the baselines module is missing or no BI can be measured."""
-    try:
-        from searchskip.search.baselines import BI_OPS, block_influence, block_influence_plan
-    except ImportError:
-        return []
+    Returns ``[]`` when no BI can be measured."""
     bi = study.user_attrs.get("block_influence")
     if bi is None:
         if dataset is None or len(dataset) == 0:
@@ -251,9 +231,8 @@ def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None)
     run_file.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool = False,
-               sampler: Any = None, pruner: Any = None, load_only: bool = False) -> tuple[Any, bool]:
-    """``(study, created)``: the study of ``folder``, checked against ``job``'s fingerprint."""
+def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool = False) -> Any:
+    """The study of ``folder`` (created if absent), checked against ``job``'s fingerprint."""
     import optuna
 
     search = job.search
@@ -269,7 +248,7 @@ def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool
             optuna.delete_study(study_name=study_name, storage=storage)
         exists = False
     if exists:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=study_name, storage=storage)
         stored = study.user_attrs.get("fingerprint")
         diffs = fp.differences(stored or {}, current)
         if diffs:
@@ -280,13 +259,10 @@ def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool
                 + [ConfigError(f"the study {study_name!r} in {folder} was made by a different job; its trials are "
                                "not comparable. Use --force-new-study to start over (the old journal is kept), or "
                                "--study NAME for a separate study").problems[0]])
-        return study, False
-    if load_only:
-        raise SearchSkipError(f"{folder}: no study named {study_name!r} in {storage_url(search.storage, folder)}")
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                directions=directions(search.objectives))
+        return study
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=directions(search.objectives))
     study.set_user_attr("fingerprint", current)
-    return study, True
+    return study
 
 
 @dataclass
@@ -334,7 +310,7 @@ def prepare_study(job: Job, folder: Path, name: str, *, force_new_study: bool = 
     of dead local workers (:func:`~searchskip.search.storage.fail_stale_trials`)."""
     with study_flock(folder):
         _save_job_copy(job, folder, name, job.search.storage)
-        study, _created = open_study(job, folder, name, force_new_study=force_new_study)
+        study = open_study(job, folder, name, force_new_study=force_new_study)
         failed = fail_stale_trials(study, others_alive=others_alive)
     return study, failed
 
@@ -375,27 +351,8 @@ def run_search(
     trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
     if not _study_complete(job, folder, name, trials):
         # Bad data or an unloadable model must stop the run before anything is written to outputs/.
-        from searchskip.errors import in_job
-
-        where = job.source_file or job.name
-        if dataset is None and evaluator is None:
-            from searchskip.data.splits import load_eval_split
-
-            try:
-                dataset = load_eval_split(job.data, "validation", check=True)
-            except SearchSkipError as e:
-                raise in_job(where, e, "data.splits.validation") from None
-        if loaded is None:
-            from searchskip.models import load_model
-
-            try:
-                loaded = load_model(job.model)
-            except SearchSkipError as e:
-                raise in_job(where, e, "model.id") from None
-    registration = WorkerRegistration(folder)
-    with study_flock(folder):  # one process at a time sets up, fails stale trials and seeds
-        registration.__enter__()
-    try:
+        loaded, dataset = load_worker_inputs(job, loaded, dataset, need_dataset=evaluator is None)
+    with WorkerRegistration(folder) as registration:  # under the study's lock: sees the other live workers
         study, failed = prepare_study(job, folder, name, force_new_study=force_new_study,
                                       others_alive=bool(registration.others))
         if trials is not None and trial_counts(study)["counted"] >= trials:  # nothing to do: load nothing
@@ -417,8 +374,6 @@ def run_search(
         objective = Objective(ctx, evaluator, prune=search.pruner != "none")
         interrupted = _optimize(study, objective, trials, timeout, progress=progress,
                                 handle_sigint=handle_sigint, callbacks=callbacks or [])
-    finally:
-        registration.__exit__(None, None, None)
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
                         evaluations=objective.evaluations, seconds=time.perf_counter() - start)
 
@@ -433,20 +388,45 @@ class WorkerSetup:
     ctx: ObjectiveContext
 
 
+def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
+                       need_dataset: bool = True) -> tuple[Any, Any]:
+    """``(loaded model, validation subset)``: what is not given is loaded from the job (every image
+    of the subset is opened, so a bad one is reported before any trial). Errors name the job file
+    and its key (``data.splits.validation``, ``model.id``)."""
+    from searchskip.errors import in_job
+
+    where = job.source_file or job.name
+    if dataset is None and need_dataset:
+        from searchskip.data.splits import load_eval_split
+
+        try:
+            dataset = load_eval_split(job.data, "validation", check=True)
+        except SearchSkipError as e:
+            raise in_job(where, e, "data.splits.validation") from None
+    if loaded is None:
+        from searchskip.models import load_model
+
+        try:
+            loaded = load_model(job.model)
+        except SearchSkipError as e:
+            raise in_job(where, e, "model.id") from None
+    return loaded, dataset
+
+
+def study_needs_setup(study: Any, search: Any) -> bool:
+    """Whether :func:`setup_worker` still has something to store in ``study`` (what it checks)."""
+    return ("workload" not in study.user_attrs or "unplanned_flops" not in study.user_attrs
+            or bool(search.seed_plans and not study.user_attrs.get("seeded")))
+
+
 def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
                  need_dataset: bool = True) -> WorkerSetup:
     """Load the model and the validation subset (unless given), check the space against the model,
     and, under the study's lock, measure and store the workload, the unplanned FLOPs and the budget
     once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this."""
     search = job.search
-    if loaded is None:
-        from searchskip.models import load_model
-
-        loaded = load_model(job.model)
-    if dataset is None and (need_dataset or "workload" not in study.user_attrs):
-        from searchskip.data.splits import load_eval_split
-
-        dataset = load_eval_split(job.data, "validation")
+    loaded, dataset = load_worker_inputs(job, loaded, dataset,
+                                         need_dataset=need_dataset or "workload" not in study.user_attrs)
     num_layers = _num_layers(loaded.model)
     space.check(num_layers)
     budget = budget_of(search.budget)
@@ -468,9 +448,9 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
 
 
 def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
-    """The model evaluator of a search worker (plans applied with the ``eval`` verb's
-    ``apply_plan``; Wanda calibration batches cached for the worker's lifetime)."""
-    from searchskip.commands.eval import apply_plan
+    """The model evaluator of a search worker (plans applied with
+    :func:`searchskip.eval.planned.apply_plan`; Wanda calibration batches cached for the worker's lifetime)."""
+    from searchskip.eval.planned import apply_plan
 
     calibration_cache: dict = {}
     return ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,

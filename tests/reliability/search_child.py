@@ -32,8 +32,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+# tests/ holds the shared helpers; as a script this file has only tests/reliability/ on sys.path.
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from helpers import ENV, REPO, demo_job  # noqa: E402
 
 PHASES = ("sampling", "evaluating", "recording", "telling")
 
@@ -140,10 +146,8 @@ def study_summary(job, folder) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from searchskip.search.storage import open_storage
+    from searchskip.search.storage import open_storage, study_flock
     from searchskip.search.study import trial_counts
-
-    from searchskip.search.storage import study_flock
 
     try:
         with study_flock(folder):  # as searchskip opens it: an RDB's tables are created by one process at a time
@@ -198,34 +202,15 @@ def main(argv: list[str]) -> int:
 
 # ---- the parent's side (imported by the tests) ----------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).resolve()
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
 VALIDATION_QUESTIONS = 16
 
 
 def write_job(folder: Path, name: str = "rel", **search) -> Path:
-    """``jobs/demo.yaml`` with a small validation subset, no pruner, a budget every plan fits (so
+    """``folder/job.yaml``: ``jobs/demo.yaml`` with a small validation subset, no pruner, a budget every plan fits (so
     every counted trial is COMPLETE), outputs under ``folder``; ``search`` overrides."""
-    import yaml
-
-    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
-    data["name"] = name
-    data["outputs"] = str(folder / "out")
-    data["data"]["validation_subset"]["size"] = VALIDATION_QUESTIONS
-    data["eval"]["batch_size"] = 8
-    data["search"].update({"space": str(REPO / "spaces/per-layer.yaml"), "budget": {"flops_ratio": 1.0},
-                           "pruner": "none", "seed_plans": True, **search})
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def job_of(path: Path):
-    from searchskip.config.loader import load_job
-
-    return load_job(path)
+    return demo_job(folder, name=name, questions=VALIDATION_QUESTIONS, eval={"batch_size": 8},
+                    **{"budget": {"flops_ratio": 1.0}, "pruner": "none", "seed_plans": True, **search})
 
 
 def start_child(job: Path, trials: int, events: Path, *, kill: str = "none", go_file: Path | None = None,
@@ -241,76 +226,6 @@ def read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_study(job_path: Path) -> optuna.Study:
-    """The study, opened the way ``searchskip`` opens it (a fresh storage object each time)."""
-    import optuna
-
-    from searchskip.search.storage import open_storage
-    from searchskip.search.study import study_dir
-
-    job = job_of(job_path)
-    return optuna.load_study(study_name=job.name, storage=open_storage(job.search.storage, study_dir(job)))
-
-
-@dataclass
-class Check:
-    complete: int
-    counted: int
-    failed: int
-    retries: int
-    dedups: int
-    seeds: int
-
-
-def check_study(study: optuna.Study) -> Check:
-    """The invariants every study of the suite must hold once no process searches it."""
-    from optuna.trial import TrialState
-
-    from searchskip.search.study import trial_counts
-
-    trials = study.get_trials(deepcopy=False)
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers)), "a trial number appears twice"
-    assert sorted(numbers) == list(range(len(trials))), "trial numbers have a gap"
-    counts = trial_counts(study)
-    assert counts["running"] == 0 and counts["waiting"] == 0, f"trials left behind: {counts}"
-    by_number = {t.number: t for t in trials}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    for t in complete:
-        assert t.values is not None and "accuracy" in t.user_attrs and "plan_key" in t.user_attrs
-    # No plan scored twice: a COMPLETE trial either scored its plan itself (once per plan) or reused
-    # a COMPLETE trial's score (dedup_of); a plan scored again by a retry is scored once among the
-    # COMPLETE trials, its first scoring having been lost with the killed trial (FAIL).
-    scored = [t.user_attrs["plan_key"] for t in complete if "dedup_of" not in t.user_attrs]
-    assert len(scored) == len(set(scored)), "a plan was scored (and recorded) twice"
-    for t in complete:
-        if "dedup_of" in t.user_attrs:
-            original = by_number[t.user_attrs["dedup_of"]]
-            assert original.state == TrialState.COMPLETE and "dedup_of" not in original.user_attrs
-            assert original.user_attrs["plan_key"] == t.user_attrs["plan_key"] and original.values == t.values
-    def plan_params(t) -> dict:  # what a killed trial is retried with: its fixed params (enqueued) or its params
-        return dict(t.system_attrs.get("fixed_params") or {}) or dict(t.params)
-
-    retries = [t for t in trials if "retry_of" in t.user_attrs]
-    for t in retries:
-        source = by_number[t.user_attrs["retry_of"]]
-        assert source.state == TrialState.FAIL and plan_params(source) == t.system_attrs.get("fixed_params")
-        assert t.state != TrialState.COMPLETE or plan_params(source).items() <= t.params.items()
-        assert source.number < t.number
-    retried = [t.user_attrs["retry_of"] for t in retries]
-    assert len(retried) == len(set(retried)), "a failed trial was retried twice"
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            assert "stale" in t.user_attrs.get("failed_reason", ""), (t.number, t.user_attrs)
-            if "retry_of" not in t.user_attrs and plan_params(t):
-                assert t.number in retried, f"failed trial {t.number} was not retried"
-    seeds = [t.user_attrs["seed"] for t in trials if "seed" in t.user_attrs and "retry_of" not in t.user_attrs]
-    assert len(seeds) == len(set(seeds)), "a seed was enqueued twice"
-    return Check(complete=len(complete), counted=counts["counted"], failed=counts["failed"], retries=len(retries),
-                 dedups=sum("dedup_of" in t.user_attrs for t in complete), seeds=len(seeds))
-
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import ast
 import io
 import json
 import os
+import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -375,6 +376,22 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
+PROBLEM_LINE = re.compile(r"(error: |  - )?[\w./-]+\.(ya?ml|parquet): \S")
+
+
+def problem_lines(err: str) -> list[str]:
+    """The lines of stderr that state one problem: ``FILE: KEY: ...`` (alone, after ``error: `` or
+    as a ``  - `` item) or a ``  - `` item under one file's heading."""
+    return [line for line in err.splitlines() if PROBLEM_LINE.match(line) or line.startswith("  - ")]
+
+
+def dotted_keys(expect: list[str]) -> list[str]:
+    """The distinct dotted keys (``a.b``, ``a[0]``) among a case's expected fragments."""
+    keys = [f for f in expect if re.fullmatch(r"[A-Za-z_]\w*(\.[\w-]+|\[\d+\])+", f)
+            and not f.endswith((".yaml", ".yml", ".parquet"))]
+    return list(dict.fromkeys(keys))
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exits_2_naming_file_key_and_rule(case: Case, isolated: Path, capsys):
     tmp = isolated
@@ -398,8 +415,12 @@ def test_bad_input_exits_2_naming_file_key_and_rule(case: Case, isolated: Path, 
     assert code == 2, f"exit {code}\nstdout: {out}\nstderr: {err}"
     for fragment in case.expect:
         assert fragment in err, f"{fragment!r} missing from stderr:\n{err}"
-    if case.multi:  # every problem of the file in one run
-        assert sum(1 for f in case.expect if f in err) == len(case.expect)
+    if case.multi:  # every problem of the file in one run, one problem a line
+        lines = problem_lines(err)
+        keys = dotted_keys(case.expect)
+        assert len(lines) >= max(2, len(keys)), f"{len(lines)} problem line(s) for the keys {keys}:\n{err}"
+        for key in keys:
+            assert any(key in line for line in lines), f"{key!r} is on no problem line:\n{err}"
     assert _files_under(tmp / "outputs") == [], "something was written to outputs/"
     if case.no_marker:
         assert not (tmp / MARKER).exists(), "the !!python payload ran"
@@ -463,7 +484,7 @@ def test_the_scanner_finds_unsafe_loads():
         d = yaml.full_load(text)
         e = yaml.load(text, yaml.UnsafeLoader)
     """)
-    assert len(unsafe_yaml_uses(bad)) >= 6
+    assert len(unsafe_yaml_uses(bad)) == 8, unsafe_yaml_uses(bad)
     good = "import yaml\nx = yaml.safe_load(t)\ny = yaml.load(t, Loader=StrictSafeLoader)\nz = yaml.load(t, yaml.SafeLoader)\n"
     assert unsafe_yaml_uses(good) == []
 
@@ -509,10 +530,18 @@ def test_python_apply_payload_is_refused_and_never_run(kind, isolated: Path, cap
         assert _files_under(tmp / "outputs") == []
 
 
-def test_zz_count(capsys):
-    """Runs last in this file: the number of bad inputs tried (the README quotes it)."""
+PAYLOAD_RUNS = 6  # test_python_apply_payload_is_refused_and_never_run: 3 kinds x 2 commands
+
+
+def test_zz_count(request, capsys):
+    """Runs last in this file: the number of bad inputs tried (the README quotes it), counted from
+    the runs that happened; when the whole file ran, every table case and payload run is in it."""
     assert len(CASES) >= 40
-    n = len(CASES) + 6  # the table plus the payload runs (3 kinds x 2 commands)
+    n = len(TRIED)
+    names = [item.name for item in request.session.items if item.module is request.module]
+    if len([x for x in names if x.startswith("test_bad_input_exits_2")]) == len(CASES) and len(
+            [x for x in names if x.startswith("test_python_apply_payload")]) == PAYLOAD_RUNS // 2:
+        assert n == len(CASES) + PAYLOAD_RUNS, sorted(TRIED)
     assert TRACEBACKS == []
     with capsys.disabled():
         print(f"\nbad inputs tried: {n}, tracebacks: {len(TRACEBACKS)}")

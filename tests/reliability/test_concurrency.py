@@ -21,6 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search_child as sc
+from helpers import check_study, load_study
 
 JOURNAL = None
 
@@ -43,8 +44,8 @@ def run_workers(tmp_path, workers: int, target: int, storage: str | None) -> dic
         assert p.returncode == 0, out
         assert "database is locked" not in out and "Traceback" not in out, out
 
-    study = sc.load_study(job)
-    check = sc.check_study(study)
+    study = load_study(job)
+    check = check_study(study)
     assert target <= check.counted <= target + workers - 1, check
     assert check.failed == 0 and check.counted == check.complete, check
     trials = study.get_trials(deepcopy=False)

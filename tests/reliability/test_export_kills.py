@@ -5,7 +5,7 @@ has happened, the complete new one does); the next export cleans up what the kil
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
+from helpers import ENV, REPO, demo_job
 from searchskip.export.atomic import verify_manifest
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 PLAN_OLD = REPO / "spaces/plans/skip_block.yaml"   # removes layers 3 and 5: 6 layers
 PLAN_NEW = REPO / "spaces/plans/skip_ffn.yaml"      # runtime plan, 8 layers
 
@@ -59,17 +57,10 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def job_file(tmp_path: Path) -> Path:
-    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
-    data["outputs"] = str(tmp_path / "out")
-    data["data"]["validation_subset"]["size"] = 16
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def export(tmp_path: Path, plan: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
-    args = ["export", "--job", str(job_file(tmp_path)), "--plan", str(plan), "--out", str(tmp_path / "exp"),
+    """``searchskip export`` of ``plan`` with ``tmp_path/job.yaml`` into ``tmp_path/exp``, killed at
+    its ``kill_at``-th step (0: never)."""
+    args = ["export", "--job", str(tmp_path / "job.yaml"), "--plan", str(plan), "--out", str(tmp_path / "exp"),
             "--no-progress"]
     return subprocess.run([sys.executable, "-c", CHILD, str(kill_at), *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=180)
@@ -88,10 +79,29 @@ def loads(folder: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def steps(tmp_path_factory) -> list[str]:
+def old_export(tmp_path_factory) -> Path:
+    """A folder with the job and an export of PLAN_OLD in ``exp/``, made once for the module
+    (its manifest names files relative to the export folder, so a copy verifies)."""
+    folder = tmp_path_factory.mktemp("old-export")
+    demo_job(folder)
+    done = export(folder, PLAN_OLD)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((folder / "exp" / "manifest.json").read_text())
+    assert manifest["files"] and not any(Path(name).is_absolute() for name in manifest["files"]), manifest
+    return folder
+
+
+def with_old_export(folder: Path, old_export: Path) -> Path:
+    """``folder`` with its own job and a copy of the PLAN_OLD export (what the previous export left)."""
+    demo_job(folder)
+    shutil.copytree(old_export / "exp", folder / "exp")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory, old_export) -> list[str]:
     """The steps of an export over an existing one, in order (a run without a kill)."""
-    folder = tmp_path_factory.mktemp("steps")
-    assert export(folder, PLAN_OLD).returncode == 0
+    folder = with_old_export(tmp_path_factory.mktemp("steps"), old_export)
     done = export(folder, PLAN_NEW)
     assert done.returncode == 0, done.stderr
     return done.stdout.split("points", 1)[1].split()
@@ -107,9 +117,10 @@ def distinct_points(steps: list[str]) -> list[tuple[int, str]]:
     return out
 
 
-def check_kill(tmp_path: Path, steps: list[str], index: int, name: str) -> None:
-    assert export(tmp_path, PLAN_OLD).returncode == 0
+def check_kill(tmp_path: Path, old_export: Path, steps: list[str], index: int, name: str) -> None:
+    with_old_export(tmp_path, old_export)
     target = tmp_path / "exp"
+    assert verify_manifest(target) == [] and kept_layers(target) == [0, 1, 2, 4, 6, 7]  # the copy is whole
     done = export(tmp_path, PLAN_NEW, kill_at=index)
     assert done.returncode == -signal.SIGKILL, (done.stdout, done.stderr)
     assert f"killed at {name}" in done.stdout
@@ -135,17 +146,17 @@ FAST = ("model-saved", "exchanged")
 
 
 @pytest.mark.parametrize("which", FAST)
-def test_an_export_killed_at_a_step_leaves_a_loadable_one(tmp_path, steps, which):
+def test_an_export_killed_at_a_step_leaves_a_loadable_one(tmp_path, old_export, steps, which):
     points = dict((name, i) for i, name in distinct_points(steps))
     if which not in points:
         pytest.skip(f"no {which!r} step here (renameat2 exchange unavailable)")
-    check_kill(tmp_path, steps, points[which], which)
+    check_kill(tmp_path, old_export, steps, points[which], which)
 
 
 @pytest.mark.reliability_full
-def test_an_export_killed_at_every_step_leaves_a_loadable_one(tmp_path_factory, steps):
+def test_an_export_killed_at_every_step_leaves_a_loadable_one(tmp_path_factory, old_export, steps):
     points = distinct_points(steps)
     assert len(points) >= 10
     for index, name in points:
-        check_kill(tmp_path_factory.mktemp(f"kill-{index}"), steps, index, name)
+        check_kill(tmp_path_factory.mktemp(f"kill-{index}"), old_export, steps, index, name)
     print(f"export kills survived: {len(points)} ({', '.join(n for _, n in points)})")

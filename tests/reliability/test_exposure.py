@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+from helpers import demo_job, searchskip_proc
 
 
 def listening() -> dict[int, str]:
@@ -47,35 +44,32 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def job(tmp_path: Path, **search) -> Path:
-    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
-    data["outputs"] = str(tmp_path / "out")
-    data["data"]["validation_subset"]["size"] = 16
-    data["search"].update({"space": str(REPO / "spaces/per-layer.yaml"), **search})
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net")
 
 
-def test_a_local_ray_is_refused_without_the_explicit_option(tmp_path):
-    before = set(listening().values())
-    out = subprocess.run([sys.executable, "-m", "searchskip", "search", str(job(tmp_path, backend="ray")),
-                          "--no-progress"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stderr
-    assert "search.ray_allow_network" in out.stderr and "every network interface" in out.stderr
-    assert "Traceback" not in out.stderr
-    assert set(listening().values()) <= before  # nothing was started
+def test_a_local_ray_is_refused_without_the_explicit_option(tmp_path, capsys, monkeypatch):
+    """In-process, with ``ray.init`` recording its calls: refused before Ray is ever started."""
+    import ray
+
+    from searchskip.cli import main
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append((a, k)))
+    capsys.readouterr()
+    code = main(["search", str(demo_job(tmp_path, backend="ray")), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "search.ray_allow_network" in err and "every network interface" in err
+    assert "Traceback" not in err
+    assert calls == [], "ray.init was called: a local Ray was started"
     assert not (tmp_path / "out").exists()
 
 
 def test_the_optuna_backend_listens_on_nothing(tmp_path):
     """Two worker processes searching one journal study: neither ever holds a listening socket."""
-    path = job(tmp_path, workers=2, trials=12)
-    procs = [subprocess.Popen([sys.executable, "-m", "searchskip", "search", str(path), "--no-progress"], cwd=REPO,
-                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    path = demo_job(tmp_path, workers=2, trials=4)
+    procs = [searchskip_proc("search", path, "--no-progress", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(2)]
     seen: dict[str, str] = {}
     samples = 0
     while any(p.poll() is None for p in procs):

@@ -6,13 +6,14 @@ the study and kills itself with SIGKILL at the NTH occurrence of one phase: ``sa
 optuna has not recorded it) or ``telling`` (in the storage write that completes the trial, before
 it). The next child resumes the study. The phases are spread evenly and shuffled, and NTH drawn,
 by ``random.Random(0)``. Kills during export are covered by the export tests
-(``tests/test_export_atomic.py``), not here.
+(``tests/test_export_atomic.py``, ``test_export_kills.py``), not here.
 
 After every kill the journal opens, exactly one trial (the killed one) is RUNNING, every trial
 finished before stays as it was, and the best value has not decreased. At the end the study
 holds exactly the target of COMPLETE trials, unique numbers, no RUNNING/WAITING trial, every
-killed trial FAIL ("stale") and retried once, and no plan scored twice
-(:func:`search_child.check_study`).
+killed trial FAIL ("stale") and retried once unless it was itself a retry (a retry killed
+again is not retried), and no plan scored twice
+(:func:`helpers.check_study`).
 
 The fast variant (4 kills, one per phase, 20 trials) runs by default; the full one (20 kills, 60 trials) has the
 ``reliability_full`` marker. The last test is the one end-to-end case on the real model: the
@@ -24,8 +25,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -34,6 +33,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search_child as sc
+from helpers import check_study, job_of, load_study, searchskip_proc
 
 BATCHES = 4  # the cheap evaluator's batches: BATCHES - 1 "evaluating" moments per scored plan
 
@@ -71,7 +71,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, kills, target):
     for phase, nth in schedule:
         proc = sc.start_child(job, target, events, kill=f"{phase}:{nth}")
         out = proc.communicate(timeout=300)[0]
-        study = sc.load_study(job)  # the storage opens cleanly after every kill
+        study = load_study(job)  # the storage opens cleanly after every kill
         now = finished(study)
         for number, row in before.items():  # nothing finished before the kill changed or vanished
             assert now.get(number) == row, f"trial {number} changed across a kill: {row} -> {now.get(number)}"
@@ -93,10 +93,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, kills, target):
     last = sc.start_child(job, target, events)
     out = last.communicate(timeout=300)[0]
     assert last.returncode == 0, out
-    study = sc.load_study(job)
+    study = load_study(job)
     for number, row in before.items():
         assert finished(study).get(number) == row
-    check = sc.check_study(study)
+    check = check_study(study)
     assert check.complete == check.counted == target, check  # exactly the target, all COMPLETE
     assert best_value(study) >= bests[-1]
     assert sum(delivered.values()) == kills, f"kills delivered by phase: {dict(delivered)}"
@@ -116,11 +116,6 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, kills, target):
 # ---- the one end-to-end case on the real model ------------------------------------------------
 
 
-def searchskip(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "searchskip", *argv], cwd=sc.REPO, env=sc.ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def test_cli_search_killed_mid_run_then_resume_on_the_real_model(tmp_path):
     """``searchskip search`` (the embedded model really scoring plans on 16 questions, the demo's
     budget, sampler and median pruner) is SIGKILLed with a trial RUNNING after 3 counted trials;
@@ -129,14 +124,14 @@ def test_cli_search_killed_mid_run_then_resume_on_the_real_model(tmp_path):
 
     target = 10
     job = sc.write_job(tmp_path, name="e2e", budget={"flops_ratio": 0.8}, pruner="median", trials=target)
-    folder = study_dir(sc.job_of(job))
-    proc = searchskip("search", str(job), "--no-progress")
+    folder = study_dir(job_of(job))
+    proc = searchskip_proc("search", str(job), "--no-progress")
     deadline = time.monotonic() + 240
     running: list[int] = []
     while time.monotonic() < deadline and proc.poll() is None:
         if (folder / "study.journal").exists():
             try:
-                study = sc.load_study(job)
+                study = load_study(job)
             except KeyError:  # not created yet
                 study = None
             if study is not None:
@@ -149,16 +144,16 @@ def test_cli_search_killed_mid_run_then_resume_on_the_real_model(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == -signal.SIGKILL, out
-    study = sc.load_study(job)
+    study = load_study(job)
     before = finished(study)
     left = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     assert len(left) == 1 and trial_counts(study)["counted"] < target
 
-    resumed = searchskip("resume", str(folder), "--no-progress")
+    resumed = searchskip_proc("resume", str(folder), "--no-progress")
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out
-    study = sc.load_study(job)
-    check = sc.check_study(study)
+    study = load_study(job)
+    check = check_study(study)
     assert check.counted == target and check.failed == 1, check
     trials = study.get_trials(deepcopy=False)
     assert trials[left[0]].state == TrialState.FAIL and "stale" in trials[left[0]].user_attrs["failed_reason"]

@@ -10,26 +10,22 @@ import optuna
 import pytest
 import yaml
 
+from helpers import REPO, demo_job
 from searchskip.cli import main
+from searchskip.search.fingerprint import file_sha256
 from searchskip.search.storage import open_storage
 
-REPO = Path(__file__).resolve().parents[2]
 EMBEDDED_FOLDER = REPO / "searchskip/zoo/weights/tiny-llava-easyvqa"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def base_job(outputs: Path, space: Path) -> dict:
-    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
-    data["outputs"] = str(outputs)
-    data["data"]["validation_subset"]["size"] = 16
-    data["search"].update({"space": str(space), "trials": 2, "seed_plans": False})
-    return data
-
-
 def change_space(data: dict, space: Path) -> tuple[str, str]:
+    old = file_sha256(space)
     space.write_text(space.read_text().replace("parallel_attn_ffn]", "parallel_attn_ffn, parallel_blocks]"))
-    return "search.space.sha256", ""
+    new = file_sha256(space)
+    assert new != old, "the space file did not change"
+    return "search.space.sha256", new  # the message shows the whole hash
 
 
 CHANGES = {
@@ -51,9 +47,8 @@ def study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mismatch")
     space = folder / "space.yaml"
     space.write_text((REPO / "spaces/per-layer.yaml").read_text())
-    data = base_job(folder / "out", space)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = demo_job(folder, space=str(space), trials=2, seed_plans=False)
+    data = yaml.safe_load(path.read_text())
     assert main(["search", str(path), "--no-progress"]) == 0
     return folder, data, space
 

@@ -3,13 +3,12 @@ before anything is appended; its complete records are recovered; the damaged fil
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
+from helpers import demo_job, searchskip_run
 from searchskip.search.storage import JOURNAL_FILE, check_journal, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,25 +86,14 @@ def test_a_whole_journal_is_left_untouched(tmp_path, capsys):
 def test_resume_of_a_torn_study_continues_it(tmp_path):
     """End to end: `searchskip search` on the embedded model, journal cut inside its last record,
     then `searchskip resume` repairs it, says so, and finishes the study."""
-    import yaml
-
-    repo = Path(__file__).resolve().parents[2]
-    data = yaml.safe_load((repo / "jobs/demo.yaml").read_text())
-    data["outputs"] = str(tmp_path / "out")
-    data["data"]["validation_subset"]["size"] = 16
-    data["search"].update({"space": str(repo / "spaces/per-layer.yaml"), "trials": 6})
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(data))
-    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "searchskip", *args, "--no-progress"], cwd=repo,
-                                       capture_output=True, text=True, timeout=180,
-                                       env={**__import__("os").environ, **env})
-    assert run("search", str(job)).returncode == 0
+    job = demo_job(tmp_path, trials=6)
+    done = searchskip_run("search", job, "--no-progress")
+    assert done.returncode == 0, done.stderr
     folder = tmp_path / "out" / "demo"
     journal = folder / JOURNAL_FILE
     whole = journal.read_bytes()
     journal.write_bytes(whole[:-7])
-    out = run("resume", str(folder), "--trials", "10")
+    out = searchskip_run("resume", folder, "--trials", "10", "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "is cut off" in out.stderr and "damaged file is kept as" in out.stderr
     study = optuna.load_study(study_name="demo", storage=open_storage(None, folder))

@@ -7,13 +7,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
-import yaml
 
+from helpers import REPO, demo_job
 from searchskip.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 EMBEDDED = REPO / "searchskip/zoo/weights/tiny-llava-easyvqa"
 
 
@@ -42,18 +40,10 @@ def pickled_model(tmp_path: Path) -> tuple[Path, Path]:
     return folder, marker
 
 
-def eval_job(tmp_path: Path, **model) -> Path:
-    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
-    data["outputs"] = str(tmp_path / "out")
-    data["model"].update(model)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def test_pickled_weights_are_refused_by_default(tmp_path, capsys):
     folder, marker = pickled_model(tmp_path)
-    assert main(["eval", str(eval_job(tmp_path, id=str(folder))), "--limit", "2"]) == 2
+    job = demo_job(tmp_path, questions=None, model={"id": str(folder)})
+    assert main(["eval", str(job), "--limit", "2"]) == 2
     err = capsys.readouterr().err
     assert "model.allow_pickle" in err and "pytorch_model.bin" in err and "Traceback" not in err
     assert not marker.exists()
@@ -61,7 +51,8 @@ def test_pickled_weights_are_refused_by_default(tmp_path, capsys):
 
 def test_allowed_pickles_load_with_weights_only_so_the_payload_never_runs(tmp_path, capsys):
     folder, marker = pickled_model(tmp_path)
-    code = main(["eval", str(eval_job(tmp_path, id=str(folder), allow_pickle=True)), "--limit", "2"])
+    job = demo_job(tmp_path, questions=None, model={"id": str(folder), "allow_pickle": True})
+    code = main(["eval", str(job), "--limit", "2"])
     err = capsys.readouterr().err
     assert not marker.exists(), "the pickle's code ran"
     assert code == 2 and "Traceback" not in err, err
@@ -69,7 +60,7 @@ def test_allowed_pickles_load_with_weights_only_so_the_payload_never_runs(tmp_pa
 
 
 def test_remote_code_needs_a_pinned_commit(tmp_path, capsys):
-    job = eval_job(tmp_path, id=str(EMBEDDED), trust_remote_code=True, revision="main")
+    job = demo_job(tmp_path, questions=None, model={"id": str(EMBEDDED), "trust_remote_code": True, "revision": "main"})
     assert main(["eval", str(job), "--limit", "2"]) == 2
     err = capsys.readouterr().err
     assert "model.revision" in err and "trust_remote_code" in err and "commit" in err and "'main'" in err

@@ -24,6 +24,8 @@ What ``apply`` does, in this order (everything is undone by :meth:`AppliedPlan.r
    the registered op handlers build (:mod:`searchskip.ops`); the layer modules stay in
    place, so ``output_hidden_states`` hooks still fire (one hidden state per layer); layers
    in ``plan.drop`` pass their input through (their physical removal is the export's job);
+   ``plan.visual_tokens`` / ``plan.early_exit`` then wrap the forwards of the layers they
+   govern (:mod:`searchskip.ops.tokens`);
 4. renumbers the KV-cache slots (``attention.layer_idx``) of the attentions that still run,
    see :func:`assign_cache_slots`;
 5. installs the :class:`~searchskip.ops.scope.PlanRuntime` hooks on the top-level model
@@ -58,10 +60,12 @@ import torch
 
 from searchskip.arch import get_adapter
 from searchskip.arch.base import ArchAdapter
+from searchskip.flops.geometry import _sliding_windows
 from searchskip.ops import ATTN_ALL, ATTN_NONE, DROP, REGISTRY, LayerSite
 from searchskip.ops import prune
 from searchskip.ops.registry import AttentionUse
 from searchskip.ops.scope import Declaration, PlanRuntime
+from searchskip.ops.tokens import TokenOps, check_attention_implementation, token_forwards
 from searchskip.plan import KEEP, Plan
 
 __all__ = ["AppliedPlan", "applied_plan", "apply", "assign_cache_slots", "plan_context", "restore"]
@@ -176,6 +180,9 @@ def apply(model: Any, plan: Plan, *, calibration: Sequence[Mapping[str, Any]] | 
     handlers = {i: REGISTRY.get(op.op) for i, op in plan.layers}  # unknown op -> ConfigError, before any change
     dropped = plan.dropped_layers()
 
+    tokens = TokenOps.of(plan)
+    if tokens is not None:
+        check_attention_implementation(adapter.text_config(model))
     runtime = PlanRuntime(adapter.image_token_id(model))
     applied = AppliedPlan(model=model, plan=plan, adapter=adapter, runtime=runtime)
     if plan.prune is not None:
@@ -193,6 +200,10 @@ def apply(model: Any, plan: Plan, *, calibration: Sequence[Mapping[str, Any]] | 
                 if j in forwards:
                     raise RuntimeError(f"layer {j} would get two forwards (ops at layer {i} and an earlier one)")
                 forwards[j] = forward
+        if tokens is not None:
+            windows = _sliding_windows(adapter.text_config(model), len(layers))
+            forwards.update(token_forwards(tokens, layers, adapter, runtime, forwards, dropped, windows))
+            uses = {i: tokens.attention_use(i, use) for i, use in uses.items()}
         slots = assign_cache_slots([uses[i] for i in range(len(layers))], _layer_types(adapter, model, len(layers)))
     except BaseException:
         applied.restore()

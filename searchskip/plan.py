@@ -21,6 +21,8 @@ same stable :meth:`Plan.key`. The YAML form, for a model with 32 decoder layers:
       sparsity: 0.3               # one ratio for every layer, or {layer: ratio}
       targets: [attn, ffn]
       calibration: {samples: 128, seed: 0}
+    visual_tokens: {after_layer: 2, keep: 0.5, rank: attention}   # attention | uniform
+    early_exit: {layer: 27, scope: generated}
 
 Layer indices are those of the original model, numbered from 0, whatever ``drop`` removes.
 
@@ -42,6 +44,15 @@ the image tokens. ``drop`` and ``prune`` change the weights, so they apply to ev
 
 **drop** ``{start, end}`` removes layers ``start .. end - 1`` (half-open, like ``range``).
 
+**visual_tokens** ``{after_layer: k, keep: r, rank}``: from layer ``k`` on, only a fraction
+``r`` of the image tokens stays in the sequence (``r = 0`` drops them all, as the seed paper's
+``exit`` mode); ``rank: attention`` (default) keeps those the last prompt token attended to
+most at layer ``k - 1`` (FastV), ``uniform`` an evenly spaced subset. Later layers neither
+compute nor cache the dropped positions (:mod:`searchskip.ops.tokens`).
+
+**early_exit** ``{layer: e, scope: generated}``: generated tokens leave the decoder after
+layer ``e`` (final norm, ``lm_head``); the layers after ``e`` run for the prompt only.
+
 **prune**: ``magnitude`` (smallest weights) or ``wanda`` (weights times input activation
 norms, which needs ``calibration`` samples) at ``sparsity`` (a fraction in ``[0, 1)``, or a
 per-layer map; layers not in the map are not pruned) with ``structure`` ``unstructured``,
@@ -58,6 +69,7 @@ compare and hash equal however they were written:
   scope in :data:`SCOPES`; ``all`` when there is no op), and an op's ``scope`` is stored
   only when it differs from that default. So ``scope: generated`` with ``3: skip_block`` is
   the same plan as ``3: {op: skip_block, scope: generated}``.
+* A ``visual_tokens`` with ``keep: 1`` keeps every token and is removed.
 * A prune whose sparsity is 0 everywhere prunes nothing and is removed; zero entries of a
   per-layer map are removed; targets are kept in the order of :data:`PRUNE_TARGETS`;
   ``wanda`` always has a calibration (defaults filled in), ``magnitude`` never has one.
@@ -69,8 +81,9 @@ scope or option), and ``Plan.from_dict(p.to_dict()) == p`` for every plan.
 built (from a file, a dict or the constructor) and reported as one
 :class:`~searchskip.errors.ConfigError` listing every problem with its dotted key
 (``layers.7.scope``, ``prune.sparsity``): unknown ops, scopes and keys, wrong types, ranges,
-``parallel_blocks`` pairs that overlap another op, ops on dropped layers. What needs the
-model's layer count is checked by :meth:`Plan.validate`.
+``parallel_blocks`` pairs that overlap another op or straddle ``visual_tokens.after_layer`` /
+``early_exit.layer``, ops on dropped layers, a ``rank: attention`` whose layer ``k - 1`` does not
+attend over the prompt. What needs the model's layer count is checked by :meth:`Plan.validate`.
 """
 
 from __future__ import annotations
@@ -95,6 +108,7 @@ __all__ = [
     "KEEP", "SKIP_BLOCK", "SKIP_ATTN", "SKIP_FFN", "PARALLEL_ATTN_FFN", "PARALLEL_BLOCKS", "OPS",
     "SCOPE_ALL", "SCOPE_GENERATED", "SCOPE_PROMPT", "SCOPE_NON_VISUAL", "SCOPES",
     "PRUNE_METHODS", "PRUNE_STRUCTURES", "PRUNE_TARGETS", "PLAN_VERSION", "PLAN_KEYS",
+    "RANK_ATTENTION", "RANK_UNIFORM", "VISUAL_RANKS", "EXIT_SCOPES", "VisualTokensSpec", "EarlyExitSpec",
     "OpName", "ScopeName", "PruneMethod", "PruneStructure", "PruneTarget",
     "LayerOp", "DropSpec", "CalibrationSpec", "PruneSpec", "Plan",
 ]
@@ -129,6 +143,16 @@ PruneTarget = Literal["attn", "ffn"]
 PRUNE_METHODS: tuple[str, ...] = typing.get_args(PruneMethod)
 PRUNE_STRUCTURES: tuple[str, ...] = typing.get_args(PruneStructure)
 PRUNE_TARGETS: tuple[str, ...] = typing.get_args(PruneTarget)
+
+RANK_ATTENTION = "attention"
+RANK_UNIFORM = "uniform"
+VisualRank = Literal["attention", "uniform"]
+VISUAL_RANKS: tuple[str, ...] = typing.get_args(VisualRank)
+"""How ``visual_tokens`` chooses the image tokens it keeps."""
+
+ExitScope = Literal["generated"]
+EXIT_SCOPES: tuple[str, ...] = typing.get_args(ExitScope)
+"""Which tokens ``early_exit`` lets leave the decoder early."""
 
 PLAN_VERSION = 1
 """The plan format this module reads and writes."""
@@ -234,6 +258,41 @@ class PruneSpec:
         return float(self.sparsity)
 
 
+@dataclass(frozen=True)
+class VisualTokensSpec:
+    """From decoder layer ``after_layer`` on, only a fraction ``keep`` of the image tokens stays
+    in the sequence (FastV-style token dropping; ``keep: 0`` drops them all, like the seed
+    paper's ``exit`` mode). Layers ``after_layer ..`` neither compute nor cache the dropped
+    positions; a dropped position leaves the decoder with its hidden state at ``after_layer``.
+
+    ``rank``: ``attention`` keeps the image tokens that received the most attention (mean
+    over heads) from the last prompt token at layer ``after_layer - 1`` (FastV); ``uniform``
+    keeps an evenly spaced subset. Every row of a batch keeps
+    :func:`kept_visual_tokens` ``(image tokens, keep)`` of its image tokens.
+    """
+
+    after_layer: int
+    keep: float
+    rank: VisualRank = RANK_ATTENTION
+
+
+@dataclass(frozen=True)
+class EarlyExitSpec:
+    """Generated tokens leave the decoder after layer ``layer``, through the final norm and
+    ``lm_head``. Layers after it are skipped for them, so later generated tokens do not see
+    K/V of generated positions there either: those layers run for the prompt only (their KV
+    cache holds the prompt). ``scope`` is ``generated`` (all positions exiting is ``drop``)."""
+
+    layer: int
+    scope: ExitScope = "generated"
+
+
+def kept_visual_tokens(image_tokens: int, keep: float) -> int:
+    """Image tokens ``visual_tokens`` keeps out of ``image_tokens``: ``round(keep * image_tokens)``
+    (Python rounding, ties to even). The runtime and the FLOP count share this rule."""
+    return min(image_tokens, max(0, round(keep * image_tokens)))
+
+
 # --------------------------------------------------------------------------------------
 # The file form, built and checked by searchskip.config.loader.build
 # --------------------------------------------------------------------------------------
@@ -255,6 +314,8 @@ class _PlanFile:
     layers: Mapping[int, OpName | LayerOp] = field(default_factory=dict)
     drop: DropSpec | None = None
     prune: _PruneFile | None = None
+    visual_tokens: VisualTokensSpec | None = None
+    early_exit: EarlyExitSpec | None = None
 
 
 PLAN_KEYS = frozenset(f.name for f in dataclasses.fields(_PlanFile))
@@ -340,6 +401,12 @@ def _calibration_needed(prune: _PruneFile) -> Iterator[tuple[str, str]]:
                               "with no calibration data); remove it")
 
 
+def _keep_range(spec: VisualTokensSpec) -> Iterator[tuple[str, str]]:
+    if not 0.0 <= spec.keep <= 1.0:
+        yield "keep", (f"`0 <= keep <= 1` must hold (the fraction of image tokens kept; 0 drops them all), "
+                       f"but got keep={spec.keep!r}")
+
+
 # ---- rules across entries, on the raw data (they yield absolute dotted keys) ---------------
 
 
@@ -352,6 +419,14 @@ class _Sketch:
     ops: dict[int, str]
     drop: DropSpec | None
     pruned: tuple[int, ...]
+    scopes: dict[int, str] = field(default_factory=dict)
+    """Resolved scope of every well-formed layer entry (its own, else the plan's)."""
+    after_layer: int | None = None
+    """``visual_tokens.after_layer`` when well-formed."""
+    rank: str | None = None
+    """``visual_tokens.rank`` (its default filled in) when ``after_layer`` is well-formed."""
+    exit_layer: int | None = None
+    """``early_exit.layer`` when well-formed."""
 
 
 def _is_index(value: Any) -> bool:
@@ -360,19 +435,30 @@ def _is_index(value: Any) -> bool:
 
 def _sketch(data: dict) -> _Sketch:
     ops: dict[int, str] = {}
+    scopes: dict[int, str] = {}
+    default_scope = data.get("scope", SCOPE_ALL)
     layers = data.get("layers")
     if isinstance(layers, dict):
         for index, entry in layers.items():
             name = entry.get("op") if isinstance(entry, dict) else entry
             if _is_index(index) and index >= 0 and isinstance(name, str) and name in OPS:
                 ops[index] = name
+                own = entry.get("scope") if isinstance(entry, dict) else None
+                scopes[index] = own if own is not None else default_scope
+    visual = data.get("visual_tokens")
+    after = visual.get("after_layer") if isinstance(visual, dict) else None
+    after = after if _is_index(after) and after >= 1 else None
+    rank = (visual.get("rank", RANK_ATTENTION) if after is not None else None)
+    early = data.get("early_exit")
+    exit_layer = early.get("layer") if isinstance(early, dict) else None
+    exit_layer = exit_layer if _is_index(exit_layer) and exit_layer >= 0 else None
     drop = data.get("drop")
     start, end = (drop.get("start"), drop.get("end")) if isinstance(drop, dict) else (None, None)
     well_formed = _is_index(start) and _is_index(end) and 0 <= start < end
     prune = data.get("prune")
     sparsity = prune.get("sparsity") if isinstance(prune, dict) else None
     pruned = tuple(sorted(k for k in sparsity if _is_index(k) and k >= 0)) if isinstance(sparsity, dict) else ()
-    return _Sketch(ops, DropSpec(start, end) if well_formed else None, pruned)
+    return _Sketch(ops, DropSpec(start, end) if well_formed else None, pruned, scopes, after, rank, exit_layer)
 
 
 def _negative_layers(data: dict) -> Iterator[tuple[str, str]]:
@@ -424,6 +510,39 @@ def _prune_vs_drop(plan: _Sketch) -> Iterator[tuple[str, str]]:
                                           "pruned; remove it from the map")
 
 
+def _token_boundaries(plan: _Sketch) -> Iterator[tuple[str, str]]:
+    """A parallel_blocks pair must not straddle the layer where image tokens drop out or where
+    generated tokens exit: its two layers read the same input, so they must see the same tokens."""
+    for i in sorted(plan.ops):
+        if plan.ops[i] != PARALLEL_BLOCKS:
+            continue
+        if plan.after_layer == i + 1:
+            yield f"layers.{i}", (f"parallel_blocks at layer {i} runs layers {i} and {i + 1} on the same input, but "
+                                  f"visual_tokens.after_layer={i + 1} drops image tokens between them; move one of the two")
+        if plan.exit_layer == i:
+            yield f"layers.{i}", (f"parallel_blocks at layer {i} runs layers {i} and {i + 1} on the same input, but "
+                                  f"early_exit.layer={i} lets generated tokens leave between them; move one of the two")
+
+
+_PROMPT_ATTENTION_SKIPS = frozenset((SKIP_BLOCK, SKIP_ATTN))
+
+
+def _rank_layer_runs(plan: _Sketch) -> Iterator[tuple[str, str]]:
+    """``rank: attention`` reads the attention of layer ``after_layer - 1`` over the prompt."""
+    if plan.after_layer is None or plan.rank != RANK_ATTENTION:
+        return
+    r = plan.after_layer - 1
+    why = None
+    if plan.drop is not None and r in plan.drop.layers:
+        why = f"`drop` removes it ({_span(plan.drop)})"
+    elif plan.ops.get(r) in _PROMPT_ATTENTION_SKIPS and plan.scopes.get(r) != SCOPE_GENERATED:
+        why = f"it skips its attention for prompt positions ({plan.ops[r]} with scope {plan.scopes.get(r)!r})"
+    if why:
+        yield "visual_tokens.rank", (f"rank 'attention' ranks image tokens by the attention of layer {r} "
+                                     f"(after_layer - 1) over the prompt, but {why}; use rank: uniform, "
+                                     "or another after_layer")
+
+
 _CHECKS: dict[type, list[Any]] = {
     _PlanFile: [_version],
     LayerOp: [_layer_op_average],
@@ -431,6 +550,9 @@ _CHECKS: dict[type, list[Any]] = {
     CalibrationSpec: [at_least("samples", 1), at_least("seed", 0)],
     _PruneFile: [_sparsity_range, _sparsity_two_four, _targets_listed, _targets_fit_structure,
                  _calibration_needed],
+    VisualTokensSpec: [at_least("after_layer", 1, " (layer 0 always sees every token; rank 'attention' reads "
+                                                  "layer after_layer - 1)"), _keep_range],
+    EarlyExitSpec: [at_least("layer", 0, " (decoder layers are numbered from 0)")],
 }
 
 
@@ -445,7 +567,7 @@ def _check_data(data: Any, file: str | None) -> tuple[_PlanFile | None, list[Pro
     if isinstance(data, dict):
         across += [Problem(file, key, rule) for key, rule in _negative_layers(data)]
         sketch = _sketch(data)
-        for rule in (_parallel_pairs, _layers_vs_drop, _prune_vs_drop):
+        for rule in (_parallel_pairs, _layers_vs_drop, _prune_vs_drop, _token_boundaries, _rank_layer_runs):
             across += [Problem(file, key, text) for key, text in rule(sketch)]
         prune = data.get("prune")
         structure = prune.get("structure") if isinstance(prune, dict) else None
@@ -459,7 +581,8 @@ def _check_data(data: Any, file: str | None) -> tuple[_PlanFile | None, list[Pro
     return (None if problems else built), problems
 
 
-def _raw_dict(scope: Any, layers: Any, drop: Any, prune: Any) -> dict[str, Any]:
+def _raw_dict(scope: Any, layers: Any, drop: Any, prune: Any, visual_tokens: Any = None,
+              early_exit: Any = None) -> dict[str, Any]:
     """The file form of constructor arguments, as given (not canonical), for :func:`_check_data`."""
     data: dict[str, Any] = {"version": PLAN_VERSION, "scope": scope}
     entries: dict[Any, Any] = {}
@@ -488,6 +611,14 @@ def _raw_dict(scope: Any, layers: Any, drop: Any, prune: Any) -> dict[str, Any]:
         prune = prune_data
     if prune is not None:
         data["prune"] = prune
+    if isinstance(visual_tokens, VisualTokensSpec):
+        visual_tokens = dataclasses.asdict(visual_tokens)
+    if visual_tokens is not None:
+        data["visual_tokens"] = visual_tokens
+    if isinstance(early_exit, EarlyExitSpec):
+        early_exit = dataclasses.asdict(early_exit)
+    if early_exit is not None:
+        data["early_exit"] = early_exit
     return data
 
 
@@ -516,7 +647,11 @@ def _canonical(built: _PlanFile) -> dict[str, Any]:
         scope = max(SCOPES, key=lambda s: (counts[s], -SCOPES.index(s)))
     layers = tuple((i, LayerOp(op, None if s == scope else s, average))
                    for i, (op, s, average) in sorted(resolved.items()))
-    return {"layers": layers, "scope": scope, "drop": built.drop, "prune": _canonical_prune(built.prune)}
+    visual = built.visual_tokens
+    if visual is not None:
+        visual = None if visual.keep == 1.0 else dataclasses.replace(visual, keep=float(visual.keep))
+    return {"layers": layers, "scope": scope, "drop": built.drop, "prune": _canonical_prune(built.prune),
+            "visual_tokens": visual, "early_exit": built.early_exit}
 
 
 def _canonical_prune(prune: _PruneFile | None) -> PruneSpec | None:
@@ -611,6 +746,8 @@ class Plan:
     scope: ScopeName = SCOPE_ALL
     drop: DropSpec | None = None
     prune: PruneSpec | None = None
+    visual_tokens: VisualTokensSpec | None = None
+    early_exit: EarlyExitSpec | None = None
 
     def __post_init__(self) -> None:
         pairs = _layer_pairs(self.layers)
@@ -620,7 +757,8 @@ class Plan:
             if index in seen:
                 dupes.append(Problem(None, f"layers.{index}", f"layer {index} is given more than once"))
             seen.add(index)
-        built, problems = _check_data(_raw_dict(self.scope, pairs, self.drop, self.prune), None)
+        built, problems = _check_data(_raw_dict(self.scope, pairs, self.drop, self.prune, self.visual_tokens,
+                                                self.early_exit), None)
         if dupes or problems or built is None:
             raise ConfigError(dupes + problems)
         for name, value in _canonical(built).items():
@@ -672,7 +810,9 @@ class Plan:
 
     # ---- writing ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The canonical plain form: ``{"version": 1, "scope": ..., ["layers", "drop", "prune"]}``."""
+        """The canonical plain form: ``{"version": 1, "scope": ..., ["layers", "drop", "prune",
+        "visual_tokens", "early_exit"]}`` (absent keys are left out, so plans without the token
+        ops keep the keys they had before those ops existed)."""
         data: dict[str, Any] = {"version": PLAN_VERSION, "scope": self.scope}
         if self.layers:
             data["layers"] = {i: self._entry(op) for i, op in self.layers}
@@ -689,6 +829,10 @@ class Plan:
             if p.calibration is not None:
                 prune["calibration"] = {"samples": p.calibration.samples, "seed": p.calibration.seed}
             data["prune"] = prune
+        if self.visual_tokens is not None:
+            data["visual_tokens"] = dataclasses.asdict(self.visual_tokens)
+        if self.early_exit is not None:
+            data["early_exit"] = dataclasses.asdict(self.early_exit)
         return data
 
     @staticmethod
@@ -711,6 +855,9 @@ class Plan:
             data["drop"] = _flow(data["drop"])
         if "prune" in data:
             data["prune"] = {k: _flow(v) for k, v in data["prune"].items()}
+        for key in ("visual_tokens", "early_exit"):
+            if key in data:
+                data[key] = _flow(data[key])
         return yaml.dump(data, Dumper=_PlanDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
     def to_json(self, indent: int | None = None) -> str:
@@ -743,7 +890,8 @@ class Plan:
     @property
     def is_empty(self) -> bool:
         """Whether the plan changes nothing (the dense model)."""
-        return not self.layers and self.drop is None and self.prune is None
+        return (not self.layers and self.drop is None and self.prune is None and self.visual_tokens is None
+                and self.early_exit is None)
 
     def dropped_layers(self) -> set[int]:
         """The layer indices ``drop`` removes (empty when there is no ``drop``)."""
@@ -770,6 +918,11 @@ class Plan:
             else:
                 amount = f"{p.sparsity:.0%}"
             out.append(f"prune: {p.method} {p.structure} {amount} of {'+'.join(p.targets)}")
+        if self.visual_tokens is not None:
+            v = self.visual_tokens
+            out.append(f"visual tokens: {v.keep:.0%} kept from layer {v.after_layer} ({v.rank})")
+        if self.early_exit is not None:
+            out.append(f"early exit: {self.early_exit.scope} tokens after layer {self.early_exit.layer}")
         return out
 
     # ---- checks that need the model ------------------------------------------------------
@@ -803,6 +956,12 @@ class Plan:
             for i, _ in self.prune.sparsity:
                 if i >= num_layers:
                     add(f"prune.sparsity.{i}", f"`layer < num_layers` must hold ({model}), but got layer={i}")
+        if self.visual_tokens is not None and self.visual_tokens.after_layer >= num_layers:
+            add("visual_tokens.after_layer", f"`after_layer < num_layers` must hold ({model}), "
+                                             f"but got after_layer={self.visual_tokens.after_layer}")
+        if self.early_exit is not None and self.early_exit.layer >= num_layers - 1:
+            add("early_exit.layer", f"`layer < num_layers - 1` must hold (exiting after the last layer is no exit; "
+                                    f"{model}), but got layer={self.early_exit.layer}")
         if problems:
             raise ConfigError(problems, file)
         return self

@@ -411,3 +411,259 @@ def test_hidden_states_one_per_layer(case, op, scope, average):
     with apply(model, _plan(op, scope, average)), torch.no_grad(), plan_context(model, prompt_length=n):
         out = model(**inputs, output_hidden_states=True)
     assert len(out.hidden_states) == num_layers + 1
+
+
+# =========================================================================== token ops
+#
+# visual_tokens / early_exit are plan-level keys (searchskip.ops.tokens), not per-layer ops of
+# the registry; the same properties are checked for them on every case, plus LLaVA with
+# mixed sliding/full layers (the only case where image tokens meet a sliding window).
+
+from searchskip.errors import ModelError  # noqa: E402
+from searchskip.plan import EarlyExitSpec, VisualTokensSpec  # noqa: E402
+
+TOKEN_CASES = CASES + ("llava-qwen2-sliding",)
+TOKEN_PLANS: dict[str, Plan] = {
+    "visual-attention-1-half": Plan(visual_tokens=VisualTokensSpec(1, 0.5)),
+    "visual-attention-2-quarter": Plan(visual_tokens=VisualTokensSpec(2, 0.25, "attention")),
+    "visual-uniform-1-none": Plan(visual_tokens=VisualTokensSpec(1, 0.0, "uniform")),
+    "visual-uniform-3-half": Plan(visual_tokens=VisualTokensSpec(3, 0.5, "uniform")),
+    "exit-0": Plan(early_exit=EarlyExitSpec(0)),
+    "exit-2": Plan(early_exit=EarlyExitSpec(2)),
+    "visual+exit": Plan(visual_tokens=VisualTokensSpec(2, 0.5), early_exit=EarlyExitSpec(1)),
+    "visual+ops": Plan(layers={0: LayerOp(SKIP_ATTN, SCOPE_GENERATED), 1: LayerOp(SKIP_FFN, SCOPE_PROMPT),
+                               2: LayerOp(SKIP_BLOCK, SCOPE_NON_VISUAL), 3: LayerOp(SKIP_ATTN, SCOPE_PROMPT)},
+                       visual_tokens=VisualTokensSpec(2, 0.5)),
+    "visual+pair+drop": Plan(layers={2: LayerOp(PARALLEL_BLOCKS, average=True)}, drop=DropSpec(0, 1),
+                             visual_tokens=VisualTokensSpec(2, 0.25, "uniform"), early_exit=EarlyExitSpec(1)),
+    "exit+parallel": Plan(layers={3: PARALLEL_ATTN_FFN, 1: LayerOp(SKIP_ATTN, SCOPE_GENERATED)},
+                          early_exit=EarlyExitSpec(1)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _token_model(case: str):
+    if case == "llava-qwen2-sliding":
+        return tiny_model("llava-qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=2)
+    return _model(case)
+
+
+def _generate(model, inputs: dict, steps: int = 3):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                              output_logits=True, return_dict_in_generate=True,
+                              suppress_tokens=[IMAGE_TOKEN_ID, EOS_ID])
+
+
+@pytest.mark.parametrize("name", list(TOKEN_PLANS))
+@pytest.mark.parametrize("case", TOKEN_CASES)
+def test_token_plan_restore_is_bit_identical(case, name):
+    model = _token_model(case)
+    inputs, n = _with_generated(model)
+    dense = _logits(model, inputs, use_cache=False)
+    with apply(model, TOKEN_PLANS[name]):
+        _logits(model, inputs, n, use_cache=False)
+    assert torch.equal(_logits(model, inputs, use_cache=False), dense)
+
+
+@pytest.mark.parametrize("left_pad", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("name", list(TOKEN_PLANS))
+@pytest.mark.parametrize("case", TOKEN_CASES)
+def test_token_plan_cached_generation_matches_recompute(case, name, left_pad):
+    model = _token_model(case)
+    inputs = tiny_inputs(model, left_pad=left_pad)
+    n = inputs["input_ids"].shape[1]
+    with apply(model, TOKEN_PLANS[name]):
+        out = _generate(model, inputs)
+        full = dict(inputs, input_ids=out.sequences)
+        full["attention_mask"] = torch.cat(
+            [inputs["attention_mask"], torch.ones(out.sequences.shape[0], out.sequences.shape[1] - n,
+                                                  dtype=torch.long)], dim=1)
+        recomputed = _logits(model, full, n, use_cache=False)[:, n - 1:-1]
+    steps = torch.stack(out.logits, dim=1)
+    torch.testing.assert_close(steps, recomputed, rtol=1e-5, atol=1e-5)
+    masked = recomputed.clone()
+    masked[..., [IMAGE_TOKEN_ID, EOS_ID]] = float("-inf")
+    assert torch.equal(masked.argmax(-1), out.sequences[:, n:])
+
+
+@pytest.mark.parametrize("name", list(TOKEN_PLANS))
+@pytest.mark.parametrize("case", TOKEN_CASES)
+def test_token_plan_rows_answer_as_alone(case, name):
+    """Batching with left padding does not change answers: each row generates alone what it
+    generates in the padded batch."""
+    model = _token_model(case)
+    inputs = tiny_inputs(model, batch=3)
+    with apply(model, TOKEN_PLANS[name]):
+        batch = _generate(model, inputs)
+        for b in range(3):
+            real = inputs["attention_mask"][b].bool()
+            one = {k: (v[b:b + 1][:, real] if k in ("input_ids", "attention_mask") else v[b:b + 1])
+                   for k, v in inputs.items()}
+            alone = _generate(model, one)
+            assert torch.equal(alone.sequences[0, -3:], batch.sequences[b, -3:])
+            torch.testing.assert_close(torch.stack(alone.logits, 1)[0], torch.stack(batch.logits, 1)[b],
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("after_layer", [1, 3])
+@pytest.mark.parametrize("case", TOKEN_CASES)
+def test_keeping_every_image_token_is_the_dense_model(case, after_layer):
+    """keep rounding to every token: the reduced layers run with masks built by searchskip from
+    absolute positions, and give the dense logits bit for bit at every real position."""
+    model = _token_model(case)
+    inputs, n = _with_generated(model)
+    real = inputs["attention_mask"].bool()
+    dense = _logits(model, inputs, use_cache=False)
+    with apply(model, Plan(visual_tokens=VisualTokensSpec(after_layer, 0.99, "uniform"))):
+        planned = _logits(model, inputs, n, use_cache=False)
+    assert torch.equal(planned[real], dense[real])
+
+
+def _masked_reference(model, inputs: dict, after_layer: int, dropped: torch.Tensor) -> torch.Tensor:
+    """The dense model, where layers >= after_layer may not attend to the ``dropped`` positions
+    (batch x positions bool): its logits at every kept position equal the reduced model's."""
+    layers = get_adapter(model).layers(model)
+    t = inputs["input_ids"].shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    base = causal[None, None] & inputs["attention_mask"].bool()[:, None, None, :]
+
+    def hook(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        mask = base if mask is None else mask
+        mask = mask & ~dropped[:, None, None, :]
+        mask = mask | ~mask.any(-1, keepdim=True)
+        return args, dict(kwargs, attention_mask=mask)
+
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers[after_layer:]]
+    try:
+        return _logits(model, inputs, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _attention_scores(model, inputs: dict, layer: int, n: int) -> torch.Tensor:
+    """Layer ``layer``'s attention probabilities (mean over heads) of position n-1, from eager attention."""
+    config = get_adapter(model).text_config(model)
+    old = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=True)
+    finally:
+        config._attn_implementation = old
+    return out.attentions[layer][:, :, n - 1, :n].mean(1)
+
+
+@pytest.mark.parametrize("rank", ["uniform", "attention"])
+@pytest.mark.parametrize("case", [c for c in TOKEN_CASES if c.startswith("llava-")])
+def test_visual_tokens_equal_a_masked_dense_model(case, rank):
+    """An independent reference: the dense model with the dropped image positions masked out of
+    the attention of layers >= k gives the reduced model's logits at every kept real position;
+    the kept tokens are chosen from eager attention weights (attention) or evenly (uniform)."""
+    model = _token_model(case)
+    inputs = tiny_inputs(model)
+    n = inputs["input_ids"].shape[1]
+    after, keep = 2, 0.25
+    image = inputs["input_ids"] == IMAGE_TOKEN_ID
+    total = int(image[0].sum())
+    k = round(keep * total)
+    positions = image.nonzero()[:, 1].view(image.shape[0], total)
+    if rank == "uniform":
+        chosen = positions[:, [int((i + 0.5) * total / k) for i in range(k)]]
+    else:
+        scores = _attention_scores(model, inputs, after - 1, n).gather(1, positions)
+        chosen = positions.gather(1, scores.argsort(dim=1, descending=True, stable=True)[:, :k])
+    dropped = image.clone()
+    dropped.scatter_(1, chosen, False)
+    want = _masked_reference(model, inputs, after, dropped)
+    with apply(model, Plan(visual_tokens=VisualTokensSpec(after, keep, rank))):
+        got = _logits(model, inputs, n, use_cache=False)
+    kept = inputs["attention_mask"].bool() & ~dropped
+    torch.testing.assert_close(got[kept], want[kept], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got[kept], _logits(model, inputs, use_cache=False)[kept], atol=1e-3)
+
+
+@pytest.mark.parametrize("case", TOKEN_CASES)
+def test_early_exit_is_generated_skips_after_the_exit(case):
+    """early_exit e == skip_block with scope generated on every layer after e."""
+    model = _token_model(case)
+    inputs = tiny_inputs(model)
+    skips = Plan(layers={i: LayerOp(SKIP_BLOCK, SCOPE_GENERATED) for i in (2, 3)})
+    with apply(model, Plan(early_exit=EarlyExitSpec(1))):
+        exited = _generate(model, inputs)
+    with apply(model, skips):
+        skipped = _generate(model, inputs)
+    assert torch.equal(exited.sequences, skipped.sequences)
+    torch.testing.assert_close(torch.stack(exited.logits, 1), torch.stack(skipped.logits, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(TOKEN_PLANS))
+@pytest.mark.parametrize("case", TOKEN_CASES)
+def test_token_plan_hidden_states_one_per_layer(case, name):
+    model = _token_model(case)
+    inputs, n = _with_generated(model)
+    with apply(model, TOKEN_PLANS[name]), torch.no_grad(), plan_context(model, prompt_length=n):
+        out = model(**inputs, output_hidden_states=True)
+    assert len(out.hidden_states) == get_adapter(model).num_layers(model) + 1
+    assert all(h.shape == out.hidden_states[0].shape for h in out.hidden_states)
+
+
+@pytest.mark.parametrize("name", list(TOKEN_PLANS))
+def test_token_plan_survives_yaml(name):
+    model = _token_model("llava-llama")
+    plan = TOKEN_PLANS[name]
+    inputs, n = _with_generated(model)
+    with apply(model, plan) as applied:
+        want = _logits(model, inputs, n)
+        slots, uses = dict(applied.cache_slots), dict(applied.attention_use)
+    reloaded = Plan.from_yaml_text(plan.to_yaml())
+    assert reloaded == plan
+    with apply(model, reloaded) as applied:
+        assert applied.cache_slots == slots and applied.attention_use == uses
+        assert torch.equal(_logits(model, inputs, n), want)
+
+
+def test_reduced_slots_never_take_slot_zero():
+    """Layer 0 skips its attention for generated tokens: the first complete attention (layer 1)
+    takes slot 0; the reduced layers 2.. are 'subset' and come after it."""
+    model = _token_model("llava-llama")
+    plan = Plan(layers={0: LayerOp(SKIP_ATTN, SCOPE_GENERATED)}, visual_tokens=VisualTokensSpec(2, 0.5))
+    with apply(model, plan) as applied:
+        assert applied.attention_use == {0: "prompt", 1: "all", 2: "subset", 3: "subset"}
+        assert applied.cache_slots[1] == 0
+    with apply(model, Plan(early_exit=EarlyExitSpec(1))) as applied:
+        assert applied.attention_use == {0: "all", 1: "all", 2: "prompt", 3: "prompt"}
+
+
+def test_visual_tokens_refuse_rows_with_different_image_counts():
+    """Row 1 holds no image tokens (declared through plan_context: the call has embeddings only)."""
+    model = _token_model("llava-llama")
+    inputs = tiny_inputs(model)
+    image = inputs["input_ids"] == IMAGE_TOKEN_ID
+    image[1] = False
+    embeds = model.get_input_embeddings()(inputs["input_ids"].clamp(max=IMAGE_TOKEN_ID - 1))
+    with apply(model, Plan(visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))), torch.no_grad():
+        with plan_context(model, prompt_length=embeds.shape[1], image_mask=image):
+            with pytest.raises(RuntimeError, match="same number of image tokens in every row"):
+                model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+
+
+def test_token_plans_refuse_attention_without_4d_masks():
+    model = tiny_model("llama")
+    get_adapter(model).text_config(model)._attn_implementation = "flash_attention_2"
+    with pytest.raises(ModelError, match="attn_implementation='sdpa'"):
+        apply(model, Plan(early_exit=EarlyExitSpec(1)))
+    assert not hasattr(model, "_searchskip_applied")
+
+
+def test_visual_tokens_need_the_whole_prompt_in_one_call():
+    """A prompt declared longer than the first call (a chunked prefill) is refused, not mis-ranked."""
+    model = _token_model("llava-llama")
+    inputs = tiny_inputs(model, batch=1)
+    n = inputs["input_ids"].shape[1]
+    with apply(model, Plan(visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))), torch.no_grad():
+        with plan_context(model, prompt_length=n), pytest.raises(RuntimeError, match="whole prompt"):
+            model(input_ids=inputs["input_ids"][:, : n - 3], pixel_values=inputs["pixel_values"],
+                  attention_mask=inputs["attention_mask"][:, : n - 3], use_cache=True)

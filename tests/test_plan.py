@@ -63,7 +63,7 @@ def test_op_and_scope_names_are_module_constants():
     assert (plan_module.PARALLEL_ATTN_FFN, plan_module.PARALLEL_BLOCKS) == OPS[4:]
     assert plan_module.SCOPE_NON_VISUAL == "non_visual" and plan_module.SCOPE_GENERATED == "generated"
     assert plan_module.PRUNE_STRUCTURES == ("unstructured", "2:4", "ffn_channels")
-    assert plan_module.PLAN_KEYS == {"version", "scope", "layers", "drop", "prune"}
+    assert plan_module.PLAN_KEYS == {"version", "scope", "layers", "drop", "prune", "visual_tokens", "early_exit"}
 
 
 # --------------------------------------------------------------------------------------

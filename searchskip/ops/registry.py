@@ -28,6 +28,7 @@ __all__ = [
     "ATTN_ALL",
     "ATTN_NONE",
     "ATTN_PROMPT",
+    "ATTN_SUBSET",
     "AttentionUse",
     "LayerSite",
     "OpHandler",
@@ -36,11 +37,14 @@ __all__ = [
     "register",
 ]
 
-AttentionUse = Literal["all", "prompt", "none"]
+AttentionUse = Literal["all", "subset", "prompt", "none"]
 ATTN_ALL: AttentionUse = "all"
 """The attention projects K/V for every position: its cache slot grows with every token."""
 ATTN_PROMPT: AttentionUse = "prompt"
 """K/V are projected for (a prefix of) the prompt positions only: the slot stops within the prompt."""
+ATTN_SUBSET: AttentionUse = "subset"
+"""K/V for every position the layer computes, but token ops dropped some prompt positions there
+(:mod:`searchskip.ops.tokens`): the slot is shorter than the sequence, so it never takes slot 0."""
 ATTN_NONE: AttentionUse = "none"
 """The attention never runs: it needs no cache slot."""
 

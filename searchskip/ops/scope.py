@@ -90,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CallPositions",
     "Declaration",
+    "ViewPositions",
     "PlanRuntime",
     "Selection",
     "attention_update",
@@ -185,6 +186,9 @@ class CallPositions:
     prompt_length: int
     image: torch.Tensor | None = None
     image_unknown: bool = False
+    padding: torch.Tensor | None = None
+    """Which absolute positions ``0 .. past + length - 1`` are real tokens (batch x positions,
+    bool; the call's 2D ``attention_mask``), ``None`` when the call had none (no padding)."""
     _memo: dict = field(default_factory=dict, repr=False)
     _generation_memo: dict = field(default_factory=dict, repr=False)
     """Values that hold for the whole generation (shared by its calls' ``CallPositions``)."""
@@ -289,6 +293,42 @@ class CallPositions:
         raise ValueError(f"unknown scope {scope!r}")
 
 
+@dataclass
+class ViewPositions(CallPositions):
+    """The positions of a call as the layers of a token-reducing op see them
+    (:mod:`searchskip.ops.tokens`): a subset of the call's positions, the same number in every
+    row, in order. ``absolute`` (batch x length) holds their absolute positions; the first
+    ``view_prompt`` of every row are prompt positions. Scopes are answered over these local
+    positions, exactly as :class:`CallPositions` answers them over a whole call."""
+
+    absolute: torch.Tensor | None = None
+    view_prompt: int = 0
+
+    @property
+    def prompt_stop(self) -> int:
+        return self.view_prompt
+
+    def image_local(self) -> torch.Tensor | None:
+        if self.image_unknown:
+            return super().image_local()  # raises the explanation
+        if self.image is None or self.absolute is None:
+            return None
+        if "image" not in self._memo:
+            image = self.image[:, : self.prompt_length]
+            index = self.absolute.clamp(max=image.shape[1] - 1).to(image.device)
+            local = image.gather(1, index) & (self.absolute.to(image.device) < image.shape[1])
+            self._memo["image"] = local if bool(local.any()) else None
+        return self._memo["image"]
+
+    def kv_stop(self, scope: str) -> int:
+        if scope != SCOPE_NON_VISUAL:
+            return super().kv_stop(scope)
+        image = self.image_local()
+        if image is None:
+            return 0
+        return int(image.any(0).nonzero().max()) + 1
+
+
 # --------------------------------------------------------------------------------------
 # The runtime: records the positions of each forward call of the top-level model
 # --------------------------------------------------------------------------------------
@@ -325,7 +365,11 @@ class PlanRuntime:
         self.current: CallPositions | None = None
         self.declarations: list[Declaration] = []
         self.stash: dict[Any, Any] = {}
-        """Values handed from one layer to a later one within a call (``parallel_blocks``)."""
+        """Values handed from one layer to a later one within a call (``parallel_blocks``,
+        the attention scores ``visual_tokens`` ranks image tokens by)."""
+        self.view: ViewPositions | None = None
+        """The positions the layer now running sees, while a token-reducing op runs it on a
+        subset of the call's positions (:mod:`searchskip.ops.tokens`)."""
         self._pending: _Generation | None = None
 
     @contextlib.contextmanager
@@ -355,7 +399,7 @@ class PlanRuntime:
             image, unknown = self._image_mask(ids, past, declared)
             state = _Generation(prompt_length, image, unknown, seen=past)
         self.current = CallPositions(state.seen, length, state.prompt_length, state.image, state.image_unknown,
-                                     _generation_memo=state.memo)
+                                     padding=_padding(kwargs.get("attention_mask")), _generation_memo=state.memo)
         state.seen += length
         if cache is not None:
             _tag(cache, state)
@@ -367,6 +411,7 @@ class PlanRuntime:
             _tag(cache, self._pending)  # a cache the model created inside this call
         self.current = None
         self._pending = None
+        self.view = None
         self.stash.clear()
 
     def _image_mask(self, ids: torch.Tensor | None, past: int, declared: Declaration):
@@ -385,6 +430,11 @@ class PlanRuntime:
     def positions(self, hidden_states: torch.Tensor) -> CallPositions:
         """The positions of the current call (checked against ``hidden_states``' length)."""
         length = hidden_states.shape[1]
+        if self.view is not None:
+            if self.view.length != length:
+                raise RuntimeError(f"a decoder layer got {length} positions, but the token-reduced view of the call "
+                                   f"has {self.view.length}")
+            return self.view
         current = self.current
         if current is None:
             if not self.declarations:
@@ -400,6 +450,13 @@ class PlanRuntime:
             raise RuntimeError(f"the decoder layers got {length} positions, but the model call had "
                                f"{current.length} input positions")
         return current
+
+
+def _padding(mask: Any) -> torch.Tensor | None:
+    """The real-token mask of a 2D ``attention_mask`` (``None`` when there is none)."""
+    if not torch.is_tensor(mask) or mask.dim() != 2:
+        return None
+    return mask.bool()
 
 
 def _cache_length(cache: Any) -> int:

@@ -1,0 +1,396 @@
+"""Token reduction: ``visual_tokens`` (image tokens leave the sequence after layer k) and
+``early_exit`` (generated tokens leave the decoder after layer e).
+
+For a LLaVA-1.5 VQA sample the prefill over ~576 image tokens is almost all of the LLM's
+FLOPs; these plan keys cut it where layer skips cannot. Both are plan-level keys
+(:class:`~searchskip.plan.VisualTokensSpec`, :class:`~searchskip.plan.EarlyExitSpec`) and
+compose with every layer op, ``drop`` and ``prune``.
+
+**How a layer runs on fewer tokens.** The decoder's own loop still passes full-length hidden
+states from layer to layer (so ``output_hidden_states``, the final norm and every caller see
+the shapes they expect). A governed layer's forward gathers the positions it computes (a
+*view*: the same number per row, in order), runs the layer's forward (its op's, or the
+original) on them with the layer arguments narrowed to them, and scatters the result back;
+the other positions pass through unchanged. Nothing is computed or cached for them.
+
+* ``visual_tokens`` ``{after_layer: k, keep: r, rank}``: layers ``k ..`` see the prompt's
+  text, ``kept_visual_tokens(n, r)`` of its ``n`` image tokens, and the generated tokens. A
+  dropped image position leaves the decoder with its hidden state after layer ``k - 1``.
+  ``rank: attention`` (FastV) keeps the image tokens with the most attention (softmax
+  probabilities, mean over heads) from the last prompt token at layer ``k - 1``: the layer's
+  own q/k projections are read with forward hooks (no extra projection), rotary embeddings
+  applied, and one extra matmul scores that query against the prompt's keys (``2 * h * d *
+  S`` FLOPs, counted by :mod:`searchskip.flops`). ``uniform`` keeps image tokens ``floor((i +
+  1/2) n / K)`` of each row, ``i < K``. The choice is made once, in the call that holds the
+  prompt, and kept for the generation (stored with the KV cache's generation state).
+* ``early_exit`` ``{layer: e, scope: generated}``: layers after ``e`` do not run for generated
+  positions; such a token goes from layer ``e`` straight to the final norm and ``lm_head``.
+  Later generated tokens therefore see no K/V of generated positions at those layers (they
+  are skipped for them too): the layers run for the prompt only, which is exactly
+  ``skip_block`` with scope ``generated`` on every layer after ``e``, combined with the
+  layer's own op for the prompt. (LayerSkip instead computes the exited positions' K/V
+  from the exit state; that costs K/V projections at every later layer and is not done.)
+
+**Attention masks and the KV cache.** A reduced layer's queries and keys are not contiguous
+positions, so its 4D mask is built from absolute positions: a key is visible when it is not
+after the query, inside the layer's sliding window (in absolute positions, as the layer
+would see it unreduced), and not padding (the top-level call's 2D ``attention_mask``).
+The keys are those its cache slot holds (kept prompt positions, then generated ones) plus
+the call's own. Reduced slots are shorter than the others, so they never take cache slot
+0 (whose length ``get_seq_length()`` and transformers' masks read; see
+:func:`searchskip.apply.assign_cache_slots`): their use is ``subset``. Masks are boolean,
+or additive floats when the layer received a float mask (eager attention); a query row
+with no visible key (a padding query) is let see every key, as transformers does, so no
+NaN reaches real positions. Attention implementations other than ``sdpa`` and ``eager``
+(e.g. flash-attention with 2D masks) are refused when the plan is applied.
+
+Generation with a KV cache gives the tokens of a no-cache recompute (the recompute ranks at
+the same query against the same keys), and a left-padded batch answers as its rows do alone.
+A generation must pass its whole prompt in its first call (no chunked prefill), and every
+row of a batch must hold the same number of image tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from searchskip.errors import ModelError
+from searchskip.ops.registry import ATTN_ALL, ATTN_PROMPT, ATTN_SUBSET, AttentionUse
+from searchskip.ops.scope import CallPositions, PlanRuntime, ViewPositions, _rotate
+from searchskip.ops.skip import layer_kwargs_binder
+from searchskip.plan import RANK_ATTENTION, Plan, kept_visual_tokens
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from searchskip.arch.base import ArchAdapter
+
+__all__ = ["TokenOps", "token_forwards"]
+
+Forward = Callable[..., Any]
+_SCORES = "visual_tokens.scores"
+_KEPT = "visual_tokens.kept"
+_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class TokenOps:
+    """The token-reducing part of a plan, as :func:`searchskip.apply.apply` installs it."""
+
+    after_layer: int | None = None
+    keep: float = 1.0
+    rank: str = RANK_ATTENTION
+    exit_layer: int | None = None
+
+    @classmethod
+    def of(cls, plan: Plan) -> "TokenOps | None":
+        """The token ops of ``plan``; ``None`` when it has none."""
+        v, e = plan.visual_tokens, plan.early_exit
+        if v is None and e is None:
+            return None
+        return cls(after_layer=v.after_layer if v else None, keep=v.keep if v else 1.0,
+                   rank=v.rank if v else RANK_ATTENTION, exit_layer=e.layer if e else None)
+
+    def reduced(self, layer: int) -> bool:
+        """Whether ``layer`` runs on the kept image tokens only."""
+        return self.after_layer is not None and layer >= self.after_layer
+
+    def exited(self, layer: int) -> bool:
+        """Whether generated tokens have left the decoder before ``layer``."""
+        return self.exit_layer is not None and layer > self.exit_layer
+
+    @property
+    def rank_layer(self) -> int | None:
+        """The layer whose attention ranks the image tokens (``None`` unless ``rank: attention``)."""
+        return self.after_layer - 1 if self.after_layer is not None and self.rank == RANK_ATTENTION else None
+
+    def attention_use(self, layer: int, use: AttentionUse) -> AttentionUse:
+        """``use`` (which positions ``layer``'s attention projects K/V for) under these ops."""
+        if use == ATTN_ALL and self.exited(layer):
+            return ATTN_PROMPT
+        if use == ATTN_ALL and self.reduced(layer):
+            return ATTN_SUBSET
+        return use
+
+
+def check_attention_implementation(config: Any) -> None:
+    """Token ops pass 4D masks to the attention: refuse implementations that take other masks."""
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in _MASK_IMPLEMENTATIONS:
+        raise ModelError(f"visual_tokens / early_exit need attention that takes 4D masks ({', '.join(_MASK_IMPLEMENTATIONS)}), "
+                         f"but the model uses attn_implementation={impl!r}; load it with attn_implementation='sdpa'")
+
+
+def token_forwards(ops: TokenOps, layers: "nn.ModuleList", adapter: "ArchAdapter", runtime: PlanRuntime,
+                   forwards: dict[int, Forward], skip: set[int], windows: list[int | None]) -> dict[int, Forward]:
+    """``{layer: forward}`` for every layer the token ops govern, wrapping the forward the
+    layer would otherwise run (``forwards[layer]``, else its class's ``forward``); layers in
+    ``skip`` (dropped: they pass their input through) are left alone. ``windows``: each
+    layer's sliding window (``None``: none)."""
+    out: dict[int, Forward] = {}
+    for j, layer in enumerate(layers):
+        governed = ops.reduced(j) or ops.exited(j)
+        if j in skip or not (governed or j == ops.rank_layer):
+            continue
+        base = forwards.get(j) or functools.partial(type(layer).forward, layer)
+        out[j] = _TokenLayer(j, layer, base, ops, adapter, runtime, windows[j]).forward
+    return out
+
+
+class _TokenLayer:
+    """One governed decoder layer: runs ``base`` on its view of the call and ranks image tokens."""
+
+    def __init__(self, index: int, layer: Any, base: Forward, ops: TokenOps, adapter: "ArchAdapter",
+                 runtime: PlanRuntime, window: int | None):
+        self.index, self.layer, self.base, self.ops = index, layer, base, ops
+        self.adapter, self.runtime, self.window = adapter, runtime, window
+        self.reduced, self.exited = ops.reduced(index), ops.exited(index)
+        self.ranks = index == ops.rank_layer
+        self.bind = layer_kwargs_binder(layer)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kwargs = self.bind(args, kwargs)
+        call = self.runtime.positions(hidden_states)
+        capture = _Capture(self.adapter, self.layer) if self.ranks and _ranks_now(call) else None
+        try:
+            out = self._run(call, hidden_states, kwargs)
+        finally:
+            if capture is not None:
+                capture.close()
+        if capture is not None:
+            self.runtime.stash[_SCORES] = capture.scores(call, kwargs, self.adapter, self.layer, self.window)
+        return out
+
+    def _run(self, call: CallPositions, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        if not (self.reduced or self.exited):
+            return self.base(h, **kwargs)
+        view = _view(self.runtime, call, self.ops, self.reduced, self.exited, h.shape[0])
+        if view is None:
+            return self.base(h, **kwargs)
+        if view.size == 0:
+            return h
+        narrowed = view.layer_kwargs(kwargs, self._mask(call, view, kwargs, h.device))
+        self.runtime.view = view.positions
+        try:
+            out = self.base(view.take(h), **narrowed)
+        finally:
+            self.runtime.view = None
+        return view.put(h, out)
+
+    def _mask(self, call: CallPositions, view: "_View", kwargs: dict, device: torch.device) -> torch.Tensor:
+        cache = kwargs.get("past_key_values")
+        stored = _stored(cache, self.adapter.attention(self.layer).layer_idx) if cache is not None else 0
+        history = view.history[:, view.history.shape[1] - stored:] if stored else view.history[:, :0]
+        keys = torch.cat([history, view.absolute], dim=1)
+        return _visibility_mask(view.absolute, keys, call.padding, self.window, kwargs.get("attention_mask"), device)
+
+
+def _ranks_now(call: CallPositions) -> bool:
+    """Whether this call holds the prompt and the generation has not chosen its tokens yet."""
+    return _KEPT not in call._generation_memo and call.past == 0 and call.length >= call.prompt_length
+
+
+# --------------------------------------------------------------------------------------
+# Views: the positions a governed layer computes in one call
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _View:
+    local: torch.Tensor
+    """batch x size: the call's local positions, sorted per row."""
+    absolute: torch.Tensor
+    history: torch.Tensor
+    """batch x n: absolute positions of the keys a full slot of this layer kind holds before the call."""
+    positions: ViewPositions
+    whole: bool
+    """Whether ``local`` is every position of the call (take / put are then identities)."""
+
+    @property
+    def size(self) -> int:
+        return self.local.shape[1]
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        if self.whole:
+            return x
+        index = self.local.to(x.device)
+        if x.shape[0] != index.shape[0]:
+            x = x.expand(index.shape[0], *x.shape[1:])
+        if x.dim() == 2:
+            return x.gather(1, index)
+        return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    def put(self, h: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        if self.whole:
+            return new
+        index = self.local.to(h.device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+        return h.scatter(1, index, new.to(h.dtype))
+
+    def layer_kwargs(self, kwargs: dict, mask: torch.Tensor) -> dict:
+        """The layer's keyword arguments narrowed to the view's positions."""
+        out = dict(kwargs, attention_mask=mask)
+        rope = kwargs.get("position_embeddings")
+        if rope is not None:
+            out["position_embeddings"] = tuple(self.take(t) for t in rope)
+        if torch.is_tensor(kwargs.get("position_ids")):
+            out["position_ids"] = self.take(kwargs["position_ids"])
+        if torch.is_tensor(kwargs.get("cache_position")):
+            start = int(mask.shape[-1]) - self.size
+            out["cache_position"] = torch.arange(start, start + self.size, device=kwargs["cache_position"].device)
+        return out
+
+
+def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: bool, exited: bool,
+          batch: int) -> _View | None:
+    """The view of ``call`` for layers of this kind (memoised per call); ``None``: the whole call
+    with its own arguments."""
+    key = ("tokens.view", reduced, exited)
+    if key in call._memo:
+        return call._memo[key]
+    n, past, end = call.prompt_length, call.past, call.past + call.length
+    holds_prompt = past == 0 and end >= n
+    if not reduced and end <= n:
+        return None  # no generated position in the call: layers after the exit run it whole
+    if reduced and past < n and not holds_prompt:
+        raise RuntimeError("visual_tokens needs the whole prompt in the generation's first forward call, but "
+                           f"positions {past}..{end - 1} arrived together (the prompt is {n} long)")
+    if reduced:
+        kept = _kept(runtime, call, ops, batch) if holds_prompt else call._generation_memo[_KEPT]
+        prompt = kept if holds_prompt else kept[:, :0]
+        history = torch.cat([kept, torch.arange(n, past).expand(kept.shape[0], -1)], dim=1) if past else kept[:, :0]
+    else:
+        prompt = torch.arange(past, max(past, min(n, end))).expand(batch, -1)
+        history = torch.arange(past).expand(batch, -1)
+    generated = torch.arange(max(n, past), max(n, past) if exited else end).expand(prompt.shape[0], -1)
+    absolute = torch.cat([prompt, generated], dim=1)
+    positions = ViewPositions(past, absolute.shape[1], n, call.image, call.image_unknown, call.padding,
+                              _generation_memo=call._generation_memo, absolute=absolute,
+                              view_prompt=prompt.shape[1])
+    view = _View(absolute - past, absolute, history, positions, whole=absolute.shape[1] == call.length)
+    call._memo[key] = view
+    return view
+
+
+def _kept(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, batch: int) -> torch.Tensor:
+    """batch x K' sorted absolute prompt positions the reduced layers keep (chosen once per generation)."""
+    memo = call._generation_memo
+    if _KEPT in memo:
+        return memo[_KEPT]
+    n = call.prompt_length
+    if call.image_unknown:
+        call.image_local()  # raises the explanation
+    image = call.image[:, :n] if call.image is not None else None
+    if image is None or not bool(image.any()):
+        memo[_KEPT] = torch.arange(n).expand(batch, -1)
+        return memo[_KEPT]
+    image = image.cpu()
+    counts = image.sum(1)
+    if not bool((counts == counts[0]).all()):
+        raise RuntimeError("visual_tokens needs the same number of image tokens in every row of a batch, but the rows "
+                           f"hold {', '.join(str(int(c)) for c in counts)}")
+    batch, total = image.shape[0], int(counts[0])
+    k = kept_visual_tokens(total, ops.keep)
+    positions = image.nonzero()[:, 1].view(batch, total)  # image positions of each row, in order
+    if ops.rank == RANK_ATTENTION:
+        scores = runtime.stash.get(_SCORES)
+        if scores is None:
+            raise RuntimeError(f"visual_tokens rank 'attention': layer {ops.rank_layer} did not score the image tokens "
+                               "in the call that holds the prompt")
+        order = torch.sort(scores.cpu().float().gather(1, positions), dim=1, descending=True, stable=True).indices
+        chosen = positions.gather(1, order[:, :k])
+    else:
+        pick = ((torch.arange(k, dtype=torch.float64) + 0.5) * total / max(k, 1)).floor().long()
+        chosen = positions[:, pick]
+    text = (~image).nonzero()[:, 1].view(batch, n - total)
+    kept = torch.sort(torch.cat([text, chosen], dim=1), dim=1).values
+    memo[_KEPT] = kept
+    return kept
+
+
+# --------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------
+
+
+def _stored(cache: Any, slot: int) -> int:
+    """Keys cache slot ``slot`` holds now (0 before its first update)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or slot >= len(layers):
+        return 0
+    keys = getattr(layers[slot], "keys", None)
+    return int(keys.shape[-2]) if torch.is_tensor(keys) and keys.dim() == 4 else 0
+
+
+def _visibility_mask(queries: torch.Tensor, keys: torch.Tensor, padding: torch.Tensor | None, window: int | None,
+                     like: Any, device: torch.device) -> torch.Tensor:
+    """batch x 1 x queries x keys mask from absolute positions: causal, sliding window, padding;
+    boolean, or additive in ``like``'s dtype when ``like`` is a float mask; on ``like``'s device
+    (else ``device``)."""
+    device = like.device if torch.is_tensor(like) else device
+    q, k = queries.to(device).unsqueeze(-1), keys.to(device).unsqueeze(-2)
+    visible = k <= q
+    if window is not None:
+        visible &= (q - k) < window
+    if padding is not None:
+        visible &= padding.to(device).gather(1, keys.to(device)).unsqueeze(1)
+    visible |= ~visible.any(-1, keepdim=True)  # a padding query sees every key (no NaN)
+    visible = visible.unsqueeze(1)
+    if torch.is_tensor(like) and like.is_floating_point():
+        return torch.zeros(visible.shape, dtype=like.dtype, device=device).masked_fill(~visible, torch.finfo(like.dtype).min)
+    return visible
+
+
+# --------------------------------------------------------------------------------------
+# Ranking image tokens by attention (FastV)
+# --------------------------------------------------------------------------------------
+
+
+class _Capture:
+    """Forward hooks that keep the last outputs of a layer's q and k projections."""
+
+    def __init__(self, adapter: "ArchAdapter", layer: Any):
+        linears = adapter.attn_linears(layer)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [linears[name].register_forward_hook(functools.partial(self._keep, name)) for name in ("q", "k")]
+
+    def _keep(self, name: str, module: Any, args: Any, output: torch.Tensor) -> None:
+        self.outputs[name] = output
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def scores(self, call: CallPositions, kwargs: dict, adapter: "ArchAdapter", layer: Any,
+               window: int | None) -> torch.Tensor:
+        """batch x prompt: the attention probabilities (mean over heads) of the last prompt
+        token's query over the prompt's keys."""
+        n = call.prompt_length
+        q_out, k_out = self.outputs.get("q"), self.outputs.get("k")
+        if q_out is None or k_out is None or q_out.shape[1] < n or k_out.shape[1] < n:
+            raise RuntimeError("visual_tokens rank 'attention' needs the ranking layer's attention over the whole prompt, "
+                               "but its q/k projections did not run for every prompt position")
+        heads, kv_heads, head_dim = adapter.attn_geometry(layer)
+        batch = q_out.shape[0]
+        q = q_out[:, n - 1: n].view(batch, 1, heads, head_dim).transpose(1, 2)
+        k = k_out[:, :n].view(batch, n, kv_heads, head_dim).transpose(1, 2)
+        rope = kwargs.get("position_embeddings")
+        if rope is not None:
+            cos, sin = rope
+            q = _rotate(q, cos[:, n - 1: n], sin[:, n - 1: n])
+            k = _rotate(k, cos[:, :n], sin[:, :n])
+        if kv_heads != heads:
+            k = k.repeat_interleave(heads // kv_heads, dim=1)
+        scaling = getattr(adapter.attention(layer), "scaling", head_dim ** -0.5)
+        logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(2).float() * scaling  # batch x heads x n
+        keys = torch.arange(n, device=logits.device)
+        visible = torch.ones(batch, n, dtype=torch.bool, device=logits.device)
+        if window is not None:
+            visible &= (n - 1 - keys) < window
+        if call.padding is not None:
+            visible &= call.padding[:, :n].to(logits.device)
+        logits = logits.masked_fill(~visible.unsqueeze(1), float("-inf"))
+        return logits.softmax(-1).mean(1)

@@ -46,8 +46,8 @@ the image tokens. ``drop`` and ``prune`` change the weights, so they apply to ev
 
 **visual_tokens** ``{after_layer: k, keep: r, rank}``: from layer ``k`` on, only a fraction
 ``r`` of the image tokens stays in the sequence (``r = 0`` drops them all, as the seed paper's
-``exit`` mode); ``rank: attention`` (default) keeps those the last prompt token attended to
-most at layer ``k - 1`` (FastV), ``uniform`` an evenly spaced subset. Later layers neither
+``exit`` mode); ``rank: attention`` (default; needs ``k >= 1``) keeps those the last prompt
+token attended to most at layer ``k - 1`` (FastV), ``uniform`` an evenly spaced subset. Later layers neither
 compute nor cache the dropped positions (:mod:`searchskip.ops.tokens`).
 
 **early_exit** ``{layer: e, scope: generated}``: generated tokens leave the decoder after
@@ -447,7 +447,7 @@ def _sketch(data: dict) -> _Sketch:
                 scopes[index] = own if own is not None else default_scope
     visual = data.get("visual_tokens")
     after = visual.get("after_layer") if isinstance(visual, dict) else None
-    after = after if _is_index(after) and after >= 1 else None
+    after = after if _is_index(after) and after >= 0 else None
     rank = (visual.get("rank", RANK_ATTENTION) if after is not None else None)
     early = data.get("early_exit")
     exit_layer = early.get("layer") if isinstance(early, dict) else None
@@ -533,6 +533,10 @@ def _rank_layer_runs(plan: _Sketch) -> Iterator[tuple[str, str]]:
         return
     r = plan.after_layer - 1
     why = None
+    if r < 0:
+        yield "visual_tokens.rank", ("rank 'attention' ranks image tokens by the attention of layer after_layer - 1, "
+                                     "so `after_layer >= 1` must hold for it, but got after_layer=0; use rank: uniform")
+        return
     if plan.drop is not None and r in plan.drop.layers:
         why = f"`drop` removes it ({_span(plan.drop)})"
     elif plan.ops.get(r) in _PROMPT_ATTENTION_SKIPS and plan.scopes.get(r) != SCOPE_GENERATED:
@@ -550,8 +554,7 @@ _CHECKS: dict[type, list[Any]] = {
     CalibrationSpec: [at_least("samples", 1), at_least("seed", 0)],
     _PruneFile: [_sparsity_range, _sparsity_two_four, _targets_listed, _targets_fit_structure,
                  _calibration_needed],
-    VisualTokensSpec: [at_least("after_layer", 1, " (layer 0 always sees every token; rank 'attention' reads "
-                                                  "layer after_layer - 1)"), _keep_range],
+    VisualTokensSpec: [at_least("after_layer", 0, " (decoder layers are numbered from 0)"), _keep_range],
     EarlyExitSpec: [at_least("layer", 0, " (decoder layers are numbered from 0)")],
 }
 

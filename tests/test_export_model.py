@@ -12,6 +12,7 @@ from searchskip.apply import apply
 from searchskip.arch import get_adapter
 from searchskip.export.model import compress, removed_layers, runtime_plan
 from searchskip.plan import Plan
+from searchskip.errors import ModelError
 from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, tiny_inputs, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,6 +31,8 @@ PLANS = {
                                                        "sparsity": {0: 0.5, 2: 0.25}, "targets": ["ffn"]}},
     "unstructured": {"version": 1, "layers": {1: "skip_ffn"},
                      "prune": {"method": "magnitude", "sparsity": 0.3}},
+    "tokens": {"version": 1, "layers": {0: "skip_block"}, "drop": {"start": 1, "end": 2},
+               "visual_tokens": {"after_layer": 3, "keep": 0.25}, "early_exit": {"layer": 2}},
 }
 
 
@@ -74,6 +77,23 @@ def test_what_stays_a_runtime_plan_is_renumbered():
                                        "layers": {1: "skip_block", 3: "skip_ffn",
                                                   4: {"op": "parallel_blocks", "scope": "all"}}})
     assert runtime_plan(Plan.from_dict({"version": 1, "layers": {3: "skip_block"}}), 8)[0] is None
+
+
+def test_token_ops_are_renumbered_or_left_out():
+    """after_layer counts the kept layers before it; the exit layer is the last kept one at or
+    before it; keys whose governed layers are all removed are left out."""
+    plan = Plan.from_dict({"version": 1, "layers": {1: "skip_block"}, "drop": {"start": 5, "end": 8},
+                           "visual_tokens": {"after_layer": 3, "keep": 0.5, "rank": "uniform"},
+                           "early_exit": {"layer": 1}})
+    residual, kept = runtime_plan(plan, 8)
+    assert kept == [0, 2, 3, 4]
+    assert residual == Plan.from_dict({"version": 1, "visual_tokens": {"after_layer": 2, "keep": 0.5, "rank": "uniform"},
+                                       "early_exit": {"layer": 0}})
+    gone = Plan.from_dict({"version": 1, "drop": {"start": 4, "end": 8}, "visual_tokens": {"after_layer": 4, "keep": 0.5},
+                           "early_exit": {"layer": 4}})
+    assert runtime_plan(gone, 8) == (None, [0, 1, 2, 3])
+    with pytest.raises(ModelError, match="early_exit.layer=1"):
+        runtime_plan(Plan.from_dict({"version": 1, "drop": {"start": 0, "end": 2}, "early_exit": {"layer": 1}}), 8)
 
 
 def test_uniform_ffn_channel_pruning_shrinks_the_config():

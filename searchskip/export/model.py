@@ -15,8 +15,8 @@ plan part                                 in the export
                                           with zero channels (exact; they cost FLOPs on dense
                                           kernels). A uniform sparsity on every layer therefore
                                           shrinks ``intermediate_size`` for real.
-sublayer skips, scoped ops, parallel ops  kept as a **runtime plan**, renumbered to the
-                                          compressed layers, stored in ``searchskip_export.json``
+sublayer skips, scoped ops, parallel ops, kept as a **runtime plan**, renumbered to the
+``visual_tokens``, ``early_exit``         compressed layers, stored in ``searchskip_export.json``
                                           and applied by :func:`searchskip.load_compressed`
 ========================================  =====================================================
 
@@ -61,6 +61,15 @@ def runtime_plan(plan: Plan, num_layers: int) -> tuple[Plan | None, list[int]]:
     data = plan.to_dict()
     layers = {new_index[i]: entry for i, entry in (data.get("layers") or {}).items() if i in new_index}
     rest = {"version": data["version"], "scope": data.get("scope", "all"), "layers": layers}
+    visual, early = plan.visual_tokens, plan.early_exit
+    if visual is not None and any(i >= visual.after_layer for i in kept):
+        rest["visual_tokens"] = dict(data["visual_tokens"], after_layer=sum(i < visual.after_layer for i in kept))
+    if early is not None and any(i > early.layer for i in kept):
+        before = sum(i <= early.layer for i in kept)
+        if before == 0:
+            raise ModelError(f"early_exit.layer={early.layer}: every layer up to it is removed by the export, so "
+                             "generated tokens would skip every remaining layer; keep a layer at or before the exit")
+        rest["early_exit"] = dict(data["early_exit"], layer=before - 1)
     residual = Plan.from_dict(rest)
     return (None if residual.is_empty else residual), kept
 

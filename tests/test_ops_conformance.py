@@ -426,6 +426,7 @@ TOKEN_CASES = CASES + ("llava-qwen2-sliding",)
 TOKEN_PLANS: dict[str, Plan] = {
     "visual-attention-1-half": Plan(visual_tokens=VisualTokensSpec(1, 0.5)),
     "visual-attention-2-quarter": Plan(visual_tokens=VisualTokensSpec(2, 0.25, "attention")),
+    "visual-uniform-0-half": Plan(visual_tokens=VisualTokensSpec(0, 0.5, "uniform")),  # every layer reduced
     "visual-uniform-1-none": Plan(visual_tokens=VisualTokensSpec(1, 0.0, "uniform")),
     "visual-uniform-3-half": Plan(visual_tokens=VisualTokensSpec(3, 0.5, "uniform")),
     "exit-0": Plan(early_exit=EarlyExitSpec(0)),

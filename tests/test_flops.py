@@ -30,7 +30,7 @@ from searchskip.flops import (
     known_config,
 )
 from searchskip.flops.measure import flop_counter, measure_flops
-from searchskip.plan import SCOPES, DropSpec, LayerOp, Plan, PruneSpec
+from searchskip.plan import SCOPES, DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
 from searchskip.testing import FAMILIES, tiny_inputs, tiny_model
 
 
@@ -308,7 +308,16 @@ def _random_plan(rng: random.Random, n: int) -> Plan:
         structure = rng.choice(["unstructured", "ffn_channels"])
         prune = PruneSpec(method="magnitude", structure=structure, sparsity=rng.choice([0.1, 0.3]),
                           targets=("ffn",) if structure == "ffn_channels" else ("attn", "ffn"))
-    return Plan(layers=layers, drop=drop, prune=prune)
+    # token keys (rank uniform: no constraint on layer after_layer - 1); a parallel_blocks pair
+    # (i, i + 1) may straddle neither after_layer = i + 1 nor early_exit.layer = i
+    pairs = {i for i, op in layers.items() if op.op == "parallel_blocks"}
+    visual = early = None
+    if rng.random() < 0.3:
+        visual = VisualTokensSpec(rng.choice([k for k in range(1, n) if k - 1 not in pairs]),
+                                  rng.choice([0.0, 0.3, 0.5]), "uniform")
+    if rng.random() < 0.3:
+        early = EarlyExitSpec(rng.choice([e for e in range(n - 1) if e not in pairs]))
+    return Plan(layers=layers, drop=drop, prune=prune, visual_tokens=visual, early_exit=early)
 
 
 def _more_skipping(rng: random.Random, plan: Plan, n: int) -> Plan | None:
@@ -316,7 +325,7 @@ def _more_skipping(rng: random.Random, plan: Plan, n: int) -> Plan | None:
     ops = dict(plan.layers)
     dropped = plan.dropped_layers()
     partners = {i + 1 for i, op in ops.items() if op.op == "parallel_blocks"}
-    step = rng.randrange(5)
+    step = rng.randrange(6)
     if step == 0:  # a kept layer gets a skip
         free = [i for i in range(n) if i not in ops and i not in dropped and i not in partners]
         if not free:
@@ -339,14 +348,24 @@ def _more_skipping(rng: random.Random, plan: Plan, n: int) -> Plan | None:
         if not cand:
             return None
         ops[rng.choice(cand)] = LayerOp("skip_block", "all")
-    else:  # more pruning
+    elif step == 4:  # more pruning
         p = plan.prune
         if p is None or p.per_layer:
             return None
         return dataclasses.replace(plan, prune=dataclasses.replace(p, sparsity=min(0.9, p.sparsity + 0.2)))
+    else:  # fewer image tokens kept, or generated tokens exiting one layer earlier
+        v, e = plan.visual_tokens, plan.early_exit
+        choices = []
+        if v is not None and v.keep > 0:
+            fewer = dataclasses.replace(v, keep=max(0.0, v.keep - 0.25))
+            choices.append(dataclasses.replace(plan, visual_tokens=fewer))
+        if e is not None and e.layer > 0 and not (e.layer - 1 in ops and ops[e.layer - 1].op == "parallel_blocks"):
+            choices.append(dataclasses.replace(plan, early_exit=EarlyExitSpec(e.layer - 1)))
+        return rng.choice(choices) if choices else None
     scoped = {i: LayerOp(op.op, plan.op_for(i).scope if op.scope is None else op.scope, op.average)
               for i, op in ops.items()}
-    return Plan(layers=scoped, drop=plan.drop, prune=plan.prune)
+    return Plan(layers=scoped, drop=plan.drop, prune=plan.prune, visual_tokens=plan.visual_tokens,
+                early_exit=plan.early_exit)
 
 
 @pytest.mark.parametrize("family", ["llava-llama", "mistral"])

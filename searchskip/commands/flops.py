@@ -173,6 +173,34 @@ def _bytes(n: float) -> str:
     return f"{n:g} B"
 
 
+def token_lines(report) -> list[str]:
+    """What the plan's token keys (``visual_tokens``, ``early_exit``) do on the report's
+    workload, one line each (none for a plan without them)."""
+    from searchskip.flops import RANK_SCORES
+    from searchskip.plan import kept_visual_tokens
+
+    out = []
+    plan, w = report.plan, report.workload
+    if plan.visual_tokens is not None:
+        v = plan.visual_tokens
+        n_img = w.image_positions()
+        kept = kept_visual_tokens(n_img, v.keep)
+        text = (f"visual tokens: {kept} of {n_img} image tokens kept from layer {v.after_layer} on "
+                f"(prompt {w.prompt_length:g} -> {w.prompt_length - (n_img - kept):g} positions), rank {v.rank}")
+        if n_img == 0:
+            text += " (no image tokens: nothing is dropped)"
+        rank = report.by_part("llm_prefill").get(RANK_SCORES, 0.0)
+        if rank:
+            factor, unit = _scale(rank)
+            text += f"; ranking scores at layer {v.after_layer - 1} (in its q.k): {rank / factor:,.3f} {unit}"
+        out.append(text)
+    if plan.early_exit is not None:
+        e = plan.early_exit
+        out.append(f"early exit: {e.scope} tokens leave after layer {e.layer}; layers {e.layer + 1}.. run for the "
+                   "prompt only")
+    return out
+
+
 def print_report(console, job, config_source: str, plan_file: str | None, report, baseline) -> None:
     """Rich tables: components, decoder layers, then totals, ratio, depth and parameters."""
     from rich.table import Table
@@ -236,6 +264,8 @@ def print_report(console, job, config_source: str, plan_file: str | None, report
                        ("q", "k", "v", "o", "scores", "weighted_sum", "mlp", "total")))
     console.print(layers)
     line(Text("q.k: attention scores; att.v: weighted sum of values; '-': not computed"))
+    for text in token_lines(report):
+        line(Text(text))
 
     ratio = report.ratio(baseline)
     line(Text(f"total: {total / factor:,.4f} {unit} per sample ({count}, {attention} attention) = "

@@ -60,6 +60,35 @@ prompt -- together ``prompt`` --, and ``generated``; a scope covers some of them
   removed), lowering dense FLOPs; ``unstructured`` and ``"2:4"`` leave dense FLOPs and lower
   only ``sparse`` FLOPs (a linear's dense FLOPs times its nonzero fraction).
 
+**Token keys** (plan-level; they compose with every layer op, ``drop`` and ``prune``, through
+the same per-class sets of :class:`~searchskip.flops.count.LayerExec`):
+
+* ``visual_tokens {after_layer: k, keep: r, rank}``: at layers ``k ..`` the image class has
+  ``K = kept_visual_tokens(n_img, r)`` = ``round(r * n_img)`` positions instead of ``n_img``
+  (:func:`~searchskip.plan.kept_visual_tokens`, the runtime's rule); the dropped positions
+  are neither computed nor cached there, and later positions shift left: the prompt is
+  ``S' = S - (n_img - K)`` positions long, a query at reduced position ``p`` attends
+  ``min(p + 1, W)`` keys of the reduced sequence (the kernel convention: ``S' x S'`` for a
+  full prefill), and a decode step attends over the reduced cache. Every op of those layers
+  (scopes included: ``non_visual`` runs the ``K`` kept image queries) counts over the reduced
+  classes. With a sliding window ``W`` the causal count takes the window in reduced
+  positions (the last ``W`` kept keys), which is exact when ``W`` covers the sequence
+  (``W >= S' + N``; Mistral's 4096 on LLaVA workloads); the runtime masks the window in
+  absolute positions, so for a shorter window the causal count is an upper bound (the
+  kernel count, the rectangle SDPA is given, is exact either way). ``rank: attention`` adds
+  one matmul to the prefill at layer ``k - 1`` (part ``rank_scores``): the last prompt
+  query against the keys of all ``S`` prompt positions, ``2 * h * d * S`` FLOPs (``h``
+  query heads, ``d`` head dim of layer ``k - 1``), the same in both attention conventions
+  (its softmax, mean over heads and top-k are elementwise). ``rank: uniform`` adds nothing.
+  With no image positions (a text-only model, or ``images: 0``) there is nothing to rank or
+  drop: ``visual_tokens`` changes nothing and adds nothing. The vision tower, projector,
+  layers ``< k`` and ``lm_head`` are unchanged (dropped positions still reach the final norm
+  with their hidden state).
+* ``early_exit {layer: e, scope: generated}``: at every layer ``> e`` generated positions
+  compute nothing -- no q/k/v/o, attention or FFN --, exactly ``skip_block`` with scope
+  ``generated`` there, on top of the layer's own op for the prompt (its cache holds the prompt
+  only). ``lm_head`` still runs once per generated token. The decode depth falls accordingly.
+
 The budget convention (:class:`~searchskip.flops.report.Budget`): a ratio of the unplanned
 model's FLOPs on the same workload or absolute GFLOPs per sample, of ``dense`` (default) or
 ``sparse`` FLOPs, with ``causal`` (default) or ``kernel`` attention.
@@ -88,6 +117,7 @@ from searchskip.flops.report import (
     ATTENTIONS,
     COMPONENTS,
     COUNTS,
+    RANK_SCORES,
     Budget,
     Depth,
     FlopEntry,
@@ -102,6 +132,7 @@ __all__ = [
     "COMPONENTS",
     "COUNTS",
     "KNOWN_CONFIGS",
+    "RANK_SCORES",
     "SCOPE_CLASSES",
     "ArchGeometry",
     "Budget",

@@ -6,16 +6,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from searchskip.flops.geometry import ArchGeometry, DecoderLayerGeometry, Linear, geometry_of
-from searchskip.flops.report import COUNTS, ATTENTIONS, Depth, FlopEntry, FlopReport, ParamCount
+from searchskip.flops.report import ATTENTIONS, COUNTS, RANK_SCORES, Depth, FlopEntry, FlopReport, ParamCount
 from searchskip.flops.workload import Workload
 from searchskip.plan import (
     PARALLEL_ATTN_FFN,
     PARALLEL_BLOCKS,
+    RANK_ATTENTION,
     SKIP_ATTN,
     SKIP_BLOCK,
     SKIP_FFN,
     Plan,
     PruneSpec,
+    kept_visual_tokens,
 )
 
 __all__ = [
@@ -53,7 +55,14 @@ class LayerExec:
       :func:`kv_classes`;
     * ``ffn``: classes that run the FFN;
     * ``parallel``: classes for which attention and FFN read the same input (depth 1);
-    * ``pair``: classes for which this layer and the next run side by side (parallel_blocks).
+    * ``pair``: classes for which this layer and the next run side by side (parallel_blocks);
+    * ``image_keep``: the plan's ``visual_tokens.keep`` at layers ``after_layer ..`` (the
+      image class then has :func:`~searchskip.plan.kept_visual_tokens` positions and every
+      later position shifts left), ``None`` where every image token is in the sequence;
+    * ``rank``: the layer computes ``visual_tokens``' ranking scores (``rank: attention``, at
+      layer ``after_layer - 1``): the last prompt query against the keys of every prompt position;
+    * ``exited``: classes that left the decoder before this layer (``early_exit``: the
+      generated class after layer ``early_exit.layer``); they are in none of ``q``, ``kv``, ``ffn``.
     """
 
     index: int
@@ -64,12 +73,24 @@ class LayerExec:
     ffn: frozenset[str]
     parallel: frozenset[str] = NONE
     pair: frozenset[str] = NONE
+    image_keep: float | None = None
+    rank: bool = False
+    exited: frozenset[str] = NONE
 
     @property
     def label(self) -> str:
-        if self.op in ("keep", "dropped"):
+        """The layer's op (with its scope when not ``all``), then what the plan's token keys do
+        there: ``keep``, ``skip_ffn [prompt], 50% image tokens, generated exited``,
+        ``keep, ranks image tokens``; ``dropped`` for a dropped layer."""
+        if self.op == "dropped":
             return self.op
-        return self.op if self.scope == "all" else f"{self.op} [{self.scope}]"
+        notes = [self.op if self.op == "keep" or self.scope == "all" else f"{self.op} [{self.scope}]"]
+        if self.rank:
+            notes.append("ranks image tokens")
+        if self.image_keep is not None:
+            notes.append(f"{self.image_keep:.0%} image tokens")
+        notes.extend(f"{c} exited" for c in CLASSES if c in self.exited)
+        return ", ".join(notes)
 
     def depth(self, cls: str) -> int:
         """Sequential sublayers this layer puts on the path of a position of class ``cls``."""
@@ -78,9 +99,16 @@ class LayerExec:
 
 
 def layer_execution(plan: Plan, num_layers: int) -> tuple[LayerExec, ...]:
-    """What every decoder layer computes under ``plan`` (checked against ``num_layers``)."""
+    """What every decoder layer computes under ``plan`` (checked against ``num_layers``).
+
+    The plan's token keys act on the classes of every layer op: after ``early_exit.layer``
+    the generated class leaves ``q`` and ``ffn`` (what ``skip_block`` with scope
+    ``generated`` does, on top of the layer's own op); from ``visual_tokens.after_layer`` on
+    the layer carries ``image_keep``, and ``rank: attention`` marks layer ``after_layer - 1``.
+    """
     plan.validate(num_layers)
     dropped = plan.dropped_layers()
+    visual, early = plan.visual_tokens, plan.early_exit
     out = []
     for i in range(num_layers):
         if i in dropped:
@@ -88,13 +116,17 @@ def layer_execution(plan: Plan, num_layers: int) -> tuple[LayerExec, ...]:
             continue
         op = plan.op_for(i)
         scope = SCOPE_CLASSES[op.scope]
-        q = ALL - scope if op.op in (SKIP_BLOCK, SKIP_ATTN) else ALL
-        ffn = ALL - scope if op.op in (SKIP_BLOCK, SKIP_FFN) else ALL
+        exited = SCOPE_CLASSES[early.scope] if early is not None and i > early.layer else NONE
+        q = (ALL - scope if op.op in (SKIP_BLOCK, SKIP_ATTN) else ALL) - exited
+        ffn = (ALL - scope if op.op in (SKIP_BLOCK, SKIP_FFN) else ALL) - exited
         kv = kv_classes(q)
         out.append(LayerExec(
             i, op.op, op.scope, frozenset(q), frozenset(kv), frozenset(ffn),
             parallel=scope if op.op == PARALLEL_ATTN_FFN else NONE,
             pair=scope if op.op == PARALLEL_BLOCKS else NONE,
+            image_keep=visual.keep if visual is not None and i >= visual.after_layer else None,
+            rank=visual is not None and visual.rank == RANK_ATTENTION and i == visual.after_layer - 1,
+            exited=exited,
         ))
     return tuple(out)
 
@@ -216,10 +248,17 @@ def count_flops(
 
     n_img = workload.image_positions()
     before = workload.text_before_image if n_img else 0.0
-    sizes = {PRE: before, IMAGE: float(n_img), POST: workload.prompt_tokens - before, GEN: workload.decode_steps}
-    starts = {PRE: 0.0, IMAGE: before, POST: before + n_img, GEN: workload.prompt_length}
+    kept = kept_visual_tokens(n_img, plan.visual_tokens.keep) if plan.visual_tokens is not None else n_img
     prompt = workload.prompt_length
     decode = workload.decode_steps
+
+    def positions(image: int) -> tuple[dict[str, float], dict[str, float]]:
+        """``(sizes, starts)`` of the classes when ``image`` image positions are in the sequence."""
+        sizes = {PRE: before, IMAGE: float(image), POST: workload.prompt_tokens - before, GEN: decode}
+        starts = {PRE: 0.0, IMAGE: before, POST: before + image, GEN: workload.prompt_tokens + image}
+        return sizes, starts
+
+    layer_positions = [positions(n_img if ex.image_keep is None else kept) for ex in execs]
 
     entries: list[FlopEntry] = []
 
@@ -247,14 +286,18 @@ def count_flops(
 
     # ---- decoder layers ----
     removed_params = zeroed_weights = 0
-    for ex, g in zip(execs, geometry.layers):
+    for ex, g, (sizes, starts) in zip(execs, geometry.layers, layer_positions):
         i = ex.index
         if ex.op == "dropped":
             continue
-        linears, kept, removed, zeroed = _pruned_layer(g, plan.prune, i)
+        linears, kept_fraction, removed, zeroed = _pruned_layer(g, plan.prune, i)
         removed_params += removed
         zeroed_weights += zeroed
         per_pair = 2 * g.heads * g.head_dim  # one of: q.k scores, weighted sum of v
+        if ex.rank and n_img:
+            # visual_tokens' ranking: the last prompt query against the keys of all S prompt
+            # positions, q (H, 1, hd) @ k^T (H, hd, S), as computed (no mask, no window)
+            add("llm_prefill", i, RANK_SCORES, per_pair * prompt)
         for component, classes in (("llm_prefill", PROMPT_CLASSES), ("llm_decode", frozenset((GEN,)))):
             def n(which: frozenset[str]) -> float:
                 return sum(sizes[c] for c in which & classes)
@@ -264,7 +307,7 @@ def count_flops(
                 lin = linears[name]
                 tokens = n_kv if name in ("k", "v") else n_q
                 dense = tokens * lin.flops_per_token
-                add(component, i, name, dense, dense * kept[name])
+                add(component, i, name, dense, dense * kept_fraction[name])
             causal = sum(causal_pairs(starts[c], starts[c] + sizes[c], g.sliding_window) for c in ex.q & classes)
             if component == "llm_prefill":
                 # one call: every computed query against every key projected in it (the whole
@@ -277,7 +320,7 @@ def count_flops(
             for lin0 in g.mlp:
                 lin = linears[lin0.name]
                 dense = n_ffn * lin.flops_per_token
-                add(component, i, lin.name, dense, dense * kept[lin.name])
+                add(component, i, lin.name, dense, dense * kept_fraction[lin.name])
 
     # ---- linears of the language model outside its layers, and lm_head ----
     for lin in geometry.extra_linears:
@@ -290,27 +333,28 @@ def count_flops(
     params = ParamCount(total=geometry.params_total, stored=stored, nonzero=stored - zeroed_weights)
     return FlopReport(
         entries=tuple(entries), workload=workload, plan=plan, arch=geometry.name,
-        layer_ops=tuple(ex.label for ex in execs), depth=_depth(execs, sizes), params=params,
-        count=count, attention=attention,
+        layer_ops=tuple(ex.label for ex in execs), depth=_depth(execs, [sizes for sizes, _ in layer_positions]),
+        params=params, count=count, attention=attention,
     )
 
 
-def _depth(execs: tuple[LayerExec, ...], sizes: dict[str, float]) -> Depth:
+def _depth(execs: tuple[LayerExec, ...], sizes: list[dict[str, float]]) -> Depth:
     """Sequential decoder sublayers on the longest path of the prefill (over the prompt's
-    classes present) and of one decode step."""
-    def phase(classes: list[str]) -> int:
+    classes present at each layer, ``sizes[i]``: image tokens ``visual_tokens`` dropped are
+    not on the path) and of one decode step (generated tokens that exited are not either)."""
+    def phase(classes: list[list[str]]) -> int:
         total, i = 0, 0
         while i < len(execs):
             ex = execs[i]
-            if ex.pair and i + 1 < len(execs):
+            if ex.pair and i + 1 < len(execs):  # a pair never straddles a token boundary (Plan checks it)
                 nxt = execs[i + 1]
                 total += max((max(ex.depth(c), nxt.depth(c)) if c in ex.pair else ex.depth(c) + nxt.depth(c))
-                             for c in classes)
+                             for c in classes[i])
                 i += 2
             else:
-                total += max(ex.depth(c) for c in classes)
+                total += max(ex.depth(c) for c in classes[i])
                 i += 1
         return total
 
-    prompt = [c for c in (PRE, IMAGE, POST) if sizes[c] > 0] or [POST]
-    return Depth(prefill=phase(prompt), decode=phase([GEN]))
+    prompt = [[c for c in (PRE, IMAGE, POST) if s[c] > 0] or [POST] for s in sizes]
+    return Depth(prefill=phase(prompt), decode=phase([[GEN]] * len(execs)))

@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from searchskip.plan import Plan
 
 __all__ = [
-    "ATTENTIONS", "COUNTS", "COMPONENTS", "DTYPE_BYTES", "Budget", "Depth", "FlopEntry", "FlopReport", "ParamCount",
+    "ATTENTIONS", "COUNTS", "COMPONENTS", "DTYPE_BYTES", "RANK_SCORES", "Budget", "Depth", "FlopEntry", "FlopReport",
+    "ParamCount",
 ]
 
 COUNTS = ("dense", "sparse")
@@ -35,6 +36,12 @@ COMPONENT_TITLES = {
 
 ATTENTION_PARTS = ("scores", "weighted_sum")
 ATTN_PROJECTIONS = ("q", "k", "v", "o")
+RANK_SCORES = "rank_scores"
+"""The part (of ``llm_prefill``, at layer ``visual_tokens.after_layer - 1``) that counts the
+ranking matmul of ``visual_tokens`` with ``rank: attention``."""
+LAYER_COLUMNS = {RANK_SCORES: "scores"}
+"""Parts :meth:`FlopReport.by_layer` adds to another column than their own name or ``mlp``:
+``visual_tokens``' ranking scores (``rank_scores``) are q.k scores."""
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -46,7 +53,8 @@ class FlopEntry:
     ``layer``: the decoder layer (``llm_*``), the vision encoder layer (``vision``) or ``None``.
     ``part``: a linear's name (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``, ``fc1``,
     ``q_proj``, ``linear_1``, ``lm_head``...), ``scores`` (q.k) / ``weighted_sum`` (attention
-    times v), or ``patch_embed``.
+    times v), ``rank_scores`` (``visual_tokens``' ranking with ``rank: attention``: the last
+    prompt query against every prompt key, at layer ``after_layer - 1``), or ``patch_embed``.
     """
 
     component: str
@@ -154,7 +162,8 @@ class FlopReport:
 
     def by_layer(self, count: str | None = None, attention: str | None = None) -> list[dict[str, Any]]:
         """One row per decoder layer (prefill and decode together): ``q, k, v, o, scores,
-        weighted_sum, mlp, total`` and ``op``."""
+        weighted_sum, mlp, total`` and ``op`` (the layer's label, with what the plan's token keys
+        do there). ``scores`` includes the ``rank_scores`` of ``visual_tokens`` (see :data:`LAYER_COLUMNS`)."""
         c, a = self._conv(count, attention)
         rows: list[dict[str, Any]] = []
         for i, op in enumerate(self.layer_ops):
@@ -165,7 +174,7 @@ class FlopReport:
             if e.component not in ("llm_prefill", "llm_decode") or e.layer is None:
                 continue
             row = rows[e.layer]
-            key = e.part if e.part in ATTN_PROJECTIONS + ATTENTION_PARTS else "mlp"
+            key = LAYER_COLUMNS.get(e.part) or (e.part if e.part in ATTN_PROJECTIONS + ATTENTION_PARTS else "mlp")
             v = e.value(c, a)
             row[key] += v
             row["total"] += v

@@ -303,6 +303,9 @@ class ViewPositions(CallPositions):
 
     absolute: torch.Tensor | None = None
     view_prompt: int = 0
+    exited: bool = False
+    """Generated tokens never reach this layer (``early_exit``): no later query runs here, so an
+    attention skipped for the prompt projects no K/V for it."""
 
     @property
     def prompt_stop(self) -> int:
@@ -321,6 +324,8 @@ class ViewPositions(CallPositions):
         return self._memo["image"]
 
     def kv_stop(self, scope: str) -> int:
+        if scope == SCOPE_PROMPT and self.exited:
+            return 0
         if scope != SCOPE_NON_VISUAL:
             return super().kv_stop(scope)
         image = self.image_local()

@@ -169,11 +169,9 @@ class _TokenLayer:
         if not (self.reduced or self.exited):
             return self.base(h, **kwargs)
         view = _view(self.runtime, call, self.ops, self.reduced, self.exited, h.shape[0])
-        if view is None:
-            return self.base(h, **kwargs)
         if view.size == 0:
             return h
-        narrowed = view.layer_kwargs(kwargs, self._mask(call, view, kwargs, h.device))
+        narrowed = view.layer_kwargs(kwargs, self._mask(call, view, kwargs, h.device)) if view.own_mask else kwargs
         self.runtime.view = view.positions
         try:
             out = self.base(view.take(h), **narrowed)
@@ -190,8 +188,11 @@ class _TokenLayer:
 
 
 def _ranks_now(call: CallPositions) -> bool:
-    """Whether this call holds the prompt and the generation has not chosen its tokens yet."""
-    return _KEPT not in call._generation_memo and call.past == 0 and call.length >= call.prompt_length
+    """Whether this call holds the prompt, the prompt holds image tokens, and the generation has
+    not chosen its tokens yet."""
+    if _KEPT in call._generation_memo or call.past != 0 or call.length < call.prompt_length:
+        return False
+    return call.image is not None and bool(call.image[:, : call.prompt_length].any())
 
 
 # --------------------------------------------------------------------------------------
@@ -209,6 +210,8 @@ class _View:
     positions: ViewPositions
     whole: bool
     """Whether ``local`` is every position of the call (take / put are then identities)."""
+    own_mask: bool = True
+    """Whether the layer gets a mask built for the view (else the one it received)."""
 
     @property
     def size(self) -> int:
@@ -245,19 +248,17 @@ class _View:
 
 
 def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: bool, exited: bool,
-          batch: int) -> _View | None:
-    """The view of ``call`` for layers of this kind (memoised per call); ``None``: the whole call
-    with its own arguments."""
+          batch: int) -> _View:
+    """The view of ``call`` for layers of this kind (memoised per call)."""
     key = ("tokens.view", reduced, exited)
     if key in call._memo:
         return call._memo[key]
     n, past, end = call.prompt_length, call.past, call.past + call.length
     holds_prompt = past == 0 and end >= n
-    if not reduced and end <= n:
-        return None  # no generated position in the call: layers after the exit run it whole
     if reduced and past < n and not holds_prompt:
         raise RuntimeError("visual_tokens needs the whole prompt in the generation's first forward call, but "
                            f"positions {past}..{end - 1} arrived together (the prompt is {n} long)")
+    own_mask = True
     if reduced:
         kept = _kept(runtime, call, ops, batch) if holds_prompt else call._generation_memo[_KEPT]
         prompt = kept if holds_prompt else kept[:, :0]
@@ -265,12 +266,14 @@ def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: boo
     else:
         prompt = torch.arange(past, max(past, min(n, end))).expand(batch, -1)
         history = torch.arange(past).expand(batch, -1)
+        own_mask = end > n  # a prompt-only call runs whole, with the layer's own mask
     generated = torch.arange(max(n, past), max(n, past) if exited else end).expand(prompt.shape[0], -1)
     absolute = torch.cat([prompt, generated], dim=1)
     positions = ViewPositions(past, absolute.shape[1], n, call.image, call.image_unknown, call.padding,
                               _generation_memo=call._generation_memo, absolute=absolute,
-                              view_prompt=prompt.shape[1])
-    view = _View(absolute - past, absolute, history, positions, whole=absolute.shape[1] == call.length)
+                              view_prompt=prompt.shape[1], exited=exited)
+    view = _View(absolute - past, absolute, history, positions, whole=absolute.shape[1] == call.length,
+                 own_mask=own_mask)
     call._memo[key] = view
     return view
 

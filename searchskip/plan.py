@@ -69,7 +69,8 @@ compare and hash equal however they were written:
   scope in :data:`SCOPES`; ``all`` when there is no op), and an op's ``scope`` is stored
   only when it differs from that default. So ``scope: generated`` with ``3: skip_block`` is
   the same plan as ``3: {op: skip_block, scope: generated}``.
-* A ``visual_tokens`` with ``keep: 1`` keeps every token and is removed.
+* A ``visual_tokens`` with ``keep: 1`` keeps every token and is removed; with ``keep: 0`` it
+  keeps none, so there is nothing to rank and its ``rank`` is ``uniform``.
 * A prune whose sparsity is 0 everywhere prunes nothing and is removed; zero entries of a
   per-layer map are removed; targets are kept in the order of :data:`PRUNE_TARGETS`;
   ``wanda`` always has a calibration (defaults filled in), ``magnitude`` never has one.
@@ -449,6 +450,8 @@ def _sketch(data: dict) -> _Sketch:
     after = visual.get("after_layer") if isinstance(visual, dict) else None
     after = after if _is_index(after) and after >= 0 else None
     rank = (visual.get("rank", RANK_ATTENTION) if after is not None else None)
+    if after is not None and visual.get("keep") == 0:
+        rank = RANK_UNIFORM  # nothing kept, nothing ranked
     early = data.get("early_exit")
     exit_layer = early.get("layer") if isinstance(early, dict) else None
     exit_layer = exit_layer if _is_index(exit_layer) and exit_layer >= 0 else None
@@ -652,7 +655,8 @@ def _canonical(built: _PlanFile) -> dict[str, Any]:
                    for i, (op, s, average) in sorted(resolved.items()))
     visual = built.visual_tokens
     if visual is not None:
-        visual = None if visual.keep == 1.0 else dataclasses.replace(visual, keep=float(visual.keep))
+        rank = RANK_UNIFORM if visual.keep == 0 else visual.rank  # nothing kept: nothing to rank
+        visual = None if visual.keep == 1.0 else dataclasses.replace(visual, keep=float(visual.keep), rank=rank)
     return {"layers": layers, "scope": scope, "drop": built.drop, "prune": _canonical_prune(built.prune),
             "visual_tokens": visual, "early_exit": built.early_exit}
 

@@ -12,21 +12,17 @@ positions 28, 29, 30).
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
-import torch
 
 from searchskip import cli
-from searchskip.apply import apply
 from searchskip.flops import RANK_SCORES, Workload, causal_pairs, count_flops, known_config
-from searchskip.flops.measure import measure_flops
 from searchskip.plan import DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec, kept_visual_tokens
-from searchskip.testing import FAMILIES, tiny_inputs, tiny_model
+from searchskip.testing import FAMILIES
+from tests.test_flops import BEFORE, GENERATED, TEXT, check_matches_flop_counter, model_of, workload_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEXT, BEFORE, GENERATED = 12, 2, 4
 IMG = 16                                   # image tokens of the tiny LLaVA models
 S = IMG + TEXT                             # 28 prompt positions
 DECODE = GENERATED - 1                     # 3 decode steps
@@ -34,21 +30,6 @@ PROJ = 2 * 32 * 32                         # one of q, k, v, o, per token
 MLP = 3 * 2 * 32 * 64                      # gate + up + down, per token
 PAIR = 2 * 4 * 8                           # one of: q.k scores, weighted sum, per query-key pair
 CONVENTIONS = [(c, a) for c in ("dense", "sparse") for a in ("causal", "kernel")]
-
-_MODELS: dict[str, torch.nn.Module] = {}
-
-
-def model_of(family: str):
-    if family not in _MODELS:
-        _MODELS[family] = tiny_model(family)
-    return _MODELS[family]
-
-
-def workload_of(family: str, generated: int = GENERATED) -> Workload:
-    llava = family.startswith("llava-")
-    return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=int(llava),
-                    text_before_image=BEFORE if llava else 0)
-
 
 def entry(report, component: str, layer: int, part: str, attention: str = "causal") -> float:
     return sum(e.value("dense", attention) for e in report.entries
@@ -356,22 +337,7 @@ TOKEN_PLANS: dict[str, Plan] = {
 }
 
 
-def generate_flops(model, generated: int = GENERATED) -> int:
-    inputs = tiny_inputs(model, batch=1, seq=TEXT)
-    total, out = measure_flops(lambda: model.generate(**inputs, max_new_tokens=generated, min_new_tokens=generated,
-                                                      do_sample=False))
-    assert out.shape[1] == inputs["input_ids"].shape[1] + generated
-    return total
-
-
 @pytest.mark.parametrize("name", list(TOKEN_PLANS))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_token_plans_match_flop_counter(family, name):
-    plan = TOKEN_PLANS[name]
-    model = model_of(family)
-    with apply(model, plan):
-        measured = generate_flops(model)
-    report = count_flops(model.config, plan, workload_of(family))
-    kernel = report.total(attention="kernel")
-    assert math.isclose(kernel, measured, rel_tol=0.01), (kernel, measured, (kernel - measured) / measured)
-    assert measured - report.causal_correction == pytest.approx(report.total(attention="causal"), rel=1e-12)
+    check_matches_flop_counter(family, TOKEN_PLANS[name])

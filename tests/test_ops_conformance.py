@@ -294,10 +294,14 @@ def test_skip_block_equals_deleted_layer(case, layer, op):
                          ids=["layer0-padded", "layer2-padded", "layer0-unpadded"])
 @pytest.mark.parametrize("case", CASES)
 def test_cached_generation_matches_recompute(case, layer, left_pad, op, scope, average):
-    model = _model(case)
+    _check_cached_matches_recompute(_model(case), _plan(op, scope, average, layer), left_pad)
+
+
+def _check_cached_matches_recompute(model, plan: Plan, left_pad: bool) -> None:
+    """Greedy generation with a KV cache gives the logits and tokens of a no-cache recompute."""
     inputs = tiny_inputs(model, left_pad=left_pad)
     n = inputs["input_ids"].shape[1]
-    with apply(model, _plan(op, scope, average, layer)), torch.no_grad():
+    with apply(model, plan), torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN_ID, EOS_ID])
         full = dict(inputs, input_ids=out.sequences)
@@ -471,21 +475,7 @@ def test_token_plan_restore_is_bit_identical(case, name):
 @pytest.mark.parametrize("name", list(TOKEN_PLANS))
 @pytest.mark.parametrize("case", TOKEN_CASES)
 def test_token_plan_cached_generation_matches_recompute(case, name, left_pad):
-    model = _token_model(case)
-    inputs = tiny_inputs(model, left_pad=left_pad)
-    n = inputs["input_ids"].shape[1]
-    with apply(model, TOKEN_PLANS[name]):
-        out = _generate(model, inputs)
-        full = dict(inputs, input_ids=out.sequences)
-        full["attention_mask"] = torch.cat(
-            [inputs["attention_mask"], torch.ones(out.sequences.shape[0], out.sequences.shape[1] - n,
-                                                  dtype=torch.long)], dim=1)
-        recomputed = _logits(model, full, n, use_cache=False)[:, n - 1:-1]
-    steps = torch.stack(out.logits, dim=1)
-    torch.testing.assert_close(steps, recomputed, rtol=1e-5, atol=1e-5)
-    masked = recomputed.clone()
-    masked[..., [IMAGE_TOKEN_ID, EOS_ID]] = float("-inf")
-    assert torch.equal(masked.argmax(-1), out.sequences[:, n:])
+    _check_cached_matches_recompute(_token_model(case), TOKEN_PLANS[name], left_pad)
 
 
 @pytest.mark.parametrize("name", list(TOKEN_PLANS))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from searchskip import cli
 from searchskip.commands import validate
 from searchskip.errors import ConfigError
-from searchskip.plan import DropSpec, LayerOp, Plan, PruneSpec
+from searchskip.plan import DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
 from searchskip.search import PaperSpace, PerLayerSpace, Space, layer_param
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,6 +34,32 @@ prune:
   structure: [unstructured, "2:4"]
   sparsity: [0.25, 0.5]
 """
+# Its size by hand, with 5 layers (1..3 searchable): layers 2-3 alone have 2 * 2 + 1 (pair 2+3) = 5 op
+# sequences; with layer 1: 2 * 5 + 2 (pair 1+2, then layer 3 alone) = 12, one of them all keep, so
+# 11 * 2 scopes + 1 = 23 layer plans; prune: none, 0.25, 0.5, 2:4 -> 4 distinct; 23 * 4 = 92.
+
+TINY_TOKENS = """\
+version: 1
+layers: {from: 1, to: -2}
+ops: [keep, skip_attn, parallel_blocks]
+visual_tokens:
+  keep: [1.0, 0.5]
+  after_layer: [2, -2]
+  rank: [attention, uniform]
+early_exit:
+  layer: [none, 1, 2]
+"""
+# Its size by hand, with 5 layers: the same 12 op sequences of layers 1..3 (K keep, A skip_attn, P pair).
+# visual_tokens: no dropping, or keep 0.5 from after_layer 2 or 3 (-2), ranked 2 ways unless the layer
+# before skips attention (then uniform only); a pair at after_layer - 1 moves after_layer one later.
+# early_exit: none, or after 1 or 2; a pair at the exit layer moves it one later.
+# * P@1 (layers 1+2), layer 3 K or A: after 2 -> 3 and 3 -> 3, ranked by layer 2 (partner): 1 + 2 = 3;
+#   exit 1 -> 2 and 2 -> 2: 1 + 1 = 2; 2 sequences * 3 * 2 = 12.
+# * layer 1 K or A, P@2 (layers 2+3): after 2 (ranked by layer 1: 2 ways for K, 1 for A) and 3 -> 4 (by
+#   layer 3, partner: 2 ways): 5 or 4; exit 1 and 2 -> 3: 1 + 2 = 3; (5 + 4) * 3 = 27.
+# * no pair, layers 1..3 K or A: after 2 by layer 1, 3 by layer 2: 1 + r1 + r2 (r = 2 for K, 1 for A),
+#   summed over layers 1-2: 4 + 6 + 6 = 16; times 2 (layer 3) times 3 exits = 96.
+# 12 + 27 + 96 = 135.
 
 TINY_PAPER = """\
 version: 1
@@ -67,7 +94,7 @@ def objective_value(plan: Plan) -> float:
 
 def test_shipped_spaces_exist_load_and_validate(capsys):
     assert SHIPPED, "no spaces/*.yaml shipped"
-    assert {p.name for p in SHIPPED} >= {"paper.yaml", "per-layer.yaml", "sublayer.yaml", "prune.yaml"}
+    assert {p.name for p in SHIPPED} >= {"paper.yaml", "per-layer.yaml", "sublayer.yaml", "prune.yaml", "tokens.yaml"}
     for path in SHIPPED:
         assert path.read_text(encoding="utf-8").startswith("#"), f"{path.name} has no header comment"
         space = Space.load(path)
@@ -93,6 +120,13 @@ def test_shipped_spaces_have_the_documented_design():
                              "prune.structure": ["unstructured", "2:4", "ffn_channels"],
                              "prune.sparsity": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
     assert prune.size(8) == 2 * (7 + 1 + 7)  # per method: 7 unstructured, 2:4 at 0.5, 7 ffn_channels
+    tokens = Space.load(REPO_ROOT / "spaces" / "tokens.yaml")
+    assert isinstance(tokens, PerLayerSpace) and "parallel_blocks" in tokens.ops
+    grid = tokens.grid(8)
+    assert {k: v for k, v in grid.items() if not k.startswith("layer_")} == {
+        "scope": ["all", "generated"], "visual_tokens.keep": [1.0, 0.5, 0.25, 0.0],
+        "visual_tokens.after_layer": [1, 2, 3, 4, 5, 6], "visual_tokens.rank": ["attention", "uniform"],
+        "early_exit.layer": ["none", 5, 6]}
 
 
 @pytest.mark.parametrize("num_layers", [8, 32])
@@ -215,8 +249,9 @@ def test_params_for_plans_outside_the_space_is_none(write_yaml):
         "paper.end_layer": 7, "scope": "generated"}  # the first parameters giving layers 3 and 6
 
 
-@pytest.mark.parametrize("text, num_layers, expected_size", [(TINY_PER_LAYER, 5, 92), (TINY_PAPER, 8, None)],
-                         ids=["per_layer", "paper"])
+@pytest.mark.parametrize("text, num_layers, expected_size",
+                         [(TINY_PER_LAYER, 5, 92), (TINY_PAPER, 8, None), (TINY_TOKENS, 5, 135)],
+                         ids=["per_layer", "paper", "tokens"])
 def test_grid_sampler_enumerates_every_distinct_plan(write_yaml, text, num_layers, expected_size):
     space = space_from(write_yaml, text)
     grid = space.grid(num_layers)
@@ -234,11 +269,254 @@ def test_grid_sampler_enumerates_every_distinct_plan(write_yaml, text, num_layer
     study.optimize(objective, n_trials=points + 5)  # the sampler stops the study when the grid is done
     assert len(study.trials) == points
     assert len(keys) == space.size(num_layers)
-    if expected_size is not None:
-        # By hand, layers 1..3 of 5: layers 2-3 alone have 2 * 2 + 1 (pair 2+3) = 5 op sequences; with
-        # layer 1: 2 * 5 + 2 (pair 1+2, then layer 3 alone) = 12, one of them all keep, so 11 * 2 scopes + 1
-        # = 23 layer plans; prune: none, 0.25, 0.5, 2:4 -> 4 distinct; 23 * 4 = 92.
+    if expected_size is not None:  # counted by hand next to the space's text
         assert space.size(num_layers) == expected_size
+
+
+# --------------------------------------------------------------------------------------
+# Token keys: visual_tokens and early_exit
+# --------------------------------------------------------------------------------------
+
+EVERY_LAYER = """\
+version: 1
+layers: {from: 0, to: -1}
+ops: [keep, skip_block, skip_attn, parallel_blocks]
+scope: [all, generated]
+visual_tokens: {keep: [1.0, 0.5, 0.0], after_layer: {low: 1, high: -1}, rank: [attention, uniform]}
+early_exit: {layer: [none, 0, 2, 3, -2]}
+"""
+
+SMALL_EVERY_LAYER = """\
+version: 1
+layers: {from: 0, to: -1}
+ops: [keep, skip_attn, parallel_blocks]
+scope: [all, generated]
+visual_tokens: {keep: [1.0, 0.5, 0.0], after_layer: {low: 0, high: -1}, rank: [attention, uniform]}
+early_exit: {layer: [none, 0, -2]}
+"""
+
+TOKENS_PAPER = TINY_PAPER + """\
+visual_tokens: {keep: [1.0, 0.5], after_layer: {low: 1, high: -1}, rank: [attention, uniform]}
+early_exit: {layer: [none, 1, 2, -2]}
+"""
+
+
+def layer_ops(num_layers: int, ops: dict[int, str] | None = None) -> dict[str, str]:
+    """``layer_XX.op`` of every layer: ``ops`` where given, else keep (extra ones a FixedTrial ignores)."""
+    return {layer_param(i): (ops or {}).get(i, "keep") for i in range(num_layers)}
+
+
+def fixed(space: Space, num_layers: int, params: dict) -> tuple[Plan, dict]:
+    """The plan of a FixedTrial of ``params`` and the parameters it suggested."""
+    trial = optuna.trial.FixedTrial(params)
+    plan = space.suggest(trial, num_layers)
+    return plan.validate(num_layers), dict(trial.params)
+
+
+def test_token_parameters_are_named_and_conditional(write_yaml):
+    space = space_from(write_yaml, TINY_TOKENS)
+    assert space.grid(5) == {"layer_01.op": ["keep", "skip_attn", "parallel_blocks"],
+                             "layer_02.op": ["keep", "skip_attn", "parallel_blocks"],
+                             "layer_03.op": ["keep", "skip_attn"],
+                             "visual_tokens.keep": [1.0, 0.5], "visual_tokens.after_layer": [2, 3],
+                             "visual_tokens.rank": ["attention", "uniform"], "early_exit.layer": ["none", 1, 2]}
+    ops = {"layer_01.op": "keep", "layer_02.op": "keep", "layer_03.op": "keep"}
+    tokens = {"visual_tokens.keep": 0.5, "visual_tokens.after_layer": 3, "visual_tokens.rank": "uniform",
+              "early_exit.layer": 2}
+    plan, used = fixed(space, 5, {**ops, **tokens})
+    assert plan == Plan(visual_tokens=VisualTokensSpec(3, 0.5, "uniform"), early_exit=EarlyExitSpec(2))
+    assert used == {**ops, **tokens}
+    # keep 1.0: no token dropping, and after_layer and rank are not suggested; 'none': no early exit
+    plan, used = fixed(space, 5, {**ops, **tokens, "visual_tokens.keep": 1.0, "early_exit.layer": "none"})
+    assert plan == Plan() and used == {**ops, "visual_tokens.keep": 1.0, "early_exit.layer": "none"}
+    study = optuna.create_study()  # the same with a real trial
+    study.enqueue_trial({**ops, "visual_tokens.keep": 1.0, "early_exit.layer": 1})
+    trial = study.ask()
+    assert space.suggest(trial, 5) == Plan(early_exit=EarlyExitSpec(1))
+    assert "visual_tokens.after_layer" not in trial.params and "visual_tokens.rank" not in trial.params
+
+
+def test_fixed_token_choices_are_not_parameters_and_sizes_multiply(write_yaml):
+    space = space_from(write_yaml, "version: 1\nops: keep\nvisual_tokens: {keep: [1.0, 0.5, 0.0], after_layer: "
+                                   "{low: 1, high: -2}, rank: [attention, uniform]}\nearly_exit: {layer: [none, -2]}\n")
+    assert space.grid(8) == {"visual_tokens.keep": [1.0, 0.5, 0.0], "visual_tokens.after_layer": [1, 2, 3, 4, 5, 6],
+                             "visual_tokens.rank": ["attention", "uniform"], "early_exit.layer": ["none", 6]}
+    # no layer op: visual tokens 1 (none dropped) + 6 layers * 2 ranks (keep 0.5) + 6 * 1 (keep 0: uniform only),
+    # times early exit none or after 6
+    assert space.size(8) == (1 + 6 * 2 + 6) * 2
+    assert space.size(32) == (1 + 30 * 2 + 30) * 2
+    from_zero = space_from(write_yaml, "version: 1\nops: keep\nvisual_tokens: {keep: [1.0, 0.5, 0.0], after_layer: "
+                                       "[0, 2], rank: [attention, uniform]}\n", name="spaces/zero.yaml")
+    assert from_zero.size(8) == 1 + 2 * 1 + 2 + 1  # none; after 0: uniform only; after 2: 0.5 two ways, 0 one
+    fixed_only = space_from(write_yaml, "version: 1\nops: [keep, skip_ffn]\nlayers: [2]\n"
+                                        "visual_tokens: {keep: 0.5, after_layer: 2, rank: uniform}\n"
+                                        "early_exit: {layer: 4}\n")
+    assert fixed_only.grid(8) == {"layer_02.op": ["keep", "skip_ffn"]} and fixed_only.size(8) == 2
+    plan, _ = fixed(fixed_only, 8, {"layer_02.op": "skip_ffn"})
+    assert plan == Plan(layers={2: "skip_ffn"}, visual_tokens=VisualTokensSpec(2, 0.5, "uniform"),
+                        early_exit=EarlyExitSpec(4))
+
+
+def test_rank_is_uniform_where_attention_cannot_rank(write_yaml):
+    """Rule 2: layer after_layer - 1 skips prompt attention, or keep 0 -> rank not suggested, uniform."""
+    space = space_from(write_yaml, EVERY_LAYER)
+    n = 6
+    tokens = {"visual_tokens.keep": 0.5, "visual_tokens.after_layer": 3, "visual_tokens.rank": "attention",
+              "early_exit.layer": "none"}
+    for op, scope, rank in [("skip_attn", "all", "uniform"), ("skip_block", "all", "uniform"),
+                            ("skip_attn", "generated", "attention"), ("skip_block", "generated", "attention"),
+                            ("keep", "all", "attention")]:
+        plan, used = fixed(space, n, {**layer_ops(n, {2: op}), "scope": scope, **tokens})
+        assert plan.visual_tokens == VisualTokensSpec(3, 0.5, rank), (op, scope)
+        assert ("visual_tokens.rank" in used) == (rank == "attention"), (op, scope)
+    with pytest.raises(ConfigError, match="use rank: uniform"):  # what the rule avoids
+        Plan(layers={2: "skip_attn"}, visual_tokens=VisualTokensSpec(3, 0.5, "attention"))
+    plan, used = fixed(space, n, {**layer_ops(n), "scope": "all", **tokens, "visual_tokens.keep": 0.0})
+    assert plan.visual_tokens == VisualTokensSpec(3, 0.0, "uniform") and "visual_tokens.rank" not in used
+    # after_layer 0: no layer before it to rank by
+    zero = space_from(write_yaml, EVERY_LAYER.replace("{low: 1, high: -1}", "[0, 3]"), name="spaces/zero.yaml")
+    plan, used = fixed(zero, n, {**layer_ops(n), "scope": "all", **tokens, "visual_tokens.after_layer": 0})
+    assert plan.visual_tokens == VisualTokensSpec(0, 0.5, "uniform") and "visual_tokens.rank" not in used
+    with pytest.raises(ConfigError, match="use rank: uniform"):
+        Plan(visual_tokens=VisualTokensSpec(0, 0.5, "attention"))
+    # only the layer right before after_layer matters
+    plan, used = fixed(space, n, {**layer_ops(n, {1: "skip_attn", 3: "skip_block"}), "scope": "all", **tokens})
+    assert plan.visual_tokens.rank == "attention" and "visual_tokens.rank" in used
+
+
+def test_parallel_pairs_move_the_token_boundaries(write_yaml):
+    """Rule 1: a pair straddling after_layer or the exit layer moves it one layer later, or drops the key."""
+    space = space_from(write_yaml, EVERY_LAYER)
+    n = 6
+    tokens = {"visual_tokens.keep": 0.5, "visual_tokens.rank": "attention", "scope": "all"}
+    with pytest.raises(ConfigError, match="drops image tokens between them"):  # what the rule avoids
+        Plan(layers={2: "parallel_blocks"}, visual_tokens=VisualTokensSpec(3, 0.5))
+    with pytest.raises(ConfigError, match="lets generated tokens leave between them"):
+        Plan(layers={2: "parallel_blocks"}, early_exit=EarlyExitSpec(2))
+    pair = layer_ops(n, {2: "parallel_blocks"})
+    plan, used = fixed(space, n, {**pair, **tokens, "visual_tokens.after_layer": 3, "early_exit.layer": "none"})
+    assert plan.visual_tokens == VisualTokensSpec(4, 0.5, "attention")  # ranked by layer 3, the partner
+    assert used["visual_tokens.after_layer"] == 3 and "layer_03.op" not in used
+    plan, _ = fixed(space, n, {**pair, **tokens, "visual_tokens.keep": 1.0, "early_exit.layer": 2})
+    assert plan.early_exit == EarlyExitSpec(3) and plan.visual_tokens is None
+    # a boundary that is not straddled stays: after_layer 2 and an exit after 3 (the partner)
+    plan, _ = fixed(space, n, {**pair, **tokens, "visual_tokens.after_layer": 2, "early_exit.layer": 3})
+    assert plan.visual_tokens.after_layer == 2 and plan.early_exit == EarlyExitSpec(3)
+    # moved past the model: no token dropping (rank not suggested) / no early exit in that trial
+    last_pair = layer_ops(n, {4: "parallel_blocks"})
+    plan, used = fixed(space, n, {**last_pair, **tokens, "visual_tokens.after_layer": 5, "early_exit.layer": 4})
+    assert plan == Plan(layers={4: "parallel_blocks"})
+    assert "visual_tokens.rank" not in used and used["visual_tokens.after_layer"] == 5
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("text, num_layers", [(EVERY_LAYER, 6), (TOKENS_PAPER, 8), ("tokens.yaml", 8)],
+                         ids=["per_layer", "paper", "shipped"])
+def test_samplers_suggest_valid_token_plans(write_yaml, sampler, text, num_layers):
+    space = Space.load(REPO_ROOT / "spaces" / text) if text == "tokens.yaml" else space_from(write_yaml, text)
+    make = {"random": lambda: optuna.samplers.RandomSampler(seed=5),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=5, n_startup_trials=20)}[sampler]
+    plans: list[tuple[Plan, dict]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        plan = space.suggest(trial, num_layers)
+        plans.append((plan, dict(trial.params)))
+        return objective_value(plan)
+
+    optuna.create_study(sampler=make()).optimize(objective, n_trials=120)
+    moved = uniform_by_rule = 0
+    for plan, params in plans:
+        assert plan.validate(num_layers) is plan and Plan.from_dict(plan.to_dict()) == plan
+        v = plan.visual_tokens
+        if v is not None:
+            moved += v.after_layer != params["visual_tokens.after_layer"]
+            uniform_by_rule += "visual_tokens.rank" not in params
+        replay = space.params_for(plan, num_layers)
+        assert replay is not None, plan.describe()
+        assert space.suggest(optuna.trial.FixedTrial(replay), num_layers) == plan
+    assert sum(p.visual_tokens is not None for p, _ in plans) >= 20
+    assert sum(p.visual_tokens is None for p, _ in plans) >= 10
+    assert sum(p.early_exit is not None for p, _ in plans) >= 20
+    assert sum(p.early_exit is None for p, _ in plans) >= 10
+    assert len({p.visual_tokens.rank for p, _ in plans if p.visual_tokens is not None}) == 2
+    assert moved and uniform_by_rule  # both rules met
+
+
+@pytest.mark.parametrize("text, num_layers", [
+    (SMALL_EVERY_LAYER, 4),  # with the cases moving a boundary out of the model (a pair at layer 2)
+    (TOKENS_PAPER, 6),
+], ids=["per_layer", "paper"])
+def test_full_grid_gives_size_plans_and_each_round_trips(write_yaml, text, num_layers):
+    space = space_from(write_yaml, text)
+    grid = space.grid(num_layers)
+    plans: dict[Plan, dict] = {}
+    for values in itertools.product(*grid.values()):
+        plan, used = fixed(space, num_layers, dict(zip(grid, values)))
+        plans.setdefault(plan, used)
+    assert len(plans) == space.size(num_layers)
+    for plan in plans:
+        params = space.params_for(plan, num_layers)
+        assert params is not None and fixed(space, num_layers, params)[0] == plan, plan.describe()
+
+
+def test_params_for_token_plans(write_yaml):
+    space = space_from(write_yaml, TINY_TOKENS)
+    # the first parameters (in the order of the values) giving the plan: after_layer 2 and exit 1 both move
+    plan = Plan(layers={1: "parallel_blocks"}, visual_tokens=VisualTokensSpec(3, 0.5), early_exit=EarlyExitSpec(2))
+    assert space.params_for(plan, 5) == {"layer_01.op": "parallel_blocks", "layer_03.op": "keep",
+                                         "visual_tokens.keep": 0.5, "visual_tokens.after_layer": 2,
+                                         "visual_tokens.rank": "attention", "early_exit.layer": 1}
+    assert space.params_for(Plan(layers={2: "skip_attn"}, visual_tokens=VisualTokensSpec(3, 0.5, "uniform")), 5) == {
+        "layer_01.op": "keep", "layer_02.op": "skip_attn", "layer_03.op": "keep", "visual_tokens.keep": 0.5,
+        "visual_tokens.after_layer": 3, "early_exit.layer": "none"}  # rank: uniform by rule 2
+    inside = [Plan(layers={2: "parallel_blocks"}, visual_tokens=VisualTokensSpec(4, 0.5), early_exit=EarlyExitSpec(3)),
+              Plan(visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))]
+    outside = [
+        Plan(visual_tokens=VisualTokensSpec(2, 0.25)),  # keep not offered
+        Plan(visual_tokens=VisualTokensSpec(1, 0.5)),  # after_layer not offered
+        Plan(visual_tokens=VisualTokensSpec(4, 0.5)),  # 4 only after a pair at 2
+        Plan(early_exit=EarlyExitSpec(3)),  # likewise
+        Plan(early_exit=EarlyExitSpec(0)),  # not offered
+        Plan(layers={1: "parallel_blocks"}, early_exit=EarlyExitSpec(3)),  # exits 1 and 2 both give 2 there
+    ]
+    for plan in inside:
+        assert space.params_for(plan, 5) is not None, plan.describe()
+    for plan in outside:
+        assert space.params_for(plan, 5) is None, plan.describe()
+    every = space_from(write_yaml, EVERY_LAYER)
+    zero = Plan(visual_tokens=VisualTokensSpec(2, 0.0, "attention"))
+    assert zero.visual_tokens.rank == "uniform"  # canonical: nothing kept, nothing ranked (rule 2 agrees)
+    params = every.params_for(zero, 6)
+    assert params is not None and params["visual_tokens.keep"] == 0.0 and "visual_tokens.rank" not in params
+    no_tokens = space_from(write_yaml, TINY_PER_LAYER)
+    assert no_tokens.params_for(Plan(visual_tokens=VisualTokensSpec(2, 0.5)), 5) is None
+    assert no_tokens.params_for(Plan(early_exit=EarlyExitSpec(2)), 5) is None
+
+
+def test_token_layer_checks_name_file_key_and_count(write_yaml):
+    path = write_yaml("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: [2, 8, -9]}\n"
+                      "early_exit: {layer: [none, 6, 7, -9]}\n", name="spaces/t.yaml")
+    space = Space.load(path)
+    space.check(9)  # after_layer 2, 8, 0; exit after 6, 7 or 0 (< 8)
+    with pytest.raises(ConfigError) as info:
+        space.check(8)
+    assert {p.key: p.rule for p in info.value.problems}.keys() == {
+        "visual_tokens.after_layer[1]", "visual_tokens.after_layer[2]", "early_exit.layer[2]", "early_exit.layer[3]"}
+    rules = {p.key: p.rule for p in info.value.problems}
+    assert all(p.file == str(path) and "8 decoder layers" in p.rule for p in info.value.problems)
+    assert "`0 <= after_layer < num_layers` must hold once resolved" in rules["visual_tokens.after_layer[1]"]
+    assert "but got after_layer=-9" in rules["visual_tokens.after_layer[2]"]
+    assert "`0 <= layer < num_layers - 1` must hold once resolved" in rules["early_exit.layer[2]"]
+    assert "exiting after the last layer is no exit" in rules["early_exit.layer[2]"]
+    with pytest.raises(ConfigError) as info:
+        space.suggest(optuna.create_study().ask(), 8)
+    ranges = Space.load(write_yaml("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: [2, -6]}\n"
+                                   "early_exit: {layer: {low: 5, high: -4}}\n", name="spaces/r.yaml"))
+    with pytest.raises(ConfigError) as info:
+        ranges.grid(8)
+    rules = {p.key: p.rule for p in info.value.problems}
+    assert "must offer each layer only once after resolving" in rules["visual_tokens.after_layer"]
+    assert "must offer at least one layer once resolved" in rules["early_exit.layer"]
 
 
 # --------------------------------------------------------------------------------------
@@ -289,6 +567,37 @@ BAD = [
      "end_layer", "`start_layer < end_layer` must hold for every choice of both"),
     ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: 2\nops: [keep]\n", "ops",
      "it is a setting of `kind: per_layer` spaces"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: [0.5, 1.5], after_layer: 2}\n", "visual_tokens.keep[1]",
+     "`0 <= keep <= 1` must hold"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: {low: 0.5, high: 1.5, step: 0.5}, after_layer: 2}\n",
+     "visual_tokens.keep.high", "but got high=1.5"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: {low: 0.1, high: 0.5, step: 0.3}, after_layer: 2}\n",
+     "visual_tokens.keep.step", "must be a multiple of `step`"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 1.0, after_layer: 2}\n", "visual_tokens.keep",
+     "must offer a value below 1"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: [0.5, 0.5], after_layer: 2}\n", "visual_tokens.keep",
+     "must list each value once"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5}\n", "visual_tokens.after_layer", "is required but missing"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: [1, 1.5]}\n", "visual_tokens.after_layer[1]",
+     "must be an integer, but got number 1.5"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: [-1, -1]}\n", "visual_tokens.after_layer",
+     "must list each value once"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: {low: 3, high: 1}}\n",
+     "visual_tokens.after_layer.high", "`low <= high` must hold"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: 2, rank: [attention, fastv]}\n",
+     "visual_tokens.rank[1]", "must be one of 'attention', 'uniform'"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: 2, rank: [uniform, uniform]}\n",
+     "visual_tokens.rank", "must list each rank once"),
+    ("version: 1\nops: keep\nvisual_tokens: {keep: 0.5, after_layer: 2, ranks: uniform}\n",
+     "visual_tokens.ranks", "did you mean 'rank'?"),
+    ("version: 1\nops: keep\nearly_exit: {layer: [none]}\n", "early_exit.layer", "must offer a layer besides 'none'"),
+    ("version: 1\nops: keep\nearly_exit: {layer: [none, nope]}\n", "early_exit.layer[1]", "did you mean 'none'?"),
+    ("version: 1\nops: keep\nearly_exit: {layer: [-2, -1]}\n", "early_exit.layer[1]", "`layer != -1` must hold"),
+    ("version: 1\nops: keep\nearly_exit: {layer: 2.5}\n", "early_exit.layer", "but got number 2.5"),
+    ("version: 1\nops: keep\nearly_exit: {layer: 2, scope: all}\n", "early_exit.scope",
+     "must be one of 'generated'"),
+    ("version: 1\nkind: paper\nmode: skip_block\nskip_interval: 2\nvisual_tokens: {keep: [0.5, 2], after_layer: 0}\n",
+     "visual_tokens.keep[1]", "`0 <= keep <= 1` must hold"),
 ]
 
 

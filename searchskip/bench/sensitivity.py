@@ -10,9 +10,9 @@ which layers matter. Results go to ``outputs/bench/sensitivity-<job>.{json,md}``
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
+
+from searchskip.bench import run_bench
 
 DEFAULT_OPS = ("skip_block", "skip_attn", "skip_ffn", "parallel_attn_ffn")
 
@@ -74,30 +74,14 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from rich.console import Console
-
-    from searchskip.config.loader import load_job
-    from searchskip.errors import SearchSkipError
-
     p = argparse.ArgumentParser(description="Per-layer sensitivity of a job's model")
     p.add_argument("job")
     p.add_argument("--ops", nargs="+", default=list(DEFAULT_OPS))
     p.add_argument("--limit", type=int, default=None)
     a = p.parse_args(argv)
-    console = Console(stderr=True)
-    try:
-        job = load_job(a.job)
-        result = measure(job, a.ops, a.limit,
-                         on_result=lambda op, layer, acc: console.print(f"{op} L{layer}: {100 * acc:.1f}%"))
-    except SearchSkipError as err:
-        console.print(f"[red]{err}")
-        return 2
-    out = Path(job.outputs) / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"sensitivity-{job.name}.json").write_text(json.dumps(result, indent=1))
-    (out / f"sensitivity-{job.name}.md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    return run_bench(a.job, "sensitivity", lambda job, console: measure(
+        job, a.ops, a.limit, on_result=lambda op, layer, acc: console.print(f"{op} L{layer}: {100 * acc:.1f}%")),
+        markdown)
 
 
 if __name__ == "__main__":

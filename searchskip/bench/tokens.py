@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import random
 from pathlib import Path
+
+from searchskip.bench import run_bench
 from typing import Any, Callable
 
 LLM_PARTS = ("llm_prefill", "llm_decode", "lm_head")
@@ -147,11 +148,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
-    from searchskip.config.loader import load_job
-    from searchskip.errors import SearchSkipError
-
     p = argparse.ArgumentParser(description="visual_tokens plans against layer-skip plans at the same FLOPs")
     p.add_argument("job")
     p.add_argument("--after", type=int, nargs="+", default=[1, 2, 4, 6])
@@ -162,22 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-subset", type=int, default=None, metavar="R",
                    help="skip_block subsets of at most R layers in the layer-skip pool (default: all; 0: none)")
     a = p.parse_args(argv)
-    console = Console(stderr=True)
-    try:
-        job = load_job(a.job)
-        result = measure(job, a.after, a.keep, a.rank, a.random, a.limit,
-                         on_result=lambda kind, r: console.print(
-                             f"{kind}: {r['describe']}: {100 * r['accuracy']:.1f}% at {r['flops_ratio']:.3f}x"),
-                         max_subset=a.max_subset)
-    except SearchSkipError as err:
-        console.print(f"[red]{err}")
-        return 2
-    out = Path(job.outputs) / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"tokens-{job.name}.json").write_text(json.dumps(result, indent=1))
-    (out / f"tokens-{job.name}.md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    return run_bench(a.job, "tokens", lambda job, console: measure(
+        job, a.after, a.keep, a.rank, a.random, a.limit, max_subset=a.max_subset,
+        on_result=lambda kind, r: console.print(f"{kind}: {r['describe']}: {100 * r['accuracy']:.1f}% at "
+                                                f"{r['flops_ratio']:.3f}x")), markdown)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ enqueued (:meth:`Space.params_for`). Two kinds of space exist, chosen by ``kind`
     average: false                         # parallel_blocks averages the two blocks (only with
                                            # parallel_blocks among the ops)
     prune:                                 # optional; see below
+    visual_tokens:                         # optional; see below
+    early_exit:                            # optional; see below
 
 Layers outside ``layers`` always keep their computation. With ``parallel_blocks`` among the
 ops, layers are decided in increasing order: when layer ``i`` takes ``parallel_blocks``,
@@ -38,6 +40,8 @@ searchable too, so the partner always lies inside ``layers``.
     scope: [all, generated]
     average: true                          # parallel_blocks averages the two blocks (the paper's variant)
     prune:                                 # optional; see below
+    visual_tokens:                         # optional; see below
+    early_exit:                            # optional; see below
 
 ``start_layer`` and ``end_layer`` may be negative, counted from the end (``-4`` is
 ``num_layers - 4``), so that one space fits models of any depth. A range ``{low, high,
@@ -58,18 +62,65 @@ required unless every structure is ``"2:4"`` (then it must be left out). Sparsit
 need a ``step``: every space is finite, so that equal plans are met again and their scores
 reused, and so that :meth:`Space.size` and :meth:`Space.grid` exist.
 
+**visual_tokens** and **early_exit** (both kinds; optional), the plan keys of the same names::
+
+    visual_tokens:
+      keep: [1.0, 0.5, 0.25, 0.0]          # a number, a list of numbers or {low, high, step}, in [0, 1];
+                                           # 1.0: no token dropping in that trial
+      after_layer: {low: 1, high: -2}      # an integer, a list or {low, high, step}; negative counts from
+                                           # the end; resolved, 0 <= after_layer < num_layers
+      rank: [attention, uniform]           # a string or a list (default: attention)
+    early_exit:
+      layer: [none, -3, -2]                # none: no early exit in that trial; integers (negative count
+                                           # from the end; resolved, 0 <= layer < num_layers - 1) or a range
+      scope: generated                     # optional, fixed: generated is the only scope of early_exit
+
+``keep`` must offer a value below 1 and ``layer`` a layer besides ``none`` (else the section
+never changes a plan). ``after_layer`` and ``rank`` are not suggested after ``keep: 1.0``
+(conditional parameters, like ``prune.sparsity`` after ``method: none``).
+
+**Token keys after layer ops.** Every suggested plan is valid, and a parameter's choices are the
+same in every trial, so conflicts between the token keys and the layer ops are resolved by
+fixed rules, as functions of the parameters. The layer ops (and ``scope``, then ``prune``) are
+suggested first, then ``visual_tokens.keep``, ``visual_tokens.after_layer``,
+``visual_tokens.rank`` and ``early_exit.layer``, in that order:
+
+1. *Pairs straddling a boundary move it.* A ``parallel_blocks`` pair at layers ``p, p + 1``
+   must see the same tokens in both layers. When the suggested ``after_layer`` is ``p + 1``,
+   the plan drops tokens from ``p + 2`` instead; when the suggested exit layer is ``p``,
+   generated tokens exit after ``p + 1`` instead. When the moved boundary leaves the model
+   (``after_layer`` reaching ``num_layers``, or the exit layer ``num_layers - 1``, where
+   exiting is no exit) the plan has no ``visual_tokens`` / no ``early_exit`` in that trial.
+   Only a suggested ``after_layer == num_layers - 1`` or exit layer ``num_layers - 2`` can
+   move out of the model.
+2. *rank needs attention over the prompt, and tokens to rank.* ``rank: attention`` ranks image
+   tokens by the attention of layer ``after_layer - 1`` (the moved ``after_layer``). When there
+   is no such layer (``after_layer`` 0), when that layer skips its attention for prompt positions
+   (``skip_block`` or ``skip_attn`` with a scope other than ``generated``), or when ``keep`` is 0
+   (every image token goes, so nothing is ranked, and plans store ``rank: uniform`` then),
+   ``visual_tokens.rank`` is not suggested in that trial and the plan uses ``rank: uniform``,
+   whatever ``rank`` offers.
+
+So different parameters may give the same plan; :meth:`Space.size` counts distinct plans, and
+:meth:`Space.params_for` returns the first parameters (in the order of the values) giving one.
+
 **Choices.** A list is searched; a single value is fixed. A decision with a single possible
 value (a string, a one-item list, a range with ``low == high``) is not an optuna parameter.
 
 **Parameter names** (stable: they depend only on the space and the layer count):
 ``layer_03.op`` (layer index, at least two digits), ``scope``, ``paper.mode``,
 ``paper.skip_interval``, ``paper.start_layer``, ``paper.end_layer``, ``prune.method``,
-``prune.structure``, ``prune.sparsity``. Integer ranges use ``trial.suggest_int``, sparsity
-ranges ``trial.suggest_float(..., step=...)``, everything else ``trial.suggest_categorical``.
+``prune.structure``, ``prune.sparsity``, ``visual_tokens.keep``, ``visual_tokens.after_layer``,
+``visual_tokens.rank``, ``early_exit.layer``. Layer values (``paper.start_layer``,
+``visual_tokens.after_layer``, ``early_exit.layer``...) are resolved layer indices, never negative.
+Integer ranges use ``trial.suggest_int``, number ranges (sparsity, keep)
+``trial.suggest_float(..., step=...)``, everything else ``trial.suggest_categorical``.
 
 **Conditional parameters and samplers.** ``layer_XX.op`` of a ``parallel_blocks`` partner,
-``prune.structure`` and ``prune.sparsity`` after ``method: none``, and ``prune.sparsity``
-after ``"2:4"`` are not suggested; TPE and the random sampler handle that. optuna's
+``prune.structure`` and ``prune.sparsity`` after ``method: none``, ``prune.sparsity``
+after ``"2:4"``, ``visual_tokens.after_layer`` and ``visual_tokens.rank`` after ``keep: 1.0``,
+``visual_tokens.rank`` where rule 2 above applies (or where rule 1 left the token dropping out)
+are not suggested; TPE and the random sampler handle that. optuna's
 ``GridSampler`` cannot discover parameters by itself: it needs the grid form,
 ``GridSampler(space.grid(num_layers))``, which lists every parameter the space may suggest
 with all its values. Grid points that differ only in a parameter the trial did not use give
@@ -78,8 +129,9 @@ some more than once.
 
 **Checks.** :meth:`Space.load` / :meth:`Space.from_dict` check the structure and raise one
 :class:`~searchskip.errors.ConfigError` listing every problem with its dotted key
-(``prune.sparsity.high``, ``ops[2]``). What depends on the model's layer count (negative
-indices, ``from <= to``, ``start_layer < end_layer``) is checked by :meth:`Space.check`,
+(``prune.sparsity.high``, ``ops[2]``, ``visual_tokens.keep[1]``). What depends on the model's
+layer count (negative indices, ``from <= to``, ``start_layer < end_layer``,
+``visual_tokens.after_layer`` and ``early_exit.layer`` within the model) is checked by :meth:`Space.check`,
 which :meth:`Space.suggest` and the other methods taking ``num_layers`` call first.
 """
 
@@ -92,13 +144,14 @@ import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterator, Literal, Mapping, Sequence, Union
 
 from searchskip.config.loader import _did_you_mean, build
 from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem
 from searchskip.plan import (
     _CHECKS as _PLAN_CHECKS,
+    _PROMPT_ATTENTION_SKIPS,
     _SEXAGESIMAL_2_4,
     _targets_listed,
     KEEP,
@@ -106,8 +159,14 @@ from searchskip.plan import (
     PARALLEL_BLOCKS,
     PRUNE_STRUCTURES,
     PRUNE_TARGETS,
+    RANK_ATTENTION,
+    RANK_UNIFORM,
     SCOPE_ALL,
+    SCOPE_GENERATED,
+    EXIT_SCOPES,
     CalibrationSpec,
+    EarlyExitSpec,
+    ExitScope,
     LayerOp,
     OpName,
     Plan,
@@ -115,6 +174,8 @@ from searchskip.plan import (
     PruneStructure,
     PruneTarget,
     ScopeName,
+    VisualRank,
+    VisualTokensSpec,
 )
 
 if TYPE_CHECKING:  # optuna is imported only where a trial is replayed (keeps `searchskip validate` fast)
@@ -124,7 +185,9 @@ __all__ = [
     "SPACE_VERSION", "SPACE_KINDS", "SPACE_KEYS", "NO_PRUNE", "PRUNE_CHOICES",
     "PARAM_SCOPE", "PARAM_MODE", "PARAM_SKIP_INTERVAL", "PARAM_START_LAYER", "PARAM_END_LAYER",
     "PARAM_PRUNE_METHOD", "PARAM_PRUNE_STRUCTURE", "PARAM_PRUNE_SPARSITY", "layer_param",
-    "IntRange", "FloatRange", "LayerRange", "PruneChoices", "Space", "PerLayerSpace", "PaperSpace",
+    "NO_EXIT", "PARAM_VISUAL_KEEP", "PARAM_VISUAL_AFTER_LAYER", "PARAM_VISUAL_RANK", "PARAM_EXIT_LAYER",
+    "IntRange", "FloatRange", "LayerRange", "PruneChoices", "VisualTokensChoices", "EarlyExitChoices",
+    "Space", "PerLayerSpace", "PaperSpace",
 ]
 
 SPACE_VERSION = 1
@@ -146,6 +209,16 @@ PARAM_END_LAYER = "paper.end_layer"
 PARAM_PRUNE_METHOD = "prune.method"
 PARAM_PRUNE_STRUCTURE = "prune.structure"
 PARAM_PRUNE_SPARSITY = "prune.sparsity"
+PARAM_VISUAL_KEEP = "visual_tokens.keep"
+PARAM_VISUAL_AFTER_LAYER = "visual_tokens.after_layer"
+PARAM_VISUAL_RANK = "visual_tokens.rank"
+PARAM_EXIT_LAYER = "early_exit.layer"
+
+NO_EXIT = "none"
+"""The ``early_exit.layer`` choice that lets no token exit early."""
+NoExit = Literal["none"]
+_KEEP_ALL = 1.0
+"""The ``visual_tokens.keep`` choice that drops no image token."""
 
 
 def layer_param(layer: int) -> str:
@@ -195,6 +268,19 @@ class _PruneSpaceFile:
 
 
 @dataclass(frozen=True, kw_only=True)
+class _VisualTokensSpaceFile:
+    keep: FloatChoiceFile
+    after_layer: IntChoiceFile
+    rank: VisualRank | list[VisualRank] = RANK_ATTENTION
+
+
+@dataclass(frozen=True, kw_only=True)
+class _EarlyExitSpaceFile:
+    layer: Union[NoExit, int, list[Union[NoExit, int]], _IntRangeFile]
+    scope: ExitScope = EXIT_SCOPES[0]
+
+
+@dataclass(frozen=True, kw_only=True)
 class _PerLayerFile:
     version: int
     kind: SpaceKind = "per_layer"
@@ -203,6 +289,8 @@ class _PerLayerFile:
     scope: ScopeName | list[ScopeName] = SCOPE_ALL
     average: bool = False
     prune: _PruneSpaceFile | None = None
+    visual_tokens: _VisualTokensSpaceFile | None = None
+    early_exit: _EarlyExitSpaceFile | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +304,8 @@ class _PaperFile:
     scope: ScopeName | list[ScopeName] = SCOPE_ALL
     average: bool = False
     prune: _PruneSpaceFile | None = None
+    visual_tokens: _VisualTokensSpaceFile | None = None
+    early_exit: _EarlyExitSpaceFile | None = None
 
 
 SPACE_KEYS = frozenset(f.name for cls in (_PerLayerFile, _PaperFile) for f in dataclasses.fields(cls))
@@ -300,17 +390,17 @@ def _mode_changes(space: _PaperFile) -> Iterator[tuple[str, str]]:
                         f"one of {', '.join(repr(o) for o in OPS if o != KEEP)}, but got 'keep'")
 
 
-def _int_values(name: str, value: Any) -> list[tuple[str, int]]:
+def _int_values(name: str, value: Any) -> list[tuple[str, str, Any]]:
+    """``(dotted key, name in the rule, value)`` of an integer choice: the ends of a range, or each value."""
     if isinstance(value, _IntRangeFile):
-        return [(f"{name}.low", value.low), (f"{name}.high", value.high)]
-    return [(key, v) for key, v in _items(name, value)]
+        return [(f"{name}.low", "low", value.low), (f"{name}.high", "high", value.high)]
+    return [(key, name, v) for key, v in _items(name, value)]
 
 
 def _skip_interval(space: _PaperFile) -> Iterator[tuple[str, str]]:
     yield from _list_shape("skip_interval", space.skip_interval, "value")
-    for key, value in _int_values("skip_interval", space.skip_interval):
+    for key, name, value in _int_values("skip_interval", space.skip_interval):
         if value < 1:
-            name = key.rsplit(".", 1)[-1] if isinstance(space.skip_interval, _IntRangeFile) else "skip_interval"
             yield key, f"`skip_interval >= 1` must hold, but got {name}={value}"
 
 
@@ -322,7 +412,7 @@ def _end_layer(space: _PaperFile) -> Iterator[tuple[str, str]]:
     if space.end_layer is None:
         return
     yield from _list_shape("end_layer", space.end_layer, "value")
-    for key, value in _int_values("end_layer", space.end_layer):
+    for key, _, value in _int_values("end_layer", space.end_layer):
         if value == 0:
             yield key, ("`end_layer != 0` must hold (the bound is exclusive, so no layer would be chosen; "
                         "negative values count from the end), but got end_layer=0")
@@ -385,15 +475,17 @@ def _prune_sparsity_needed(prune: _PruneSpaceFile) -> Iterator[tuple[str, str]]:
                            "0.5; remove it")
 
 
+def _float_values(name: str, choice: Any) -> list[tuple[str, str, float]]:
+    """``(dotted key, name in the rule, value)`` of a number choice: the ends of a range, or each value."""
+    if isinstance(choice, _FloatRangeFile):
+        return [(f"{name}.low", "low", choice.low), (f"{name}.high", "high", choice.high)]
+    return [(key, name, v) for key, v in _items(name, choice)]
+
+
 def _prune_sparsity_range(prune: _PruneSpaceFile) -> Iterator[tuple[str, str]]:
-    sparsity = prune.sparsity
-    if sparsity is None:
+    if prune.sparsity is None:
         return
-    if isinstance(sparsity, _FloatRangeFile):
-        values = [("sparsity.low", "low", sparsity.low), ("sparsity.high", "high", sparsity.high)]
-    else:
-        values = [(key, "sparsity", v) for key, v in _items("sparsity", sparsity)]
-    for key, name, value in values:
+    for key, name, value in _float_values("sparsity", prune.sparsity):
         if not 0.0 <= value < 1.0:
             yield key, (f"`0 <= {name} < 1` must hold (sparsity is the fraction of weights removed), "
                         f"but got {name}={value!r}")
@@ -406,6 +498,38 @@ def _prune_calibration(prune: _PruneSpaceFile) -> Iterator[tuple[str, str]]:
                               "but prune.method does not offer it; remove it")
 
 
+def _visual_keep(visual: _VisualTokensSpaceFile) -> Iterator[tuple[str, str]]:
+    yield from _list_shape("keep", visual.keep, "value")
+    values = _float_values("keep", visual.keep)
+    for key, name, value in values:
+        if not 0.0 <= value <= 1.0:
+            yield key, (f"`0 <= {name} <= 1` must hold (keep is the fraction of image tokens kept; 0 drops them all), "
+                        f"but got {name}={value!r}")
+    if values and all(value == _KEEP_ALL for _, _, value in values):
+        yield "keep", ("must offer a value below 1: keep 1.0 keeps every image token, so after_layer and rank "
+                       "would never be used; remove visual_tokens to search no token dropping")
+
+
+def _visual_after_layer(visual: _VisualTokensSpaceFile) -> Iterator[tuple[str, str]]:
+    yield from _list_shape("after_layer", visual.after_layer, "value")
+
+
+def _visual_rank(visual: _VisualTokensSpaceFile) -> Iterator[tuple[str, str]]:
+    yield from _list_shape("rank", visual.rank, "rank")
+
+
+def _exit_layer(early: _EarlyExitSpaceFile) -> Iterator[tuple[str, str]]:
+    yield from _list_shape("layer", early.layer, "value")
+    values = _int_values("layer", early.layer)
+    if values and all(value == NO_EXIT for _, _, value in values):
+        yield "layer", (f"must offer a layer besides {NO_EXIT!r}: 'none' alone never lets a token exit; "
+                        "remove early_exit to search no early exit")
+    for key, name, value in values:
+        if value == -1:
+            yield key, ("`layer != -1` must hold: -1 is the last layer, and exiting after the last layer is no "
+                        f"exit (use -2 or lower, or 'none'), but got {name}=-1")
+
+
 _CHECKS: dict[type, list[Any]] = {
     _PerLayerFile: [_version, _op_list, _scope_list, _average_ops, _layer_keys, _layer_order],
     _PaperFile: [_version, _mode_changes, _scope_list, _average_mode, _skip_interval, _start_layer,
@@ -415,6 +539,8 @@ _CHECKS: dict[type, list[Any]] = {
     _PruneSpaceFile: [_prune_lists, _prune_sparsity_list, _prune_sparsity_needed, _prune_sparsity_range,
                       _prune_calibration, _targets_listed],
     CalibrationSpec: list(_PLAN_CHECKS[CalibrationSpec]),
+    _VisualTokensSpaceFile: [_visual_keep, _visual_after_layer, _visual_rank],
+    _EarlyExitSpaceFile: [_exit_layer],
 }
 
 
@@ -475,6 +601,26 @@ class PruneChoices:
 
 
 @dataclass(frozen=True)
+class VisualTokensChoices:
+    """The ``visual_tokens`` decisions of a space; ``keep`` may offer 1.0 (no token dropping)."""
+
+    keep: FloatChoice
+    after_layer: IntChoice
+    """Layer indices as written (negative ones count from the end)."""
+    ranks: tuple[str, ...] = (RANK_ATTENTION,)
+
+
+@dataclass(frozen=True)
+class EarlyExitChoices:
+    """The ``early_exit`` decision of a space: layer indices as written (negative ones count from
+    the end), possibly with ``'none'`` (no early exit), or a range."""
+
+    layers: tuple[int | str, ...] | IntRange
+    scope: str = EXIT_SCOPES[0]
+    """Which tokens exit (fixed, not searched: ``generated`` is the only scope)."""
+
+
+@dataclass(frozen=True)
 class _Decision:
     """One decision: its parameter name and possible values (a parameter only with several values)."""
 
@@ -515,6 +661,146 @@ def _plural(n: int) -> str:
     return f"{n} decoder layer{'s' if n != 1 else ''}, 0..{n - 1}"
 
 
+def _resolver(num_layers: int) -> Callable[[Any], Any]:
+    """Resolve a layer index as written in a space (negative counts from the end); other values pass."""
+    return lambda i: i + num_layers if isinstance(i, int) and i < 0 else i
+
+
+def _choice_keys(name: str, choice: IntChoice | tuple[Any, ...]) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of an integer choice of the public form: a range's ends, or each value."""
+    if isinstance(choice, IntRange):
+        return [(f"{name}.low", choice.low), (f"{name}.high", choice.high)]
+    return [(f"{name}[{i}]" if len(choice) > 1 else name, v) for i, v in enumerate(choice)]
+
+
+def _offer_problems(key: str, decision: _Decision, model: str) -> list[tuple[str, str]]:
+    """A layer choice must offer a layer, each one once, after resolving negative indices."""
+    if not decision.values:
+        return [(key, f"must offer at least one layer once resolved ({model}), but `low <= high` does not "
+                      "hold there")]
+    if len(set(decision.values)) < len(decision.values):
+        return [(key, f"must offer each layer only once after resolving ({model}), but got "
+                      f"{list(decision.values)}")]
+    return []
+
+
+# ---- the token keys after the layer ops (rules 1 and 2 of the module docstring) -----------------
+
+
+def _after_layer_past_pairs(after_layer: int, pairs: Collection[int], num_layers: int) -> int | None:
+    """Rule 1 for ``visual_tokens``: the layer tokens drop from, one later when a parallel_blocks pair
+    starts at ``after_layer - 1`` (it would straddle the boundary); ``None`` when that is past the model."""
+    moved = after_layer + 1 if after_layer - 1 in pairs else after_layer
+    return moved if moved < num_layers else None
+
+
+def _exit_past_pairs(layer: int, pairs: Collection[int], num_layers: int) -> int | None:
+    """Rule 1 for ``early_exit``: the exit layer, one later when a parallel_blocks pair starts at it;
+    ``None`` when that is the last layer (exiting after the last layer is no exit)."""
+    moved = layer + 1 if layer in pairs else layer
+    return moved if moved < num_layers - 1 else None
+
+
+def _skips_prompt_attention(op: LayerOp) -> bool:
+    """Rule 2 (part): whether a layer's op (scope filled in) skips its attention for prompt positions, so
+    that ``rank: attention`` cannot read it (the rule :class:`~searchskip.plan.Plan` checks)."""
+    return op.op in _PROMPT_ATTENTION_SKIPS and op.scope != SCOPE_GENERATED
+
+
+def _pair_starts(layers: Plan) -> frozenset[int]:
+    return frozenset(i for i, op in layers.layers if op.op == PARALLEL_BLOCKS)
+
+
+_Features = tuple[bool, bool]
+"""What the token rules read of one layer: (a parallel_blocks pair starts there, it skips prompt attention)."""
+_PLAIN: _Features = (False, False)
+
+
+def _features(op: LayerOp) -> _Features:
+    return op.op == PARALLEL_BLOCKS, _skips_prompt_attention(op)
+
+
+@dataclass(frozen=True)
+class _TokenCount:
+    """Counts the distinct ``(visual_tokens, early_exit)`` outcomes of the token decisions on given
+    layer ops, summed over many sequences of layer ops at once (:meth:`total`).
+
+    Rules 1 and 2 make an outcome depend on two adjacent layers only: ``after_layer == t`` is an
+    outcome when ``t`` is offered and no pair starts at ``t - 1``, or ``t - 1`` is offered and a pair
+    starts at ``t - 2``; its ranks depend on layer ``t - 1`` (and on keep); ``after_layer == 0``
+    depends on no layer. An exit after ``u`` is
+    one when ``u`` is offered and no pair starts at ``u``, or ``u - 1`` is offered and a pair starts
+    there. So the number of outcomes of each key is a constant plus a sum of per-layer terms, and
+    :meth:`total` sums the product of both numbers over every sequence of layer ops by dynamic
+    programming over the layers (the expansion of the product of two sums).
+    """
+
+    num_layers: int
+    visual: tuple[_Decision, _Decision, _Decision] | None
+    early: _Decision | None
+
+    def _visual_base(self) -> int:
+        """Outcomes that need no layer: no section (one outcome, none); keep 1.0 offered (none);
+        ``after_layer`` 0 offered (no pair before it, and ``rank: uniform`` only) with each keep below 1."""
+        if self.visual is None:
+            return 1
+        keep_d, after_d, _ = self.visual
+        drops = sum(k != _KEEP_ALL for k in keep_d.values)
+        return int(_KEEP_ALL in keep_d.values) + (drops if 0 in after_d.values else 0)
+
+    def _exit_base(self) -> int:
+        return 1 if self.early is None else int(NO_EXIT in self.early.values)
+
+    def _visual_term(self, i: int, pair_before: bool, here: _Features) -> int:
+        """Outcomes with ``after_layer == i + 1`` (and the 'no visual_tokens' outcome when only a pair
+        at ``i`` pushing the offered ``after_layer == i + 1`` out of the model makes it)."""
+        if self.visual is None:
+            return 0
+        keep_d, after_d, rank_d = self.visual
+        pair, skips = here
+        pairs = {layer for layer, starts in ((i - 1, pair_before), (i, pair)) if starts}
+        resolved = {a: _after_layer_past_pairs(a, pairs, self.num_layers) for a in (i, i + 1) if a in after_d.values}
+        if i + 1 in resolved.values():  # each keep below 1 with its ranks (one when rule 2 applies)
+            count = sum(1 if skips or k == 0.0 else len(rank_d.values) for k in keep_d.values if k != _KEEP_ALL)
+        else:
+            count = 0
+        if i + 1 in resolved and resolved[i + 1] is None and _KEEP_ALL not in keep_d.values:
+            count += 1
+        return count
+
+    def _exit_term(self, i: int, pair_before: bool, here: _Features) -> int:
+        """Outcomes with an exit after ``i`` (and the 'no early_exit' outcome when only a pair at ``i``
+        pushing the offered exit ``i`` to the last layer makes it)."""
+        if self.early is None:
+            return 0
+        pairs = {layer for layer, starts in ((i - 1, pair_before), (i, here[0])) if starts}
+        resolved = {e: _exit_past_pairs(e, pairs, self.num_layers) for e in (i - 1, i) if e in self.early.values}
+        count = int(i in resolved.values())
+        if i in resolved and resolved[i] is None and not self._exit_base():
+            count += 1
+        return count
+
+    def total(self, options: Sequence[Sequence[_Features]]) -> int:
+        """The sum, over every sequence of layer ops, of (visual outcomes) x (exit outcomes), where
+        layer ``i`` takes each op of ``options[i]`` (given by its features), or is the plain partner of
+        a pair starting at ``i - 1``. ``[[f] for f in features]`` gives the count of one sequence."""
+        # state: (a pair starts at the previous layer, visual term chosen, exit term chosen) -> sum of
+        # the products of the terms chosen so far (the expansion of the product of two sums)
+        states: dict[tuple[bool, bool, bool], int] = collections.defaultdict(int)
+        for v, e in itertools.product((False, True), repeat=2):
+            states[(False, v, e)] += (self._visual_base() if v else 1) * (self._exit_base() if e else 1)
+        for i, choices in enumerate(options):
+            after: dict[tuple[bool, bool, bool], int] = collections.defaultdict(int)
+            for (pair_before, v, e), weight in states.items():
+                for here in ([_PLAIN] if pair_before else choices):
+                    vt, et = self._visual_term(i, pair_before, here), self._exit_term(i, pair_before, here)
+                    for v2, vf in [(v, 1)] + ([(True, vt)] if not v and vt else []):
+                        for e2, ef in [(e, 1)] + ([(True, et)] if not e and et else []):
+                            after[(here[0], v2, e2)] += weight * vf * ef
+            states = after
+        return sum(weight for (_, v, e), weight in states.items() if v and e)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Space:
     """A search space (format version :data:`SPACE_VERSION`); see the module docstring.
@@ -528,6 +814,8 @@ class Space:
     scopes: tuple[str, ...] = (SCOPE_ALL,)
     average: bool = False
     prune: PruneChoices | None = None
+    visual_tokens: VisualTokensChoices | None = None
+    early_exit: EarlyExitChoices | None = None
     file: str | None = field(default=None, compare=False)
 
     # ---- reading ----------------------------------------------------------------------
@@ -559,8 +847,8 @@ class Space:
     def _layer_params(self, plan: Plan, num_layers: int) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def _layer_plans(self, num_layers: int) -> int:
-        """How many distinct plans the layer decisions (ops and scope, no prune) give."""
+    def _unpruned_plans(self, num_layers: int) -> int:
+        """How many distinct plans the layer decisions (ops and scope) and the token decisions give (no prune)."""
         raise NotImplementedError
 
     def _layer_decisions(self, num_layers: int) -> list[_Decision]:
@@ -586,6 +874,44 @@ class Space:
     def _scope_decision(self) -> _Decision:
         return _Decision(PARAM_SCOPE, self.scopes)
 
+    def _token_problems(self, num_layers: int) -> list[tuple[str, str]]:
+        """``visual_tokens.after_layer`` and ``early_exit.layer`` within the model, once resolved."""
+        n = num_layers
+        model = f"the model has {_plural(n)}; negative values count from the end"
+        problems = []
+        if self.visual_tokens is not None:
+            for key, value in _choice_keys(PARAM_VISUAL_AFTER_LAYER, self.visual_tokens.after_layer):
+                if not -n <= value < n:
+                    problems.append((key, f"`0 <= after_layer < num_layers` must hold once resolved ({model}), "
+                                          f"but got after_layer={value}"))
+        if self.early_exit is not None:
+            for key, value in _choice_keys(PARAM_EXIT_LAYER, self.early_exit.layers):
+                if value != NO_EXIT and not -n <= value < n - 1:
+                    problems.append((key, f"`0 <= layer < num_layers - 1` must hold once resolved (exiting after "
+                                          f"the last layer is no exit; {model}), but got layer={value}"))
+        if problems:
+            return problems
+        visual, early = self._visual_decisions(n), self._exit_decision(n)
+        for decision in ([visual[1]] if visual else []) + ([early] if early else []):
+            problems += _offer_problems(decision.name, decision, model)
+        return problems
+
+    def _visual_decisions(self, num_layers: int) -> tuple[_Decision, _Decision, _Decision] | None:
+        """``(keep, after_layer, rank)``, or ``None`` without ``visual_tokens``."""
+        v = self.visual_tokens
+        if v is None:
+            return None
+        return (_choice_decision(PARAM_VISUAL_KEEP, v.keep),
+                _choice_decision(PARAM_VISUAL_AFTER_LAYER, v.after_layer, _resolver(num_layers)),
+                _Decision(PARAM_VISUAL_RANK, v.ranks))
+
+    def _exit_decision(self, num_layers: int) -> _Decision | None:
+        e = self.early_exit
+        return None if e is None else _choice_decision(PARAM_EXIT_LAYER, e.layers, _resolver(num_layers))
+
+    def _token_count(self, num_layers: int) -> _TokenCount:
+        return _TokenCount(num_layers, self._visual_decisions(num_layers), self._exit_decision(num_layers))
+
     # ---- suggesting -----------------------------------------------------------------------
     def suggest(self, trial: "optuna.trial.BaseTrial", num_layers: int) -> Plan:
         """The plan of one trial, its decisions suggested through ``trial`` (define-by-run).
@@ -595,7 +921,10 @@ class Space:
         self.check(num_layers)
         layers = self._suggest_layers(trial, num_layers)
         prune = self._suggest_prune(trial)
-        return Plan(layers=layers.layers, scope=layers.scope, prune=prune).validate(num_layers, file=self.file)
+        visual = self._suggest_visual(trial, layers, num_layers)
+        early = self._suggest_exit(trial, layers, num_layers)
+        return Plan(layers=layers.layers, scope=layers.scope, prune=prune, visual_tokens=visual,
+                    early_exit=early).validate(num_layers, file=self.file)
 
     def _prune_decisions(self) -> tuple[_Decision, _Decision, _Decision | None]:
         p = self.prune
@@ -629,6 +958,33 @@ class Space:
         """Every distinct canonical prune (``None``: no pruning) -> the first parameters giving it."""
         return _cached_prune_options(self)
 
+    def _suggest_visual(self, trial: Any, layers: Plan, num_layers: int) -> VisualTokensSpec | None:
+        """``visual_tokens`` on the suggested layer ops ``layers``, by rules 1 and 2 of the module docstring."""
+        decisions = self._visual_decisions(num_layers)
+        if decisions is None:
+            return None
+        keep_d, after_d, rank_d = decisions
+        keep = keep_d.suggest(trial)
+        if keep == _KEEP_ALL:
+            return None
+        after = _after_layer_past_pairs(after_d.suggest(trial), _pair_starts(layers), num_layers)
+        if after is None:
+            return None
+        ranked = keep != 0.0 and after >= 1 and not _skips_prompt_attention(layers.op_for(after - 1))
+        rank = rank_d.suggest(trial) if ranked else RANK_UNIFORM
+        return VisualTokensSpec(after_layer=after, keep=keep, rank=rank)
+
+    def _suggest_exit(self, trial: Any, layers: Plan, num_layers: int) -> EarlyExitSpec | None:
+        """``early_exit`` on the suggested layer ops ``layers``, by rule 1 of the module docstring."""
+        decision = self._exit_decision(num_layers)
+        if self.early_exit is None or decision is None:
+            return None
+        layer = decision.suggest(trial)
+        if layer == NO_EXIT:
+            return None
+        layer = _exit_past_pairs(layer, _pair_starts(layers), num_layers)
+        return None if layer is None else EarlyExitSpec(layer=layer, scope=self.early_exit.scope)
+
     # ---- the inverse, the grid, the size ------------------------------------------------------
     def params_for(self, plan: Plan, num_layers: int) -> dict[str, Any] | None:
         """The parameters that make :meth:`suggest` return ``plan`` (for ``study.enqueue_trial``),
@@ -640,10 +996,17 @@ class Space:
                                                                                       else None)
         if prune is None:
             return None
-        layers = self._layer_params(Plan(layers=plan.layers, scope=plan.scope), num_layers)
+        ops = Plan(layers=plan.layers, scope=plan.scope)
+        layers = self._layer_params(ops, num_layers)
         if layers is None:
             return None
-        params = {**layers, **prune}
+        visual = _first_params(self._visual_decisions(num_layers) or (), plan.visual_tokens,
+                               lambda trial: self._suggest_visual(trial, ops, num_layers))
+        early = _first_params([d for d in [self._exit_decision(num_layers)] if d is not None], plan.early_exit,
+                              lambda trial: self._suggest_exit(trial, ops, num_layers))
+        if visual is None or early is None:
+            return None
+        params = {**layers, **prune, **visual, **early}
         from optuna.trial import FixedTrial  # replay: the parameters must give exactly this plan
 
         try:
@@ -658,18 +1021,33 @@ class Space:
         decisions = list(self._grid_decisions(num_layers))
         if self.prune is not None:
             decisions += [d for d in self._prune_decisions() if d is not None]
-        return {d.name: list(d.values) for d in decisions if d.is_param}
+        decisions += [*(self._visual_decisions(num_layers) or ()), self._exit_decision(num_layers)]
+        return {d.name: list(d.values) for d in decisions if d is not None and d.is_param}
 
     def size(self, num_layers: int) -> int:
         """How many distinct plans the space holds for a model with ``num_layers`` decoder layers."""
         self.check(num_layers)
         prunes = len(self._prune_options()) if self.prune is not None else 1
-        return self._layer_plans(num_layers) * prunes
+        return self._unpruned_plans(num_layers) * prunes
+
+
+def _first_params(decisions: Sequence[_Decision], target: Any, run: Callable[[Any], Any]) -> dict[str, Any] | None:
+    """The first parameters, over every combination of the decisions' values in order, for which
+    ``run(trial)`` returns ``target``: only those ``run`` suggested. ``None`` when no combination does.
+    It replays ``run`` (the rules of the module docstring) rather than inverting it."""
+    from optuna.trial import FixedTrial
+
+    params = [d for d in decisions if d.is_param]
+    for values in itertools.product(*(d.values for d in params)):
+        trial = FixedTrial({d.name: v for d, v in zip(params, values)})
+        if run(trial) == target:
+            return dict(trial.params)
+    return None
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_problems(space: Space, num_layers: int) -> tuple[tuple[str, str], ...]:
-    return tuple(space._problems(num_layers))
+    return tuple(space._problems(num_layers)) + tuple(space._token_problems(num_layers))
 
 
 @functools.lru_cache(maxsize=64)
@@ -715,9 +1093,7 @@ class PerLayerSpace(Space):
         return self._resolved(num_layers)
 
     def _resolved(self, num_layers: int) -> tuple[int, ...]:
-        def at(i: int) -> int:
-            return i + num_layers if i < 0 else i
-
+        at = _resolver(num_layers)
         if isinstance(self.layers, LayerRange):
             return tuple(range(at(self.layers.first), at(self.layers.last) + 1))
         return tuple(sorted({at(i) for i in self.layers}))
@@ -813,18 +1189,17 @@ class PerLayerSpace(Space):
             params[scope_d.name] = scope
         return params
 
-    def _layer_plans(self, num_layers: int) -> int:
-        layers = self._resolved(num_layers)
-        decisions = self._layer_decisions(num_layers)
-        count = [0] * (len(layers) + 2)
-        count[len(layers)] = count[len(layers) + 1] = 1
-        for k in range(len(layers) - 1, -1, -1):  # sequences of ops of layers k.. (a pair covers two layers)
-            values = decisions[k].values
-            count[k] = sum(op != PARALLEL_BLOCKS for op in values) * count[k + 1]
-            if PARALLEL_BLOCKS in values:
-                count[k] += count[k + 2]
-        dense = 1 if KEEP in self.ops else 0  # every layer keeps: the same plan whatever the scope
-        return (count[0] - dense) * len(self.scopes) + dense
+    def _unpruned_plans(self, num_layers: int) -> int:
+        count = self._token_count(num_layers)
+        decisions = dict(zip(self._resolved(num_layers), self._layer_decisions(num_layers)))
+        # every layer keeps: the same layer plan whatever the scope, so counted once
+        dense = count.total([[_PLAIN]] * num_layers) if KEEP in self.ops else 0
+        total = dense
+        for scope in self.scopes:  # sequences of ops (a pair covers two layers), each with its token outcomes
+            options = [[_features(LayerOp(op, scope)) for op in decisions[i].values] if i in decisions else [_PLAIN]
+                       for i in range(num_layers)]
+            total += count.total(options) - dense
+        return total
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -839,9 +1214,7 @@ class PaperSpace(Space):
     end_layer: IntChoice | None = None
 
     def _layer_decisions(self, num_layers: int) -> list[_Decision]:
-        def at(i: int) -> int:
-            return i + num_layers if i < 0 else i
-
+        at = _resolver(num_layers)
         end = (_Decision(PARAM_END_LAYER, (num_layers,)) if self.end_layer is None
                else _choice_decision(PARAM_END_LAYER, self.end_layer, at))
         return [_Decision(PARAM_MODE, self.modes), _choice_decision(PARAM_SKIP_INTERVAL, self.skip_interval),
@@ -851,17 +1224,12 @@ class PaperSpace(Space):
         problems = []
         model = f"the model has {_plural(num_layers)}; negative values count from the end"
 
-        def keys(name: str, choice: Any) -> list[tuple[str, int]]:
-            if isinstance(choice, IntRange):
-                return [(f"{name}.low", choice.low), (f"{name}.high", choice.high)]
-            return [(f"{name}[{i}]" if len(choice) > 1 else name, v) for i, v in enumerate(choice)]
-
-        for key, value in keys("start_layer", self.start_layer):
+        for key, value in _choice_keys("start_layer", self.start_layer):
             if not -num_layers <= value < num_layers:
                 problems.append((key, f"`-num_layers <= start_layer < num_layers` must hold ({model}), "
                                       f"but got start_layer={value}"))
         if self.end_layer is not None:
-            for key, value in keys("end_layer", self.end_layer):
+            for key, value in _choice_keys("end_layer", self.end_layer):
                 if not -num_layers < value <= num_layers:
                     problems.append((key, f"`-num_layers < end_layer <= num_layers` must hold ({model}), "
                                           f"but got end_layer={value}"))
@@ -869,12 +1237,7 @@ class PaperSpace(Space):
             return problems
         _, _, start, end, _ = self._layer_decisions(num_layers)
         for key, d in (("start_layer", start), ("end_layer", end)):
-            if not d.values:
-                problems.append((key, f"must offer at least one layer once resolved ({model}), but "
-                                      f"`low <= high` does not hold there"))
-            elif len(set(d.values)) < len(d.values):
-                problems.append((key, f"must offer each layer only once after resolving ({model}), but got "
-                                      f"{list(d.values)}"))
+            problems += _offer_problems(key, d, model)
         if not problems and max(start.values) >= min(end.values):
             problems.append(("end_layer", f"`start_layer < end_layer` must hold for every choice of both once "
                                           f"resolved ({model}), but got start_layer={max(start.values)}, "
@@ -896,8 +1259,12 @@ class PaperSpace(Space):
         params = self._table(num_layers).get(plan)
         return None if params is None else dict(params)
 
-    def _layer_plans(self, num_layers: int) -> int:
-        return len(self._table(num_layers))
+    def _unpruned_plans(self, num_layers: int) -> int:
+        table = self._table(num_layers)
+        if self.visual_tokens is None and self.early_exit is None:
+            return len(table)  # no token decision: one plan per interval plan
+        count = self._token_count(num_layers)
+        return sum(count.total([[_features(plan.op_for(i))] for i in range(num_layers)]) for plan in table)
 
 
 @functools.lru_cache(maxsize=64)
@@ -941,7 +1308,16 @@ def _from_built(built: _PerLayerFile | _PaperFile, file: str | None) -> Space:
         prune = PruneChoices(methods=_strings(p.method), structures=_strings(p.structure),
                              sparsity=None if p.sparsity is None else _float_choice(p.sparsity),
                              targets=tuple(t for t in PRUNE_TARGETS if t in p.targets), calibration=p.calibration)
-    common = dict(scopes=_strings(built.scope), average=built.average, prune=prune, file=file)
+    visual = None
+    if built.visual_tokens is not None:
+        v = built.visual_tokens
+        visual = VisualTokensChoices(keep=_float_choice(v.keep), after_layer=_int_choice(v.after_layer),
+                                     ranks=_strings(v.rank))
+    early = None
+    if built.early_exit is not None:
+        early = EarlyExitChoices(layers=_int_choice(built.early_exit.layer), scope=built.early_exit.scope)
+    common = dict(scopes=_strings(built.scope), average=built.average, prune=prune, visual_tokens=visual,
+                  early_exit=early, file=file)
     if isinstance(built, _PaperFile):
         return PaperSpace(modes=_strings(built.mode), skip_interval=_int_choice(built.skip_interval),
                           start_layer=_int_choice(built.start_layer),

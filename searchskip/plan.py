@@ -109,7 +109,8 @@ __all__ = [
     "KEEP", "SKIP_BLOCK", "SKIP_ATTN", "SKIP_FFN", "PARALLEL_ATTN_FFN", "PARALLEL_BLOCKS", "OPS",
     "SCOPE_ALL", "SCOPE_GENERATED", "SCOPE_PROMPT", "SCOPE_NON_VISUAL", "SCOPES",
     "PRUNE_METHODS", "PRUNE_STRUCTURES", "PRUNE_TARGETS", "PLAN_VERSION", "PLAN_KEYS",
-    "RANK_ATTENTION", "RANK_UNIFORM", "VISUAL_RANKS", "EXIT_SCOPES", "VisualTokensSpec", "EarlyExitSpec",
+    "RANK_ATTENTION", "RANK_UNIFORM", "VISUAL_RANKS", "EXIT_SCOPES", "VisualRank", "ExitScope",
+    "VisualTokensSpec", "EarlyExitSpec", "kept_visual_tokens",
     "OpName", "ScopeName", "PruneMethod", "PruneStructure", "PruneTarget",
     "LayerOp", "DropSpec", "CalibrationSpec", "PruneSpec", "Plan",
 ]

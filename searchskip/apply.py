@@ -60,7 +60,7 @@ import torch
 
 from searchskip.arch import get_adapter
 from searchskip.arch.base import ArchAdapter
-from searchskip.flops.geometry import _sliding_windows
+from searchskip.flops.geometry import sliding_windows
 from searchskip.ops import ATTN_ALL, ATTN_NONE, DROP, REGISTRY, LayerSite
 from searchskip.ops import prune
 from searchskip.ops.registry import AttentionUse
@@ -201,7 +201,7 @@ def apply(model: Any, plan: Plan, *, calibration: Sequence[Mapping[str, Any]] | 
                     raise RuntimeError(f"layer {j} would get two forwards (ops at layer {i} and an earlier one)")
                 forwards[j] = forward
         if tokens is not None:
-            windows = _sliding_windows(adapter.text_config(model), len(layers))
+            windows = sliding_windows(adapter.text_config(model), len(layers))
             forwards.update(token_forwards(tokens, layers, adapter, runtime, forwards, dropped, windows))
             uses = {i: tokens.attention_use(i, use) for i, use in uses.items()}
         slots = assign_cache_slots([uses[i] for i in range(len(layers))], _layer_types(adapter, model, len(layers)))

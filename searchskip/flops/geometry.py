@@ -31,6 +31,7 @@ __all__ = [
     "geometry_of",
     "known_config",
     "resolve_config",
+    "sliding_windows",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "arch" / "configs"
@@ -236,7 +237,9 @@ def _linear(name: str, module: Any) -> Linear:
     return Linear(name, int(module.in_features), int(module.out_features), module.bias is not None)
 
 
-def _sliding_windows(text_config: Any, n: int) -> list[int | None]:
+def sliding_windows(text_config: Any, n: int) -> list[int | None]:
+    """Keys a query of each of the ``n`` decoder layers sees at most (``None``: no window), from the
+    decoder config as transformers reads it (Mistral: one window for all; Qwen2: per ``layer_types``)."""
     window = getattr(text_config, "sliding_window", None)
     if not window:
         return [None] * n
@@ -255,7 +258,7 @@ def _build_geometry(config: Any) -> ArchGeometry:
     adapter = get_adapter(model)
     text_config = adapter.text_config(model)
     decoder = adapter.layers(model)
-    windows = _sliding_windows(text_config, len(decoder))
+    windows = sliding_windows(text_config, len(decoder))
     layers = []
     for i, layer in enumerate(decoder):
         attn = adapter.attn_linears(layer)

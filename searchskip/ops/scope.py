@@ -187,8 +187,8 @@ class CallPositions:
     image: torch.Tensor | None = None
     image_unknown: bool = False
     padding: torch.Tensor | None = None
-    """Which absolute positions ``0 .. past + length - 1`` are real tokens (batch x positions,
-    bool; the call's 2D ``attention_mask``), ``None`` when the call had none (no padding)."""
+    """The call's 2D ``attention_mask`` as given (batch x absolute positions ``0 .. past + length
+    - 1``, nonzero = a real token), ``None`` when the call had none (no padding)."""
     _memo: dict = field(default_factory=dict, repr=False)
     _generation_memo: dict = field(default_factory=dict, repr=False)
     """Values that hold for the whole generation (shared by its calls' ``CallPositions``)."""
@@ -458,10 +458,8 @@ class PlanRuntime:
 
 
 def _padding(mask: Any) -> torch.Tensor | None:
-    """The real-token mask of a 2D ``attention_mask`` (``None`` when there is none)."""
-    if not torch.is_tensor(mask) or mask.dim() != 2:
-        return None
-    return mask.bool()
+    """A 2D ``attention_mask`` as it is (``None`` when there is none); read only by token ops."""
+    return mask if torch.is_tensor(mask) and mask.dim() == 2 else None
 
 
 def _cache_length(cache: Any) -> int:

@@ -182,9 +182,13 @@ class _TokenLayer:
     def _mask(self, call: CallPositions, view: "_View", kwargs: dict, device: torch.device) -> torch.Tensor:
         cache = kwargs.get("past_key_values")
         stored = _stored(cache, self.adapter.attention(self.layer).layer_idx) if cache is not None else 0
-        history = view.history[:, view.history.shape[1] - stored:] if stored else view.history[:, :0]
-        keys = torch.cat([history, view.absolute], dim=1)
-        return _visibility_mask(view.absolute, keys, call.padding, self.window, kwargs.get("attention_mask"), device)
+        like = kwargs.get("attention_mask")
+        key = ("tokens.mask", id(view), stored, self.window, like.dtype if torch.is_tensor(like) else None)
+        if key not in call._memo:  # the same for every reduced layer of a call with the same slot length
+            history = view.history[:, view.history.shape[1] - stored:] if stored else view.history[:, :0]
+            keys = torch.cat([history, view.absolute], dim=1)
+            call._memo[key] = _visibility_mask(view.absolute, keys, call.padding, self.window, like, device)
+        return call._memo[key]
 
 
 def _ranks_now(call: CallPositions) -> bool:
@@ -339,7 +343,7 @@ def _visibility_mask(queries: torch.Tensor, keys: torch.Tensor, padding: torch.T
     if window is not None:
         visible &= (q - k) < window
     if padding is not None:
-        visible &= padding.to(device).gather(1, keys.to(device)).unsqueeze(1)
+        visible &= padding.to(device).gather(1, keys.to(device)).bool().unsqueeze(1)
     visible |= ~visible.any(-1, keepdim=True)  # a padding query sees every key (no NaN)
     visible = visible.unsqueeze(1)
     if torch.is_tensor(like) and like.is_floating_point():
@@ -394,6 +398,6 @@ class _Capture:
         if window is not None:
             visible &= (n - 1 - keys) < window
         if call.padding is not None:
-            visible &= call.padding[:, :n].to(logits.device)
+            visible &= call.padding[:, :n].to(logits.device).bool()
         logits = logits.masked_fill(~visible.unsqueeze(1), float("-inf"))
         return logits.softmax(-1).mean(1)

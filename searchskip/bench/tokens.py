@@ -24,16 +24,6 @@ from pathlib import Path
 from searchskip.bench import run_bench
 from typing import Any, Callable
 
-LLM_PARTS = ("llm_prefill", "llm_decode", "lm_head")
-"""FLOP report components that belong to the language model."""
-
-
-def llm_flops(report: Any) -> float:
-    """The language model's share of a :class:`~searchskip.flops.FlopReport` (prefill, decode, lm_head)."""
-    parts = report.by_component()
-    return sum(parts.get(name, 0.0) for name in LLM_PARTS)
-
-
 def token_plans(after: list[int], keep: list[float], ranks: list[str]) -> list[Any]:
     """The grid of ``visual_tokens`` plans (``keep`` 1.0 is the unplanned model and is left out)."""
     from searchskip.plan import Plan, VisualTokensSpec
@@ -102,7 +92,7 @@ def measure(job: Any, after: list[int], keep: list[float], ranks: list[str], n_r
         with apply(loaded.model, plan):
             result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens)
         return {"plan": plan.to_dict(), "describe": "; ".join(plan.describe()), "accuracy": result.score.accuracy,
-                "flops_ratio": report.ratio(base), "llm_flops_ratio": llm_flops(report) / llm_flops(base),
+                "flops_ratio": report.ratio(base), "llm_flops_ratio": report.llm_ratio(base),
                 "seconds": result.seconds}
 
     unplanned = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens)

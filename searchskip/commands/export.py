@@ -12,10 +12,10 @@ See :mod:`searchskip.export.writer` for what an export folder holds.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from searchskip.commands.resume import in_dir
 
 
 def register(subparsers) -> None:
@@ -35,17 +35,6 @@ def register(subparsers) -> None:
                    help="write the export even if the exported model answers differently from the planned model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-@contextlib.contextmanager
-def _in_dir(path: str | None) -> Iterator[None]:
-    here = os.getcwd()
-    try:
-        if path and Path(path).is_dir():
-            os.chdir(path)
-        yield
-    finally:
-        os.chdir(here)
 
 
 def _chosen_trials(study: Any, which: str, folder: Path) -> list[Any]:
@@ -104,7 +93,7 @@ def run(args) -> int:
         folder = Path(args.study_dir).absolute()
         data, info = read_study_folder(str(folder))
         study = open_existing(str(folder))
-        with _in_dir(info.get("cwd")):
+        with in_dir(info.get("cwd")):
             job = job_from_data(data, str(folder / "job.yaml"))
         trials = _chosen_trials(study, args.trial, folder)
         base = Path(args.out).absolute() if args.out else folder / "export"
@@ -117,7 +106,7 @@ def run(args) -> int:
     dataset = None  # the validation split, loaded once: every export here is of the same job
     for job, plan, out, source, cwd in exports:
         out = out.absolute()
-        with _in_dir(cwd):
+        with in_dir(cwd):
             if dataset is None:
                 dataset = load_eval_split(job.data, "validation")
             result = export_plan(job, plan, out, source, progress=not args.no_progress,

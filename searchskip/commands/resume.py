@@ -7,6 +7,11 @@ Trials left RUNNING by a killed run are failed and retried once.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
 
 def register(subparsers) -> None:
     from searchskip.commands.search import add_run_options
@@ -35,7 +40,6 @@ def read_study_folder(study_dir: str):
 
 
 def run(args) -> int:
-    import os
     from pathlib import Path
 
     from searchskip.commands.search import search_and_report
@@ -43,13 +47,19 @@ def run(args) -> int:
 
     folder = Path(args.study_dir).absolute()
     data, info = read_study_folder(str(folder))
-    here = os.getcwd()
-    cwd = info.get("cwd")
-    try:
-        if cwd and Path(cwd).is_dir():
-            os.chdir(cwd)  # the job's relative paths meant the first run's directory
+    with in_dir(info.get("cwd")):  # the job's relative paths meant the first run's directory
         job = job_from_data(data, str(folder / "job.yaml"))
         return search_and_report(job, args, study=info.get("study", folder.name), outputs=str(folder.parent),
                                  force_new_study=False)
+
+
+@contextlib.contextmanager
+def in_dir(path: str | None) -> Iterator[None]:
+    """Run the block in folder ``path`` (when it exists; else where we are), then come back."""
+    here = os.getcwd()
+    try:
+        if path and Path(path).is_dir():
+            os.chdir(path)
+        yield
     finally:
         os.chdir(here)

@@ -44,11 +44,11 @@ def apply_plan(loaded: Any, job: Any, plan: Any, source: str, calibration_cache:
     model-dependent plan errors.
     """
     from searchskip.apply import apply
-    from searchskip.errors import ConfigError
+    from searchskip.errors import ConfigError, in_job
 
     if calibration is None:
         calibration = plan_calibration(loaded, job, plan, calibration_cache)
     try:
         return apply(loaded.model, plan, calibration=calibration)
     except ConfigError as err:  # name the plan file in model-dependent plan errors
-        raise ConfigError([p if p.file else type(p)(source, p.key, p.rule) for p in err.problems]) from None
+        raise in_job(source, err) from None

@@ -63,6 +63,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from searchskip.errors import SearchSkipError
+from searchskip.proc import pid_alive
 
 __all__ = [
     "MANIFEST",
@@ -285,38 +286,6 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id is running; unknown counts as running (keeps its folders)."""
-    if pid <= 0:
-        return True
-    if os.name == "posix":
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:  # PermissionError: it exists, owned by someone else
-            return True
-        return True
-    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
-        try:
-            import ctypes
-
-            kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-            handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-            if not handle:
-                return kernel32.GetLastError() == 5  # access denied: it exists
-            try:
-                code = ctypes.c_ulong()
-                if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-                    return True
-                return code.value == 259  # STILL_ACTIVE
-            finally:
-                kernel32.CloseHandle(handle)
-        except Exception:
-            return True
-    return True
-
-
 def _sibling(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(6)}"
 
@@ -350,7 +319,7 @@ def _owner_gone(pid: int, path: Path) -> bool:
     if pid == os.getpid():
         with _ACTIVE_LOCK:
             return str(path) not in _ACTIVE
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 # --------------------------------------------------------------------------- leftovers

@@ -72,36 +72,20 @@ class TrialPoint:
 
 
 def trial_points(study: Any) -> list[TrialPoint]:
-    """Every COMPLETE, feasible trial with an ``accuracy`` of ``study``, by trial number.
-
-    Repeats of a plan (``dedup_of``) and infeasible (over budget, PRUNED) trials are left
-    out; ``on_front`` is membership of :func:`~searchskip.search.leaderboard.pareto`.
-    """
-    from searchskip.search.leaderboard import _plan_summary, pareto, scored
+    """Every plan of :func:`~searchskip.search.leaderboard.leaderboard` (feasible, scored, repeats
+    left out), by trial number; ``on_front`` is membership of
+    :func:`~searchskip.search.leaderboard.pareto`."""
+    from searchskip.search.leaderboard import _plan_summary, leaderboard, pareto
 
     front = {t.number for t in pareto(study)}
     points = []
-    for t in scored(study):
-        a = t.user_attrs
-        if "dedup_of" in a or a.get("infeasible"):
-            continue
-        seed = a.get("seed")
-        points.append(TrialPoint(number=t.number, accuracy=float(a["accuracy"]),
-                                 flops_ratio=float(a.get("flops_ratio", float("nan"))),
+    for t in sorted(leaderboard(study), key=lambda t: t.number):
+        seed = t.user_attrs.get("seed")
+        points.append(TrialPoint(number=t.number, accuracy=float(t.user_attrs["accuracy"]),
+                                 flops_ratio=float(t.user_attrs.get("flops_ratio", float("nan"))),
                                  label=str(seed) if seed is not None else None, on_front=t.number in front,
                                  summary=_plan_summary(t)))
-    return sorted(points, key=lambda p: p.number)
-
-
-def _family(label: str | None) -> str | None:
-    """The seeded baseline family of a trial's ``seed`` label (``paper``, ``block_influence``,
-    ``unplanned``: :data:`~searchskip.search.leaderboard.BASELINES`' rule), ``None`` for the rest."""
-    from searchskip.search.leaderboard import BASELINES
-
-    if label is None:
-        return None
-    family = label.split(":")[0]
-    return family if any(family == name for name, _ in BASELINES) else None
+    return points
 
 
 # --------------------------------------------------------------------------------------
@@ -127,6 +111,8 @@ def plot_pareto(points: Sequence[TrialPoint], path: str | Path, *, chosen: int |
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from searchskip.search.leaderboard import seed_family
+
     fig = Figure(figsize=(7.0, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -135,7 +121,7 @@ def plot_pareto(points: Sequence[TrialPoint], path: str | Path, *, chosen: int |
     def pct(p: TrialPoint) -> float:
         return 100.0 * p.accuracy
 
-    others = [p for p in pts if _family(p.label) is None]
+    others = [p for p in pts if seed_family(p.label) is None]
     if others:
         ax.scatter([p.flops_ratio for p in others], [pct(p) for p in others], s=18, color="0.6", alpha=0.8,
                    label="search trials", zorder=2)
@@ -148,7 +134,7 @@ def plot_pareto(points: Sequence[TrialPoint], path: str | Path, *, chosen: int |
               ("block_influence", "Block Influence", "^", "tab:green"),
               ("unplanned", "unplanned model", "D", "black"))
     for family, name, marker, color in styles:
-        group = [p for p in pts if _family(p.label) == family]
+        group = [p for p in pts if seed_family(p.label) == family]
         if group:
             ax.scatter([p.flops_ratio for p in group], [pct(p) for p in group], s=46, marker=marker, color=color,
                        edgecolors="white", linewidths=0.6, label=name, zorder=5)
@@ -295,7 +281,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
 
     ``flops``: FLOPs per sample by component (:meth:`FlopReport.by_component`); ``flops_ratio``:
     the whole model's FLOPs over the unplanned model's; ``llm_flops_ratio``: the same for the
-    language model alone (:func:`searchskip.export.writer.llm_ratio`; its row is left out when ``None``); ``accuracy`` / ``unplanned_accuracy``: fractions in ``[0, 1]``;
+    language model alone (:meth:`searchskip.flops.FlopReport.llm_ratio`; its row is left out when ``None``); ``accuracy`` / ``unplanned_accuracy``: fractions in ``[0, 1]``;
     ``per_question_type`` / ``unplanned_per_question_type``: question type -> accuracy fraction;
     ``points``: the study's trials (:func:`trial_points`), ``chosen`` the exported trial's
     number; ``source``: the study folder or plan file; ``pareto_png``: the image's file name

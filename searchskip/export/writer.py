@@ -91,16 +91,6 @@ def _unplanned_scores(source: ExportSource, loaded: Any, dataset: Any, job: Job,
     return scores["accuracy"], scores["per_question_type"]
 
 
-LLM_COMPONENTS = ("llm_prefill", "llm_decode", "lm_head")
-
-
-def llm_ratio(report: Any, baseline: Any) -> float:
-    """FLOPs of the language model alone (prefill, decode, lm_head) over the unplanned model's."""
-    mine, base = report.by_component(), baseline.by_component()
-    denominator = sum(base[c] for c in LLM_COMPONENTS)
-    return sum(mine[c] for c in LLM_COMPONENTS) / denominator if denominator else float("nan")
-
-
 def _plan_text(plan: Plan, header: list[str]) -> str:
     return "".join(f"# {line}\n" for line in header) + plan.to_yaml()
 
@@ -143,7 +133,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
         report = count_flops(loaded.model.config, plan, workload, **count_kw)
         baseline = count_flops(loaded.model.config, None, workload, **count_kw)
         ratio = report.ratio(baseline)
-        llm = llm_ratio(report, baseline)
+        llm = report.llm_ratio(baseline)
 
         unplanned_acc, unplanned_pqt = _unplanned_scores(source, loaded, dataset, job, bar)
         calibration = plan_calibration(loaded, job, plan)

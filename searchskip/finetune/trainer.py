@@ -218,14 +218,15 @@ def _evaluate(loaded: Any, dataset: Any, job: Job, console: Any, label: str):
 
 
 def _pinned(job: Job, spec: FinetuneSpec, plan: Any) -> dict[str, Any]:
+    """The :data:`~searchskip.finetune.checkpoint.PINNED` fields of this run: the spec's, and the
+    model, the plan's key and the LoRA settings (``None`` unless ``method: lora``)."""
+    from searchskip.finetune.checkpoint import PINNED
+
     lora = dataclasses.asdict(spec.lora_settings) if spec.method == "lora" else None
     if lora is not None and lora["target_modules"] is not None:
         lora["target_modules"] = list(lora["target_modules"])
-    return {"method": spec.method, "model": job.model.id, "plan": plan.key() if plan is not None else None,
-            "lr": spec.lr, "batch_size": spec.batch_size, "seed": spec.seed, "epochs": spec.epochs,
-            "schedule": spec.schedule, "warmup_ratio": spec.warmup_ratio, "weight_decay": spec.weight_decay,
-            "max_grad_norm": spec.max_grad_norm, "train_split": spec.train_split,
-            "train_limit": spec.train_limit, "lora": lora}
+    special = {"model": job.model.id, "plan": plan.key() if plan is not None else None, "lora": lora}
+    return {name: special[name] if name in special else getattr(spec, name) for name in PINNED}
 
 
 def _optimizer_tensors(opt: Any) -> tuple[dict[str, Any], dict[str, Any]]:

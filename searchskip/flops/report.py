@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from searchskip.plan import Plan
 
 __all__ = [
-    "ATTENTIONS", "COUNTS", "COMPONENTS", "DTYPE_BYTES", "RANK_SCORES", "Budget", "Depth", "FlopEntry", "FlopReport",
+    "ATTENTIONS", "COUNTS", "COMPONENTS", "LLM_COMPONENTS", "DTYPE_BYTES", "RANK_SCORES", "Budget", "Depth", "FlopEntry", "FlopReport",
     "ParamCount",
 ]
 
@@ -26,6 +26,8 @@ ATTENTIONS = ("causal", "kernel")
 ``kernel``: what the attention kernel computes (SDPA's prefill computes the full square)."""
 
 COMPONENTS = ("vision", "projector", "llm_prefill", "llm_decode", "lm_head")
+LLM_COMPONENTS = ("llm_prefill", "llm_decode", "lm_head")
+"""The components that belong to the language model."""
 COMPONENT_TITLES = {
     "vision": "vision tower",
     "projector": "projector",
@@ -152,6 +154,12 @@ class FlopReport:
         on the same workload, for a budget ratio)."""
         denominator = baseline.total(self.count, self.attention)
         return self.total() / denominator if denominator else float("nan")
+
+    def llm_ratio(self, baseline: "FlopReport") -> float:
+        """:meth:`ratio` of the language model alone (:data:`LLM_COMPONENTS`); NaN without LLM FLOPs."""
+        mine, base = self.by_component(), baseline.by_component(self.count, self.attention)
+        denominator = sum(base[c] for c in LLM_COMPONENTS)
+        return sum(mine[c] for c in LLM_COMPONENTS) / denominator if denominator else float("nan")
 
     def by_component(self, count: str | None = None, attention: str | None = None) -> dict[str, float]:
         c, a = self._conv(count, attention)

@@ -35,8 +35,8 @@ def scored(study: Any) -> list[Any]:
 
 def leaderboard(study: Any) -> list[Any]:
     """Scored trials by accuracy, one per plan (repeats, ``dedup_of``, are left out)."""
-    return sorted([t for t in scored(study) if "dedup_of" not in t.user_attrs], key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs.get("flops_ratio", 0),
-                                                t.number))
+    return sorted([t for t in scored(study) if "dedup_of" not in t.user_attrs],
+                  key=lambda t: (-t.user_attrs["accuracy"], t.user_attrs.get("flops_ratio", 0), t.number))
 
 
 def pareto(study: Any) -> list[Any]:
@@ -79,6 +79,15 @@ BASELINES = (("paper", "the best paper interval plan"), ("block_influence", "the
 """Seed families the search is compared with: ``seed`` user-attr prefix -> description."""
 
 
+def seed_family(label: Any) -> str | None:
+    """The :data:`BASELINES` family of a trial's ``seed`` label (``paper:skip_block/...`` ->
+    ``paper``), ``None`` for a trial the sampler chose or an unknown label."""
+    if label is None:
+        return None
+    family = str(label).split(":")[0]
+    return family if any(family == name for name, _ in BASELINES) else None
+
+
 def baselines(study: Any) -> dict[str, dict | None]:
     """The best scored trial overall (``search``) and of each seeded baseline family, all within the budget."""
     board = leaderboard(study)
@@ -89,7 +98,7 @@ def baselines(study: Any) -> dict[str, dict | None]:
 
     out: dict[str, dict | None] = {"search": entry(board[0]) if board else None}
     for family, _ in BASELINES:
-        seeded = [t for t in board if str(t.user_attrs.get("seed", "")).split(":")[0] == family]
+        seeded = [t for t in board if seed_family(t.user_attrs.get("seed")) == family]
         out[family] = entry(seeded[0]) if seeded else None
     return out
 

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from searchskip.errors import ConfigError, SearchSkipError
+from searchskip.errors import ConfigError
+from searchskip.proc import pid_alive
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "WorkerRegistration", "study_flock",
            "worker_id", "live_workers", "open_storage", "fail_stale_trials", "fail_and_retry", "counted_states",
@@ -156,16 +157,6 @@ def worker_id(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _dead_local_worker(worker: Any) -> bool:
     """``True`` if ``worker`` (``host:pid``) is on this host and its process is gone."""
     if not isinstance(worker, str) or ":" not in worker:
@@ -174,7 +165,7 @@ def _dead_local_worker(worker: Any) -> bool:
     if host != socket.gethostname():
         return False
     try:
-        return not _alive(int(pid))
+        return not pid_alive(int(pid))
     except ValueError:
         return False
 
@@ -259,7 +250,7 @@ def live_workers(study_dir: Path, *, prune: bool = True) -> list[str]:
         h, _, pid = name.rpartition("-")
         if h == host:
             try:
-                alive = _alive(int(pid))
+                alive = pid_alive(int(pid))
             except ValueError:
                 alive = False
             if not alive:

@@ -52,7 +52,6 @@ running trial is then failed and retried by the next resume).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil

@@ -110,7 +110,7 @@ __all__ = [
     "SCOPE_ALL", "SCOPE_GENERATED", "SCOPE_PROMPT", "SCOPE_NON_VISUAL", "SCOPES",
     "PRUNE_METHODS", "PRUNE_STRUCTURES", "PRUNE_TARGETS", "PLAN_VERSION", "PLAN_KEYS",
     "RANK_ATTENTION", "RANK_UNIFORM", "VISUAL_RANKS", "EXIT_SCOPES", "VisualRank", "ExitScope",
-    "VisualTokensSpec", "EarlyExitSpec", "kept_visual_tokens",
+    "VisualTokensSpec", "EarlyExitSpec", "kept_visual_tokens", "skips_prompt_attention", "effective_rank",
     "OpName", "ScopeName", "PruneMethod", "PruneStructure", "PruneTarget",
     "LayerOp", "DropSpec", "CalibrationSpec", "PruneSpec", "Plan",
 ]
@@ -277,6 +277,15 @@ class VisualTokensSpec:
     keep: float
     rank: VisualRank = RANK_ATTENTION
 
+    def reduces(self, layer: int) -> bool:
+        """Whether ``layer`` sees the kept image tokens only."""
+        return layer >= self.after_layer
+
+    @property
+    def rank_layer(self) -> int | None:
+        """The layer whose attention ranks the image tokens (``None`` unless ``rank: attention``)."""
+        return self.after_layer - 1 if self.rank == RANK_ATTENTION else None
+
 
 @dataclass(frozen=True)
 class EarlyExitSpec:
@@ -287,6 +296,21 @@ class EarlyExitSpec:
 
     layer: int
     scope: ExitScope = "generated"
+
+    def exits_before(self, layer: int) -> bool:
+        """Whether the exiting tokens have left the decoder before ``layer``."""
+        return layer > self.layer
+
+
+def skips_prompt_attention(op: str, scope: str) -> bool:
+    """Whether op ``op`` with scope ``scope`` skips a layer's attention for prompt positions (so
+    ``visual_tokens`` with ``rank: attention`` cannot rank by that layer)."""
+    return op in (SKIP_BLOCK, SKIP_ATTN) and scope != SCOPE_GENERATED
+
+
+def effective_rank(keep: Any, rank: Any) -> Any:
+    """``rank``, except ``uniform`` when ``keep`` is 0: nothing is kept, so nothing is ranked."""
+    return RANK_UNIFORM if keep == 0 else rank
 
 
 def kept_visual_tokens(image_tokens: int, keep: float) -> int:
@@ -450,9 +474,7 @@ def _sketch(data: dict) -> _Sketch:
     visual = data.get("visual_tokens")
     after = visual.get("after_layer") if isinstance(visual, dict) else None
     after = after if _is_index(after) and after >= 0 else None
-    rank = (visual.get("rank", RANK_ATTENTION) if after is not None else None)
-    if after is not None and visual.get("keep") == 0:
-        rank = RANK_UNIFORM  # nothing kept, nothing ranked
+    rank = effective_rank(visual.get("keep"), visual.get("rank", RANK_ATTENTION)) if after is not None else None
     early = data.get("early_exit")
     exit_layer = early.get("layer") if isinstance(early, dict) else None
     exit_layer = exit_layer if _is_index(exit_layer) and exit_layer >= 0 else None
@@ -528,22 +550,19 @@ def _token_boundaries(plan: _Sketch) -> Iterator[tuple[str, str]]:
                                   f"early_exit.layer={i} lets generated tokens leave between them; move one of the two")
 
 
-_PROMPT_ATTENTION_SKIPS = frozenset((SKIP_BLOCK, SKIP_ATTN))
-
-
 def _rank_layer_runs(plan: _Sketch) -> Iterator[tuple[str, str]]:
     """``rank: attention`` reads the attention of layer ``after_layer - 1`` over the prompt."""
     if plan.after_layer is None or plan.rank != RANK_ATTENTION:
         return
     r = plan.after_layer - 1
-    why = None
     if r < 0:
         yield "visual_tokens.rank", ("rank 'attention' ranks image tokens by the attention of layer after_layer - 1, "
                                      "so `after_layer >= 1` must hold for it, but got after_layer=0; use rank: uniform")
         return
+    why = None
     if plan.drop is not None and r in plan.drop.layers:
         why = f"`drop` removes it ({_span(plan.drop)})"
-    elif plan.ops.get(r) in _PROMPT_ATTENTION_SKIPS and plan.scopes.get(r) != SCOPE_GENERATED:
+    elif r in plan.ops and skips_prompt_attention(plan.ops[r], plan.scopes.get(r)):
         why = f"it skips its attention for prompt positions ({plan.ops[r]} with scope {plan.scopes.get(r)!r})"
     if why:
         yield "visual_tokens.rank", (f"rank 'attention' ranks image tokens by the attention of layer {r} "
@@ -656,8 +675,8 @@ def _canonical(built: _PlanFile) -> dict[str, Any]:
                    for i, (op, s, average) in sorted(resolved.items()))
     visual = built.visual_tokens
     if visual is not None:
-        rank = RANK_UNIFORM if visual.keep == 0 else visual.rank  # nothing kept: nothing to rank
-        visual = None if visual.keep == 1.0 else dataclasses.replace(visual, keep=float(visual.keep), rank=rank)
+        visual = None if visual.keep == 1.0 else dataclasses.replace(visual, keep=float(visual.keep),
+                                                                     rank=effective_rank(visual.keep, visual.rank))
     return {"layers": layers, "scope": scope, "drop": built.drop, "prune": _canonical_prune(built.prune),
             "visual_tokens": visual, "early_exit": built.early_exit}
 

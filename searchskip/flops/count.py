@@ -11,7 +11,6 @@ from searchskip.flops.workload import Workload
 from searchskip.plan import (
     PARALLEL_ATTN_FFN,
     PARALLEL_BLOCKS,
-    RANK_ATTENTION,
     SKIP_ATTN,
     SKIP_BLOCK,
     SKIP_FFN,
@@ -116,7 +115,7 @@ def layer_execution(plan: Plan, num_layers: int) -> tuple[LayerExec, ...]:
             continue
         op = plan.op_for(i)
         scope = SCOPE_CLASSES[op.scope]
-        exited = SCOPE_CLASSES[early.scope] if early is not None and i > early.layer else NONE
+        exited = SCOPE_CLASSES[early.scope] if early is not None and early.exits_before(i) else NONE
         q = (ALL - scope if op.op in (SKIP_BLOCK, SKIP_ATTN) else ALL) - exited
         ffn = (ALL - scope if op.op in (SKIP_BLOCK, SKIP_FFN) else ALL) - exited
         kv = kv_classes(q)
@@ -124,8 +123,8 @@ def layer_execution(plan: Plan, num_layers: int) -> tuple[LayerExec, ...]:
             i, op.op, op.scope, frozenset(q), frozenset(kv), frozenset(ffn),
             parallel=scope if op.op == PARALLEL_ATTN_FFN else NONE,
             pair=scope if op.op == PARALLEL_BLOCKS else NONE,
-            image_keep=visual.keep if visual is not None and i >= visual.after_layer else None,
-            rank=visual is not None and visual.rank == RANK_ATTENTION and i == visual.after_layer - 1,
+            image_keep=visual.keep if visual is not None and visual.reduces(i) else None,
+            rank=visual is not None and i == visual.rank_layer,
             exited=exited,
         ))
     return tuple(out)

@@ -41,9 +41,6 @@ ATTN_PROJECTIONS = ("q", "k", "v", "o")
 RANK_SCORES = "rank_scores"
 """The part (of ``llm_prefill``, at layer ``visual_tokens.after_layer - 1``) that counts the
 ranking matmul of ``visual_tokens`` with ``rank: attention``."""
-LAYER_COLUMNS = {RANK_SCORES: "scores"}
-"""Parts :meth:`FlopReport.by_layer` adds to another column than their own name or ``mlp``:
-``visual_tokens``' ranking scores (``rank_scores``) are q.k scores."""
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -171,7 +168,7 @@ class FlopReport:
     def by_layer(self, count: str | None = None, attention: str | None = None) -> list[dict[str, Any]]:
         """One row per decoder layer (prefill and decode together): ``q, k, v, o, scores,
         weighted_sum, mlp, total`` and ``op`` (the layer's label, with what the plan's token keys
-        do there). ``scores`` includes the ``rank_scores`` of ``visual_tokens`` (see :data:`LAYER_COLUMNS`)."""
+        do there). ``scores`` includes the ``rank_scores`` of ``visual_tokens`` (q.k scores too)."""
         c, a = self._conv(count, attention)
         rows: list[dict[str, Any]] = []
         for i, op in enumerate(self.layer_ops):
@@ -182,7 +179,10 @@ class FlopReport:
             if e.component not in ("llm_prefill", "llm_decode") or e.layer is None:
                 continue
             row = rows[e.layer]
-            key = LAYER_COLUMNS.get(e.part) or (e.part if e.part in ATTN_PROJECTIONS + ATTENTION_PARTS else "mlp")
+            if e.part == RANK_SCORES:
+                key = "scores"
+            else:
+                key = e.part if e.part in ATTN_PROJECTIONS + ATTENTION_PARTS else "mlp"
             v = e.value(c, a)
             row[key] += v
             row["total"] += v

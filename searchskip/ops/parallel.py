@@ -48,7 +48,7 @@ def _build_parallel_attn_ffn(site: LayerSite) -> dict:
 
 
 def _build_parallel_blocks(site: LayerSite) -> dict:
-    i, adapter, runtime = site.index, site.adapter, site.runtime
+    i, runtime = site.index, site.runtime
     first, second = site.layers[i], site.layers[i + 1]
     scope = site.op.scope or SCOPE_ALL
     average = site.op.average

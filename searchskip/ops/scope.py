@@ -302,6 +302,7 @@ class ViewPositions(CallPositions):
     positions, exactly as :class:`CallPositions` answers them over a whole call."""
 
     absolute: torch.Tensor | None = None
+    """Required (a default only because the fields before it have one)."""
     view_prompt: int = 0
     exited: bool = False
     """Generated tokens never reach this layer (``early_exit``): no later query runs here, so an
@@ -314,7 +315,7 @@ class ViewPositions(CallPositions):
     def image_local(self) -> torch.Tensor | None:
         if self.image_unknown:
             return super().image_local()  # raises the explanation
-        if self.image is None or self.absolute is None:
+        if self.image is None or self.view_prompt == 0:  # image tokens are prompt positions
             return None
         if "image" not in self._memo:
             image = self.image[:, : self.prompt_length]
@@ -328,10 +329,7 @@ class ViewPositions(CallPositions):
             return 0
         if scope != SCOPE_NON_VISUAL:
             return super().kv_stop(scope)
-        image = self.image_local()
-        if image is None:
-            return 0
-        return int(image.any(0).nonzero().max()) + 1
+        return self.runs(SCOPE_NON_VISUAL).last  # one past the last image position of the view
 
 
 # --------------------------------------------------------------------------------------
@@ -416,7 +414,6 @@ class PlanRuntime:
             _tag(cache, self._pending)  # a cache the model created inside this call
         self.current = None
         self._pending = None
-        self.view = None
         self.stash.clear()
 
     def _image_mask(self, ids: torch.Tensor | None, past: int, declared: Declaration):
@@ -492,6 +489,21 @@ def mlp_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor, sel:
     return sel.add(h, adapter.mlp_delta(layer, sel.take(h)))
 
 
+def to_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """A projection's output (batch x positions x heads*head_dim) as batch x heads x positions x head_dim."""
+    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+
+def repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """K or V with grouped-query heads repeated to ``heads`` query heads."""
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+def attention_scaling(attention: Any, head_dim: int) -> float:
+    """The factor q.k is scaled by: the attention module's ``scaling``, else ``head_dim ** -0.5``."""
+    return getattr(attention, "scaling", head_dim ** -0.5)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     half = x.shape[-1] // 2
@@ -528,8 +540,8 @@ def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor
     heads, kv_heads, head_dim = adapter.attn_geometry(layer)
     batch = h.shape[0]
     x = adapter.attn_norm(layer)(h[:, :kv_stop])
-    k = lin["k"](x).view(batch, kv_stop, kv_heads, head_dim).transpose(1, 2)
-    v = lin["v"](x).view(batch, kv_stop, kv_heads, head_dim).transpose(1, 2)
+    k = to_heads(lin["k"](x), kv_heads, head_dim)
+    v = to_heads(lin["v"](x), kv_heads, head_dim)
     rope = layer_kwargs.get("position_embeddings")
     if rope is not None:
         cos, sin = rope
@@ -541,15 +553,12 @@ def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor
 
     xq = queries.take(x)
     n = xq.shape[1]
-    q = lin["q"](xq).view(batch, n, heads, head_dim).transpose(1, 2)
+    q = to_heads(lin["q"](xq), heads, head_dim)
     if rope is not None:
         q = _rotate(q, queries.take(cos), queries.take(sin))
     mask = _slice_mask(layer_kwargs.get("attention_mask"), queries, kv_stop, length, k.shape[2], h.device)
-    if kv_heads != heads:
-        k = k.repeat_interleave(heads // kv_heads, dim=1)
-        v = v.repeat_interleave(heads // kv_heads, dim=1)
-    scaling = getattr(attn, "scaling", head_dim ** -0.5)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scaling)
+    k, v = repeat_kv(k, heads), repeat_kv(v, heads)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=attention_scaling(attn, head_dim))
     out = out.transpose(1, 2).reshape(batch, n, heads * head_dim)
     return queries.add(h, lin["o"](out))
 

@@ -53,16 +53,24 @@ row of a batch must hold the same number of image tokens.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from searchskip.errors import ModelError
 from searchskip.ops.registry import ATTN_ALL, ATTN_PROMPT, ATTN_SUBSET, AttentionUse
-from searchskip.ops.scope import CallPositions, PlanRuntime, ViewPositions, _rotate
+from searchskip.ops.scope import (
+    CallPositions,
+    PlanRuntime,
+    ViewPositions,
+    _rotate,
+    attention_scaling,
+    repeat_kv,
+    to_heads,
+)
 from searchskip.ops.skip import layer_kwargs_binder
-from searchskip.plan import RANK_ATTENTION, Plan, kept_visual_tokens
+from searchskip.plan import RANK_ATTENTION, EarlyExitSpec, Plan, VisualTokensSpec, kept_visual_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -81,32 +89,28 @@ _MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 class TokenOps:
     """The token-reducing part of a plan, as :func:`searchskip.apply.apply` installs it."""
 
-    after_layer: int | None = None
-    keep: float = 1.0
-    rank: str = RANK_ATTENTION
-    exit_layer: int | None = None
+    visual: VisualTokensSpec | None = None
+    early: EarlyExitSpec | None = None
 
     @classmethod
     def of(cls, plan: Plan) -> "TokenOps | None":
         """The token ops of ``plan``; ``None`` when it has none."""
-        v, e = plan.visual_tokens, plan.early_exit
-        if v is None and e is None:
+        if plan.visual_tokens is None and plan.early_exit is None:
             return None
-        return cls(after_layer=v.after_layer if v else None, keep=v.keep if v else 1.0,
-                   rank=v.rank if v else RANK_ATTENTION, exit_layer=e.layer if e else None)
+        return cls(plan.visual_tokens, plan.early_exit)
 
     def reduced(self, layer: int) -> bool:
         """Whether ``layer`` runs on the kept image tokens only."""
-        return self.after_layer is not None and layer >= self.after_layer
+        return self.visual is not None and self.visual.reduces(layer)
 
     def exited(self, layer: int) -> bool:
         """Whether generated tokens have left the decoder before ``layer``."""
-        return self.exit_layer is not None and layer > self.exit_layer
+        return self.early is not None and self.early.exits_before(layer)
 
     @property
     def rank_layer(self) -> int | None:
         """The layer whose attention ranks the image tokens (``None`` unless ``rank: attention``)."""
-        return self.after_layer - 1 if self.after_layer is not None and self.rank == RANK_ATTENTION else None
+        return self.visual.rank_layer if self.visual is not None else None
 
     def attention_use(self, layer: int, use: AttentionUse) -> AttentionUse:
         """``use`` (which positions ``layer``'s attention projects K/V for) under these ops."""
@@ -133,23 +137,22 @@ def token_forwards(ops: TokenOps, layers: "nn.ModuleList", adapter: "ArchAdapter
     layer's sliding window (``None``: none)."""
     out: dict[int, Forward] = {}
     for j, layer in enumerate(layers):
-        governed = ops.reduced(j) or ops.exited(j)
-        if j in skip or not (governed or j == ops.rank_layer):
+        reduced, exited, ranks = ops.reduced(j), ops.exited(j), j == ops.rank_layer
+        if j in skip or not (reduced or exited or ranks):
             continue
         base = forwards.get(j) or functools.partial(type(layer).forward, layer)
-        out[j] = _TokenLayer(j, layer, base, ops, adapter, runtime, windows[j]).forward
+        out[j] = _TokenLayer(layer, base, ops, adapter, runtime, windows[j], reduced, exited, ranks).forward
     return out
 
 
 class _TokenLayer:
     """One governed decoder layer: runs ``base`` on its view of the call and ranks image tokens."""
 
-    def __init__(self, index: int, layer: Any, base: Forward, ops: TokenOps, adapter: "ArchAdapter",
-                 runtime: PlanRuntime, window: int | None):
-        self.index, self.layer, self.base, self.ops = index, layer, base, ops
+    def __init__(self, layer: Any, base: Forward, ops: TokenOps, adapter: "ArchAdapter", runtime: PlanRuntime,
+                 window: int | None, reduced: bool, exited: bool, ranks: bool):
+        self.layer, self.base, self.ops = layer, base, ops
         self.adapter, self.runtime, self.window = adapter, runtime, window
-        self.reduced, self.exited = ops.reduced(index), ops.exited(index)
-        self.ranks = index == ops.rank_layer
+        self.reduced, self.exited, self.ranks = reduced, exited, ranks
         self.bind = layer_kwargs_binder(layer)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -162,16 +165,16 @@ class _TokenLayer:
             if capture is not None:
                 capture.close()
         if capture is not None:
-            self.runtime.stash[_SCORES] = capture.scores(call, kwargs, self.adapter, self.layer, self.window)
+            self.runtime.stash[_SCORES] = capture.scores(call, kwargs, self.window)
         return out
 
     def _run(self, call: CallPositions, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
         if not (self.reduced or self.exited):
             return self.base(h, **kwargs)
-        view = _view(self.runtime, call, self.ops, self.reduced, self.exited, h.shape[0])
+        view = _view(self.runtime, call, self.ops, self.reduced, self.exited, h)
         if view.size == 0:
             return h
-        narrowed = view.layer_kwargs(kwargs, self._mask(call, view, kwargs, h.device)) if view.own_mask else kwargs
+        narrowed = view.layer_kwargs(kwargs, self._mask(call, view, kwargs)) if view.own_mask else kwargs
         self.runtime.view = view.positions
         try:
             out = self.base(view.take(h), **narrowed)
@@ -179,15 +182,16 @@ class _TokenLayer:
             self.runtime.view = None
         return view.put(h, out)
 
-    def _mask(self, call: CallPositions, view: "_View", kwargs: dict, device: torch.device) -> torch.Tensor:
+    def _mask(self, call: CallPositions, view: "_View", kwargs: dict) -> torch.Tensor:
         cache = kwargs.get("past_key_values")
         stored = _stored(cache, self.adapter.attention(self.layer).layer_idx) if cache is not None else 0
         like = kwargs.get("attention_mask")
-        key = ("tokens.mask", id(view), stored, self.window, like.dtype if torch.is_tensor(like) else None)
+        key = ("tokens.mask", self.reduced, self.exited, stored, self.window,
+               like.dtype if torch.is_tensor(like) else None)
         if key not in call._memo:  # the same for every reduced layer of a call with the same slot length
             history = view.history[:, view.history.shape[1] - stored:] if stored else view.history[:, :0]
             keys = torch.cat([history, view.absolute], dim=1)
-            call._memo[key] = _visibility_mask(view.absolute, keys, call.padding, self.window, like, device)
+            call._memo[key] = _visibility_mask(view.absolute, keys, call.padding, self.window, like)
         return call._memo[key]
 
 
@@ -196,7 +200,7 @@ def _ranks_now(call: CallPositions) -> bool:
     not chosen its tokens yet."""
     if _KEPT in call._generation_memo or call.past != 0 or call.length < call.prompt_length:
         return False
-    return call.image is not None and bool(call.image[:, : call.prompt_length].any())
+    return call.image_end > 0
 
 
 # --------------------------------------------------------------------------------------
@@ -206,45 +210,62 @@ def _ranks_now(call: CallPositions) -> bool:
 
 @dataclass
 class _View:
-    local: torch.Tensor
-    """batch x size: the call's local positions, sorted per row."""
-    absolute: torch.Tensor
+    positions: ViewPositions
+    """The view's positions (``absolute``: batch x size, on the hidden states' device)."""
     history: torch.Tensor
     """batch x n: absolute positions of the keys a full slot of this layer kind holds before the call."""
-    positions: ViewPositions
     whole: bool
-    """Whether ``local`` is every position of the call (take / put are then identities)."""
+    """Whether the view is every position of the call (take / put are then identities)."""
     own_mask: bool = True
     """Whether the layer gets a mask built for the view (else the one it received)."""
+    _narrowed: dict = field(default_factory=dict, repr=False)
+    """Layer arguments narrowed to the view, by the id of the full tensor (held, so the id stays
+    its own): every layer of the call gets the same rotary embeddings and position ids."""
+
+    @property
+    def absolute(self) -> torch.Tensor:
+        return self.positions.absolute
 
     @property
     def size(self) -> int:
-        return self.local.shape[1]
+        return self.positions.length
+
+    @functools.cached_property
+    def local(self) -> torch.Tensor:
+        """batch x size: the call's local positions, sorted per row."""
+        return self.absolute - self.positions.past
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (batch or 1 x call positions x ...) at the view's positions."""
         if self.whole:
             return x
-        index = self.local.to(x.device)
+        index = self.local
         if x.shape[0] != index.shape[0]:
             x = x.expand(index.shape[0], *x.shape[1:])
         if x.dim() == 2:
             return x.gather(1, index)
         return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
+    def _take_once(self, x: torch.Tensor) -> torch.Tensor:
+        if id(x) not in self._narrowed:
+            self._narrowed[id(x)] = (x, self.take(x))
+        return self._narrowed[id(x)][1]
+
     def put(self, h: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         if self.whole:
             return new
-        index = self.local.to(h.device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+        index = self.local.unsqueeze(-1).expand(-1, -1, h.shape[-1])
         return h.scatter(1, index, new.to(h.dtype))
 
     def layer_kwargs(self, kwargs: dict, mask: torch.Tensor) -> dict:
-        """The layer's keyword arguments narrowed to the view's positions."""
+        """The layer's keyword arguments narrowed to the view's positions (rotary embeddings and
+        ``position_ids`` gathered once per call: every layer gets the same tensors)."""
         out = dict(kwargs, attention_mask=mask)
         rope = kwargs.get("position_embeddings")
         if rope is not None:
-            out["position_embeddings"] = tuple(self.take(t) for t in rope)
+            out["position_embeddings"] = tuple(self._take_once(t) for t in rope)
         if torch.is_tensor(kwargs.get("position_ids")):
-            out["position_ids"] = self.take(kwargs["position_ids"])
+            out["position_ids"] = self._take_once(kwargs["position_ids"])
         if torch.is_tensor(kwargs.get("cache_position")):
             start = int(mask.shape[-1]) - self.size
             out["cache_position"] = torch.arange(start, start + self.size, device=kwargs["cache_position"].device)
@@ -252,8 +273,8 @@ class _View:
 
 
 def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: bool, exited: bool,
-          batch: int) -> _View:
-    """The view of ``call`` for layers of this kind (memoised per call)."""
+          h: torch.Tensor) -> _View:
+    """The view of ``call`` for layers of this kind (memoised per call), its positions on ``h``'s device."""
     key = ("tokens.view", reduced, exited)
     if key in call._memo:
         return call._memo[key]
@@ -262,7 +283,7 @@ def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: boo
     if reduced and past < n and not holds_prompt:
         raise RuntimeError("visual_tokens needs the whole prompt in the generation's first forward call, but "
                            f"positions {past}..{end - 1} arrived together (the prompt is {n} long)")
-    own_mask = True
+    own_mask, batch = True, h.shape[0]
     if reduced:
         kept = _kept(runtime, call, ops, batch) if holds_prompt else call._generation_memo[_KEPT]
         prompt = kept if holds_prompt else kept[:, :0]
@@ -272,50 +293,49 @@ def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: boo
         history = torch.arange(past).expand(batch, -1)
         own_mask = end > n  # a prompt-only call runs whole, with the layer's own mask
     generated = torch.arange(max(n, past), max(n, past) if exited else end).expand(prompt.shape[0], -1)
-    absolute = torch.cat([prompt, generated], dim=1)
+    absolute = torch.cat([prompt, generated], dim=1).to(h.device)
     positions = ViewPositions(past, absolute.shape[1], n, call.image, call.image_unknown, call.padding,
                               _generation_memo=call._generation_memo, absolute=absolute,
                               view_prompt=prompt.shape[1], exited=exited)
-    view = _View(absolute - past, absolute, history, positions, whole=absolute.shape[1] == call.length,
-                 own_mask=own_mask)
+    view = _View(positions, history.to(h.device), whole=absolute.shape[1] == call.length, own_mask=own_mask)
     call._memo[key] = view
     return view
 
 
 def _kept(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, batch: int) -> torch.Tensor:
-    """batch x K' sorted absolute prompt positions the reduced layers keep (chosen once per generation)."""
+    """batch x K' sorted absolute prompt positions the reduced layers keep (chosen once per
+    generation, on the CPU: they index the view's positions)."""
     memo = call._generation_memo
     if _KEPT in memo:
         return memo[_KEPT]
     n = call.prompt_length
     if call.image_unknown:
         call.image_local()  # raises the explanation
-    image = call.image[:, :n] if call.image is not None else None
-    if image is None or not bool(image.any()):
+    if call.image_end == 0:  # no image token in the prompt: nothing to drop
         memo[_KEPT] = torch.arange(n).expand(batch, -1)
         return memo[_KEPT]
-    image = image.cpu()
+    image = call.image[:, :n].cpu()
     counts = image.sum(1)
     if not bool((counts == counts[0]).all()):
         raise RuntimeError("visual_tokens needs the same number of image tokens in every row of a batch, but the rows "
                            f"hold {', '.join(str(int(c)) for c in counts)}")
     batch, total = image.shape[0], int(counts[0])
-    k = kept_visual_tokens(total, ops.keep)
+    visual = ops.visual
+    k = kept_visual_tokens(total, visual.keep)
     positions = image.nonzero()[:, 1].view(batch, total)  # image positions of each row, in order
-    if ops.rank == RANK_ATTENTION:
+    if visual.rank == RANK_ATTENTION:
         scores = runtime.stash.get(_SCORES)
         if scores is None:
-            raise RuntimeError(f"visual_tokens rank 'attention': layer {ops.rank_layer} did not score the image tokens "
-                               "in the call that holds the prompt")
+            raise RuntimeError(f"visual_tokens rank 'attention': layer {visual.rank_layer} did not score the image "
+                               "tokens in the call that holds the prompt")
         order = torch.sort(scores.cpu().float().gather(1, positions), dim=1, descending=True, stable=True).indices
         chosen = positions.gather(1, order[:, :k])
     else:
         pick = ((torch.arange(k, dtype=torch.float64) + 0.5) * total / max(k, 1)).floor().long()
         chosen = positions[:, pick]
-    text = (~image).nonzero()[:, 1].view(batch, n - total)
-    kept = torch.sort(torch.cat([text, chosen], dim=1), dim=1).values
-    memo[_KEPT] = kept
-    return kept
+    keep = (~image).scatter(1, chosen, True)  # text positions and the chosen image positions
+    memo[_KEPT] = keep.nonzero()[:, 1].view(batch, -1)
+    return memo[_KEPT]
 
 
 # --------------------------------------------------------------------------------------
@@ -333,11 +353,11 @@ def _stored(cache: Any, slot: int) -> int:
 
 
 def _visibility_mask(queries: torch.Tensor, keys: torch.Tensor, padding: torch.Tensor | None, window: int | None,
-                     like: Any, device: torch.device) -> torch.Tensor:
+                     like: Any = None) -> torch.Tensor:
     """batch x 1 x queries x keys mask from absolute positions: causal, sliding window, padding;
     boolean, or additive in ``like``'s dtype when ``like`` is a float mask; on ``like``'s device
-    (else ``device``)."""
-    device = like.device if torch.is_tensor(like) else device
+    (else the queries')."""
+    device = like.device if torch.is_tensor(like) else queries.device
     q, k = queries.to(device).unsqueeze(-1), keys.to(device).unsqueeze(-2)
     visible = k <= q
     if window is not None:
@@ -360,6 +380,7 @@ class _Capture:
     """Forward hooks that keep the last outputs of a layer's q and k projections."""
 
     def __init__(self, adapter: "ArchAdapter", layer: Any):
+        self.adapter, self.layer = adapter, layer
         linears = adapter.attn_linears(layer)
         self.outputs: dict[str, torch.Tensor] = {}
         self.handles = [linears[name].register_forward_hook(functools.partial(self._keep, name)) for name in ("q", "k")]
@@ -371,8 +392,7 @@ class _Capture:
         for handle in self.handles:
             handle.remove()
 
-    def scores(self, call: CallPositions, kwargs: dict, adapter: "ArchAdapter", layer: Any,
-               window: int | None) -> torch.Tensor:
+    def scores(self, call: CallPositions, kwargs: dict, window: int | None) -> torch.Tensor:
         """batch x prompt: the attention probabilities (mean over heads) of the last prompt
         token's query over the prompt's keys."""
         n = call.prompt_length
@@ -380,24 +400,16 @@ class _Capture:
         if q_out is None or k_out is None or q_out.shape[1] < n or k_out.shape[1] < n:
             raise RuntimeError("visual_tokens rank 'attention' needs the ranking layer's attention over the whole prompt, "
                                "but its q/k projections did not run for every prompt position")
-        heads, kv_heads, head_dim = adapter.attn_geometry(layer)
-        batch = q_out.shape[0]
-        q = q_out[:, n - 1: n].view(batch, 1, heads, head_dim).transpose(1, 2)
-        k = k_out[:, :n].view(batch, n, kv_heads, head_dim).transpose(1, 2)
+        heads, kv_heads, head_dim = self.adapter.attn_geometry(self.layer)
+        q, k = to_heads(q_out[:, n - 1: n], heads, head_dim), to_heads(k_out[:, :n], kv_heads, head_dim)
         rope = kwargs.get("position_embeddings")
         if rope is not None:
             cos, sin = rope
             q = _rotate(q, cos[:, n - 1: n], sin[:, n - 1: n])
             k = _rotate(k, cos[:, :n], sin[:, :n])
-        if kv_heads != heads:
-            k = k.repeat_interleave(heads // kv_heads, dim=1)
-        scaling = getattr(adapter.attention(layer), "scaling", head_dim ** -0.5)
-        logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(2).float() * scaling  # batch x heads x n
-        keys = torch.arange(n, device=logits.device)
-        visible = torch.ones(batch, n, dtype=torch.bool, device=logits.device)
-        if window is not None:
-            visible &= (n - 1 - keys) < window
-        if call.padding is not None:
-            visible &= call.padding[:, :n].to(logits.device).bool()
-        logits = logits.masked_fill(~visible.unsqueeze(1), float("-inf"))
-        return logits.softmax(-1).mean(1)
+        scaling = attention_scaling(self.adapter.attention(self.layer), head_dim)
+        logits = torch.matmul(q, repeat_kv(k, heads).transpose(-1, -2)).float() * scaling  # batch x heads x 1 x n
+        batch = q.shape[0]
+        keys = torch.arange(n, device=q.device).expand(batch, n)
+        visible = _visibility_mask(keys[:, n - 1:], keys, call.padding, window)  # batch x 1 x 1 x n
+        return logits.masked_fill(~visible, float("-inf")).softmax(-1).mean(1).squeeze(1)

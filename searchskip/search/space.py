@@ -151,7 +151,6 @@ from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem
 from searchskip.plan import (
     _CHECKS as _PLAN_CHECKS,
-    _PROMPT_ATTENTION_SKIPS,
     _SEXAGESIMAL_2_4,
     _targets_listed,
     KEEP,
@@ -162,7 +161,6 @@ from searchskip.plan import (
     RANK_ATTENTION,
     RANK_UNIFORM,
     SCOPE_ALL,
-    SCOPE_GENERATED,
     EXIT_SCOPES,
     CalibrationSpec,
     EarlyExitSpec,
@@ -176,6 +174,7 @@ from searchskip.plan import (
     ScopeName,
     VisualRank,
     VisualTokensSpec,
+    skips_prompt_attention,
 )
 
 if TYPE_CHECKING:  # optuna is imported only where a trial is replayed (keeps `searchskip validate` fast)
@@ -701,12 +700,6 @@ def _exit_past_pairs(layer: int, pairs: Collection[int], num_layers: int) -> int
     return moved if moved < num_layers - 1 else None
 
 
-def _skips_prompt_attention(op: LayerOp) -> bool:
-    """Rule 2 (part): whether a layer's op (scope filled in) skips its attention for prompt positions, so
-    that ``rank: attention`` cannot read it (the rule :class:`~searchskip.plan.Plan` checks)."""
-    return op.op in _PROMPT_ATTENTION_SKIPS and op.scope != SCOPE_GENERATED
-
-
 def _pair_starts(layers: Plan) -> frozenset[int]:
     return frozenset(i for i, op in layers.layers if op.op == PARALLEL_BLOCKS)
 
@@ -717,7 +710,7 @@ _PLAIN: _Features = (False, False)
 
 
 def _features(op: LayerOp) -> _Features:
-    return op.op == PARALLEL_BLOCKS, _skips_prompt_attention(op)
+    return op.op == PARALLEL_BLOCKS, skips_prompt_attention(op.op, op.scope)
 
 
 @dataclass(frozen=True)
@@ -791,9 +784,11 @@ class _TokenCount:
             states[(False, v, e)] += (self._visual_base() if v else 1) * (self._exit_base() if e else 1)
         for i, choices in enumerate(options):
             after: dict[tuple[bool, bool, bool], int] = collections.defaultdict(int)
+            terms = {(before, here): (self._visual_term(i, before, here), self._exit_term(i, before, here))
+                     for before in (False, True) for here in ([_PLAIN] if before else choices)}
             for (pair_before, v, e), weight in states.items():
                 for here in ([_PLAIN] if pair_before else choices):
-                    vt, et = self._visual_term(i, pair_before, here), self._exit_term(i, pair_before, here)
+                    vt, et = terms[(pair_before, here)]
                     for v2, vf in [(v, 1)] + ([(True, vt)] if not v and vt else []):
                         for e2, ef in [(e, 1)] + ([(True, et)] if not e and et else []):
                             after[(here[0], v2, e2)] += weight * vf * ef
@@ -877,16 +872,17 @@ class Space:
     def _token_problems(self, num_layers: int) -> list[tuple[str, str]]:
         """``visual_tokens.after_layer`` and ``early_exit.layer`` within the model, once resolved."""
         n = num_layers
+        resolve = _resolver(n)
         model = f"the model has {_plural(n)}; negative values count from the end"
         problems = []
         if self.visual_tokens is not None:
             for key, value in _choice_keys(PARAM_VISUAL_AFTER_LAYER, self.visual_tokens.after_layer):
-                if not -n <= value < n:
+                if not 0 <= resolve(value) < n:
                     problems.append((key, f"`0 <= after_layer < num_layers` must hold once resolved ({model}), "
                                           f"but got after_layer={value}"))
         if self.early_exit is not None:
             for key, value in _choice_keys(PARAM_EXIT_LAYER, self.early_exit.layers):
-                if value != NO_EXIT and not -n <= value < n - 1:
+                if value != NO_EXIT and not 0 <= resolve(value) < n - 1:
                     problems.append((key, f"`0 <= layer < num_layers - 1` must hold once resolved (exiting after "
                                           f"the last layer is no exit; {model}), but got layer={value}"))
         if problems:
@@ -970,14 +966,15 @@ class Space:
         after = _after_layer_past_pairs(after_d.suggest(trial), _pair_starts(layers), num_layers)
         if after is None:
             return None
-        ranked = keep != 0.0 and after >= 1 and not _skips_prompt_attention(layers.op_for(after - 1))
+        before = layers.op_for(after - 1) if after >= 1 else None
+        ranked = keep != 0.0 and before is not None and not skips_prompt_attention(before.op, before.scope)
         rank = rank_d.suggest(trial) if ranked else RANK_UNIFORM
         return VisualTokensSpec(after_layer=after, keep=keep, rank=rank)
 
     def _suggest_exit(self, trial: Any, layers: Plan, num_layers: int) -> EarlyExitSpec | None:
         """``early_exit`` on the suggested layer ops ``layers``, by rule 1 of the module docstring."""
         decision = self._exit_decision(num_layers)
-        if self.early_exit is None or decision is None:
+        if decision is None:
             return None
         layer = decision.suggest(trial)
         if layer == NO_EXIT:

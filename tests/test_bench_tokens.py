@@ -25,7 +25,6 @@ def test_grid_leaves_out_what_cannot_drop_or_rank():
 def test_pool_holds_every_block_subset_and_only_layer_skips():
     pool = bench.skip_pool(4, n_random=5)
     plans = [plan for _, plan in pool]
-    assert len(plans) == len(set(plans))
     subsets = [p for label, p in pool if label.startswith("skip_block ")]
     assert len(subsets) == 2 ** 4 - 2  # every non-empty proper subset of 4 layers
     assert all(p.visual_tokens is None and p.early_exit is None and not p.is_empty for p in plans)
@@ -37,6 +36,7 @@ def test_bench_writes_measured_json_and_markdown(tmp_path):
                        "--max-subset", "0"]) == 0
     result = json.loads((tmp_path / "out/bench/tokens-demo.json").read_text())
     assert result["n"] == 16 and len(result["tokens"]) == 2
+    assert any(row["best_skip"] is not None for row in result["tokens"])  # the comparison happened
     for row in result["tokens"]:
         assert 0 < row["flops_ratio"] < 1 and row["llm_flops_ratio"] < row["flops_ratio"]
         assert 0.0 <= row["accuracy"] <= 1.0

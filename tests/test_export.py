@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from searchskip.cli import main
-from searchskip.config.loader import job_from_data, load_job
+from searchskip.config.loader import load_job
 from searchskip.export.atomic import verify_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -236,9 +236,17 @@ def test_bad_export_arguments_exit_2(study, capsys, argv, message):
 def test_an_infeasible_trial_is_not_exported(study, capsys):
     from searchskip.commands.ls import open_existing
 
+    import optuna
+
+    from searchskip.plan import Plan
+
     study_dir, _ = study
-    infeasible = [t.number for t in open_existing(str(study_dir)).get_trials() if t.user_attrs.get("infeasible")]
-    if not infeasible:
-        pytest.skip("this study drew no over-budget plan")
+    opened = open_existing(str(study_dir))
+    infeasible = [t.number for t in opened.get_trials() if t.user_attrs.get("infeasible")]
+    if not infeasible:  # the sampler drew no over-budget plan: record one as the search does
+        opened.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            user_attrs={"plan": Plan().to_yaml(), "infeasible": True, "flops_ratio": 1.0}))
+        infeasible = [t.number for t in opened.get_trials() if t.user_attrs.get("infeasible")]
     assert main(["export", str(study_dir), "--trial", str(infeasible[0])]) == 2
     assert "over the budget" in capsys.readouterr().err

@@ -7,7 +7,6 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from searchskip.export.report import (
-    TrialPoint,
     layer_map_rows,
     plot_pareto,
     render_report,
@@ -80,7 +79,6 @@ def test_trial_points_content_and_front(study):
     assert by[3].label is None
     assert by[3].accuracy == pytest.approx(0.75) and by[3].flops_ratio == pytest.approx(0.58)
     assert by[3].summary == "3: skip_block; 5: skip_ffn"
-    assert all(isinstance(p, TrialPoint) for p in points)
 
 
 def test_trial_points_empty_study():

@@ -821,8 +821,6 @@ def _finetune_numbers(ft: FinetuneSpec) -> Iterator[tuple[str, str]]:
         yield "lr", f"`lr > 0` must hold, but got lr={ft.lr!r}"
     if not 0.0 <= ft.warmup_ratio < 1.0:
         yield "warmup_ratio", f"`0 <= warmup_ratio < 1` must hold, but got warmup_ratio={ft.warmup_ratio!r}"
-    if ft.weight_decay < 0:
-        yield "weight_decay", f"`weight_decay >= 0` must hold, but got weight_decay={ft.weight_decay!r}"
     if ft.max_grad_norm is not None and not ft.max_grad_norm > 0:
         yield "max_grad_norm", f"`max_grad_norm > 0` must hold (or null: no clipping), but got max_grad_norm={ft.max_grad_norm!r}"
 
@@ -890,6 +888,7 @@ def job_checks(embedded_names: Iterable[str] | None = None) -> dict[type, list[C
                      _search_backend, _search_sampler],
         BudgetSpec: [_budget_one, _budget_positive],
         FinetuneSpec: [at_least("epochs", 1), at_least("batch_size", 1), at_least("train_limit", 1),
+                       at_least("weight_decay", 0),
                        at_least("eval_limit", 1), at_least("seed", 0), at_least("checkpoint_every", 1),
                        _finetune_numbers, _finetune_splits, _finetune_out, _finetune_lora],
         LoraSpec: [at_least("r", 1), _lora_numbers],

@@ -389,16 +389,17 @@ def _mode_changes(space: _PaperFile) -> Iterator[tuple[str, str]]:
                         f"one of {', '.join(repr(o) for o in OPS if o != KEEP)}, but got 'keep'")
 
 
-def _int_values(name: str, value: Any) -> list[tuple[str, str, Any]]:
-    """``(dotted key, name in the rule, value)`` of an integer choice: the ends of a range, or each value."""
-    if isinstance(value, _IntRangeFile):
-        return [(f"{name}.low", "low", value.low), (f"{name}.high", "high", value.high)]
-    return [(key, name, v) for key, v in _items(name, value)]
+def _choice_values(name: str, choice: Any) -> list[tuple[str, str, Any]]:
+    """``(dotted key, name in the rule, value)`` of a choice as written in a file: the ends of a
+    range (of integers or numbers), or each value."""
+    if isinstance(choice, (_IntRangeFile, _FloatRangeFile)):
+        return [(f"{name}.low", "low", choice.low), (f"{name}.high", "high", choice.high)]
+    return [(key, name, v) for key, v in _items(name, choice)]
 
 
 def _skip_interval(space: _PaperFile) -> Iterator[tuple[str, str]]:
     yield from _list_shape("skip_interval", space.skip_interval, "value")
-    for key, name, value in _int_values("skip_interval", space.skip_interval):
+    for key, name, value in _choice_values("skip_interval", space.skip_interval):
         if value < 1:
             yield key, f"`skip_interval >= 1` must hold, but got {name}={value}"
 
@@ -411,7 +412,7 @@ def _end_layer(space: _PaperFile) -> Iterator[tuple[str, str]]:
     if space.end_layer is None:
         return
     yield from _list_shape("end_layer", space.end_layer, "value")
-    for key, _, value in _int_values("end_layer", space.end_layer):
+    for key, _, value in _choice_values("end_layer", space.end_layer):
         if value == 0:
             yield key, ("`end_layer != 0` must hold (the bound is exclusive, so no layer would be chosen; "
                         "negative values count from the end), but got end_layer=0")
@@ -474,17 +475,10 @@ def _prune_sparsity_needed(prune: _PruneSpaceFile) -> Iterator[tuple[str, str]]:
                            "0.5; remove it")
 
 
-def _float_values(name: str, choice: Any) -> list[tuple[str, str, float]]:
-    """``(dotted key, name in the rule, value)`` of a number choice: the ends of a range, or each value."""
-    if isinstance(choice, _FloatRangeFile):
-        return [(f"{name}.low", "low", choice.low), (f"{name}.high", "high", choice.high)]
-    return [(key, name, v) for key, v in _items(name, choice)]
-
-
 def _prune_sparsity_range(prune: _PruneSpaceFile) -> Iterator[tuple[str, str]]:
     if prune.sparsity is None:
         return
-    for key, name, value in _float_values("sparsity", prune.sparsity):
+    for key, name, value in _choice_values("sparsity", prune.sparsity):
         if not 0.0 <= value < 1.0:
             yield key, (f"`0 <= {name} < 1` must hold (sparsity is the fraction of weights removed), "
                         f"but got {name}={value!r}")
@@ -499,7 +493,7 @@ def _prune_calibration(prune: _PruneSpaceFile) -> Iterator[tuple[str, str]]:
 
 def _visual_keep(visual: _VisualTokensSpaceFile) -> Iterator[tuple[str, str]]:
     yield from _list_shape("keep", visual.keep, "value")
-    values = _float_values("keep", visual.keep)
+    values = _choice_values("keep", visual.keep)
     for key, name, value in values:
         if not 0.0 <= value <= 1.0:
             yield key, (f"`0 <= {name} <= 1` must hold (keep is the fraction of image tokens kept; 0 drops them all), "
@@ -519,7 +513,7 @@ def _visual_rank(visual: _VisualTokensSpaceFile) -> Iterator[tuple[str, str]]:
 
 def _exit_layer(early: _EarlyExitSpaceFile) -> Iterator[tuple[str, str]]:
     yield from _list_shape("layer", early.layer, "value")
-    values = _int_values("layer", early.layer)
+    values = _choice_values("layer", early.layer)
     if values and all(value == NO_EXIT for _, _, value in values):
         yield "layer", (f"must offer a layer besides {NO_EXIT!r}: 'none' alone never lets a token exit; "
                         "remove early_exit to search no early exit")

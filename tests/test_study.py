@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from searchskip.errors import ConfigError
 from searchskip.plan import Plan
 from searchskip.search.objective import ModelEvaluator, PlanScore
 from searchskip.search.storage import fail_stale_trials, open_storage
-from searchskip.search.study import open_study, run_search, seed_plans, study_dir, trial_counts
+from searchskip.search.study import run_search, seed_plans, study_dir, trial_counts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +127,7 @@ def test_same_plan_reuses_the_stored_score(tmp_path, demo):
 # ---- seeds ------------------------------------------------------------------------------------
 
 
-def test_seeds_are_the_unplanned_model_and_fitting_paper_plans(tmp_path, demo):
+def test_seeds_are_the_unplanned_model_and_fitting_paper_plans(tmp_path, demo, monkeypatch):
     ev = FakeEvaluator()
     job = make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=30)
     result = run(job, demo, ev)
@@ -146,11 +145,9 @@ def test_seeds_are_the_unplanned_model_and_fitting_paper_plans(tmp_path, demo):
 
     enqueued: list = []
     real_enqueue = study_module._enqueue_seeds
-    study_module._enqueue_seeds = lambda study, seeds: enqueued.append(seeds) or real_enqueue(study, seeds)
-    try:
-        run(job, demo, ev, trials=32)
-    finally:
-        study_module._enqueue_seeds = real_enqueue
+    monkeypatch.setattr(study_module, "_enqueue_seeds",
+                        lambda study, seeds: enqueued.append(seeds) or real_enqueue(study, seeds))
+    run(job, demo, ev, trials=32)
     assert enqueued == []  # the `seeded` guard: a resumed run enqueues nothing
     labels = [t.user_attrs["seed"] for t in result.study.get_trials() if "seed" in t.user_attrs]
     assert len(labels) == len(set(labels))
@@ -247,7 +244,12 @@ def test_a_seed_killed_before_it_suggested_is_retried_with_its_plan(tmp_path, de
     job = make_job(tmp_path, trials=1, seed_plans=False)
     run(job, demo, FakeEvaluator())
     study = optuna.load_study(study_name="t", storage=open_storage(None, study_dir(job)))
-    plan_params = {"layer.01.op": "skip_block"}
+    from searchskip.search.space import Space, layer_param
+
+    space = Space.load(job.search.space)
+    plan = Plan.from_dict({"version": 1, "layers": {1: "skip_block"}})
+    plan_params = space.params_for(plan, 8)
+    assert plan_params is not None and plan_params[layer_param(1)] == "skip_block"
     study.enqueue_trial(plan_params, user_attrs={"seed": "paper:x"})
     seed = study.ask()  # started, then killed before it suggested anything
     assert seed.params == {}
@@ -256,6 +258,9 @@ def test_a_seed_killed_before_it_suggested_is_retried_with_its_plan(tmp_path, de
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": seed.number, "seed": "paper:x"}
     assert waiting[0].system_attrs["fixed_params"] == plan_params
+    retry = study.ask()  # the retry replays the seed's plan
+    assert retry.number == waiting[0].number
+    assert space.suggest(retry, 8) == plan
 
 
 KILL_SCRIPT = """
@@ -389,14 +394,16 @@ def test_latency_objective_uses_the_measured_time_per_question(tmp_path, demo, m
                    sampler="random", seed_plans=False)
     from searchskip.apply import apply
 
-    ev = ModelEvaluator(loaded, dataset, 16, 2, apply_fn=lambda plan: apply(loaded.model, plan))
+    batch_size = 16
+    ev = ModelEvaluator(loaded, dataset, batch_size, 2, apply_fn=lambda plan: apply(loaded.model, plan))
     result = run(job, demo, ev)
     done = [t for t in result.study.get_trials() if t.state == TrialState.COMPLETE]
     assert done and all(len(t.values) == 2 and t.values[1] == t.user_attrs["latency_ms"] > 0 for t in done)
     assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE"]
     unplanned = ev(Plan(), None).latency_ms
     planned = ev(Plan.from_dict({"version": 1, "layers": {3: "skip_block"}}), None).latency_ms
-    assert unplanned - planned > 0.8 * 2 * 50 / len(dataset), (unplanned, planned)  # two batches, 50 ms each
+    batches = -(-len(dataset) // batch_size)  # each unplanned batch sleeps 50 ms
+    assert unplanned - planned > 0.8 * batches * 50 / len(dataset), (unplanned, planned)
 
 
 def test_ctrl_c_stops_after_the_running_trial(tmp_path, demo):

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from searchskip.errors import DataError
-from searchskip.eval.vqa_accuracy import VQAScore, normalize_answer, question_accuracy, score
+from searchskip.eval.vqa_accuracy import VQAScore, normalize_answer, question_accuracy, score, score_accuracies
 
 def ten(answer: str, k: int, filler: str = "filler") -> list[str]:
     """Ten ground-truth answers, ``k`` of them equal to ``answer``, the rest ``filler``.
@@ -320,3 +320,18 @@ def test_vqascore_fields() -> None:
         per_answer_type={"other": 1.0},
         counts_per_question_type={"what is": 1},
     )
+
+
+def test_score_accuracies_equals_score() -> None:
+    """Precomputed per-question accuracies give exactly the VQAScore of scoring the predictions."""
+    accuracies = [question_accuracy(p, a) for p, a in zip(PREDICTIONS, ANSWERS)]
+    assert score_accuracies(accuracies, QUESTION_TYPES, ANSWER_TYPES) == score(
+        PREDICTIONS, ANSWERS, QUESTION_TYPES, ANSWER_TYPES)
+    assert score_accuracies(accuracies) == score(PREDICTIONS, ANSWERS)
+
+
+def test_score_accuracies_checks_alignment() -> None:
+    with pytest.raises(ValueError, match="2 accuracies but question_types has 1"):
+        score_accuracies([1.0, 0.0], question_types=["is the"])
+    with pytest.raises(ValueError, match="no questions"):
+        score_accuracies([])

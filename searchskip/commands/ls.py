@@ -30,20 +30,29 @@ def register(subparsers) -> None:
 
 
 def open_existing(study_dir: str) -> Any:
-    """Load the study of a folder written by ``searchskip search`` (read only: no fingerprint check)."""
+    """Load the study of a folder written by ``searchskip search`` (read only: no fingerprint check,
+    and the journal is not repaired or otherwise rewritten; the next run repairs a torn one)."""
     from pathlib import Path
 
     import optuna
 
     from searchskip.commands.resume import read_study_folder
     from searchskip.errors import SearchSkipError
-    from searchskip.search.storage import open_storage
+    from searchskip.search.storage import JOURNAL_FILE, check_journal, open_storage
 
     folder = Path(study_dir)
     data, info = read_study_folder(study_dir)
     storage_spec = info.get("storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_spec, folder)
+    try:
+        storage = open_storage(storage_spec, folder, repair=False)
+    except (ValueError, TypeError, KeyError):
+        # optuna skips a torn last record; damage before the end stops it. Say so, but only read.
+        found = check_journal(folder / JOURNAL_FILE) if storage_spec is None else None
+        if found is None or found.problem is None:
+            raise
+        raise SearchSkipError(f"{folder / JOURNAL_FILE}: {found.problem}; `searchskip resume {folder}` repairs "
+                              "it (keeping the damaged file aside); ls only reads") from None
     name = info.get("study", folder.name)
     if name not in optuna.study.get_all_study_names(storage):
         raise SearchSkipError(f"{folder}: the storage holds no study named {name!r}")

@@ -60,6 +60,7 @@ __all__ = [
     "normalize_answer",
     "question_accuracy",
     "score",
+    "score_accuracies",
 ]
 
 CONTRACTIONS: dict[str, str] = {
@@ -254,6 +255,36 @@ def _group_means(accuracies: Sequence[float], groups: Sequence[str]) -> tuple[di
     return means, counts
 
 
+def _check_aligned(caller: str, n: int, what: str, lengths: dict[str, int | None]) -> None:
+    """Raise if a sequence of ``lengths`` (``None``: not given) is not ``n`` long, or if ``n`` is 0."""
+    wrong = {name: length for name, length in lengths.items() if length is not None and length != n}
+    if wrong:
+        detail = ", ".join(f"{name} has {length}" for name, length in wrong.items())
+        raise DataError(f"{caller} needs aligned sequences: {n} {what} but {detail}")
+    if n == 0:
+        raise DataError(f"{caller} got no questions to score")
+
+
+def _summarize(
+    accuracies: Sequence[float],
+    question_types: Sequence[str] | None,
+    answer_types: Sequence[str] | None,
+) -> VQAScore:
+    """The :class:`VQAScore` of aligned, checked per-question accuracies (plain means)."""
+    n = len(accuracies)
+    result = VQAScore(accuracy=float(sum(accuracies)) / n, n=n)
+    if question_types is not None:
+        result.per_question_type, result.counts_per_question_type = _group_means(accuracies, question_types)
+    if answer_types is not None:
+        result.per_answer_type, _ = _group_means(accuracies, answer_types)
+    return result
+
+
+def _lengths(question_types: Sequence[str] | None, answer_types: Sequence[str] | None) -> dict[str, int | None]:
+    return {"question_types": None if question_types is None else len(question_types),
+            "answer_types": None if answer_types is None else len(answer_types)}
+
+
 def score(
     predictions: Sequence[str],
     answers: Sequence[Sequence[str]],
@@ -274,29 +305,31 @@ def score(
             differ in length, if there are no questions, or if a question has no
             ground-truth answer.
     """
-    n = len(predictions)
-    lengths = {"answers": len(answers)}
-    if question_types is not None:
-        lengths["question_types"] = len(question_types)
-    if answer_types is not None:
-        lengths["answer_types"] = len(answer_types)
-    wrong = {name: length for name, length in lengths.items() if length != n}
-    if wrong:
-        detail = ", ".join(f"{name} has {length}" for name, length in wrong.items())
-        raise DataError(f"score() needs aligned sequences: {n} predictions but {detail}")
-    if n == 0:
-        raise DataError("score() got no questions to score")
-
+    _check_aligned("score()", len(predictions), "predictions",
+                   {"answers": len(answers), **_lengths(question_types, answer_types)})
     accuracies = []
     for index, (prediction, gts) in enumerate(zip(predictions, answers)):
         try:
             accuracies.append(question_accuracy(prediction, gts))
         except DataError as error:
             raise DataError(f"question {index}: {error}") from None
+    return _summarize(accuracies, question_types, answer_types)
 
-    result = VQAScore(accuracy=float(sum(accuracies)) / n, n=n)
-    if question_types is not None:
-        result.per_question_type, result.counts_per_question_type = _group_means(accuracies, question_types)
-    if answer_types is not None:
-        result.per_answer_type, _ = _group_means(accuracies, answer_types)
-    return result
+
+def score_accuracies(
+    accuracies: Sequence[float],
+    question_types: Sequence[str] | None = None,
+    answer_types: Sequence[str] | None = None,
+) -> VQAScore:
+    """The :class:`VQAScore` of per-question accuracies already computed with :func:`question_accuracy`.
+
+    ``score_accuracies([question_accuracy(p, a) for p, a in zip(predictions, answers)], qt, at)``
+    equals ``score(predictions, answers, qt, at)``; a caller that needed each question's accuracy
+    anyway (a running mean) need not score the answers twice.
+
+    Raises:
+        ValueError: (a :class:`~searchskip.errors.DataError`) if the type sequences
+            differ in length from ``accuracies``, or if there are no questions.
+    """
+    _check_aligned("score_accuracies()", len(accuracies), "accuracies", _lengths(question_types, answer_types))
+    return _summarize(list(accuracies), question_types, answer_types)

@@ -117,28 +117,31 @@ class ModelEvaluator:
 
     def __call__(self, plan: Plan, report: Report | None) -> PlanScore:
         from searchskip.eval.generate import answer_batch
-        from searchskip.eval.vqa_accuracy import question_accuracy, score
+        from searchskip.eval.vqa_accuracy import question_accuracy, score_accuracies
 
         handle = self.apply_fn(plan) if self.apply_fn is not None else None
         try:
-            predictions: list[str] = []
+            accuracies: list[float] = []  # each question scored once; the final score is built from these
             n = len(self.dataset)
             answering = 0.0
-            running = 0.0  # sum of the per-question accuracies so far (score()'s mean, kept incrementally)
+            running = 0.0  # sum of the per-question accuracies so far (only kept when reporting)
             for batch, start in enumerate(range(0, n, self.batch_size), start=1):
                 rows = self.dataset[start:start + self.batch_size]
                 began = time.perf_counter()
                 answers = answer_batch(self.loaded, rows["image"], rows["question"], self.max_new_tokens)
                 answering += time.perf_counter() - began
-                for i, answer in enumerate(answers, start=len(predictions)):
-                    running += question_accuracy(answer, self.answers[i])
-                predictions += answers
-                if report is not None and batch % self.report_every == 0 and len(predictions) < n:
-                    report(running / len(predictions), len(predictions))
+                scored = [question_accuracy(answer, self.answers[i])
+                          for i, answer in enumerate(answers, start=len(accuracies))]
+                accuracies += scored
+                if report is not None:
+                    for accuracy in scored:
+                        running += accuracy
+                    if batch % self.report_every == 0 and len(accuracies) < n:
+                        report(running / len(accuracies), len(accuracies))
         finally:
             if handle is not None:
                 handle.restore()
-        result = score(predictions, self.answers, self.question_types, self.answer_types)
+        result = score_accuracies(accuracies, self.question_types, self.answer_types)
         return PlanScore(result.accuracy, dict(result.per_question_type), result.n, 1000 * answering / max(1, n))
 
 

@@ -83,15 +83,19 @@ def ray_options(resources: dict[str, float]) -> dict[str, Any]:
 
 
 def tune_resources(resources: dict[str, float]) -> dict[str, float]:
-    """``search.resources_per_worker`` as ``tune.with_resources`` takes it (``cpu``, ``gpu``, ``memory``, custom)."""
-    opts = ray_options(resources)
-    out: dict[str, float] = {"cpu": opts["num_cpus"]}
-    if "num_gpus" in opts:
-        out["gpu"] = opts["num_gpus"]
-    if "memory" in opts:
-        out["memory"] = opts["memory"]
-    out.update(opts.get("resources", {}))
+    """``search.resources_per_worker`` as ``tune.with_resources`` takes it (``cpu``, ``gpu``, ``memory``, custom):
+    the same keys, ``cpu: 0`` unless given, ``memory`` in whole bytes, custom amounts as floats."""
+    out: dict[str, float] = {"cpu": 0}
+    for key, value in resources.items():
+        out[key] = value if key in ("cpu", "gpu") else int(value) if key == "memory" else float(value)
     return out
+
+
+def _ray_cause(err: BaseException) -> BaseException:
+    """The error a Ray task or Tune trial raised: a ``RayTaskError``'s cause as its own type (as a
+    local call would have raised it), any other error as is."""
+    cause = getattr(err, "as_instanceof_cause", None)
+    return cause() if cause else err
 
 
 def _is_loopback(address: str) -> bool:
@@ -126,7 +130,6 @@ def _init_ray(address: str | None) -> bool:
 class _Worker:
     study: Any
     objective: Any
-    registration: Any
 
 
 _WORKERS: dict[tuple[str, str], _Worker] = {}
@@ -140,8 +143,9 @@ def _open_worker_study(job: Job, study_name: str, folder: Path) -> Any:
     from searchskip.search.study import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The sampler is never asked: every parameter of a Tune trial was suggested by the driver.
-    return optuna.load_study(study_name=study_name, storage=open_storage(job.search.storage, folder),
+    # The sampler is never asked: every parameter of a Tune trial was suggested by the driver, which
+    # also checked (and repaired) the journal before any worker started.
+    return optuna.load_study(study_name=study_name, storage=open_storage(job.search.storage, folder, repair=False),
                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(job.search))
 
 
@@ -178,7 +182,7 @@ def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
         study, setup = _set_up(job, study_name, folder, cwd)
         objective = Objective(setup.ctx, make_evaluator(job, setup.loaded, setup.dataset),
                               prune=job.search.pruner != "none")
-        _WORKERS[key] = _Worker(study, objective, registration)
+        _WORKERS[key] = _Worker(study, objective)
     return _WORKERS[key]
 
 
@@ -187,6 +191,8 @@ def run_trial(study: Any, objective: Any, trial_id: int) -> dict[str, Any]:
     study its result, exactly as ``study.optimize`` would. Returns the metrics for Tune."""
     import optuna
     from optuna.trial import TrialState
+
+    from searchskip.search.objective import OBJECTIVE_ATTRS
 
     trial = optuna.trial.Trial(study, trial_id)
     try:
@@ -200,13 +206,20 @@ def run_trial(study: Any, objective: Any, trial_id: int) -> dict[str, Any]:
     else:
         frozen = study.tell(trial, values)
     attrs = frozen.user_attrs
-    accuracy = attrs.get("accuracy", attrs.get("accuracy_at_prune"))
-    flops_ratio = float(attrs.get("flops_ratio", math.nan))
-    return {"accuracy": float("nan") if accuracy is None else float(accuracy),
-            "flops_ratio": flops_ratio, "flops": flops_ratio,  # `flops` / `latency`: the objectives' names
-            "latency": float(attrs.get("latency_ms", math.nan)),
-            "optuna_state": frozen.state.name, "optuna_number": frozen.number,
-            "infeasible": bool(attrs.get("infeasible", False))}
+    # One metric per objective, by the objective's name (``accuracy``, ``flops``, ``latency``); a
+    # pruned trial's accuracy is its running accuracy when the pruner stopped it.
+    metrics: dict[str, Any] = {name: float(attrs.get(attr, math.nan)) for name, attr in OBJECTIVE_ATTRS.items()}
+    if "accuracy" not in attrs:
+        metrics["accuracy"] = float(attrs.get("accuracy_at_prune", math.nan))
+    metrics["flops_ratio"] = metrics["flops"]
+    metrics.update(optuna_state=frozen.state.name, optuna_number=frozen.number,
+                   infeasible=bool(attrs.get("infeasible", False)))
+    return metrics
+
+
+EVALUATED = "evaluated"
+"""Tune metric: the model evaluations the trial ran (``Objective.evaluations`` after minus before:
+0 for an infeasible or duplicate plan, 1 for a plan scored on the model, pruned or not)."""
 
 
 def _tune_trial(config: dict[str, Any], job: Job, study_name: str, folder: str, cwd: str) -> None:
@@ -214,7 +227,10 @@ def _tune_trial(config: dict[str, Any], job: Job, study_name: str, folder: str, 
     from ray import tune
 
     worker = _worker(job, study_name, folder, cwd)
-    tune.report(run_trial(worker.study, worker.objective, int(config[TRIAL_ID])))
+    before = worker.objective.evaluations
+    metrics = run_trial(worker.study, worker.objective, int(config[TRIAL_ID]))
+    metrics[EVALUATED] = worker.objective.evaluations - before
+    tune.report(metrics)
 
 
 # ---- the driver side ------------------------------------------------------------------------
@@ -230,15 +246,6 @@ def _searcher_class() -> type:
         the driver's worker id, and on completion only fails (and re-enqueues once) an Optuna
         trial that its Tune trial left RUNNING."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.asked: dict[str, Any] = {}
-
-        def suggest(self, trial_id: str) -> dict | None:
-            config = super().suggest(trial_id)
-            self.asked[trial_id] = self._ot_trials[trial_id]
-            return config
-
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             """The trial reported to the study itself."""
 
@@ -247,12 +254,19 @@ def _searcher_class() -> type:
             (OptunaSearch would pickle the study, the sampler and the space function here)."""
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            from optuna.trial import TrialState
+
+            from searchskip.search.storage import fail_and_retry
+
             self._completed_trials.add(trial_id)
-            ot_trial = self.asked.get(trial_id)
-            if ot_trial is not None:
-                fail_unfinished(self._ot_study, [ot_trial.number],
-                                "its Ray Tune trial ended without recording a result"
-                                + (" (the trial raised an error)" if error else " (stopped)"))
+            ot_trial = self._ot_trials.get(trial_id)  # OptunaSearch's: Tune trial id -> the Optuna trial asked
+            if ot_trial is None:
+                return
+            study = self._ot_study
+            frozen = study._storage.get_trial(ot_trial._trial_id)
+            if frozen.state == TrialState.RUNNING:
+                fail_and_retry(study, frozen, "its Ray Tune trial ended without recording a result"
+                               + (" (the trial raised an error)" if error else " (stopped)"))
 
     return _StorageOptunaSearch
 
@@ -291,9 +305,16 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _progress_callback(view: Any, study: Any) -> Any:
+    """Refreshes the progress view, and sums the trials' ``evaluated`` metric as their results
+    arrive (``.evaluations``: also right after a Ctrl-C, when ``Tuner.fit`` returns no results)."""
     from ray.tune import Callback
 
     class _View(Callback):
+        evaluations = 0
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self.evaluations += int(result.get(EVALUATED) or 0)
+
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             view.update(study, None)
 
@@ -316,9 +337,8 @@ def run_ray_search(
     """Search ``job`` with Ray Tune trials on its shared storage (see the module doc).
 
     Returns a :class:`~searchskip.search.study.SearchResult` (the study as the storage holds it
-    at the end; ``evaluations`` counts the Tune trials that scored a plan on the model)."""
-    import optuna
-
+    at the end; ``evaluations`` counts the model evaluations the trials ran, as
+    :attr:`Objective.evaluations <searchskip.search.objective.Objective.evaluations>` does)."""
     from searchskip.search.storage import live_workers
     from searchskip.search.study import (_ProgressView, begin_run, directions, make_sampler, study_needs_setup,
                                          trial_counts)
@@ -337,7 +357,7 @@ def run_ray_search(
 
     local = _init_ray(search.ray_address)
     interrupted = False
-    evaluations = 0
+    callback = None
     where = str(folder.absolute())
     try:
         if study_needs_setup(study, search):
@@ -345,8 +365,7 @@ def run_ray_search(
             try:
                 ray.get(task.remote(job, name, where, os.getcwd()))
             except ray.exceptions.RayTaskError as e:
-                raise e.as_instanceof_cause() from None
-        study = optuna.load_study(study_name=name, storage=study._storage)
+                raise _ray_cause(e) from None
         num_layers = int(study.user_attrs["num_layers"])
         sampler = make_sampler(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
         multi = len(search.objectives) > 1
@@ -358,7 +377,8 @@ def run_ray_search(
             tune.with_parameters(_tune_trial, job=job, study_name=name, folder=where, cwd=os.getcwd()),
             tune_resources(dict(search.resources_per_worker)))
         view = _ProgressView(study, trials, enabled=progress)
-        remaining = (trials - counted) if trials is not None else 10**9
+        callback = _progress_callback(view, study)
+        remaining = (trials - counted) if trials is not None else -1  # -1: no limit (Tune)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
@@ -366,7 +386,7 @@ def run_ray_search(
                                         time_budget_s=timeout, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                                       storage_path=str(folder.absolute() / "ray"), verbose=0,
-                                      callbacks=[_progress_callback(view, study)],
+                                      callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=0)))
         try:
             with view:
@@ -374,18 +394,14 @@ def run_ray_search(
         except KeyboardInterrupt:
             interrupted = True
             grid = None
-        stopped = fail_unfinished(study, [t.number for t in searcher.asked.values()],
+        stopped = fail_unfinished(study, [t.number for t in searcher._ot_trials.values()],
                                   "its Ray Tune trial was stopped (Ctrl-C or the time limit) before it finished")
         if grid is not None:
             errors = [r.error for r in grid if r.error is not None]
             interrupted = interrupted or (trials is not None and timeout is None and not errors
                                           and trial_counts(study)["counted"] < trials)
-            evaluations = sum(1 for r in grid if r.metrics and r.metrics.get("optuna_state") == "COMPLETE"
-                              and not r.metrics.get("infeasible"))
             if errors:
-                err = errors[0]
-                cause = getattr(err, "as_instanceof_cause", None)
-                raise (cause() if cause else err) from None
+                raise _ray_cause(errors[0]) from None
         if interrupted:
             print(f"interrupted: Ray Tune stopped; the storage keeps every finished trial"
                   + (f", and the {len(stopped)} stopped mid-run were re-enqueued" if stopped else "")
@@ -393,6 +409,6 @@ def run_ray_search(
     finally:
         if local:
             ray.shutdown()
-    study = optuna.load_study(study_name=name, storage=study._storage)
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
-                        evaluations=evaluations, seconds=time.perf_counter() - start)
+                        evaluations=callback.evaluations if callback is not None else 0,
+                        seconds=time.perf_counter() - start)

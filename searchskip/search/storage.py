@@ -7,8 +7,12 @@
   marks such trials FAIL and re-enqueues their parameters once (``retry_of``) when a process
   opens the study.
   A journal torn by a kill or a full disk (its last record cut off, or garbage after the
-  records) is detected every time it is opened, before anything is appended:
+  records) is detected when a run starts, under the study lock, before anything is appended
+  (:func:`~searchskip.search.study.prepare_study` calls :func:`repair_study_journal`):
   :func:`repair_journal` keeps the damaged file aside and continues from the complete records.
+  ``open_storage`` still repairs by default (direct callers); the opens inside a run and the
+  read-only ones (``searchskip ls``) pass ``repair=False``: they neither re-read the whole journal
+  for the check nor rewrite it.
 * ``sqlite:///FILE``: one worker only (SQLite locks the whole database: "database is locked").
 * ``postgresql://...`` / ``mysql://...``: an RDB storage with a heartbeat (60 s, grace 180 s)
   and optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)``, which fails stale trials
@@ -46,7 +50,7 @@ from searchskip.proc import pid_alive
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "WorkerRegistration", "study_flock",
            "worker_id", "live_workers", "open_storage", "fail_stale_trials", "fail_and_retry", "counted_states",
-           "JournalCheck", "check_journal", "repair_journal"]
+           "JournalCheck", "check_journal", "repair_journal", "repair_study_journal"]
 
 JOURNAL_FILE = "study.journal"
 LOCK_FILE = "study.lock"
@@ -121,18 +125,32 @@ def repair_journal(path: Path) -> str | None:
             f"{dropped} bytes; the damaged file is kept as {aside}")
 
 
-def open_storage(storage: str | None, study_dir: Path) -> Any:
-    """The optuna storage object for ``search.storage`` (see the module docstring)."""
+def repair_study_journal(storage: str | None, study_dir: Path) -> str | None:
+    """For a journal study (``storage`` is ``None``): :func:`repair_journal` on its journal, and a
+    ``warning:`` line on stderr saying what was done. Returns that note (``None``: nothing to do;
+    always ``None`` for an RDB storage)."""
+    if storage is not None:
+        return None
+    note = repair_journal(Path(study_dir) / JOURNAL_FILE)
+    if note is not None:
+        print(f"warning: {note}", file=sys.stderr)
+    return note
+
+
+def open_storage(storage: str | None, study_dir: Path, *, repair: bool = True) -> Any:
+    """The optuna storage object for ``search.storage`` (see the module docstring).
+
+    ``repair``: first check (and repair) a journal file with :func:`repair_study_journal`, which
+    reads the whole journal. A run does that once, under the study lock, where it starts
+    (:func:`~searchskip.search.study.prepare_study`); later and read-only opens pass ``False``."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
-        journal = study_dir / JOURNAL_FILE
-        note = repair_journal(journal)
-        if note is not None:
-            print(f"warning: {note}", file=sys.stderr)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        if repair:
+            repair_study_journal(storage, study_dir)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
     if storage.startswith("sqlite"):
         return optuna.storages.RDBStorage(storage)
     try:

@@ -72,7 +72,8 @@ from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
 )
 from searchskip.search.storage import (
-    JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, study_flock,
+    JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, repair_study_journal,
+    study_flock,
 )
 
 __all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
@@ -231,18 +232,20 @@ def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None)
 
 
 def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool = False) -> Any:
-    """The study of ``folder`` (created if absent), checked against ``job``'s fingerprint."""
+    """The study of ``folder`` (created if absent), checked against ``job``'s fingerprint.
+
+    The journal is not checked for damage here: :func:`prepare_study` repairs it first."""
     import optuna
 
     search = job.search
-    storage = open_storage(search.storage, folder)
+    storage = open_storage(search.storage, folder, repair=False)
     current = fp.fingerprint(job)
     exists = study_name in optuna.study.get_all_study_names(storage)
     if exists and force_new_study:
         if search.storage is None:
             journal = folder / JOURNAL_FILE
             journal.rename(folder / f"{JOURNAL_FILE}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            storage = open_storage(search.storage, folder)
+            storage = open_storage(search.storage, folder, repair=False)
         else:
             optuna.delete_study(study_name=study_name, storage=storage)
         exists = False
@@ -304,11 +307,14 @@ def run_targets(job: Job, trials: int | None, timeout: float | None) -> tuple[in
 
 def prepare_study(job: Job, folder: Path, name: str, *, force_new_study: bool = False,
                   others_alive: bool = False) -> tuple[Any, list[int]]:
-    """``(study, failed_stale)``: under the study's lock, save the job copy and ``run.json``, open
-    or create the study (fingerprint check, ``force_new_study``) and fail the stale RUNNING trials
-    of dead local workers (:func:`~searchskip.search.storage.fail_stale_trials`)."""
+    """``(study, failed_stale)``: under the study's lock, save the job copy and ``run.json``, repair
+    a torn journal (:func:`~searchskip.search.storage.repair_study_journal`, once per run, before
+    anything is appended), open or create the study (fingerprint check, ``force_new_study``) and
+    fail the stale RUNNING trials of dead local workers
+    (:func:`~searchskip.search.storage.fail_stale_trials`). Both backends' drivers start here."""
     with study_flock(folder):
         _save_job_copy(job, folder, name, job.search.storage)
+        repair_study_journal(job.search.storage, folder)
         study = open_study(job, folder, name, force_new_study=force_new_study)
         failed = fail_stale_trials(study, others_alive=others_alive)
     return study, failed
@@ -412,10 +418,25 @@ def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
     return loaded, dataset
 
 
+def _needs_workload(attrs: dict[str, Any]) -> bool:
+    """The study (user attrs ``attrs``) has no measured workload yet."""
+    return "workload" not in attrs
+
+
+def _needs_unplanned_flops(attrs: dict[str, Any]) -> bool:
+    """The study has no unplanned FLOPs (nor budget, layer count, space) stored yet."""
+    return "unplanned_flops" not in attrs
+
+
+def _needs_seeding(attrs: dict[str, Any], search: Any) -> bool:
+    """The job wants seed plans and the study has not enqueued them yet."""
+    return bool(search.seed_plans and not attrs.get("seeded"))
+
+
 def study_needs_setup(study: Any, search: Any) -> bool:
-    """Whether :func:`setup_worker` still has something to store in ``study`` (what it checks)."""
-    return ("workload" not in study.user_attrs or "unplanned_flops" not in study.user_attrs
-            or bool(search.seed_plans and not study.user_attrs.get("seeded")))
+    """Whether :func:`setup_worker` still has something to store in ``study`` (its own conditions)."""
+    attrs = study.user_attrs
+    return _needs_workload(attrs) or _needs_unplanned_flops(attrs) or _needs_seeding(attrs, search)
 
 
 def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
@@ -425,7 +446,7 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
     once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this."""
     search = job.search
     loaded, dataset = load_worker_inputs(job, loaded, dataset,
-                                         need_dataset=need_dataset or "workload" not in study.user_attrs)
+                                         need_dataset=need_dataset or _needs_workload(study.user_attrs))
     num_layers = _num_layers(loaded.model)
     space.check(num_layers)
     budget = budget_of(search.budget)
@@ -433,13 +454,13 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
         workload = _study_workload(study, loaded, dataset, job)
         ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
                                budget=budget, objectives=tuple(search.objectives))
-        if "unplanned_flops" not in study.user_attrs:
+        if _needs_unplanned_flops(study.user_attrs):
             study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
             study.set_user_attr("budget", budget.to_dict())
             study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
             study.set_user_attr("num_layers", num_layers)
             study.set_user_attr("space", str(search.space))
-        if search.seed_plans and not study.user_attrs.get("seeded"):
+        if _needs_seeding(study.user_attrs, search):
             extra = _baseline_seeds(study, job, loaded, dataset, ctx)
             _enqueue_seeds(study, seed_plans(ctx, extra))
             study.set_user_attr("seeded", True)
@@ -467,8 +488,10 @@ def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bo
     if trials is None or job.search.storage is not None or not (folder / JOURNAL_FILE).exists():
         return False
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder))
-    except KeyError:
+        # Not repaired here (outside the study lock): a journal that cannot be read as it is
+        # counts as unfinished, and prepare_study repairs it.
+        study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder, repair=False))
+    except (KeyError, ValueError, TypeError):
         return False
     return trial_counts(study)["counted"] >= trials
 

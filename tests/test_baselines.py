@@ -14,6 +14,7 @@ from searchskip.search.baselines import (
     block_influence,
     block_influence_plan,
     default_start_layers,
+    greedy_sublayer_removal,
     paper_interval_plans,
 )
 from searchskip.testing import tiny_inputs, tiny_model
@@ -273,3 +274,51 @@ def test_bi_on_the_embedded_model(embedded_batches):
     plan = block_influence_plan(bi, loaded.model.config, Workload(prompt_tokens=20, generated_tokens=2),
                                 Budget(ratio=0.8))
     assert plan is not None and 0 not in _skipped(plan)
+
+
+# --------------------------------------------------------------------------------------
+# greedy_sublayer_removal (FinerCut-style)
+# --------------------------------------------------------------------------------------
+
+
+def _removed(plan: Plan) -> set[tuple[int, str]]:
+    parts = {"skip_attn": ("attn",), "skip_ffn": ("ffn",), "skip_block": ("attn", "ffn")}
+    return {(i, part) for i, op in plan.layers for part in parts[op.op]}
+
+
+HARM = {(i, part): 10 * (8 - i) + (5 if part == "attn" else 0) for i in range(8) for part in ("attn", "ffn")}
+"""A made-up harm per sublayer (no ties): later layers and FFNs hurt less -- except layer 5's FFN, the worst."""
+HARM[(5, "ffn")] = 100
+
+
+@pytest.mark.parametrize("ratio", [0.8, 0.5, 0.35])
+def test_greedy_removes_the_least_harmful_sublayer_each_step_until_the_budget_fits(ratio):
+    calls = []
+
+    def score(plan: Plan) -> float:
+        calls.append(plan)
+        return -sum(HARM[r] for r in _removed(plan))
+
+    budget = Budget(ratio=ratio)
+    steps = greedy_sublayer_removal(score, ARCH, WORKLOAD, budget)
+    assert steps and _ratio(steps[-1].plan) <= ratio < _ratio(steps[-2].plan if len(steps) > 1 else Plan())
+    removed: set[tuple[int, str]] = set()
+    for k, step in enumerate(steps):
+        left = [s for s in HARM if s not in removed]
+        assert step.removed == min(left, key=HARM.get)  # the least harmful one left
+        removed.add(step.removed)
+        assert _removed(step.plan) == removed and step.score == -sum(HARM[r] for r in removed)
+        assert step.flops_ratio == pytest.approx(_ratio(step.plan))
+        assert step.evaluations == sum(16 - j for j in range(k + 1))  # every remaining sublayer tried once
+    assert len(calls) == steps[-1].evaluations
+    assert (5, "ffn") not in removed or ratio == 0.35
+    both = [i for i, op in steps[-1].plan.layers if op.op == "skip_block"]
+    assert all((i, "attn") in removed and (i, "ffn") in removed for i in both)
+
+
+def test_greedy_respects_layers_and_scope_and_stops_when_nothing_is_left():
+    steps = greedy_sublayer_removal(lambda plan: 0.0, ARCH, WORKLOAD, Budget(ratio=0.01), layers=[2, 3],
+                                    scope="generated")
+    assert len(steps) == 4 and _ratio(steps[-1].plan) > 0.01  # all four sublayers gone, still too big
+    assert {i for i, _ in steps[-1].plan.layers} == {2, 3} and steps[-1].plan.scope == "generated"
+    assert greedy_sublayer_removal(lambda plan: 0.0, ARCH, WORKLOAD, Budget(ratio=1.0)) == []

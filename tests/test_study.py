@@ -381,15 +381,15 @@ def test_latency_objective_uses_the_measured_time_per_question(tmp_path, demo, m
     from searchskip.apply import applied_plan
 
     loaded, dataset = demo
-    answer_batch = generate.answer_batch
+    generate_answers = generate.generate_answers
 
     def slower_without_plan(model_loaded, *args):
         applied = applied_plan(model_loaded.model)
         if applied is None or applied.plan.is_empty:
             time.sleep(0.05)
-        return answer_batch(model_loaded, *args)
+        return generate_answers(model_loaded, *args)
 
-    monkeypatch.setattr(generate, "answer_batch", slower_without_plan)
+    monkeypatch.setattr(generate, "generate_answers", slower_without_plan)
     job = make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=3, objectives=["accuracy", "latency"],
                    sampler="random", seed_plans=False)
     from searchskip.apply import apply
@@ -491,6 +491,39 @@ def test_median_pruner_stops_a_poor_trial_early(tmp_path, demo):
     no_pruner = run(make_job(tmp_path / "b", budget={"flops_ratio": 1.0}, trials=7, sampler="random",
                              seed_plans=False, pruner="none"), demo, Reporting())
     assert trial_counts(no_pruner.study)["pruned"] == 0
+
+
+def test_halving_pruner_scores_a_growing_subset(tmp_path, demo):
+    """``pruner: halving``: a trial is scored on one batch (8 questions) first and goes on only while
+    it is in the top third at that size; from the start, unlike the median pruner's 5 start-up trials."""
+    class Worsening(FakeEvaluator):
+        def __call__(self, plan, report):
+            self.calls += 1
+            acc = 1.0 - 0.1 * self.calls  # each trial worse than every earlier one
+            for step in (8, 16, 24):
+                report(acc, step)
+            return PlanScore(acc, {}, 32)
+
+    job = make_job(tmp_path, budget={"flops_ratio": 1.0}, trials=6, sampler="random", seed_plans=False,
+                   pruner="halving")
+    trials = sorted(run(job, demo, Worsening()).study.get_trials(), key=lambda t: t.number)
+    assert trials[0].state == TrialState.COMPLETE
+    later = [t for t in trials[1:] if "dedup_of" not in t.user_attrs]
+    assert later and all(t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 8 for t in later)
+    median = run(make_job(tmp_path / "m", budget={"flops_ratio": 1.0}, trials=6, sampler="random",
+                          seed_plans=False), demo, Worsening())
+    assert trial_counts(median.study)["pruned"] <= 1  # the median pruner needs 5 finished trials first
+
+
+@pytest.mark.parametrize("search, words", [
+    ({"pruner": "hyperband"}, ["search.pruner", "median", "halving", "none"]),
+    ({"feature_cache": "ram"}, ["search.feature_cache", "memory", "disk"]),
+    ({"cache_memory_gb": -1}, ["search.cache_memory_gb", "`cache_memory_gb >= 0`"]),
+])
+def test_pruner_and_cache_rules(tmp_path, search, words):
+    text = job_problems(tmp_path, **search)
+    for word in words:
+        assert word in text, text
 
 
 def test_seeded_baselines_are_scored_in_full(tmp_path, demo):

@@ -139,9 +139,20 @@ class SearchSpec:
     resources_per_worker: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0})
     """``backend: ray`` only: what each worker actor reserves: ``cpu``, ``gpu``, ``memory`` (bytes)
     or a custom Ray resource name, e.g. ``{gpu: 1}`` on a GPU cluster."""
-    pruner: Literal["median", "none"] = "median"
+    pruner: Literal["median", "halving", "none"] = "median"
+    """Stops hopeless trials on their running accuracy (one objective only): ``median`` (optuna's
+    MedianPruner: below the median of earlier trials at the same step) or ``halving``
+    (SuccessiveHalvingPruner: score a growing subset, one report's questions first, and go on
+    only while in the top third of the trials at that size)."""
     report_every: int = 1
     """Batches of the validation subset between intermediate reports (multi-fidelity pruning)."""
+    feature_cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    """Where each worker keeps the validation subset's image features (vision tower + projector,
+    computed once, since no plan changes them): ``memory`` (on the model's device), ``disk``
+    (temporary safetensors files), ``auto`` (memory when they fit in ``cache_memory_gb``),
+    ``none`` (recompute every trial)."""
+    cache_memory_gb: float = 2.0
+    """``feature_cache: auto``: the most GiB of features a worker keeps in memory."""
     seed_plans: bool = True
     """Enqueue the unplanned model and the paper's interval plans that fit the budget and the space."""
 

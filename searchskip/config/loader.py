@@ -744,6 +744,9 @@ def _search_counts(search: SearchSpec) -> Iterator[tuple[str, str]]:
         yield "timeout_s", f"`timeout_s > 0` must hold (or null), but got timeout_s={search.timeout_s!r}"
     yield from at_least("seed", 0)(search)
     yield from at_least("report_every", 1)(search)
+    if isinstance(search.cache_memory_gb, bool) or not isinstance(search.cache_memory_gb, (int, float)) \
+            or not search.cache_memory_gb >= 0:
+        yield "cache_memory_gb", f"`cache_memory_gb >= 0` must hold, but got cache_memory_gb={search.cache_memory_gb!r}"
 
 
 def _search_storage(search: SearchSpec) -> Iterator[tuple[str, str]]:

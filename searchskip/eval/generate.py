@@ -20,12 +20,12 @@ def prompt_inputs(loaded, images: Sequence, questions: Sequence[str]) -> dict:
     return inputs
 
 
-def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers for one batch of (image, question) pairs, left-padded, special tokens removed."""
+def generate_answers(loaded, inputs: dict, max_new_tokens: int) -> list[str]:
+    """Greedy answers for prepared model inputs (:func:`prompt_inputs`, or a prepared batch's
+    :meth:`~searchskip.eval.prepared.PreparedBatch.generate_inputs`), special tokens removed."""
     import torch
 
     processor = loaded.processor
-    inputs = prompt_inputs(loaded, images, questions)
     with torch.inference_mode():
         out = loaded.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -33,6 +33,11 @@ def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tok
         )
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers for one batch of (image, question) pairs, left-padded, special tokens removed."""
+    return generate_answers(loaded, prompt_inputs(loaded, images, questions), max_new_tokens)
 
 
 def answer_all(loaded, dataset, batch_size: int, max_new_tokens: int,

@@ -4,6 +4,8 @@
   once on calibration batches; :func:`block_influence_plan` turns it into a plan by skipping
   the least influential layers until a FLOP budget is met (ShortGPT's layer removal, with
   ``skip_block`` standing in for deleting the layer).
+* :func:`greedy_sublayer_removal` -- a FinerCut-style greedy search: remove the least harmful
+  attention or FFN sublayer, one at a time, until the smallest budget fits.
 * :func:`paper_interval_plans` -- the seed paper's interval plans
   (:meth:`~searchskip.plan.Plan.from_pattern` over modes x intervals x start layers), one
   shared definition for the study and the benchmarks; :func:`best_fitting` keeps those that
@@ -19,7 +21,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 from searchskip.flops import Budget, FlopReport, Workload, count_flops, geometry_of
 from searchskip.plan import (
@@ -43,6 +46,8 @@ __all__ = [
     "labelled_paper_plans",
     "default_start_layers",
     "best_fitting",
+    "GreedyStep",
+    "greedy_sublayer_removal",
 ]
 
 BI_OPS: tuple[str, ...] = (SKIP_BLOCK, SKIP_ATTN, SKIP_FFN)
@@ -268,3 +273,85 @@ def best_fitting(plans: Iterable[Plan], arch: Any, workload: Workload, budget: B
             scored.append((-budget.cost(report), k, plan))
     scored.sort(key=lambda t: (t[0], t[1]))
     return [plan for _, _, plan in scored]
+
+
+# --------------------------------------------------------------------------------------
+# Greedy sublayer removal (FinerCut-style)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GreedyStep:
+    """One removal of :func:`greedy_sublayer_removal`: the plan after it, its score and FLOP ratio."""
+
+    removed: tuple[int, str]
+    """``(layer, "attn" | "ffn")`` removed at this step."""
+    plan: Plan
+    score: float
+    flops_ratio: float
+    evaluations: int
+    """Plans scored so far (this step included)."""
+
+
+def _sublayer_plan(removed: set[tuple[int, str]], scope: str) -> Plan:
+    layers: dict[int, LayerOp] = {}
+    for layer in sorted({i for i, _ in removed}):
+        attn, ffn = (layer, "attn") in removed, (layer, "ffn") in removed
+        layers[layer] = LayerOp(SKIP_BLOCK if attn and ffn else SKIP_ATTN if attn else SKIP_FFN)
+    return Plan(layers=layers, scope=scope)
+
+
+def greedy_sublayer_removal(
+    score: Callable[[Plan], float],
+    arch: Any,
+    workload: Workload,
+    budget: Budget,
+    *,
+    layers: Sequence[int] | None = None,
+    scope: str = SCOPE_ALL,
+    on_step: Callable[[GreedyStep], None] | None = None,
+) -> list[GreedyStep]:
+    """FinerCut-style greedy removal: from the unplanned model, try removing each remaining
+    attention or FFN sublayer of ``layers`` (default: every decoder layer), keep the removal whose
+    plan scores best (``score(plan)``, higher is better; the benchmark passes validation
+    accuracy, FinerCut itself ranks by how little the output changes), and repeat until the plan
+    fits ``budget`` (FLOPs of ``arch`` on ``workload``). A layer whose two sublayers are removed
+    becomes ``skip_block``. Ties go to the cheaper plan, then the lower layer, attention first.
+
+    Returns the steps in order (each plan one sublayer smaller than the one before), so the
+    first step whose ``flops_ratio`` fits a larger budget is that budget's plan too. Stops early
+    (the last step does not fit) when nothing is left to remove. ``score`` is called once per
+    candidate: ``sum(2L - k for k < steps)`` calls for ``L`` layers.
+    """
+    geometry = geometry_of(arch)
+    candidates_layers = list(range(geometry.num_layers)) if layers is None else sorted(set(layers))
+    baseline = count_flops(geometry, None, workload)
+    removed: set[tuple[int, str]] = set()
+    steps: list[GreedyStep] = []
+    evaluations = 0
+    if budget.allows(baseline, baseline):
+        return steps
+    while True:
+        best: tuple[float, float, int, int] | None = None
+        best_step: GreedyStep | None = None
+        for layer in candidates_layers:
+            for rank, part in enumerate(("attn", "ffn")):
+                if (layer, part) in removed:
+                    continue
+                plan = _sublayer_plan(removed | {(layer, part)}, scope)
+                report = count_flops(geometry, plan, workload)
+                value = float(score(plan))
+                evaluations += 1
+                key = (-value, budget.cost(report), layer, rank)
+                if best is None or key < best:
+                    best = key
+                    best_step = GreedyStep((layer, part), plan, value, report.ratio(baseline), evaluations)
+        if best_step is None:
+            return steps
+        removed.add(best_step.removed)
+        best_step = GreedyStep(best_step.removed, best_step.plan, best_step.score, best_step.flops_ratio, evaluations)
+        steps.append(best_step)
+        if on_step is not None:
+            on_step(best_step)
+        if budget.allows(count_flops(geometry, best_step.plan, workload), baseline):
+            return steps

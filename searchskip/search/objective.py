@@ -100,10 +100,18 @@ class ModelEvaluator:
     ``apply_fn(plan)`` applies a plan and returns a handle with ``restore()`` (the search passes
     :func:`searchskip.eval.planned.apply_plan`, which calibrates Wanda pruning on the job's train split;
     without one, plans are not applied).
+
+    The subset is prepared once, at construction (:func:`searchskip.eval.prepared.prepare_subset`):
+    tokenized and batched, and with ``feature_cache`` other than ``none`` its image features
+    (vision tower + projector, which no plan changes) computed once; a trial then runs only the
+    decoder and ``lm_head``. :meth:`close` removes a disk feature cache.
     """
 
     def __init__(self, loaded: Any, dataset: Any, batch_size: int, max_new_tokens: int, *,
-                 report_every: int = 1, apply_fn: Callable[[Plan], Any] | None = None):
+                 report_every: int = 1, apply_fn: Callable[[Plan], Any] | None = None,
+                 feature_cache: str = "auto", memory_limit_gb: float = 2.0, cache_folder: Any = None):
+        from searchskip.eval.prepared import prepare_subset
+
         self.loaded = loaded
         self.dataset = dataset
         self.batch_size = batch_size
@@ -114,9 +122,15 @@ class ModelEvaluator:
         self.answers = columns["answers"]
         self.question_types = columns["question_type"]
         self.answer_types = columns["answer_type"]
+        self.prepared = prepare_subset(loaded, dataset, batch_size, feature_cache=feature_cache,
+                                       memory_limit_gb=memory_limit_gb, folder=cache_folder)
+
+    def close(self) -> None:
+        """Remove the disk feature cache, if any."""
+        self.prepared.close()
 
     def __call__(self, plan: Plan, report: Report | None) -> PlanScore:
-        from searchskip.eval.generate import answer_batch
+        from searchskip.eval.generate import generate_answers
         from searchskip.eval.vqa_accuracy import question_accuracy, score_accuracies
 
         handle = self.apply_fn(plan) if self.apply_fn is not None else None
@@ -125,10 +139,9 @@ class ModelEvaluator:
             n = len(self.dataset)
             answering = 0.0
             running = 0.0  # sum of the per-question accuracies so far (only kept when reporting)
-            for batch, start in enumerate(range(0, n, self.batch_size), start=1):
-                rows = self.dataset[start:start + self.batch_size]
+            for batch_number, batch in enumerate(self.prepared, start=1):
                 began = time.perf_counter()
-                answers = answer_batch(self.loaded, rows["image"], rows["question"], self.max_new_tokens)
+                answers = generate_answers(self.loaded, batch.generate_inputs(), self.max_new_tokens)
                 answering += time.perf_counter() - began
                 scored = [question_accuracy(answer, self.answers[i])
                           for i, answer in enumerate(answers, start=len(accuracies))]
@@ -136,7 +149,7 @@ class ModelEvaluator:
                 if report is not None:
                     for accuracy in scored:
                         running += accuracy
-                    if batch % self.report_every == 0 and len(accuracies) < n:
+                    if batch_number % self.report_every == 0 and len(accuracies) < n:
                         report(running / len(accuracies), len(accuracies))
         finally:
             if handle is not None:

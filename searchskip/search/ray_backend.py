@@ -146,7 +146,7 @@ def _open_worker_study(job: Job, study_name: str, folder: Path) -> Any:
     # The sampler is never asked: every parameter of a Tune trial was suggested by the driver, which
     # also checked (and repaired) the journal before any worker started.
     return optuna.load_study(study_name=study_name, storage=open_storage(job.search.storage, folder, repair=False),
-                             sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(job.search))
+                             sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(job.search, job.eval.batch_size))
 
 
 def _set_up(job: Job, study_name: str, folder: str, cwd: str) -> tuple[Any, Any]:
@@ -180,8 +180,9 @@ def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
         registration = WorkerRegistration(Path(folder)).__enter__()  # left when the actor's process exits
         atexit.register(registration.__exit__, None, None, None)
         study, setup = _set_up(job, study_name, folder, cwd)
-        objective = Objective(setup.ctx, make_evaluator(job, setup.loaded, setup.dataset),
-                              prune=job.search.pruner != "none")
+        evaluator = make_evaluator(job, setup.loaded, setup.dataset)
+        atexit.register(evaluator.close)  # a disk feature cache is removed with the actor
+        objective = Objective(setup.ctx, evaluator, prune=job.search.pruner != "none")
         _WORKERS[key] = _Worker(study, objective)
     return _WORKERS[key]
 

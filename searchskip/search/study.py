@@ -208,11 +208,21 @@ def make_sampler(search: Any, space: Any, num_layers: int, history: int = 0) -> 
     raise ConfigError(f"search.sampler: unknown sampler {name!r}")
 
 
-def make_pruner(search: Any) -> Any:
+HALVING_FACTOR = 3
+"""``pruner: halving``: a trial goes on at each rung (questions ``r, 3r, 9r, ...``) while in the top third."""
+
+
+def make_pruner(search: Any, batch_size: int = 1) -> Any:
+    """The job's pruner (``NopPruner`` with several objectives); ``batch_size``: the job's eval
+    batch size (``halving`` puts its first rung at the first report)."""
     import optuna
 
-    if search.pruner == "median" and len(search.objectives) == 1:
+    if len(search.objectives) == 1 and search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if len(search.objectives) == 1 and search.pruner == "halving":
+        # Steps are questions scored; the first rung is the first report (report_every batches).
+        first = batch_size * search.report_every
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=HALVING_FACTOR)
     return optuna.pruners.NopPruner()
 
 
@@ -372,13 +382,18 @@ def run_search(
         # of other live workers seen at registration (0 for a lone process: reproducible as before).
         history = len(study.get_trials(deepcopy=False)) + WORKER_SEED_STRIDE * len(registration.others)
         sampler = make_sampler(search, space, ctx.num_layers, history=history)
-        pruner = make_pruner(search)
+        pruner = make_pruner(search, job.eval.batch_size)
         study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
-        if evaluator is None:
+        own = evaluator is None
+        if own:
             evaluator = make_evaluator(job, loaded, dataset)
         objective = Objective(ctx, evaluator, prune=search.pruner != "none")
-        interrupted = _optimize(study, objective, trials, timeout, progress=progress,
-                                handle_sigint=handle_sigint, callbacks=callbacks or [])
+        try:
+            interrupted = _optimize(study, objective, trials, timeout, progress=progress,
+                                    handle_sigint=handle_sigint, callbacks=callbacks or [])
+        finally:
+            if own:
+                evaluator.close()  # a disk feature cache is removed
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
                         evaluations=objective.evaluations, seconds=time.perf_counter() - start)
 
@@ -474,7 +489,8 @@ def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
 
     calibration_cache: dict = {}
     return ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                          report_every=job.search.report_every,
+                          report_every=job.search.report_every, feature_cache=job.search.feature_cache,
+                          memory_limit_gb=job.search.cache_memory_gb,
                           apply_fn=lambda plan: apply_plan(loaded, job, plan, source=job.search.space,
                                                            calibration_cache=calibration_cache))
 

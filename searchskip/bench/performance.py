@@ -1,0 +1,728 @@
+"""The performance benchmark: what a trial costs, what the exports gain, and how good the search is.
+
+    python -m searchskip.bench.performance jobs/demo.yaml                  # every part, one run
+    python -m searchskip.bench.performance jobs/demo.yaml --parts latency  # re-measure one part
+
+Results go to ``<outputs>/bench/performance-<job>.{json,md}`` (a part run alone replaces its
+own entry and keeps the others'); the studies it runs stay under ``<outputs>/bench/studies/``.
+Every number is measured by this run on this machine; ratios are taken within one part, so
+a machine's load affects both sides of a ratio alike.
+
+Parts:
+
+* ``cost`` -- time per trial against its floor and against naive evaluation. A TPE study
+  (pruner off, so every scored trial runs the whole subset) gives each trial's wall time
+  (optuna's start to finish: sampling, FLOP count, apply, answering, restore, storage). For the
+  same plans, in the same run: *bare* = ``generate`` of the planned model over the subset's
+  pre-tokenized batches, vision tower included (the compressed model's own cost, nothing
+  else); *naive* = what a trial would cost without searchskip's caches (load the model and the
+  data, apply, process the images and answer, restore). Also the feature cache's share, and
+  the upper bound of what a prefix hidden-state cache could save (the prefill time of the
+  untouched first layers, measured with hooks, over the trial time).
+* ``pruners`` -- trials per hour and best accuracy of the same TPE study with ``pruner: none``,
+  ``median`` and ``halving`` (growing subset).
+* ``quality`` -- best plan found at several budgets of the language model's FLOPs by TPE,
+  NSGA-II (objectives ``[accuracy, flops]``) and random search (same trials, same seeds), and by
+  the baselines: the paper's interval plans, ShortGPT Block Influence, and a greedy
+  FinerCut-style sublayer removal (:func:`~searchskip.search.baselines.greedy_sublayer_removal`).
+  Plans are chosen on the validation subset; the table shows their test accuracy.
+* ``latency`` -- exported models (:func:`~searchskip.export.model.compress`, saved and loaded back
+  with :func:`searchskip.load_compressed`): prefill and per-token decode latency (median of
+  repeats after warm-up) against the unplanned model, next to their FLOP ratios.
+* ``ray`` -- trials per minute of the Ray backend with 1 and 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from searchskip.bench import write_result
+
+PARTS = ("cost", "pruners", "quality", "latency", "ray")
+NAME = "performance"
+
+
+# ---- shared -------------------------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    began = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - began, out
+
+
+def search_job(job: Any, outputs: Path, **search: Any) -> Any:
+    """``job`` with its search section changed (``budget`` given as a BudgetSpec) and studies under ``outputs``."""
+    return dataclasses.replace(job, outputs=str(outputs), search=dataclasses.replace(job.search, **search))
+
+
+class Bench:
+    """What every part shares: the job, the model and validation subset loaded once, the workload."""
+
+    def __init__(self, job: Any, console: Any, folder: Path):
+        from searchskip.arch import get_adapter
+        from searchskip.flops import count_flops, measure_workload
+        from searchskip.search.objective import budget_of
+        from searchskip.search.study import load_worker_inputs
+
+        self.job, self.console, self.folder = job, console, folder
+        self.load_s, (self.loaded, self.dataset) = _timed(lambda: load_worker_inputs(job))
+        self.workload = measure_workload(self.loaded, self.dataset, job.eval.max_new_tokens)
+        self.arch = self.loaded.model.config
+        self.budget_spec = job.search.budget
+        self.count, self.attention = budget_of(self.budget_spec).count, budget_of(self.budget_spec).attention
+        self.baseline = count_flops(self.arch, None, self.workload, count=self.count, attention=self.attention)
+        self.num_layers = get_adapter(self.loaded.model).num_layers(self.loaded.model)
+        self._evaluator = None
+
+    def flops(self, plan: Any) -> Any:
+        from searchskip.flops import count_flops
+
+        return count_flops(self.arch, plan, self.workload, count=self.count, attention=self.attention)
+
+    def llm_ratio(self, plan: Any) -> float:
+        return self.flops(plan).llm_ratio(self.baseline)
+
+    def llm_budget(self, ratio: float) -> Any:
+        """A job budget (absolute GFLOPs per sample) that admits a plan exactly when its language-model
+        FLOPs are at most ``ratio`` x the unplanned model's (no plan changes the vision side)."""
+        from searchskip.config.job import BudgetSpec
+        from searchskip.flops.report import LLM_COMPONENTS
+
+        parts = self.baseline.by_component()
+        llm = sum(parts[c] for c in LLM_COMPONENTS)
+        other = self.baseline.total() - llm
+        return BudgetSpec(gflops_per_sample=(other + ratio * llm) / 1e9, count=self.count, attention=self.attention)
+
+    def budget(self, ratio: float) -> Any:
+        from searchskip.search.objective import budget_of
+
+        return budget_of(self.llm_budget(ratio))
+
+    @property
+    def evaluator(self) -> Any:
+        """The search worker's evaluator (:func:`~searchskip.search.study.make_evaluator`), built once."""
+        if self._evaluator is None:
+            from searchskip.search.study import make_evaluator
+
+            self._evaluator = make_evaluator(self.job, self.loaded, self.dataset)
+        return self._evaluator
+
+    def study(self, name: str, trials: int, **search: Any) -> Any:
+        """Run a fresh study ``name`` of ``trials`` on the loaded model (the shared evaluator)."""
+        from searchskip.search.study import run_search
+
+        job = search_job(self.job, self.folder / "studies", **search)
+        self.console.print(f"[bold]study {name}[/]: {trials} trials, {dict(search)}")
+        return run_search(job, trials, study_name=name, force_new_study=True, evaluator=self.evaluator,
+                          loaded=self.loaded, dataset=self.dataset, progress=False)
+
+    def validation_accuracy(self, plan: Any) -> float:
+        return self.evaluator(plan, None).accuracy
+
+
+def _scored_trials(study: Any) -> list[Any]:
+    from searchskip.search.leaderboard import leaderboard
+
+    return leaderboard(study)
+
+
+def _trial_wall_s(trial: Any) -> float:
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def _plan_of(trial: Any) -> Any:
+    from searchskip.plan import Plan
+
+    return Plan.from_yaml_text(trial.user_attrs["plan"])
+
+
+def first_touched_layer(plan: Any, num_layers: int) -> int:
+    """The first decoder layer whose prefill ``plan`` changes (``num_layers`` when none does):
+    ops scoped to generated tokens and early exit leave the prefill alone."""
+    first = num_layers
+    for layer, op in plan.layers:
+        if op.op != "keep" and plan.op_for(layer).scope != "generated":
+            first = min(first, layer)
+    if plan.drop is not None:
+        first = min(first, min(plan.drop.layers(), default=num_layers))
+    if plan.prune is not None:
+        first = 0
+    if plan.visual_tokens is not None:
+        rank = plan.visual_tokens.rank_layer
+        first = min(first, plan.visual_tokens.after_layer if rank is None else rank)
+    return first
+
+
+# ---- part: cost ---------------------------------------------------------------------------------
+
+
+def _bare_seconds(bench: Bench, plan: Any, batches: list[dict], repeats: int) -> float:
+    """Median wall time of ``generate`` over ``batches`` (pixel values: the vision tower runs) with ``plan``."""
+    from searchskip.eval.generate import generate_answers
+    from searchskip.eval.planned import apply_plan
+
+    handle = apply_plan(bench.loaded, bench.job, plan, source="bench")
+    try:
+        times = [_timed(lambda: [generate_answers(bench.loaded, b, bench.job.eval.max_new_tokens) for b in batches])[0]
+                 for _ in range(repeats)]
+    finally:
+        handle.restore()
+    return _median(times)
+
+
+def _naive_seconds(bench: Bench, plan: Any) -> float:
+    """One trial without caches: load model and data, apply, process images and answer, restore."""
+    from searchskip.eval.planned import apply_plan
+    from searchskip.eval.runner import evaluate
+    from searchskip.search.study import load_worker_inputs
+
+    def trial() -> None:
+        loaded, dataset = load_worker_inputs(bench.job)
+        handle = apply_plan(loaded, bench.job, plan, source="bench")
+        try:
+            evaluate(loaded, dataset, bench.job.eval.batch_size, bench.job.eval.max_new_tokens)
+        finally:
+            handle.restore()
+
+    return _timed(trial)[0]
+
+
+def _prefill_layer_seconds(bench: Bench, batches: list[dict]) -> list[float]:
+    """Per decoder layer, the wall time its prefill calls take over ``batches`` (unplanned model)."""
+    from searchskip.arch import get_adapter
+    from searchskip.eval.generate import generate_answers
+
+    layers = get_adapter(bench.loaded.model).layers(bench.loaded.model)
+    spent = [0.0] * len(layers)
+    began: dict[int, float] = {}
+    hooks = []
+    for i, layer in enumerate(layers):
+        def pre(module, args, kwargs, i=i):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if hidden is not None and hidden.shape[1] > 1:
+                began[i] = time.perf_counter()
+
+        def post(module, args, kwargs, output, i=i):
+            if i in began:
+                spent[i] += time.perf_counter() - began.pop(i)
+
+        hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        hooks.append(layer.register_forward_hook(post, with_kwargs=True))
+    try:
+        for batch in batches:  # a warm-up pass, then the timed one
+            generate_answers(bench.loaded, batch, bench.job.eval.max_new_tokens)
+        spent[:] = [0.0] * len(layers)
+        for batch in batches:
+            generate_answers(bench.loaded, batch, bench.job.eval.max_new_tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return spent
+
+
+def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
+    """The ``cost`` part (see the module doc)."""
+    from searchskip.eval.generate import prompt_inputs
+    from searchskip.search.objective import ModelEvaluator
+
+    job = bench.job
+    prep_s, _ = _timed(lambda: bench.evaluator)
+    result = bench.study("cost-tpe", trials, pruner="none", seed_plans=False, sampler="tpe")
+    scored = [t for t in _scored_trials(result.study)][:plans]
+    if not scored:
+        raise RuntimeError("the cost study scored no plan")
+    rows = [bench.dataset[s:s + job.eval.batch_size] for s in range(0, len(bench.dataset), job.eval.batch_size)]
+    batches = [prompt_inputs(bench.loaded, r["image"], r["question"]) for r in rows]
+    uncached = ModelEvaluator(bench.loaded, bench.dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                              feature_cache="none", apply_fn=bench.evaluator.apply_fn)
+    per_plan = []
+    for k, trial in enumerate(scored):
+        plan = _plan_of(trial)
+        row = {"trial": trial.number, "plan": trial.user_attrs["plan"], "flops_ratio": trial.user_attrs["flops_ratio"],
+               "trial_s": _trial_wall_s(trial), "bare_s": _bare_seconds(bench, plan, batches, repeats),
+               "evaluate_cached_s": _median([_timed(lambda: bench.evaluator(plan, None))[0] for _ in range(repeats)]),
+               "evaluate_uncached_s": _median([_timed(lambda: uncached(plan, None))[0] for _ in range(repeats)])}
+        if k < 3:
+            row["naive_s"] = _naive_seconds(bench, plan)
+        per_plan.append(row)
+        bench.console.print(f"cost: trial {trial.number}: trial {row['trial_s']:.3f}s bare {row['bare_s']:.3f}s"
+                            + (f" naive {row['naive_s']:.3f}s" if "naive_s" in row else ""))
+    layer_s = _prefill_layer_seconds(bench, batches)
+    firsts = [first_touched_layer(_plan_of(t), bench.num_layers) for t in _scored_trials(result.study)]
+    saved = [sum(layer_s[:k]) for k in firsts]
+    trial_median = _median([r["trial_s"] for r in per_plan])
+    width = bench.arch.text_config.hidden_size if hasattr(bench.arch, "text_config") else bench.arch.hidden_size
+    positions = sum(int(b["input_ids"].numel()) for b in batches)
+    return {
+        "trials": trials, "plans_timed": len(per_plan), "repeats": repeats, "questions": len(bench.dataset),
+        "prepare_s": prep_s, "feature_cache": bench.evaluator.prepared.cache,
+        "feature_mib": bench.evaluator.prepared.feature_bytes / 2 ** 20, "load_s": bench.load_s,
+        "per_plan": per_plan,
+        "trial_s": trial_median, "bare_s": _median([r["bare_s"] for r in per_plan]),
+        "naive_s": _median([r["naive_s"] for r in per_plan if "naive_s" in r]),
+        "trial_over_bare": _median([r["trial_s"] / r["bare_s"] for r in per_plan]),
+        "trial_over_bare_max": max(r["trial_s"] / r["bare_s"] for r in per_plan),
+        "naive_over_trial": _median([r["naive_s"] / r["trial_s"] for r in per_plan if "naive_s" in r]),
+        "uncached_over_cached": _median([r["evaluate_uncached_s"] / r["evaluate_cached_s"] for r in per_plan]),
+        "overhead_s": _median([r["trial_s"] - r["evaluate_cached_s"] for r in per_plan]),
+        "prefix": {
+            "prefill_layer_s": layer_s,
+            "first_touched_layer": firsts,
+            "mean_saving_s": sum(saved) / len(saved),
+            "mean_saving_of_trial": sum(saved) / len(saved) / trial_median,
+            # boundary hidden state + the K/V of the layers below it, float32, per cached boundary layer
+            "mib_per_boundary_layer": positions * width * 4 * 3 / 2 ** 20,
+        },
+    }
+
+
+# ---- part: pruners ------------------------------------------------------------------------------
+
+
+def _questions_scored(study: Any, full: int) -> int:
+    from optuna.trial import TrialState
+
+    total = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("infeasible") or "dedup_of" in t.user_attrs:
+            continue
+        if t.state == TrialState.COMPLETE:
+            total += full
+        elif t.state == TrialState.PRUNED:
+            total += int(t.user_attrs.get("pruned_at", 0))
+    return total
+
+
+def measure_pruners(bench: Bench, trials: int) -> dict:
+    """The ``pruners`` part: the same TPE study with each pruner."""
+    from searchskip.search.study import trial_counts
+
+    bench.evaluator  # prepared before the clocks start
+    out = {}
+    for pruner in ("none", "median", "halving"):
+        seconds, result = _timed(lambda: bench.study(f"pruner-{pruner}", trials, pruner=pruner, sampler="tpe"))
+        board = _scored_trials(result.study)
+        counts = trial_counts(result.study)
+        out[pruner] = {"trials": counts["counted"], "seconds": seconds, "trials_per_hour": 3600 * counts["counted"] / seconds,
+                       "complete": counts["complete"], "pruned": counts["pruned"], "infeasible": counts["infeasible"],
+                       "evaluations": result.evaluations,
+                       "questions_scored": _questions_scored(result.study, len(bench.dataset)),
+                       "best_accuracy": board[0].user_attrs["accuracy"] if board else None,
+                       "best_plan": board[0].user_attrs["plan"] if board else None}
+        bench.console.print(f"pruner {pruner}: {out[pruner]['trials_per_hour']:.0f} trials/h, best "
+                            f"{out[pruner]['best_accuracy']}")
+    return {"budget": dataclasses.asdict(bench.budget_spec), "trials": trials, "by_pruner": out}
+
+
+# ---- part: quality ------------------------------------------------------------------------------
+
+
+class _Scores:
+    """Validation accuracy per plan key (each plan scored once across the baselines)."""
+
+    def __init__(self, bench: Bench):
+        self.bench, self.cache, self.calls = bench, {}, 0
+
+    def __call__(self, plan: Any) -> float:
+        key = plan.key()
+        if key not in self.cache:
+            self.calls += 1
+            self.cache[key] = self.bench.validation_accuracy(plan)
+        return self.cache[key]
+
+
+def _best(plans: list[tuple[str, Any]], scores: _Scores) -> dict | None:
+    best = None
+    for label, plan in plans:
+        acc = scores(plan)
+        if best is None or acc > best["validation"]:
+            best = {"label": label, "plan": plan, "validation": acc}
+    return best
+
+
+def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
+    """The ``quality`` part (see the module doc)."""
+    from searchskip.ops.calibration import calibration_batches
+    from searchskip.search.baselines import (
+        BI_OPS, block_influence, block_influence_plan, greedy_sublayer_removal, labelled_paper_plans,
+    )
+    from searchskip.search.objective import ModelEvaluator
+    from searchskip.search.study import BI_SAMPLES
+
+    job = bench.job
+    scores = _Scores(bench)
+    from searchskip.data.splits import load_eval_split
+
+    test = load_eval_split(job.data, "test")
+    tester = ModelEvaluator(bench.loaded, test, job.eval.batch_size, job.eval.max_new_tokens,
+                            feature_cache=job.search.feature_cache, memory_limit_gb=job.search.cache_memory_gb,
+                            apply_fn=bench.evaluator.apply_fn)
+    test_cache: dict[str, float] = {}
+
+    def on_test(plan: Any) -> float:
+        if plan.key() not in test_cache:
+            test_cache[plan.key()] = tester(plan, None).accuracy
+        return test_cache[plan.key()]
+
+    from searchskip.plan import Plan
+
+    unplanned = {"validation": scores(Plan()), "test": on_test(Plan())}
+    bi = block_influence(bench.loaded.model, calibration_batches(
+        bench.loaded, bench.dataset, min(BI_SAMPLES, len(bench.dataset)), job.search.seed, job.eval.batch_size))
+    smallest = bench.budget(min(budgets))
+    greedy_s, greedy = _timed(lambda: greedy_sublayer_removal(
+        scores, bench.arch, bench.workload, smallest,
+        on_step=lambda s: bench.console.print(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
+    greedy_calls = scores.calls
+    rows: dict[str, dict] = {}
+    for ratio in budgets:
+        budget = bench.budget(ratio)
+        cells: dict[str, dict | None] = {}
+
+        def fits(plan: Any) -> bool:
+            return budget.allows(bench.flops(plan), bench.baseline)
+
+        for method, search in (("tpe", {"sampler": "tpe"}),
+                               ("nsga2", {"sampler": "nsga2", "objectives": ("accuracy", "flops")}),
+                               ("random", {"sampler": "random"})):
+            seconds, result = _timed(lambda: bench.study(f"quality-{method}-{ratio:g}", trials,
+                                                         budget=bench.llm_budget(ratio), **search))
+            feasible = [t for t in _scored_trials(result.study) if not t.user_attrs.get("infeasible")]
+            top = feasible[0] if feasible else None
+            cells[method] = None if top is None else {
+                "label": f"trial {top.number}" + (f" (seed {top.user_attrs['seed']})" if "seed" in top.user_attrs else ""),
+                "plan": _plan_of(top), "validation": top.user_attrs["accuracy"], "evaluations": result.evaluations,
+                "seconds": seconds}
+        cells["paper"] = _best([(label, p) for label, p in labelled_paper_plans(bench.num_layers) if fits(p)], scores)
+        bi_plans = [(f"block_influence:{op}", block_influence_plan(bi, bench.arch, bench.workload, budget, op=op))
+                    for op in BI_OPS]
+        cells["block_influence"] = _best([(label, p) for label, p in bi_plans if p is not None], scores)
+        step = next((s for s in greedy if fits(s.plan)), None)
+        cells["greedy"] = None if step is None else {
+            "label": f"{len(greedy[:greedy.index(step) + 1])} sublayers removed", "plan": step.plan,
+            "validation": step.score, "evaluations": step.evaluations}
+        for cell in cells.values():
+            if cell is not None:
+                cell["test"] = on_test(cell["plan"])
+                cell["llm_flops_ratio"] = bench.llm_ratio(cell["plan"])
+                cell["plan"] = cell["plan"].to_yaml()
+        rows[f"{ratio:g}"] = cells
+        bench.console.print(f"quality {ratio:g}: " + ", ".join(
+            f"{m} {100 * c['test']:.2f}%" for m, c in cells.items() if c is not None))
+    return {"budgets": budgets, "trials": trials, "unplanned": unplanned, "test_questions": len(test),
+            "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
+            "greedy_seconds": greedy_s, "greedy_evaluations": greedy_calls, "by_budget": rows,
+            "seed_plans": job.search.seed_plans, "pruner": job.search.pruner}
+
+
+# ---- part: latency ------------------------------------------------------------------------------
+
+
+def _latency_plans(bench: Bench, previous: dict | None) -> list[tuple[str, Any, str]]:
+    """``(label, plan, note)``: the search's ~50% plan when a quality run left one, BI skip_block at 50%,
+    structured FFN-channel pruning, parallel attention||FFN, unstructured Wanda."""
+    from searchskip.plan import Plan
+    from searchskip.search.baselines import block_influence_plan
+
+    plans: list[tuple[str, Any, str]] = []
+    tpe = ((previous or {}).get("quality") or {}).get("by_budget", {}).get("0.5", {}).get("tpe")
+    if tpe:
+        plans.append(("search (TPE) at 50% LLM FLOPs", Plan.from_yaml_text(tpe["plan"]), ""))
+    bi = ((previous or {}).get("quality") or {}).get("block_influence")
+    if bi is not None:
+        plan = block_influence_plan(bi, bench.arch, bench.workload, bench.budget(0.5), op="skip_block")
+        if plan is not None:
+            plans.append(("Block Influence skip_block at 50%", plan, "layers removed from the export"))
+    inner = list(range(1, bench.num_layers - 1))
+    plans.append(("ffn_channels 50% (Wanda) on every layer", Plan.from_dict({
+        "version": 1, "prune": {"method": "wanda", "structure": "ffn_channels", "sparsity": 0.5, "targets": ["ffn"],
+                                "calibration": {"samples": 64}}}), "structured: smaller FFN matrices"))
+    plans.append((f"parallel_attn_ffn on layers {inner[0]}-{inner[-1]}",
+                  Plan(layers={i: "parallel_attn_ffn" for i in inner}), "same FLOPs, less depth"))
+    plans.append(("unstructured Wanda 50%", Plan.from_dict({
+        "version": 1, "prune": {"method": "wanda", "structure": "unstructured", "sparsity": 0.5,
+                                "targets": ["attn", "ffn"], "calibration": {"samples": 64}}}),
+                  "zeros in dense matrices: no dense FLOPs saved"))
+    return plans
+
+
+def _phase_ratios(bench: Bench, plan: Any) -> tuple[float, float]:
+    mine, base = bench.flops(plan).by_component(), bench.baseline.by_component()
+    return (mine["llm_prefill"] / base["llm_prefill"], mine["llm_decode"] / base["llm_decode"])
+
+
+def _latency(loaded: Any, batch: dict, features: list | None, new_tokens: int, repeats: int, warmup: int) -> tuple[float, float]:
+    """``(prefill_ms, decode_ms)``: the model's forward calls inside ``generate`` (``1 + new_tokens``
+    tokens, forced with ``min_new_tokens``), timed with hooks on the model: the first call is the
+    prefill, the others decode one token each. Medians over ``repeats`` runs after ``warmup``
+    untimed ones. Image features are given (``mm_encoder_outputs``), so the vision tower is outside
+    both; ``generate``'s own per-step work (logits processing, stopping checks) is outside too."""
+    import torch
+
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    calls: list[float] = []
+    began: list[float] = []
+    hooks = [loaded.model.register_forward_pre_hook(lambda *a: began.append(time.perf_counter())),
+             loaded.model.register_forward_hook(lambda *a: calls.append(time.perf_counter() - began.pop()))]
+
+    def run() -> tuple[float, float]:
+        calls.clear()
+        inputs = {k: v for k, v in batch.items() if k != "pixel_values"}
+        if features is not None:
+            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        with torch.inference_mode():
+            loaded.model.generate(**inputs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
+                                  do_sample=False, num_beams=1, pad_token_id=loaded.processor.tokenizer.pad_token_id)
+        return calls[0], _median(calls[1:])
+
+    try:
+        for _ in range(warmup):
+            run()
+        timed = [run() for _ in range(repeats)]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 1000 * _median([t[0] for t in timed]), 1000 * _median([t[1] for t in timed])
+
+
+def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int], repeats: int, new_tokens: int) -> dict:
+    """The ``latency`` part (see the module doc)."""
+    from searchskip.arch import get_adapter
+    from searchskip.eval.generate import prompt_inputs
+    from searchskip.eval.planned import plan_calibration
+    from searchskip.eval.prepared import image_features, encodes_images_once
+    from searchskip.export.load import load_compressed
+    from searchskip.export.model import compress, save_compressed
+    from searchskip.models import load_model
+
+    job = bench.job
+    rows = {b: bench.dataset[0:b] for b in batch_sizes}
+    out_rows = []
+    folder = Path(tempfile.mkdtemp(prefix="searchskip-bench-export-"))
+    try:
+        candidates = [("unplanned", None, "")] + _latency_plans(bench, previous)
+        for label, plan, note in candidates:
+            if plan is None:
+                model = bench.loaded
+            else:
+                fresh = load_model(job.model)
+                calibration = plan_calibration(fresh, job, plan)
+                compressed = compress(fresh, plan, calibration=calibration)
+                target = folder / f"m{len(out_rows)}"
+                save_compressed(fresh, target, runtime_plan=compressed.runtime_plan,
+                                prompt_template=fresh.template, source_model=job.model.id)
+                model = load_compressed(str(target))
+            row = {"label": label, "plan": None if plan is None else plan.to_yaml(), "note": note,
+                   "layers": len(get_adapter(model.model).layers(model.model)),
+                   "llm_flops_ratio": 1.0 if plan is None else bench.llm_ratio(plan),
+                   "prefill_flops_ratio": 1.0, "decode_flops_ratio": 1.0, "by_batch": {}}
+            if plan is not None:
+                row["prefill_flops_ratio"], row["decode_flops_ratio"] = _phase_ratios(bench, plan)
+            for b, r in rows.items():
+                batch = prompt_inputs(model, r["image"], r["question"])
+                features = image_features(model.model, batch) if encodes_images_once(model.model) else None
+                prefill, decode = _latency(model, batch, features, new_tokens, repeats, warmup=3)
+                row["by_batch"][str(b)] = {"prefill_ms": prefill, "decode_ms": decode}
+            out_rows.append(row)
+            bench.console.print(f"latency {label}: {row['by_batch']}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    base = out_rows[0]["by_batch"]
+    for row in out_rows:
+        for b, cell in row["by_batch"].items():
+            cell["prefill_ratio"] = cell["prefill_ms"] / base[b]["prefill_ms"]
+            cell["decode_ratio"] = cell["decode_ms"] / base[b]["decode_ms"]
+    import torch
+
+    return {"rows": out_rows, "repeats": repeats, "warmup": 3, "decode_tokens": new_tokens, "batch_sizes": batch_sizes,
+            "device": job.model.device, "threads": torch.get_num_threads()}
+
+
+# ---- part: ray ----------------------------------------------------------------------------------
+
+
+def measure_ray(bench: Bench, trials: int, workers: list[int]) -> dict:
+    """The ``ray`` part: the Ray backend with each worker count, ``trials`` trials, pruner off."""
+    from searchskip.search.study import run_search
+
+    out = {}
+    for n in workers:
+        job = search_job(bench.job, bench.folder / "studies", backend="ray", workers=n, ray_allow_network=True,
+                         pruner="none", seed_plans=False)
+        bench.console.print(f"[bold]ray[/]: {n} worker(s), {trials} trials")
+        seconds, result = _timed(lambda: run_search(job, trials, study_name=f"ray-{n}", force_new_study=True,
+                                                    progress=False))
+        done = sorted((t for t in result.study.get_trials(deepcopy=False) if t.datetime_complete is not None),
+                      key=lambda t: t.datetime_complete)
+        span = (done[-1].datetime_complete - done[0].datetime_complete).total_seconds() if len(done) > 1 else 0.0
+        out[str(n)] = {"trials": len(done), "wall_s": seconds, "trials_per_min_wall": 60 * len(done) / seconds,
+                       "trials_per_min_steady": 60 * (len(done) - 1) / span if span > 0 else None,
+                       "evaluations": result.evaluations}
+        bench.console.print(f"ray {n}: {out[str(n)]}")
+    return {"trials": trials, "by_workers": out}
+
+
+# ---- output -------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(result: dict) -> str:
+    """The README's tables, one section per part measured."""
+    out = [f"Performance benchmark, `{result['command']}` ({result['job']}, {result['model']}, "
+           f"device {result['device']}, {result['cpus']} CPUs).\n"]
+    cost = result.get("cost")
+    if cost:
+        pre = cost["prefix"]
+        out += ["### What a trial costs\n",
+                f"{cost['plans_timed']} plans of a {cost['trials']}-trial TPE study (pruner off), {cost['questions']} "
+                f"validation questions; bare and cached times are medians of {cost['repeats']} runs.\n",
+                "| per plan (median) | seconds | |", "|---|---:|---|",
+                f"| bare `generate` of the planned model (vision included, pre-tokenized) | {cost['bare_s']:.3f} | floor |",
+                f"| searchskip trial (optuna start to finish) | {cost['trial_s']:.3f} | "
+                f"**{cost['trial_over_bare']:.2f}x bare** (max {cost['trial_over_bare_max']:.2f}x; target <= 1.2x) |",
+                f"| naive trial (load model + data, process images, answer) | {cost['naive_s']:.3f} | "
+                f"**{cost['naive_over_trial']:.1f}x the searchskip trial** (target >= 3x) |",
+                f"| answering without the feature cache | | {cost['uncached_over_cached']:.2f}x with it |",
+                f"| trial overhead (sampling, FLOP count, storage) | {cost['overhead_s']:.3f} | |",
+                "",
+                f"Once per worker: loading {cost['load_s']:.2f} s, preparing the subset {cost['prepare_s']:.2f} s "
+                f"(feature cache: {cost['feature_cache']}, {cost['feature_mib']:.2f} MiB). A prefix hidden-state "
+                f"cache could save at most {100 * pre['mean_saving_of_trial']:.1f}% of a trial on these plans "
+                f"(mean prefill time of the untouched first layers; first touched layer "
+                f"{min(pre['first_touched_layer'])}-{max(pre['first_touched_layer'])}) for "
+                f"{pre['mib_per_boundary_layer']:.1f} MiB per cached layer, so it is not built.\n"]
+    pruners = result.get("pruners")
+    if pruners:
+        out += ["### Pruners\n", f"The same {pruners['trials']}-trial TPE study (job budget) with each pruner.\n",
+                "| pruner | trials/hour | full evaluations | pruned | questions scored | best validation acc. |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for name, row in pruners["by_pruner"].items():
+            out.append(f"| {name} | {row['trials_per_hour']:.0f} | {row['complete']} | {row['pruned']} | "
+                       f"{row['questions_scored']} | {_pct(row['best_accuracy'])}% |")
+        out.append("")
+    quality = result.get("quality")
+    if quality:
+        methods = [("tpe", f"searchskip TPE, {quality['trials']} trials"), ("nsga2", "NSGA-II [accuracy, flops]"),
+                   ("random", "random search"), ("paper", "best paper interval plan"),
+                   ("block_influence", "ShortGPT Block Influence"), ("greedy", "greedy sublayer removal (FinerCut-style)")]
+        budgets = list(quality["by_budget"])
+        out += ["### Search quality\n",
+                f"Test accuracy (%) on {quality['test_questions']} questions of the plan each method picks on "
+                f"{quality['validation_questions']} validation questions (validation in brackets), at budgets of the "
+                f"language model's FLOPs; unplanned: {_pct(quality['unplanned']['test'])}% test. Space "
+                f"`{quality['space']}`; searches seeded with the paper and BI plans: {quality['seed_plans']}; "
+                f"pruner {quality['pruner']}.\n",
+                "| method | " + " | ".join(f"{float(b):.0%} LLM FLOPs" for b in budgets) + " |",
+                "|---|" + "---:|" * len(budgets)]
+        for key, label in methods:
+            cells = []
+            for b in budgets:
+                c = quality["by_budget"][b].get(key)
+                cells.append("–" if c is None else f"{_pct(c['test'])} ({_pct(c['validation'])})")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    latency = result.get("latency")
+    if latency:
+        sizes = [str(b) for b in latency["batch_sizes"]]
+        out += ["### Exported models: latency\n",
+                f"The model's forward calls inside `generate` ({latency['decode_tokens'] + 1} tokens): prefill = the "
+                f"first call, decode = the median of the others; medians of {latency['repeats']} runs after "
+                f"{latency['warmup']} warm-up runs, {latency['device']}, {latency['threads']} threads. Image features "
+                f"precomputed, so both phases are the language model's. Ratios to the unplanned model in brackets; "
+                f"FLOP ratios from the analytic count of each phase.\n",
+                "| export | layers | prefill FLOPs | " + " | ".join(f"prefill b={b}" for b in sizes)
+                + " | decode FLOPs | " + " | ".join(f"decode b={b}" for b in sizes) + " | note |",
+                "|---|---:|---:|" + "---:|" * len(sizes) + "---:|" + "---:|" * len(sizes) + "---|"]
+        for row in latency["rows"]:
+            pre = [f"{row['by_batch'][b]['prefill_ms']:.1f} ms ({row['by_batch'][b]['prefill_ratio']:.2f})" for b in sizes]
+            dec = [f"{row['by_batch'][b]['decode_ms']:.2f} ms ({row['by_batch'][b]['decode_ratio']:.2f})" for b in sizes]
+            out.append(f"| {row['label']} | {row['layers']} | {row['prefill_flops_ratio']:.2f} | " + " | ".join(pre)
+                       + f" | {row['decode_flops_ratio']:.2f} | " + " | ".join(dec) + f" | {row['note']} |")
+        out.append("")
+    ray = result.get("ray")
+    if ray:
+        out += ["### Ray backend\n", f"{ray['trials']} trials, pruner off.\n",
+                "| workers | trials/min (steady) | trials/min (wall, incl. Ray start and model loads) | wall s |",
+                "|---:|---:|---:|---:|"]
+        for n, row in ray["by_workers"].items():
+            steady = "–" if row["trials_per_min_steady"] is None else f"{row['trials_per_min_steady']:.1f}"
+            out.append(f"| {n} | {steady} | {row['trials_per_min_wall']:.1f} | {row['wall_s']:.1f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from rich.console import Console
+
+    from searchskip.config.loader import load_job
+    from searchskip.errors import SearchSkipError
+
+    p = argparse.ArgumentParser(prog="python -m searchskip.bench.performance",
+                                description="Trial cost, pruners, search quality, export latency and Ray scaling")
+    p.add_argument("job")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5, 0.35],
+                   help="budgets as fractions of the language model's FLOPs (quality)")
+    p.add_argument("--trials", type=int, default=100, help="trials per search (quality)")
+    p.add_argument("--cost-trials", type=int, default=24)
+    p.add_argument("--cost-plans", type=int, default=8)
+    p.add_argument("--pruner-trials", type=int, default=60)
+    p.add_argument("--ray-trials", type=int, default=16)
+    p.add_argument("--ray-workers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (cost: 5; latency: 4x this)")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
+    a = p.parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        job = load_job(a.job)
+        if job.search is None:
+            raise SearchSkipError(f"{a.job}: search: the benchmark needs a job with a `search` section")
+        folder = Path(job.outputs) / "bench"
+        previous_file = folder / f"{NAME}-{job.name}.json"
+        result = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
+        bench = Bench(job, console, folder)
+        result.update(command="python -m searchskip.bench.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      job=job.name, model=job.model.id, device=job.model.device, cpus=os.cpu_count())
+        for part in a.parts:
+            began = time.perf_counter()
+            if part == "cost":
+                result["cost"] = measure_cost(bench, a.cost_trials, a.cost_plans, a.repeats)
+            elif part == "pruners":
+                result["pruners"] = measure_pruners(bench, a.pruner_trials)
+            elif part == "quality":
+                result["quality"] = measure_quality(bench, a.budgets, a.trials)
+            elif part == "latency":
+                result["latency"] = measure_latency(bench, result, a.batch_sizes, 4 * a.repeats, new_tokens=8)
+            elif part == "ray":
+                result["ray"] = measure_ray(bench, a.ray_trials, a.ray_workers)
+            result[part]["seconds"] = time.perf_counter() - began
+            result[part]["measured"] = time.strftime("%Y-%m-%d %H:%M")
+            write_result(job, NAME, result, markdown(result))  # each part is kept as soon as it is measured
+    except SearchSkipError as err:
+        console.print(f"[red]{err}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

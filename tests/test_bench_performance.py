@@ -1,0 +1,103 @@
+"""searchskip.bench.performance: every part runs from the one command and writes what it measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from searchskip.bench import performance as bench
+from searchskip.plan import LayerOp, Plan
+from tests.helpers import demo_job
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_first_touched_layer():
+    n = 8
+    assert bench.first_touched_layer(Plan(), n) == n
+    assert bench.first_touched_layer(Plan(layers={5: "skip_ffn", 3: "parallel_attn_ffn"}), n) == 3
+    assert bench.first_touched_layer(Plan(layers={2: "skip_block"}, scope="generated"), n) == n
+    assert bench.first_touched_layer(Plan(layers={2: "skip_block", 4: LayerOp("skip_attn", "all")},
+                                          scope="generated"), n) == 4
+    assert bench.first_touched_layer(Plan.from_dict({"version": 1, "visual_tokens": {
+        "after_layer": 4, "keep": 0.5, "rank": "attention"}}), n) == 3  # layer 3 ranks the tokens
+    assert bench.first_touched_layer(Plan.from_dict({"version": 1, "prune": {
+        "method": "magnitude", "structure": "unstructured", "sparsity": 0.5, "targets": ["ffn"]}}), n) == 0
+
+
+def _job(tmp_path, **search):
+    path = demo_job(tmp_path, questions=16, **search)
+    data = yaml.safe_load(path.read_text())
+    data["data"]["test_subset"]["size"] = 24
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_cost_pruners_quality_and_latency_are_measured_and_written(tmp_path):
+    job = _job(tmp_path)
+    argv = [str(job), "--parts", "cost", "pruners", "quality", "latency", "--budgets", "0.7", "0.5", "--trials", "6",
+            "--cost-trials", "5", "--cost-plans", "2", "--pruner-trials", "6", "--repeats", "1", "--batch-sizes", "1", "2"]
+    assert bench.main(argv) == 0
+    result = json.loads((tmp_path / "out/bench/performance-demo.json").read_text())
+    assert result["command"].endswith(" ".join(argv))
+
+    cost = result["cost"]
+    assert cost["feature_cache"] == "memory" and cost["plans_timed"] == 2 and cost["questions"] == 16
+    for row in cost["per_plan"]:
+        assert 0 < row["evaluate_cached_s"] and 0 < row["bare_s"] and 0 < row["trial_s"]
+    assert cost["trial_over_bare"] == pytest.approx(
+        sorted(r["trial_s"] / r["bare_s"] for r in cost["per_plan"])[0] / 2
+        + sorted(r["trial_s"] / r["bare_s"] for r in cost["per_plan"])[1] / 2)
+    assert cost["naive_s"] > 0 and len(cost["prefix"]["prefill_layer_s"]) == 8
+    assert all(1 <= k <= 8 for k in cost["prefix"]["first_touched_layer"])  # the space never touches layer 0
+
+    pruners = result["pruners"]["by_pruner"]
+    assert set(pruners) == {"none", "median", "halving"} and pruners["none"]["pruned"] == 0
+    assert all(row["trials"] == 6 and row["trials_per_hour"] > 0 for row in pruners.values())
+
+    quality = result["quality"]
+    assert list(quality["by_budget"]) == ["0.7", "0.5"] and quality["test_questions"] == 24
+    for ratio, cells in quality["by_budget"].items():
+        assert set(cells) == {"tpe", "nsga2", "random", "paper", "block_influence", "greedy"}
+        for name, cell in cells.items():
+            if cell is None:
+                continue
+            assert cell["llm_flops_ratio"] <= float(ratio) + 1e-9, (ratio, name)  # every pick fits the budget
+            assert 0 <= cell["test"] <= 1 and 0 <= cell["validation"] <= 1
+            assert Plan.from_yaml_text(cell["plan"]).key()
+    assert quality["by_budget"]["0.5"]["greedy"]["evaluations"] >= quality["by_budget"]["0.7"]["greedy"]["evaluations"]
+
+    latency = result["latency"]
+    labels = [row["label"] for row in latency["rows"]]
+    assert labels[0] == "unplanned" and labels[1].startswith("search (TPE)")  # the quality part's 50% plan
+    assert any(label.startswith("Block Influence") for label in labels)
+    for row in latency["rows"]:
+        assert set(row["by_batch"]) == {"1", "2"}
+        assert all(cell["prefill_ms"] > 0 and cell["decode_ms"] > 0 for cell in row["by_batch"].values())
+    bi = next(row for row in latency["rows"] if row["label"].startswith("Block Influence"))
+    assert bi["layers"] < 8 and bi["prefill_flops_ratio"] < 0.6  # skipped blocks are removed from the export
+
+    md = (tmp_path / "out/bench/performance-demo.md").read_text()
+    for heading in ("What a trial costs", "Pruners", "Search quality", "Exported models: latency"):
+        assert heading in md
+    # a part run alone replaces its own entry and keeps the others
+    assert bench.main([str(job), "--parts", "pruners", "--pruner-trials", "5"]) == 0
+    again = json.loads((tmp_path / "out/bench/performance-demo.json").read_text())
+    assert again["pruners"]["trials"] == 5 and again["quality"] == quality
+
+
+def test_ray_part_counts_trials_per_minute(tmp_path):
+    job = _job(tmp_path)
+    assert bench.main([str(job), "--parts", "ray", "--ray-trials", "3", "--ray-workers", "1"]) == 0
+    ray = json.loads((tmp_path / "out/bench/performance-demo.json").read_text())["ray"]["by_workers"]["1"]
+    assert ray["trials"] == 3 and ray["trials_per_min_wall"] > 0
+
+
+def test_a_bad_job_exits_2_without_output(tmp_path, capsys):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("name: demo\nsearch: {space: spaces/nope.yaml, budget: {flops_ratio: 0.5}}\n")
+    assert bench.main([str(bad)]) == 2
+    assert "search.space" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()

@@ -51,6 +51,8 @@ def test_cost_pruners_quality_and_latency_are_measured_and_written(tmp_path):
         sorted(r["trial_s"] / r["bare_s"] for r in cost["per_plan"])[0] / 2
         + sorted(r["trial_s"] / r["bare_s"] for r in cost["per_plan"])[1] / 2)
     assert cost["naive_s"] > 0 and len(cost["prefix"]["prefill_layer_s"]) == 8
+    assert 0 < sum(cost["prefix"]["prefill_layer_s"]) < cost["prefix"]["pass_s"]  # the layers are part of the pass
+    assert 0 < cost["prefix"]["mean_saving_of_trial"] < 1
     assert all(1 <= k <= 8 for k in cost["prefix"]["first_touched_layer"])  # the space never touches layer 0
 
     pruners = result["pruners"]["by_pruner"]
@@ -60,7 +62,7 @@ def test_cost_pruners_quality_and_latency_are_measured_and_written(tmp_path):
     quality = result["quality"]
     assert list(quality["by_budget"]) == ["0.7", "0.5"] and quality["test_questions"] == 24
     for ratio, cells in quality["by_budget"].items():
-        assert set(cells) == {"tpe", "nsga2", "random", "paper", "block_influence", "greedy"}
+        assert set(cells) == {"tpe", "nsga2", "random", "paper", "block_influence", "greedy", "greedy_space"}
         for name, cell in cells.items():
             if cell is None:
                 continue
@@ -68,6 +70,10 @@ def test_cost_pruners_quality_and_latency_are_measured_and_written(tmp_path):
             assert 0 <= cell["test"] <= 1 and 0 <= cell["validation"] <= 1
             assert Plan.from_yaml_text(cell["plan"]).key()
     assert quality["by_budget"]["0.5"]["greedy"]["evaluations"] >= quality["by_budget"]["0.7"]["greedy"]["evaluations"]
+    assert quality["space_layers"] == list(range(1, 7))  # spaces/per-layer.yaml: layers 1 to -2
+    narrow = Plan.from_yaml_text(quality["by_budget"]["0.5"]["greedy_space"]["plan"])
+    assert {i for i, _ in narrow.layers} <= set(range(1, 7))
+    assert set(quality["infeasible"]) == {"tpe", "nsga2", "random"}
 
     latency = result["latency"]
     labels = [row["label"] for row in latency["rows"]]
@@ -93,6 +99,7 @@ def test_ray_part_counts_trials_per_minute(tmp_path):
     assert bench.main([str(job), "--parts", "ray", "--ray-trials", "3", "--ray-workers", "1"]) == 0
     ray = json.loads((tmp_path / "out/bench/performance-demo.json").read_text())["ray"]["by_workers"]["1"]
     assert ray["trials"] == 3 and ray["trials_per_min_wall"] > 0
+    assert ray["trials_per_min_steady"] >= ray["trials_per_min_wall"]  # the steady span leaves Ray's start out
 
 
 def test_a_bad_job_exits_2_without_output(tmp_path, capsys):

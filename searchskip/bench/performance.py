@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from searchskip.bench import write_result
+from searchskip.export.report import markdown_table
 
 PARTS = ("cost", "pruners", "quality", "latency", "ray")
 NAME = "performance"
@@ -201,8 +202,9 @@ def _naive_seconds(bench: Bench, plan: Any) -> float:
     return _timed(trial)[0]
 
 
-def _prefill_layer_seconds(bench: Bench, batches: list[dict]) -> list[float]:
-    """Per decoder layer, the wall time its prefill calls take over ``batches`` (unplanned model)."""
+def _prefill_layer_seconds(bench: Bench, batches: list[dict]) -> tuple[list[float], float]:
+    """``(per decoder layer, the wall time its prefill calls take over batches; the wall time of the
+    whole timed pass)`` on the unplanned model, after an untimed warm-up pass."""
     from searchskip.arch import get_adapter
     from searchskip.eval.generate import generate_answers
 
@@ -226,12 +228,14 @@ def _prefill_layer_seconds(bench: Bench, batches: list[dict]) -> list[float]:
         for batch in batches:  # a warm-up pass, then the timed one
             generate_answers(bench.loaded, batch, bench.job.eval.max_new_tokens)
         spent[:] = [0.0] * len(layers)
+        began_pass = time.perf_counter()
         for batch in batches:
             generate_answers(bench.loaded, batch, bench.job.eval.max_new_tokens)
+        whole = time.perf_counter() - began_pass
     finally:
         for hook in hooks:
             hook.remove()
-    return spent
+    return spent, whole
 
 
 def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
@@ -261,9 +265,9 @@ def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
         per_plan.append(row)
         bench.console.print(f"cost: trial {trial.number}: trial {row['trial_s']:.3f}s bare {row['bare_s']:.3f}s"
                             + (f" naive {row['naive_s']:.3f}s" if "naive_s" in row else ""))
-    layer_s = _prefill_layer_seconds(bench, batches)
+    layer_s, pass_s = _prefill_layer_seconds(bench, batches)
     firsts = [first_touched_layer(_plan_of(t), bench.num_layers) for t in _scored_trials(result.study)]
-    saved = [sum(layer_s[:k]) for k in firsts]
+    saved = [sum(layer_s[:k]) / pass_s for k in firsts]  # share of a whole pass, measured in that pass
     trial_median = _median([r["trial_s"] for r in per_plan])
     width = bench.arch.text_config.hidden_size if hasattr(bench.arch, "text_config") else bench.arch.hidden_size
     positions = sum(int(b["input_ids"].numel()) for b in batches)
@@ -281,9 +285,9 @@ def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
         "overhead_s": _median([r["trial_s"] - r["evaluate_cached_s"] for r in per_plan]),
         "prefix": {
             "prefill_layer_s": layer_s,
+            "pass_s": pass_s,
             "first_touched_layer": firsts,
-            "mean_saving_s": sum(saved) / len(saved),
-            "mean_saving_of_trial": sum(saved) / len(saved) / trial_median,
+            "mean_saving_of_trial": sum(saved) / len(saved),
             # boundary hidden state + the K/V of the layers below it, float32, per cached boundary layer
             "mib_per_boundary_layer": positions * width * 4 * 3 / 2 ** 20,
         },
@@ -360,8 +364,10 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
     from searchskip.search.baselines import (
         BI_OPS, block_influence, block_influence_plan, greedy_sublayer_removal, labelled_paper_plans,
     )
+    from searchskip.config.loader import resolve_space
     from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.study import BI_SAMPLES
+    from searchskip.search.space import Space
+    from searchskip.search.study import BI_SAMPLES, trial_counts
 
     job = bench.job
     scores = _Scores(bench)
@@ -388,7 +394,10 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
         scores, bench.arch, bench.workload, smallest,
         on_step=lambda s: bench.console.print(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
     greedy_calls = scores.calls
+    space_layers = Space.load(resolve_space(job.search.space)).searchable_layers(bench.num_layers)
+    greedy_space = greedy_sublayer_removal(scores, bench.arch, bench.workload, smallest, layers=space_layers)
     rows: dict[str, dict] = {}
+    infeasible: dict[str, dict[str, int]] = {}
     for ratio in budgets:
         budget = bench.budget(ratio)
         cells: dict[str, dict | None] = {}
@@ -401,6 +410,7 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
                                ("random", {"sampler": "random"})):
             seconds, result = _timed(lambda: bench.study(f"quality-{method}-{ratio:g}", trials,
                                                          budget=bench.llm_budget(ratio), **search))
+            infeasible.setdefault(method, {})[f"{ratio:g}"] = trial_counts(result.study)["infeasible"]
             feasible = [t for t in _scored_trials(result.study) if not t.user_attrs.get("infeasible")]
             top = feasible[0] if feasible else None
             cells[method] = None if top is None else {
@@ -411,10 +421,11 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
         bi_plans = [(f"block_influence:{op}", block_influence_plan(bi, bench.arch, bench.workload, budget, op=op))
                     for op in BI_OPS]
         cells["block_influence"] = _best([(label, p) for label, p in bi_plans if p is not None], scores)
-        step = next((s for s in greedy if fits(s.plan)), None)
-        cells["greedy"] = None if step is None else {
-            "label": f"{len(greedy[:greedy.index(step) + 1])} sublayers removed", "plan": step.plan,
-            "validation": step.score, "evaluations": step.evaluations}
+        for key, steps in (("greedy", greedy), ("greedy_space", greedy_space)):
+            step = next((s for s in steps if fits(s.plan)), None)
+            cells[key] = None if step is None else {
+                "label": f"{steps.index(step) + 1} sublayers removed", "plan": step.plan,
+                "validation": step.score, "evaluations": step.evaluations}
         for cell in cells.values():
             if cell is not None:
                 cell["test"] = on_test(cell["plan"])
@@ -425,7 +436,8 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
             f"{m} {100 * c['test']:.2f}%" for m, c in cells.items() if c is not None))
     return {"budgets": budgets, "trials": trials, "unplanned": unplanned, "test_questions": len(test),
             "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
-            "greedy_seconds": greedy_s, "greedy_evaluations": greedy_calls, "by_budget": rows,
+            "greedy_seconds": greedy_s, "greedy_evaluations": greedy_calls, "space_layers": list(space_layers),
+            "infeasible": infeasible, "by_budget": rows,
             "seed_plans": job.search.seed_plans, "pruner": job.search.pruner}
 
 
@@ -465,68 +477,69 @@ def _phase_ratios(bench: Bench, plan: Any) -> tuple[float, float]:
     return (mine["llm_prefill"] / base["llm_prefill"], mine["llm_decode"] / base["llm_decode"])
 
 
-def _latency(loaded: Any, batch: dict, features: list | None, new_tokens: int, repeats: int, warmup: int) -> tuple[float, float]:
-    """``(prefill_ms, decode_ms)``: the model's forward calls inside ``generate`` (``1 + new_tokens``
-    tokens, forced with ``min_new_tokens``), timed with hooks on the model: the first call is the
-    prefill, the others decode one token each. Medians over ``repeats`` runs after ``warmup``
-    untimed ones. Image features are given (``mm_encoder_outputs``), so the vision tower is outside
-    both; ``generate``'s own per-step work (logits processing, stopping checks) is outside too."""
-    import torch
+class _ForwardTimer:
+    """Times one model's forward calls inside ``generate`` on one batch (hooks on the model): the
+    first call is the prefill, the others decode one token each. Image features are given
+    (``mm_encoder_outputs``), so the vision tower is outside both; ``generate``'s own per-step
+    work (logits processing, stopping checks) is outside too."""
 
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    def __init__(self, loaded: Any, batch: dict, features: list | None, new_tokens: int):
+        self.loaded, self.batch, self.features, self.new_tokens = loaded, batch, features, new_tokens
+        self.calls: list[float] = []
+        self.began: list[float] = []
+        self.hooks = [loaded.model.register_forward_pre_hook(lambda *a: self.began.append(time.perf_counter())),
+                      loaded.model.register_forward_hook(lambda *a: self.calls.append(time.perf_counter() - self.began.pop()))]
 
-    calls: list[float] = []
-    began: list[float] = []
-    hooks = [loaded.model.register_forward_pre_hook(lambda *a: began.append(time.perf_counter())),
-             loaded.model.register_forward_hook(lambda *a: calls.append(time.perf_counter() - began.pop()))]
+    def run(self) -> tuple[float, float]:
+        """One ``generate`` of ``1 + new_tokens`` tokens (forced): ``(prefill s, median decode s)``."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    def run() -> tuple[float, float]:
-        calls.clear()
-        inputs = {k: v for k, v in batch.items() if k != "pixel_values"}
-        if features is not None:
-            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        self.calls.clear()
+        inputs = {k: v for k, v in self.batch.items() if k != "pixel_values"}
+        if self.features is not None:
+            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=self.features)}
         with torch.inference_mode():
-            loaded.model.generate(**inputs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
-                                  do_sample=False, num_beams=1, pad_token_id=loaded.processor.tokenizer.pad_token_id)
-        return calls[0], _median(calls[1:])
+            self.loaded.model.generate(**inputs, max_new_tokens=1 + self.new_tokens, min_new_tokens=1 + self.new_tokens,
+                                       do_sample=False, num_beams=1,
+                                       pad_token_id=self.loaded.processor.tokenizer.pad_token_id)
+        return self.calls[0], _median(self.calls[1:])
 
-    try:
-        for _ in range(warmup):
-            run()
-        timed = [run() for _ in range(repeats)]
-    finally:
-        for hook in hooks:
+    def close(self) -> None:
+        for hook in self.hooks:
             hook.remove()
-    return 1000 * _median([t[0] for t in timed]), 1000 * _median([t[1] for t in timed])
 
 
-def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int], repeats: int, new_tokens: int) -> dict:
-    """The ``latency`` part (see the module doc)."""
-    from searchskip.arch import get_adapter
-    from searchskip.eval.generate import prompt_inputs
+def _export(bench: Bench, plan: Any, target: Path) -> Any:
+    """``plan``'s compressed model written to ``target`` and loaded back as users load it."""
     from searchskip.eval.planned import plan_calibration
-    from searchskip.eval.prepared import image_features, encodes_images_once
     from searchskip.export.load import load_compressed
     from searchskip.export.model import compress, save_compressed
     from searchskip.models import load_model
 
-    job = bench.job
+    fresh = load_model(bench.job.model)
+    compressed = compress(fresh, plan, calibration=plan_calibration(fresh, bench.job, plan))
+    save_compressed(fresh, target, runtime_plan=compressed.runtime_plan, prompt_template=fresh.template,
+                    source_model=bench.job.model.id)
+    return load_compressed(str(target))
+
+
+def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int], repeats: int, new_tokens: int,
+                    warmup: int = 3) -> dict:
+    """The ``latency`` part (see the module doc). The exports are timed round-robin (each repeat runs
+    every model once), so a burst of load on a shared machine hits them all alike."""
+    import torch
+
+    from searchskip.arch import get_adapter
+    from searchskip.eval.generate import prompt_inputs
+    from searchskip.eval.prepared import encodes_images_once, image_features
+
     rows = {b: bench.dataset[0:b] for b in batch_sizes}
-    out_rows = []
+    out_rows, timers = [], []
     folder = Path(tempfile.mkdtemp(prefix="searchskip-bench-export-"))
     try:
-        candidates = [("unplanned", None, "")] + _latency_plans(bench, previous)
-        for label, plan, note in candidates:
-            if plan is None:
-                model = bench.loaded
-            else:
-                fresh = load_model(job.model)
-                calibration = plan_calibration(fresh, job, plan)
-                compressed = compress(fresh, plan, calibration=calibration)
-                target = folder / f"m{len(out_rows)}"
-                save_compressed(fresh, target, runtime_plan=compressed.runtime_plan,
-                                prompt_template=fresh.template, source_model=job.model.id)
-                model = load_compressed(str(target))
+        for k, (label, plan, note) in enumerate([("unplanned", None, ""), *_latency_plans(bench, previous)]):
+            model = bench.loaded if plan is None else _export(bench, plan, folder / f"m{k}")
             row = {"label": label, "plan": None if plan is None else plan.to_yaml(), "note": note,
                    "layers": len(get_adapter(model.model).layers(model.model)),
                    "llm_flops_ratio": 1.0 if plan is None else bench.llm_ratio(plan),
@@ -536,10 +549,18 @@ def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int],
             for b, r in rows.items():
                 batch = prompt_inputs(model, r["image"], r["question"])
                 features = image_features(model.model, batch) if encodes_images_once(model.model) else None
-                prefill, decode = _latency(model, batch, features, new_tokens, repeats, warmup=3)
-                row["by_batch"][str(b)] = {"prefill_ms": prefill, "decode_ms": decode}
+                timers.append((row, str(b), _ForwardTimer(model, batch, features, new_tokens)))
             out_rows.append(row)
-            bench.console.print(f"latency {label}: {row['by_batch']}")
+        times: dict[int, list[tuple[float, float]]] = {id(t): [] for _, _, t in timers}
+        for repeat in range(warmup + repeats):
+            for _, _, timer in timers:
+                measured = timer.run()
+                if repeat >= warmup:
+                    times[id(timer)].append(measured)
+        for row, b, timer in timers:
+            timer.close()
+            row["by_batch"][b] = {"prefill_ms": 1000 * _median([t[0] for t in times[id(timer)]]),
+                                  "decode_ms": 1000 * _median([t[1] for t in times[id(timer)]])}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     base = out_rows[0]["by_batch"]
@@ -547,10 +568,9 @@ def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int],
         for b, cell in row["by_batch"].items():
             cell["prefill_ratio"] = cell["prefill_ms"] / base[b]["prefill_ms"]
             cell["decode_ratio"] = cell["decode_ms"] / base[b]["decode_ms"]
-    import torch
-
-    return {"rows": out_rows, "repeats": repeats, "warmup": 3, "decode_tokens": new_tokens, "batch_sizes": batch_sizes,
-            "device": job.model.device, "threads": torch.get_num_threads()}
+        bench.console.print(f"latency {row['label']}: {row['by_batch']}")
+    return {"rows": out_rows, "repeats": repeats, "warmup": warmup, "decode_tokens": new_tokens,
+            "batch_sizes": batch_sizes, "device": bench.job.model.device, "threads": torch.get_num_threads()}
 
 
 # ---- part: ray ----------------------------------------------------------------------------------
@@ -569,10 +589,11 @@ def measure_ray(bench: Bench, trials: int, workers: list[int]) -> dict:
                                                     progress=False))
         done = sorted((t for t in result.study.get_trials(deepcopy=False) if t.datetime_complete is not None),
                       key=lambda t: t.datetime_complete)
-        span = (done[-1].datetime_complete - done[0].datetime_complete).total_seconds() if len(done) > 1 else 0.0
+        span = (done[-1].datetime_complete - min(t.datetime_start for t in done)).total_seconds() if done else 0.0
         out[str(n)] = {"trials": len(done), "wall_s": seconds, "trials_per_min_wall": 60 * len(done) / seconds,
-                       "trials_per_min_steady": 60 * (len(done) - 1) / span if span > 0 else None,
-                       "evaluations": result.evaluations}
+                       "trials_per_min_steady": 60 * len(done) / span if span > 0 else None,
+                       "evaluations": result.evaluations,
+                       "evaluations_per_min_steady": 60 * result.evaluations / span if span > 0 else None}
         bench.console.print(f"ray {n}: {out[str(n)]}")
     return {"trials": trials, "by_workers": out}
 
@@ -584,88 +605,106 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _cost_md(cost: dict) -> list[str]:
+    pre = cost["prefix"]
+    rows = [("bare `generate` of the planned model (vision included, pre-tokenized)", f"{cost['bare_s']:.3f}", "the floor"),
+            ("searchskip trial (optuna start to finish)", f"{cost['trial_s']:.3f}",
+             f"**{cost['trial_over_bare']:.2f}x bare** (max {cost['trial_over_bare_max']:.2f}x; target <= 1.2x)"),
+            ("naive trial (load model + data, process images, answer)", f"{cost['naive_s']:.3f}",
+             f"**{cost['naive_over_trial']:.1f}x the searchskip trial** (target >= 3x)"),
+            ("answering without the feature cache", "", f"{cost['uncached_over_cached']:.2f}x answering with it"),
+            ("trial overhead (sampling, FLOP count, storage)", f"{cost['overhead_s']:.3f}", "")]
+    return (["### What a trial costs", "",
+             f"{cost['plans_timed']} plans of a {cost['trials']}-trial TPE study (pruner off), {cost['questions']} "
+             f"validation questions; bare and answering times are medians of {cost['repeats']} runs.", ""]
+            + markdown_table(("per plan (median)", "seconds", ""), rows, ("l", "r", "l"))
+            + ["", f"Once per worker: loading {cost['load_s']:.2f} s, preparing the subset {cost['prepare_s']:.2f} s "
+               f"(feature cache: {cost['feature_cache']}, {cost['feature_mib']:.2f} MiB). A prefix hidden-state cache "
+               f"could save at most {100 * pre['mean_saving_of_trial']:.1f}% of a trial on these plans (the prefill time "
+               f"of the untouched first layers, measured with hooks, over that pass's wall time; first touched layer {min(pre['first_touched_layer'])}"
+               f"-{max(pre['first_touched_layer'])}), for {pre['mib_per_boundary_layer']:.1f} MiB per cached layer.", ""])
+
+
+def _pruners_md(pruners: dict) -> list[str]:
+    rows = [(name, f"{row['trials_per_hour']:.0f}", row["complete"], row["pruned"], row["questions_scored"],
+             f"{_pct(row['best_accuracy'])}%") for name, row in pruners["by_pruner"].items()]
+    return (["### Pruners", "", f"The same {pruners['trials']}-trial TPE study (the job's budget) with each pruner.", ""]
+            + markdown_table(("pruner", "trials/hour", "full evaluations", "pruned", "questions scored",
+                              "best validation acc."), rows, ("l", "r", "r", "r", "r", "r")) + [""])
+
+
+QUALITY_METHODS = (("tpe", "searchskip TPE"), ("nsga2", "NSGA-II [accuracy, flops]"), ("random", "random search"),
+                   ("paper", "best paper interval plan"), ("block_influence", "ShortGPT Block Influence"),
+                   ("greedy", "greedy sublayer removal (FinerCut-style), all layers"),
+                   ("greedy_space", "greedy sublayer removal, the space's layers only"))
+
+
+def _quality_md(quality: dict) -> list[str]:
+    budgets = list(quality["by_budget"])
+
+    def cell(c: dict | None) -> str:
+        return "–" if c is None else f"{_pct(c['test'])} ({_pct(c['validation'])})"
+
+    rows = [(label, *(cell(quality["by_budget"][b].get(key)) for b in budgets)) for key, label in QUALITY_METHODS]
+    return (["### Search quality", "",
+             f"Test accuracy (%) on {quality['test_questions']} questions of the plan each method picks on "
+             f"{quality['validation_questions']} validation questions (validation accuracy in brackets), at budgets "
+             f"of the language model's FLOPs; unplanned: {_pct(quality['unplanned']['test'])}% test. Space "
+             f"`{quality['space']}`, {quality['trials']} trials per search, searches seeded with the paper and BI "
+             f"plans: {quality['seed_plans']}, pruner {quality['pruner']}.", ""]
+            + markdown_table(("method", *(f"{float(b):.0%} LLM FLOPs" for b in budgets)), rows,
+                             ("l", *("r" for _ in budgets)))
+            + ["", "Over-budget trials (rejected before any model run) out of each search's trials: "
+               + "; ".join(f"{m} " + ", ".join(f"{n} at {float(b):.0%}" for b, n in per.items())
+                           for m, per in quality["infeasible"].items())
+               + f". The greedy removals scored {quality['greedy_evaluations']} plans (all layers, down to the "
+               f"smallest budget). The space's layers: {quality['space_layers']}.", ""])
+
+
+def _latency_md(latency: dict) -> list[str]:
+    sizes = [str(b) for b in latency["batch_sizes"]]
+    rows = []
+    for row in latency["rows"]:
+        cells = row["by_batch"]
+        rows.append((row["label"], row["layers"], f"{row['prefill_flops_ratio']:.2f}",
+                     *(f"{cells[b]['prefill_ms']:.1f} ms ({cells[b]['prefill_ratio']:.2f})" for b in sizes),
+                     f"{row['decode_flops_ratio']:.2f}",
+                     *(f"{cells[b]['decode_ms']:.2f} ms ({cells[b]['decode_ratio']:.2f})" for b in sizes), row["note"]))
+    header = ("export", "layers", "prefill FLOPs", *(f"prefill b={b}" for b in sizes), "decode FLOPs",
+              *(f"decode b={b}" for b in sizes), "note")
+    return (["### Exported models: latency", "",
+             f"The model's forward calls inside `generate` ({latency['decode_tokens'] + 1} tokens): prefill = the "
+             f"first call, decode = the median of the others; medians of {latency['repeats']} runs after "
+             f"{latency['warmup']} warm-up runs, the models taking turns, {latency['device']}, {latency['threads']} threads. Image features "
+             f"precomputed, so both phases are the language model's. Ratios to the unplanned model in brackets; "
+             f"FLOP ratios from the analytic count of each phase.", ""]
+            + markdown_table(header, rows, ("l", "r", "r", *("r" for _ in sizes), "r", *("r" for _ in sizes), "l"))
+            + [""])
+
+
+def _ray_md(ray: dict) -> list[str]:
+    def rate(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
+    rows = [(n, row["evaluations"], rate(row["evaluations_per_min_steady"]), rate(row["trials_per_min_steady"]),
+             rate(row["trials_per_min_wall"]), f"{row['wall_s']:.1f}") for n, row in ray["by_workers"].items()]
+    return (["### Ray backend", "",
+             f"{ray['trials']} trials (the job's budget, pruner off); steady rates run from the first trial's start "
+             "to the last one's end, wall rates include starting Ray and loading the model in each actor.", ""]
+            + markdown_table(("workers", "model evaluations", "evaluations/min (steady)", "trials/min (steady)",
+                              "trials/min (wall)", "wall s"), rows, ("r", "r", "r", "r", "r", "r")) + [""])
+
+
+SECTIONS = {"cost": _cost_md, "pruners": _pruners_md, "quality": _quality_md, "latency": _latency_md, "ray": _ray_md}
+
+
 def markdown(result: dict) -> str:
     """The README's tables, one section per part measured."""
-    out = [f"Performance benchmark, `{result['command']}` ({result['job']}, {result['model']}, "
-           f"device {result['device']}, {result['cpus']} CPUs).\n"]
-    cost = result.get("cost")
-    if cost:
-        pre = cost["prefix"]
-        out += ["### What a trial costs\n",
-                f"{cost['plans_timed']} plans of a {cost['trials']}-trial TPE study (pruner off), {cost['questions']} "
-                f"validation questions; bare and cached times are medians of {cost['repeats']} runs.\n",
-                "| per plan (median) | seconds | |", "|---|---:|---|",
-                f"| bare `generate` of the planned model (vision included, pre-tokenized) | {cost['bare_s']:.3f} | floor |",
-                f"| searchskip trial (optuna start to finish) | {cost['trial_s']:.3f} | "
-                f"**{cost['trial_over_bare']:.2f}x bare** (max {cost['trial_over_bare_max']:.2f}x; target <= 1.2x) |",
-                f"| naive trial (load model + data, process images, answer) | {cost['naive_s']:.3f} | "
-                f"**{cost['naive_over_trial']:.1f}x the searchskip trial** (target >= 3x) |",
-                f"| answering without the feature cache | | {cost['uncached_over_cached']:.2f}x with it |",
-                f"| trial overhead (sampling, FLOP count, storage) | {cost['overhead_s']:.3f} | |",
-                "",
-                f"Once per worker: loading {cost['load_s']:.2f} s, preparing the subset {cost['prepare_s']:.2f} s "
-                f"(feature cache: {cost['feature_cache']}, {cost['feature_mib']:.2f} MiB). A prefix hidden-state "
-                f"cache could save at most {100 * pre['mean_saving_of_trial']:.1f}% of a trial on these plans "
-                f"(mean prefill time of the untouched first layers; first touched layer "
-                f"{min(pre['first_touched_layer'])}-{max(pre['first_touched_layer'])}) for "
-                f"{pre['mib_per_boundary_layer']:.1f} MiB per cached layer, so it is not built.\n"]
-    pruners = result.get("pruners")
-    if pruners:
-        out += ["### Pruners\n", f"The same {pruners['trials']}-trial TPE study (job budget) with each pruner.\n",
-                "| pruner | trials/hour | full evaluations | pruned | questions scored | best validation acc. |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for name, row in pruners["by_pruner"].items():
-            out.append(f"| {name} | {row['trials_per_hour']:.0f} | {row['complete']} | {row['pruned']} | "
-                       f"{row['questions_scored']} | {_pct(row['best_accuracy'])}% |")
-        out.append("")
-    quality = result.get("quality")
-    if quality:
-        methods = [("tpe", f"searchskip TPE, {quality['trials']} trials"), ("nsga2", "NSGA-II [accuracy, flops]"),
-                   ("random", "random search"), ("paper", "best paper interval plan"),
-                   ("block_influence", "ShortGPT Block Influence"), ("greedy", "greedy sublayer removal (FinerCut-style)")]
-        budgets = list(quality["by_budget"])
-        out += ["### Search quality\n",
-                f"Test accuracy (%) on {quality['test_questions']} questions of the plan each method picks on "
-                f"{quality['validation_questions']} validation questions (validation in brackets), at budgets of the "
-                f"language model's FLOPs; unplanned: {_pct(quality['unplanned']['test'])}% test. Space "
-                f"`{quality['space']}`; searches seeded with the paper and BI plans: {quality['seed_plans']}; "
-                f"pruner {quality['pruner']}.\n",
-                "| method | " + " | ".join(f"{float(b):.0%} LLM FLOPs" for b in budgets) + " |",
-                "|---|" + "---:|" * len(budgets)]
-        for key, label in methods:
-            cells = []
-            for b in budgets:
-                c = quality["by_budget"][b].get(key)
-                cells.append("–" if c is None else f"{_pct(c['test'])} ({_pct(c['validation'])})")
-            out.append(f"| {label} | " + " | ".join(cells) + " |")
-        out.append("")
-    latency = result.get("latency")
-    if latency:
-        sizes = [str(b) for b in latency["batch_sizes"]]
-        out += ["### Exported models: latency\n",
-                f"The model's forward calls inside `generate` ({latency['decode_tokens'] + 1} tokens): prefill = the "
-                f"first call, decode = the median of the others; medians of {latency['repeats']} runs after "
-                f"{latency['warmup']} warm-up runs, {latency['device']}, {latency['threads']} threads. Image features "
-                f"precomputed, so both phases are the language model's. Ratios to the unplanned model in brackets; "
-                f"FLOP ratios from the analytic count of each phase.\n",
-                "| export | layers | prefill FLOPs | " + " | ".join(f"prefill b={b}" for b in sizes)
-                + " | decode FLOPs | " + " | ".join(f"decode b={b}" for b in sizes) + " | note |",
-                "|---|---:|---:|" + "---:|" * len(sizes) + "---:|" + "---:|" * len(sizes) + "---|"]
-        for row in latency["rows"]:
-            pre = [f"{row['by_batch'][b]['prefill_ms']:.1f} ms ({row['by_batch'][b]['prefill_ratio']:.2f})" for b in sizes]
-            dec = [f"{row['by_batch'][b]['decode_ms']:.2f} ms ({row['by_batch'][b]['decode_ratio']:.2f})" for b in sizes]
-            out.append(f"| {row['label']} | {row['layers']} | {row['prefill_flops_ratio']:.2f} | " + " | ".join(pre)
-                       + f" | {row['decode_flops_ratio']:.2f} | " + " | ".join(dec) + f" | {row['note']} |")
-        out.append("")
-    ray = result.get("ray")
-    if ray:
-        out += ["### Ray backend\n", f"{ray['trials']} trials, pruner off.\n",
-                "| workers | trials/min (steady) | trials/min (wall, incl. Ray start and model loads) | wall s |",
-                "|---:|---:|---:|---:|"]
-        for n, row in ray["by_workers"].items():
-            steady = "–" if row["trials_per_min_steady"] is None else f"{row['trials_per_min_steady']:.1f}"
-            out.append(f"| {n} | {steady} | {row['trials_per_min_wall']:.1f} | {row['wall_s']:.1f} |")
-        out.append("")
+    out = [f"Performance benchmark: `{result['command']}` ({result['job']}, {result['model']}, "
+           f"device {result['device']}, {result['cpus']} CPUs).", ""]
+    for part in PARTS:
+        if result.get(part):
+            out += SECTIONS[part](result[part])
     return "\n".join(out)
 
 

@@ -262,7 +262,8 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
+    """The lines of a Markdown table; ``align``: ``l``, ``r`` or ``c`` per column (default all ``l``)."""
     align = align or ["l"] * len(header)
     marks = {"l": "---", "r": "---:", "c": ":---:"}
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
@@ -313,7 +314,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
 
     removed = len(removed_layers(plan, num_layers))
     summary.append(("decoder layers kept", f"{num_layers - removed} of {num_layers}"))
-    out += ["## Summary", ""] + _table(("measure", "value"), summary, ("l", "r")) + [""]
+    out += ["## Summary", ""] + markdown_table(("measure", "value"), summary, ("l", "r")) + [""]
 
     # ---- accuracy vs FLOPs ----
     if points or pareto_png:
@@ -334,14 +335,14 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
                     rows.append((p.number, _acc(p.accuracy), f"{p.flops_ratio:.3f}", p.summary or "?",
                                  ", ".join(note)))
                 out += ["### Pareto front", ""]
-                out += _table(("trial", "accuracy", "FLOPs ratio", "plan", "note"), rows, ("r", "r", "r", "l", "l"))
+                out += markdown_table(("trial", "accuracy", "FLOPs ratio", "plan", "note"), rows, ("r", "r", "r", "l", "l"))
                 out.append("")
 
     # ---- layer map ----
     out += ["## Layer map", ""]
     rows = [(r["layer"], r["attention"], r["ffn"], r["scope"], r["pruned"], r["note"])
             for r in layer_map_rows(plan, num_layers)]
-    out += _table(("layer", "attention", "FFN", "scope", "pruned", "note"), rows, ("r", "l", "l", "l", "l", "l"))
+    out += markdown_table(("layer", "attention", "FFN", "scope", "pruned", "note"), rows, ("r", "l", "l", "l", "l", "l"))
     out.append("")
 
     # ---- FLOPs breakdown ----
@@ -351,7 +352,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
                  f"{100.0 * value / total:.1f}%" if total else "—") for name, value in flops.items()]
         rows.append(("**total**", f"**{_gflops(total)}**", "100.0%" if total else "—"))
         out += ["## FLOPs breakdown", "", "FLOPs per sample of the compressed model, by component.", ""]
-        out += _table(("component", "GFLOPs/sample", "share"), rows, ("l", "r", "r")) + [""]
+        out += markdown_table(("component", "GFLOPs/sample", "share"), rows, ("l", "r", "r")) + [""]
 
     # ---- per question type ----
     if per_question_type:
@@ -364,7 +365,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
         out += ["## Accuracy per question type", ""]
         if not unplanned_per_question_type:
             out += ["(no score of the unplanned model to compare with)", ""]
-        out += _table(("question type", "unplanned", "plan", "difference (points)"), rows, ("l", "r", "r", "r"))
+        out += markdown_table(("question type", "unplanned", "plan", "difference (points)"), rows, ("l", "r", "r", "r"))
         out.append("")
 
     notes = list(notes)

@@ -656,9 +656,9 @@ def _quality_md(quality: dict) -> list[str]:
                              ("l", *("r" for _ in budgets)))
             + ["", "Over-budget trials (rejected before any model run) out of each search's trials: "
                + "; ".join(f"{m} " + ", ".join(f"{n} at {float(b):.0%}" for b, n in per.items())
-                           for m, per in quality["infeasible"].items())
+                           for m, per in quality.get("infeasible", {}).items())
                + f". The greedy removals scored {quality['greedy_evaluations']} plans (all layers, down to the "
-               f"smallest budget). The space's layers: {quality['space_layers']}.", ""])
+               f"smallest budget). The space's layers: {quality.get('space_layers')}.", ""])
 
 
 def _latency_md(latency: dict) -> list[str]:
@@ -686,7 +686,7 @@ def _ray_md(ray: dict) -> list[str]:
     def rate(value: float | None) -> str:
         return "–" if value is None else f"{value:.1f}"
 
-    rows = [(n, row["evaluations"], rate(row["evaluations_per_min_steady"]), rate(row["trials_per_min_steady"]),
+    rows = [(n, row["evaluations"], rate(row.get("evaluations_per_min_steady")), rate(row["trials_per_min_steady"]),
              rate(row["trials_per_min_wall"]), f"{row['wall_s']:.1f}") for n, row in ray["by_workers"].items()]
     return (["### Ray backend", "",
              f"{ray['trials']} trials (the job's budget, pruner off); steady rates run from the first trial's start "

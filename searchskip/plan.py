@@ -607,8 +607,8 @@ def _check_data(data: Any, file: str | None) -> tuple[_PlanFile | None, list[Pro
     return (None if problems else built), problems
 
 
-def _raw_dict(scope: Any, layers: Any, drop: Any, prune: Any, visual_tokens: Any = None,
-              early_exit: Any = None) -> dict[str, Any]:
+def _raw_dict(scope: Any, layers: Any, drop: Any, prune: Any, visual_tokens: Any,
+              early_exit: Any) -> dict[str, Any]:
     """The file form of constructor arguments, as given (not canonical), for :func:`_check_data`."""
     data: dict[str, Any] = {"version": PLAN_VERSION, "scope": scope}
     entries: dict[Any, Any] = {}

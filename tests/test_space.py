@@ -129,14 +129,12 @@ def test_shipped_spaces_have_the_documented_design():
         "early_exit.layer": ["none", 5, 6]}
 
 
-@pytest.mark.parametrize("num_layers", [8, 32])
-@pytest.mark.parametrize("sampler", ["random", "tpe"])
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_suggestions_are_valid_plans_and_round_trip(path, sampler, num_layers):
-    space = Space.load(path)
-    make = {"random": lambda: optuna.samplers.RandomSampler(seed=1),
-            "tpe": lambda: optuna.samplers.TPESampler(seed=1, n_startup_trials=10)}[sampler]
-    grid = space.grid(num_layers)
+def sampled_plans(space: Space, num_layers: int, sampler: str, *, seed: int, startup: int,
+                  n_trials: int) -> list[tuple[Plan, dict]]:
+    """``(plan, params)`` of each trial of an optuna study over ``space`` with the ``random`` or
+    ``tpe`` sampler (``startup`` random trials first), scored by :func:`objective_value`."""
+    make = {"random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)}[sampler]
     plans: list[tuple[Plan, dict]] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -144,7 +142,17 @@ def test_suggestions_are_valid_plans_and_round_trip(path, sampler, num_layers):
         plans.append((plan, dict(trial.params)))
         return objective_value(plan)
 
-    optuna.create_study(sampler=make()).optimize(objective, n_trials=50)
+    optuna.create_study(sampler=make()).optimize(objective, n_trials=n_trials)
+    return plans
+
+
+@pytest.mark.parametrize("num_layers", [8, 32])
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_suggestions_are_valid_plans_and_round_trip(path, sampler, num_layers):
+    space = Space.load(path)
+    grid = space.grid(num_layers)
+    plans = sampled_plans(space, num_layers, sampler, seed=1, startup=10, n_trials=50)
     assert len(plans) == 50
     assert len({p.key() for p, _ in plans}) > 1
     for plan, params in plans:
@@ -375,6 +383,7 @@ def test_rank_is_uniform_where_attention_cannot_rank(write_yaml):
     assert plan.visual_tokens == VisualTokensSpec(3, 0.0, "uniform") and "visual_tokens.rank" not in used
     # after_layer 0: no layer before it to rank by
     zero = space_from(write_yaml, EVERY_LAYER.replace("{low: 1, high: -1}", "[0, 3]"), name="spaces/zero.yaml")
+    assert zero.grid(n)["visual_tokens.after_layer"] == [0, 3]  # the space really offers layer 0
     plan, used = fixed(zero, n, {**layer_ops(n), "scope": "all", **tokens, "visual_tokens.after_layer": 0})
     assert plan.visual_tokens == VisualTokensSpec(0, 0.5, "uniform") and "visual_tokens.rank" not in used
     with pytest.raises(ConfigError, match="use rank: uniform"):
@@ -414,16 +423,7 @@ def test_parallel_pairs_move_the_token_boundaries(write_yaml):
                          ids=["per_layer", "paper", "shipped"])
 def test_samplers_suggest_valid_token_plans(write_yaml, sampler, text, num_layers):
     space = Space.load(REPO_ROOT / "spaces" / text) if text == "tokens.yaml" else space_from(write_yaml, text)
-    make = {"random": lambda: optuna.samplers.RandomSampler(seed=5),
-            "tpe": lambda: optuna.samplers.TPESampler(seed=5, n_startup_trials=20)}[sampler]
-    plans: list[tuple[Plan, dict]] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        plan = space.suggest(trial, num_layers)
-        plans.append((plan, dict(trial.params)))
-        return objective_value(plan)
-
-    optuna.create_study(sampler=make()).optimize(objective, n_trials=120)
+    plans = sampled_plans(space, num_layers, sampler, seed=5, startup=20, n_trials=120)
     moved = uniform_by_rule = 0
     for plan, params in plans:
         assert plan.validate(num_layers) is plan and Plan.from_dict(plan.to_dict()) == plan

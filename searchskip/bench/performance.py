@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from searchskip.bench import write_result
 from searchskip.export.report import markdown_table
+from searchskip.search.leaderboard import leaderboard
 
 PARTS = ("cost", "pruners", "quality", "latency", "ray")
 NAME = "performance"
@@ -71,28 +72,33 @@ def search_job(job: Any, outputs: Path, **search: Any) -> Any:
 
 
 class Bench:
-    """What every part shares: the job, the model and validation subset loaded once, the workload."""
+    """What every part shares: the job, the model and validation subset loaded once, and the
+    search's own :class:`~searchskip.search.objective.ObjectiveContext` (workload, FLOP
+    convention, unplanned FLOPs) to price plans with."""
 
     def __init__(self, job: Any, console: Any, folder: Path):
         from searchskip.arch import get_adapter
-        from searchskip.flops import count_flops, measure_workload
-        from searchskip.search.objective import budget_of
+        from searchskip.config.loader import resolve_space
+        from searchskip.flops import measure_workload
+        from searchskip.search.objective import ObjectiveContext, budget_of
+        from searchskip.search.space import Space
         from searchskip.search.study import load_worker_inputs
 
         self.job, self.console, self.folder = job, console, folder
         self.load_s, (self.loaded, self.dataset) = _timed(lambda: load_worker_inputs(job))
-        self.workload = measure_workload(self.loaded, self.dataset, job.eval.max_new_tokens)
-        self.arch = self.loaded.model.config
-        self.budget_spec = job.search.budget
-        self.count, self.attention = budget_of(self.budget_spec).count, budget_of(self.budget_spec).attention
-        self.baseline = count_flops(self.arch, None, self.workload, count=self.count, attention=self.attention)
-        self.num_layers = get_adapter(self.loaded.model).num_layers(self.loaded.model)
+        self.space = Space.load(resolve_space(job.search.space))
+        self.ctx = ObjectiveContext(space=self.space, arch=self.loaded.model.config,
+                                    num_layers=get_adapter(self.loaded.model).num_layers(self.loaded.model),
+                                    workload=measure_workload(self.loaded, self.dataset, job.eval.max_new_tokens),
+                                    budget=budget_of(job.search.budget))
+        self.num_layers, self.arch, self.workload, self.baseline = (
+            self.ctx.num_layers, self.ctx.arch, self.ctx.workload, self.ctx.baseline)
         self._evaluator = None
 
     def flops(self, plan: Any) -> Any:
-        from searchskip.flops import count_flops
+        from searchskip.search.objective import plan_cost
 
-        return count_flops(self.arch, plan, self.workload, count=self.count, attention=self.attention)
+        return plan_cost(self.ctx, plan)[0]
 
     def llm_ratio(self, plan: Any) -> float:
         return self.flops(plan).llm_ratio(self.baseline)
@@ -101,12 +107,11 @@ class Bench:
         """A job budget (absolute GFLOPs per sample) that admits a plan exactly when its language-model
         FLOPs are at most ``ratio`` x the unplanned model's (no plan changes the vision side)."""
         from searchskip.config.job import BudgetSpec
-        from searchskip.flops.report import LLM_COMPONENTS
 
-        parts = self.baseline.by_component()
-        llm = sum(parts[c] for c in LLM_COMPONENTS)
+        llm = self.baseline.llm_total()
         other = self.baseline.total() - llm
-        return BudgetSpec(gflops_per_sample=(other + ratio * llm) / 1e9, count=self.count, attention=self.attention)
+        budget = self.ctx.budget
+        return BudgetSpec(gflops_per_sample=(other + ratio * llm) / 1e9, count=budget.count, attention=budget.attention)
 
     def budget(self, ratio: float) -> Any:
         from searchskip.search.objective import budget_of
@@ -130,15 +135,6 @@ class Bench:
         self.console.print(f"[bold]study {name}[/]: {trials} trials, {dict(search)}")
         return run_search(job, trials, study_name=name, force_new_study=True, evaluator=self.evaluator,
                           loaded=self.loaded, dataset=self.dataset, progress=False)
-
-    def validation_accuracy(self, plan: Any) -> float:
-        return self.evaluator(plan, None).accuracy
-
-
-def _scored_trials(study: Any) -> list[Any]:
-    from searchskip.search.leaderboard import leaderboard
-
-    return leaderboard(study)
 
 
 def _trial_wall_s(trial: Any) -> float:
@@ -174,9 +170,8 @@ def first_touched_layer(plan: Any, num_layers: int) -> int:
 def _bare_seconds(bench: Bench, plan: Any, batches: list[dict], repeats: int) -> float:
     """Median wall time of ``generate`` over ``batches`` (pixel values: the vision tower runs) with ``plan``."""
     from searchskip.eval.generate import generate_answers
-    from searchskip.eval.planned import apply_plan
 
-    handle = apply_plan(bench.loaded, bench.job, plan, source="bench")
+    handle = bench.evaluator.apply_fn(plan)
     try:
         times = [_timed(lambda: [generate_answers(bench.loaded, b, bench.job.eval.max_new_tokens) for b in batches])[0]
                  for _ in range(repeats)]
@@ -240,56 +235,56 @@ def _prefill_layer_seconds(bench: Bench, batches: list[dict]) -> tuple[list[floa
 
 def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
     """The ``cost`` part (see the module doc)."""
-    from searchskip.eval.generate import prompt_inputs
-    from searchskip.search.objective import ModelEvaluator
+    from searchskip.eval.prepared import prepare_subset
+    from searchskip.flops import geometry_of
 
     job = bench.job
     prep_s, _ = _timed(lambda: bench.evaluator)
     result = bench.study("cost-tpe", trials, pruner="none", seed_plans=False, sampler="tpe")
-    scored = [t for t in _scored_trials(result.study)][:plans]
-    if not scored:
+    board = leaderboard(result.study)
+    if not board:
         raise RuntimeError("the cost study scored no plan")
-    rows = [bench.dataset[s:s + job.eval.batch_size] for s in range(0, len(bench.dataset), job.eval.batch_size)]
-    batches = [prompt_inputs(bench.loaded, r["image"], r["question"]) for r in rows]
-    uncached = ModelEvaluator(bench.loaded, bench.dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                              feature_cache="none", apply_fn=bench.evaluator.apply_fn)
+    # the same pre-tokenized batches, with pixel values: what a bare generate of the model takes
+    batches = [b.generate_inputs() for b in prepare_subset(bench.loaded, bench.dataset, job.eval.batch_size,
+                                                           feature_cache="none")]
     per_plan = []
-    for k, trial in enumerate(scored):
+    for k, trial in enumerate(board[:plans]):
         plan = _plan_of(trial)
         row = {"trial": trial.number, "plan": trial.user_attrs["plan"], "flops_ratio": trial.user_attrs["flops_ratio"],
                "trial_s": _trial_wall_s(trial), "bare_s": _bare_seconds(bench, plan, batches, repeats),
-               "evaluate_cached_s": _median([_timed(lambda: bench.evaluator(plan, None))[0] for _ in range(repeats)]),
-               "evaluate_uncached_s": _median([_timed(lambda: uncached(plan, None))[0] for _ in range(repeats)])}
+               "evaluate_cached_s": _median([_timed(lambda: bench.evaluator(plan, None))[0] for _ in range(repeats)])}
         if k < 3:
             row["naive_s"] = _naive_seconds(bench, plan)
         per_plan.append(row)
         bench.console.print(f"cost: trial {trial.number}: trial {row['trial_s']:.3f}s bare {row['bare_s']:.3f}s"
                             + (f" naive {row['naive_s']:.3f}s" if "naive_s" in row else ""))
     layer_s, pass_s = _prefill_layer_seconds(bench, batches)
-    firsts = [first_touched_layer(_plan_of(t), bench.num_layers) for t in _scored_trials(result.study)]
+    firsts = [first_touched_layer(_plan_of(t), bench.num_layers) for t in board]
     saved = [sum(layer_s[:k]) / pass_s for k in firsts]  # share of a whole pass, measured in that pass
-    trial_median = _median([r["trial_s"] for r in per_plan])
-    width = bench.arch.text_config.hidden_size if hasattr(bench.arch, "text_config") else bench.arch.hidden_size
-    positions = sum(int(b["input_ids"].numel()) for b in batches)
+    geometry = geometry_of(bench.arch)
+    layer = geometry.layers[0]
+    position_bytes = sum(int(b["input_ids"].numel()) for b in batches) * next(bench.loaded.model.parameters()).element_size()
     return {
         "trials": trials, "plans_timed": len(per_plan), "repeats": repeats, "questions": len(bench.dataset),
         "prepare_s": prep_s, "feature_cache": bench.evaluator.prepared.cache,
         "feature_mib": bench.evaluator.prepared.feature_bytes / 2 ** 20, "load_s": bench.load_s,
         "per_plan": per_plan,
-        "trial_s": trial_median, "bare_s": _median([r["bare_s"] for r in per_plan]),
+        "trial_s": _median([r["trial_s"] for r in per_plan]), "bare_s": _median([r["bare_s"] for r in per_plan]),
         "naive_s": _median([r["naive_s"] for r in per_plan if "naive_s" in r]),
         "trial_over_bare": _median([r["trial_s"] / r["bare_s"] for r in per_plan]),
         "trial_over_bare_max": max(r["trial_s"] / r["bare_s"] for r in per_plan),
         "naive_over_trial": _median([r["naive_s"] / r["trial_s"] for r in per_plan if "naive_s" in r]),
-        "uncached_over_cached": _median([r["evaluate_uncached_s"] / r["evaluate_cached_s"] for r in per_plan]),
+        # bare recomputes the image features every time; answering with the cache does not
+        "uncached_over_cached": _median([r["bare_s"] / r["evaluate_cached_s"] for r in per_plan]),
         "overhead_s": _median([r["trial_s"] - r["evaluate_cached_s"] for r in per_plan]),
         "prefix": {
             "prefill_layer_s": layer_s,
             "pass_s": pass_s,
             "first_touched_layer": firsts,
             "mean_saving_of_trial": sum(saved) / len(saved),
-            # boundary hidden state + the K/V of the layers below it, float32, per cached boundary layer
-            "mib_per_boundary_layer": positions * width * 4 * 3 / 2 ** 20,
+            # a boundary at layer k holds its hidden states and the K/V of the k layers below it
+            "mib_hidden": position_bytes * geometry.lm_head.in_features / 2 ** 20,
+            "mib_kv_per_layer": position_bytes * 2 * layer.kv_heads * layer.head_dim / 2 ** 20,
         },
     }
 
@@ -319,7 +314,7 @@ def measure_pruners(bench: Bench, trials: int) -> dict:
     out = {}
     for pruner in ("none", "median", "halving"):
         seconds, result = _timed(lambda: bench.study(f"pruner-{pruner}", trials, pruner=pruner, sampler="tpe"))
-        board = _scored_trials(result.study)
+        board = leaderboard(result.study)
         counts = trial_counts(result.study)
         out[pruner] = {"trials": counts["counted"], "seconds": seconds, "trials_per_hour": 3600 * counts["counted"] / seconds,
                        "complete": counts["complete"], "pruned": counts["pruned"], "infeasible": counts["infeasible"],
@@ -329,23 +324,22 @@ def measure_pruners(bench: Bench, trials: int) -> dict:
                        "best_plan": board[0].user_attrs["plan"] if board else None}
         bench.console.print(f"pruner {pruner}: {out[pruner]['trials_per_hour']:.0f} trials/h, best "
                             f"{out[pruner]['best_accuracy']}")
-    return {"budget": dataclasses.asdict(bench.budget_spec), "trials": trials, "by_pruner": out}
+    return {"budget": dataclasses.asdict(bench.job.search.budget), "trials": trials, "by_pruner": out}
 
 
 # ---- part: quality ------------------------------------------------------------------------------
 
 
 class _Scores:
-    """Validation accuracy per plan key (each plan scored once across the baselines)."""
+    """An evaluator's accuracy per plan key: each plan is scored once however often it is asked for."""
 
-    def __init__(self, bench: Bench):
-        self.bench, self.cache, self.calls = bench, {}, 0
+    def __init__(self, evaluator: Any):
+        self.evaluator, self.cache = evaluator, {}
 
     def __call__(self, plan: Any) -> float:
         key = plan.key()
         if key not in self.cache:
-            self.calls += 1
-            self.cache[key] = self.bench.validation_accuracy(plan)
+            self.cache[key] = self.evaluator(plan, None).accuracy
         return self.cache[key]
 
 
@@ -358,71 +352,64 @@ def _best(plans: list[tuple[str, Any]], scores: _Scores) -> dict | None:
     return best
 
 
+QUALITY_SEARCHES = (("tpe", {"sampler": "tpe"}), ("nsga2", {"sampler": "nsga2", "objectives": ("accuracy", "flops")}),
+                    ("random", {"sampler": "random"}))
+
+
+def _search_cell(bench: Bench, method: str, search: dict, ratio: float, trials: int) -> tuple[dict | None, int]:
+    """``(the best plan a search finds at the LLM budget ratio, its over-budget trials)``."""
+    from searchskip.search.study import trial_counts
+
+    seconds, result = _timed(lambda: bench.study(f"quality-{method}-{ratio:g}", trials,
+                                                 budget=bench.llm_budget(ratio), **search))
+    board = leaderboard(result.study)  # COMPLETE trials only: never an over-budget one
+    infeasible = trial_counts(result.study)["infeasible"]
+    if not board:
+        return None, infeasible
+    top = board[0]
+    seed = f" (seed {top.user_attrs['seed']})" if "seed" in top.user_attrs else ""
+    return {"label": f"trial {top.number}{seed}", "plan": _plan_of(top), "validation": top.user_attrs["accuracy"],
+            "evaluations": result.evaluations, "seconds": seconds}, infeasible
+
+
 def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
     """The ``quality`` part (see the module doc)."""
-    from searchskip.ops.calibration import calibration_batches
+    from searchskip.data.splits import load_eval_split
+    from searchskip.plan import Plan
     from searchskip.search.baselines import (
-        BI_OPS, block_influence, block_influence_plan, greedy_sublayer_removal, labelled_paper_plans,
+        greedy_sublayer_removal, labelled_block_influence_plans, labelled_paper_plans,
     )
-    from searchskip.config.loader import resolve_space
     from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.space import Space
-    from searchskip.search.study import BI_SAMPLES, trial_counts
+    from searchskip.search.study import measure_block_influence
 
     job = bench.job
-    scores = _Scores(bench)
-    from searchskip.data.splits import load_eval_split
-
     test = load_eval_split(job.data, "test")
-    tester = ModelEvaluator(bench.loaded, test, job.eval.batch_size, job.eval.max_new_tokens,
-                            feature_cache=job.search.feature_cache, memory_limit_gb=job.search.cache_memory_gb,
-                            apply_fn=bench.evaluator.apply_fn)
-    test_cache: dict[str, float] = {}
-
-    def on_test(plan: Any) -> float:
-        if plan.key() not in test_cache:
-            test_cache[plan.key()] = tester(plan, None).accuracy
-        return test_cache[plan.key()]
-
-    from searchskip.plan import Plan
-
-    unplanned = {"validation": scores(Plan()), "test": on_test(Plan())}
-    bi = block_influence(bench.loaded.model, calibration_batches(
-        bench.loaded, bench.dataset, min(BI_SAMPLES, len(bench.dataset)), job.search.seed, job.eval.batch_size))
+    validation = _Scores(bench.evaluator)
+    on_test = _Scores(ModelEvaluator(bench.loaded, test, job.eval.batch_size, job.eval.max_new_tokens,
+                                     feature_cache=job.search.feature_cache,
+                                     memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
+    unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
+    bi = measure_block_influence(job, bench.loaded, bench.dataset)
     smallest = bench.budget(min(budgets))
     greedy_s, greedy = _timed(lambda: greedy_sublayer_removal(
-        scores, bench.arch, bench.workload, smallest,
+        validation, bench.arch, bench.workload, smallest,
         on_step=lambda s: bench.console.print(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
-    greedy_calls = scores.calls
-    space_layers = Space.load(resolve_space(job.search.space)).searchable_layers(bench.num_layers)
-    greedy_space = greedy_sublayer_removal(scores, bench.arch, bench.workload, smallest, layers=space_layers)
+    space_layers = bench.space.searchable_layers(bench.num_layers)
+    greedy_space = greedy_sublayer_removal(validation, bench.arch, bench.workload, smallest, layers=space_layers)
     rows: dict[str, dict] = {}
     infeasible: dict[str, dict[str, int]] = {}
     for ratio in budgets:
         budget = bench.budget(ratio)
         cells: dict[str, dict | None] = {}
-
-        def fits(plan: Any) -> bool:
-            return budget.allows(bench.flops(plan), bench.baseline)
-
-        for method, search in (("tpe", {"sampler": "tpe"}),
-                               ("nsga2", {"sampler": "nsga2", "objectives": ("accuracy", "flops")}),
-                               ("random", {"sampler": "random"})):
-            seconds, result = _timed(lambda: bench.study(f"quality-{method}-{ratio:g}", trials,
-                                                         budget=bench.llm_budget(ratio), **search))
-            infeasible.setdefault(method, {})[f"{ratio:g}"] = trial_counts(result.study)["infeasible"]
-            feasible = [t for t in _scored_trials(result.study) if not t.user_attrs.get("infeasible")]
-            top = feasible[0] if feasible else None
-            cells[method] = None if top is None else {
-                "label": f"trial {top.number}" + (f" (seed {top.user_attrs['seed']})" if "seed" in top.user_attrs else ""),
-                "plan": _plan_of(top), "validation": top.user_attrs["accuracy"], "evaluations": result.evaluations,
-                "seconds": seconds}
-        cells["paper"] = _best([(label, p) for label, p in labelled_paper_plans(bench.num_layers) if fits(p)], scores)
-        bi_plans = [(f"block_influence:{op}", block_influence_plan(bi, bench.arch, bench.workload, budget, op=op))
-                    for op in BI_OPS]
-        cells["block_influence"] = _best([(label, p) for label, p in bi_plans if p is not None], scores)
+        for method, search in QUALITY_SEARCHES:
+            cells[method], infeasible.setdefault(method, {})[f"{ratio:g}"] = _search_cell(
+                bench, method, search, ratio, trials)
+        cells["paper"] = _best([(label, p) for label, p in labelled_paper_plans(bench.num_layers)
+                                if budget.allows(bench.flops(p), bench.baseline)], validation)
+        cells["block_influence"] = _best(labelled_block_influence_plans(bi, bench.arch, bench.workload, budget),
+                                         validation)
         for key, steps in (("greedy", greedy), ("greedy_space", greedy_space)):
-            step = next((s for s in steps if fits(s.plan)), None)
+            step = next((s for s in steps if budget.allows(bench.flops(s.plan), bench.baseline)), None)
             cells[key] = None if step is None else {
                 "label": f"{steps.index(step) + 1} sublayers removed", "plan": step.plan,
                 "validation": step.score, "evaluations": step.evaluations}
@@ -436,8 +423,8 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
             f"{m} {100 * c['test']:.2f}%" for m, c in cells.items() if c is not None))
     return {"budgets": budgets, "trials": trials, "unplanned": unplanned, "test_questions": len(test),
             "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
-            "greedy_seconds": greedy_s, "greedy_evaluations": greedy_calls, "space_layers": list(space_layers),
-            "infeasible": infeasible, "by_budget": rows,
+            "greedy_seconds": greedy_s, "greedy_evaluations": greedy[-1].evaluations if greedy else 0,
+            "space_layers": list(space_layers), "infeasible": infeasible, "by_budget": rows,
             "seed_plans": job.search.seed_plans, "pruner": job.search.pruner}
 
 
@@ -478,36 +465,38 @@ def _phase_ratios(bench: Bench, plan: Any) -> tuple[float, float]:
 
 
 class _ForwardTimer:
-    """Times one model's forward calls inside ``generate`` on one batch (hooks on the model): the
-    first call is the prefill, the others decode one token each. Image features are given
-    (``mm_encoder_outputs``), so the vision tower is outside both; ``generate``'s own per-step
-    work (logits processing, stopping checks) is outside too."""
+    """Times one model's forward calls inside ``generate`` on one prepared batch (hooks on the
+    model during :meth:`run`): the first call is the prefill, the others decode one token each.
+    The batch's image features are given (``mm_encoder_outputs``), so the vision tower is outside
+    both; ``generate``'s own per-step work (logits processing, stopping checks) is outside too."""
 
-    def __init__(self, loaded: Any, batch: dict, features: list | None, new_tokens: int):
-        self.loaded, self.batch, self.features, self.new_tokens = loaded, batch, features, new_tokens
-        self.calls: list[float] = []
-        self.began: list[float] = []
-        self.hooks = [loaded.model.register_forward_pre_hook(lambda *a: self.began.append(time.perf_counter())),
-                      loaded.model.register_forward_hook(lambda *a: self.calls.append(time.perf_counter() - self.began.pop()))]
+    def __init__(self, loaded: Any, batch: Any, new_tokens: int):
+        self.loaded, self.batch, self.new_tokens = loaded, batch, new_tokens
+        self.timed: list[tuple[float, float]] = []
 
-    def run(self) -> tuple[float, float]:
-        """One ``generate`` of ``1 + new_tokens`` tokens (forced): ``(prefill s, median decode s)``."""
+    def run(self, keep: bool) -> None:
+        """One ``generate`` of ``1 + new_tokens`` tokens (forced); ``keep``: record ``(prefill s, median decode s)``."""
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        self.calls.clear()
-        inputs = {k: v for k, v in self.batch.items() if k != "pixel_values"}
-        if self.features is not None:
-            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=self.features)}
-        with torch.inference_mode():
-            self.loaded.model.generate(**inputs, max_new_tokens=1 + self.new_tokens, min_new_tokens=1 + self.new_tokens,
-                                       do_sample=False, num_beams=1,
-                                       pad_token_id=self.loaded.processor.tokenizer.pad_token_id)
-        return self.calls[0], _median(self.calls[1:])
+        calls: list[float] = []
+        began: list[float] = []
+        model = self.loaded.model
+        hooks = [model.register_forward_pre_hook(lambda *a: began.append(time.perf_counter())),
+                 model.register_forward_hook(lambda *a: calls.append(time.perf_counter() - began.pop()))]
+        try:
+            with torch.inference_mode():
+                model.generate(**self.batch.generate_inputs(), max_new_tokens=1 + self.new_tokens,
+                               min_new_tokens=1 + self.new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=self.loaded.processor.tokenizer.pad_token_id)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if keep:
+            self.timed.append((calls[0], _median(calls[1:])))
 
-    def close(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
+    def medians_ms(self) -> dict[str, float]:
+        return {"prefill_ms": 1000 * _median([t[0] for t in self.timed]),
+                "decode_ms": 1000 * _median([t[1] for t in self.timed])}
 
 
 def _export(bench: Bench, plan: Any, target: Path) -> Any:
@@ -531,10 +520,8 @@ def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int],
     import torch
 
     from searchskip.arch import get_adapter
-    from searchskip.eval.generate import prompt_inputs
-    from searchskip.eval.prepared import encodes_images_once, image_features
+    from searchskip.eval.prepared import prepare_subset
 
-    rows = {b: bench.dataset[0:b] for b in batch_sizes}
     out_rows, timers = [], []
     folder = Path(tempfile.mkdtemp(prefix="searchskip-bench-export-"))
     try:
@@ -546,21 +533,15 @@ def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int],
                    "prefill_flops_ratio": 1.0, "decode_flops_ratio": 1.0, "by_batch": {}}
             if plan is not None:
                 row["prefill_flops_ratio"], row["decode_flops_ratio"] = _phase_ratios(bench, plan)
-            for b, r in rows.items():
-                batch = prompt_inputs(model, r["image"], r["question"])
-                features = image_features(model.model, batch) if encodes_images_once(model.model) else None
-                timers.append((row, str(b), _ForwardTimer(model, batch, features, new_tokens)))
+            for b in batch_sizes:  # the first b questions, tokenized and image features computed once
+                prepared = prepare_subset(model, bench.dataset.select(range(b)), b, feature_cache="memory")
+                timers.append((row, str(b), _ForwardTimer(model, prepared.batches[0], new_tokens)))
             out_rows.append(row)
-        times: dict[int, list[tuple[float, float]]] = {id(t): [] for _, _, t in timers}
         for repeat in range(warmup + repeats):
             for _, _, timer in timers:
-                measured = timer.run()
-                if repeat >= warmup:
-                    times[id(timer)].append(measured)
+                timer.run(keep=repeat >= warmup)
         for row, b, timer in timers:
-            timer.close()
-            row["by_batch"][b] = {"prefill_ms": 1000 * _median([t[0] for t in times[id(timer)]]),
-                                  "decode_ms": 1000 * _median([t[1] for t in times[id(timer)]])}
+            row["by_batch"][b] = timer.medians_ms()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     base = out_rows[0]["by_batch"]
@@ -612,7 +593,7 @@ def _cost_md(cost: dict) -> list[str]:
              f"**{cost['trial_over_bare']:.2f}x bare** (max {cost['trial_over_bare_max']:.2f}x; target <= 1.2x)"),
             ("naive trial (load model + data, process images, answer)", f"{cost['naive_s']:.3f}",
              f"**{cost['naive_over_trial']:.1f}x the searchskip trial** (target >= 3x)"),
-            ("answering without the feature cache", "", f"{cost['uncached_over_cached']:.2f}x answering with it"),
+            ("answering without the feature cache (bare)", "", f"{cost['uncached_over_cached']:.2f}x answering with it"),
             ("trial overhead (sampling, FLOP count, storage)", f"{cost['overhead_s']:.3f}", "")]
     return (["### What a trial costs", "",
              f"{cost['plans_timed']} plans of a {cost['trials']}-trial TPE study (pruner off), {cost['questions']} "
@@ -622,7 +603,8 @@ def _cost_md(cost: dict) -> list[str]:
                f"(feature cache: {cost['feature_cache']}, {cost['feature_mib']:.2f} MiB). A prefix hidden-state cache "
                f"could save at most {100 * pre['mean_saving_of_trial']:.1f}% of a trial on these plans (the prefill time "
                f"of the untouched first layers, measured with hooks, over that pass's wall time; first touched layer {min(pre['first_touched_layer'])}"
-               f"-{max(pre['first_touched_layer'])}), for {pre['mib_per_boundary_layer']:.1f} MiB per cached layer.", ""])
+               f"-{max(pre['first_touched_layer'])}); a boundary at layer k would hold {pre['mib_hidden']:.1f} MiB of "
+               f"hidden states plus {pre['mib_kv_per_layer']:.1f} MiB of K/V per layer below it.", ""])
 
 
 def _pruners_md(pruners: dict) -> list[str]:

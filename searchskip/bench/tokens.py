@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 from searchskip.bench import run_bench
-from typing import Any, Callable
+from searchskip.export.report import markdown_table
 
 def token_plans(after: list[int], keep: list[float], ranks: list[str]) -> list[Any]:
     """The grid of ``visual_tokens`` plans (``keep`` 1.0 is the unplanned model and is left out)."""
@@ -38,6 +40,11 @@ def token_plans(after: list[int], keep: list[float], ranks: list[str]) -> list[A
     return plans
 
 
+def largest_subset(num_layers: int, max_subset: int | None) -> int:
+    """The most layers a skip_block subset of :func:`skip_pool` holds (``None``: every proper subset)."""
+    return num_layers - 1 if max_subset is None else min(max_subset, num_layers - 1)
+
+
 def skip_pool(num_layers: int, n_random: int, seed: int = 0, max_subset: int | None = None) -> list[tuple[str, Any]]:
     """``(label, plan)`` of the layer-skip-only plans the token plans are compared with: every
     skip_block subset of at most ``max_subset`` layers (``None``: every proper subset; 0: none),
@@ -47,8 +54,7 @@ def skip_pool(num_layers: int, n_random: int, seed: int = 0, max_subset: int | N
     from searchskip.search.space import Space
 
     pool: dict[Any, str] = {}
-    largest = num_layers - 1 if max_subset is None else min(max_subset, num_layers - 1)
-    for r in range(1, largest + 1):
+    for r in range(1, largest_subset(num_layers, max_subset) + 1):
         for subset in itertools.combinations(range(num_layers), r):
             pool.setdefault(Plan(layers={i: "skip_block" for i in subset}), "skip_block " + ",".join(map(str, subset)))
     for label, plan in labelled_paper_plans(num_layers):
@@ -73,11 +79,10 @@ def measure(job: Any, after: list[int], keep: list[float], ranks: list[str], n_r
             limit: int | None = None, on_result: Callable[[str, dict], None] | None = None,
             max_subset: int | None = None) -> dict:
     """Score the token grid and the layer-skip pool; see the module docstring."""
-    from searchskip.apply import apply
     from searchskip.arch import get_adapter
-    from searchskip.eval.runner import evaluate
     from searchskip.flops import count_flops, measure_workload
-    from searchskip.search.study import load_worker_inputs
+    from searchskip.plan import Plan
+    from searchskip.search.study import load_worker_inputs, make_evaluator
 
     loaded, dataset = load_worker_inputs(job)
     if limit is not None:
@@ -87,15 +92,17 @@ def measure(job: Any, after: list[int], keep: list[float], ranks: list[str], n_r
     base = count_flops(arch, None, workload)
     num_layers = get_adapter(loaded.model).num_layers(loaded.model)
 
+    evaluator = make_evaluator(job, loaded, dataset)  # the subset prepared once, as a search worker does
+
     def score(plan: Any) -> dict:
         report = count_flops(arch, plan, workload)
-        with apply(loaded.model, plan):
-            result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens)
-        return {"plan": plan.to_dict(), "describe": "; ".join(plan.describe()), "accuracy": result.score.accuracy,
+        began = time.perf_counter()
+        accuracy = evaluator(plan, None).accuracy
+        return {"plan": plan.to_dict(), "describe": "; ".join(plan.describe()), "accuracy": accuracy,
                 "flops_ratio": report.ratio(base), "llm_flops_ratio": report.llm_ratio(base),
-                "seconds": result.seconds}
+                "seconds": time.perf_counter() - began}
 
-    unplanned = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens)
+    unplanned = evaluator(Plan(), None).accuracy
     tokens = []
     for plan in token_plans(after, keep, ranks):
         tokens.append(score(plan))
@@ -112,29 +119,31 @@ def measure(job: Any, after: list[int], keep: list[float], ranks: list[str], n_r
         row["best_skip"] = best and {k: best[k] for k in ("describe", "label", "accuracy", "flops_ratio",
                                                           "llm_flops_ratio")}
     return {"job": job.name, "model": job.model.id, "n": len(dataset), "layers": num_layers,
-            "workload": workload.to_dict(), "unplanned": unplanned.score.accuracy, "tokens": tokens,
-            "pool_size": len(pool), "max_subset": num_layers - 1 if max_subset is None else max_subset, "pool": pool}
+            "workload": workload.to_dict(), "unplanned": unplanned, "tokens": tokens,
+            "pool_size": len(pool), "max_subset": largest_subset(num_layers, max_subset), "pool": pool}
 
 
 def markdown(result: dict) -> str:
     """The table: one row per token plan, with the best layer-skip plan at no more FLOPs."""
     w = result["workload"]
-    rows = ["| after_layer | keep | rank | FLOPs (x unplanned) | LLM FLOPs | val. accuracy | best layer-skip plan "
-            "at <= FLOPs | its FLOPs | its accuracy |", "|---:|---:|---|---:|---:|---:|---|---:|---:|"]
+    rows = []
     for row in sorted(result["tokens"], key=lambda r: r["flops_ratio"]):
         v = row["plan"]["visual_tokens"]
         best = row["best_skip"]
-        skip = (f"{best['describe']} | {best['flops_ratio']:.3f} | {100 * best['accuracy']:.2f}%" if best
-                else "none fits | – | –")
-        rows.append(f"| {v['after_layer']} | {v['keep']:g} | {v['rank']} | {row['flops_ratio']:.3f} | "
-                    f"{row['llm_flops_ratio']:.3f} | {100 * row['accuracy']:.2f}% | {skip} |")
+        skip = ((best["describe"], f"{best['flops_ratio']:.3f}", f"{100 * best['accuracy']:.2f}%") if best
+                else ("none fits", "–", "–"))
+        rows.append((v["after_layer"], f"{v['keep']:g}", v["rank"], f"{row['flops_ratio']:.3f}",
+                     f"{row['llm_flops_ratio']:.3f}", f"{100 * row['accuracy']:.2f}%", *skip))
+    table = markdown_table(("after_layer", "keep", "rank", "FLOPs (x unplanned)", "LLM FLOPs", "val. accuracy",
+                            "best layer-skip plan at <= FLOPs", "its FLOPs", "its accuracy"),
+                           rows, ("r", "r", "l", "r", "r", "r", "l", "r", "r"))
     return (f"`visual_tokens` plans vs the best layer-skip-only plan, {result['model']}, validation subset "
             f"n={result['n']}; unplanned {100 * result['unplanned']:.2f}%. Workload per sample: "
             f"{w['images']} image x {w.get('image_tokens')} tokens, {w['prompt_tokens']:.1f} text tokens, "
             f"{w['generated_tokens']:.2f} generated. Layer-skip pool: {result['pool_size']} plans "
             f"(skip_block subsets of up to {result['max_subset']} layers, the paper's interval plans, "
             "random per-layer plans).\n\n"
-            + "\n".join(rows) + "\n")
+            + "\n".join(table) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

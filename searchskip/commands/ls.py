@@ -45,7 +45,7 @@ def open_existing(study_dir: str) -> Any:
     storage_spec = info.get("storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = open_storage(storage_spec, folder, repair=False)
+        storage = open_storage(storage_spec, folder)
     except (ValueError, TypeError, KeyError):
         # optuna skips a torn last record; damage before the end stops it. Say so, but only read.
         found = check_journal(folder / JOURNAL_FILE) if storage_spec is None else None

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Literal
 
 from searchskip.eval.generate import prompt_inputs
 
-__all__ = ["FEATURE_CACHES", "PreparedBatch", "PreparedSubset", "prepare_subset", "encodes_images_once", "image_features"]
+__all__ = ["FEATURE_CACHES", "PreparedBatch", "PreparedSubset", "prepare_subset", "encodes_images_once"]
 
 FEATURE_CACHES = ("auto", "memory", "disk", "none")
 FeatureCache = Literal["auto", "memory", "disk", "none"]
@@ -61,7 +61,6 @@ class PreparedBatch:
 
     inputs: dict
     """``input_ids``, ``attention_mask`` and ``pixel_values`` (on the model's device)."""
-    rows: int
     features: list | None = None
     """Per-image feature tensors held in memory (``memory`` cache)."""
     feature_file: Path | None = None
@@ -119,7 +118,7 @@ class PreparedSubset:
         self.close()
 
 
-def image_features(model: Any, inputs: dict) -> list:
+def _image_features(model: Any, inputs: dict) -> list:
     """What ``generate`` computes before prefill: ``get_image_features(...).pooler_output``, one tensor per image."""
     import torch
 
@@ -139,8 +138,7 @@ def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache:
     batches: list[PreparedBatch] = []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
-        batches.append(PreparedBatch(prompt_inputs(loaded, rows["image"], rows["question"]),
-                                     rows=len(rows["question"]), device=loaded.device))
+        batches.append(PreparedBatch(prompt_inputs(loaded, rows["image"], rows["question"]), device=loaded.device))
     with_images = [b for b in batches if "pixel_values" in b.inputs]
     if feature_cache == "none" or not with_images or not encodes_images_once(loaded.model):
         return PreparedSubset(batches, cache="none")
@@ -150,7 +148,7 @@ def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache:
     total = 0
     out_folder: Path | None = None
     for index, batch in enumerate(with_images):
-        features = image_features(loaded.model, batch.inputs)
+        features = _image_features(loaded.model, batch.inputs)
         size = sum(t.numel() * t.element_size() for t in features)
         if mode == "auto":  # estimated from the first batch: every batch holds as many images per row
             mode = "memory" if size * len(with_images) <= limit else "disk"

@@ -152,11 +152,15 @@ class FlopReport:
         denominator = baseline.total(self.count, self.attention)
         return self.total() / denominator if denominator else float("nan")
 
+    def llm_total(self, count: str | None = None, attention: str | None = None) -> float:
+        """:meth:`total` of the language model alone (:data:`LLM_COMPONENTS`)."""
+        parts = self.by_component(count, attention)
+        return math.fsum(parts[c] for c in LLM_COMPONENTS)
+
     def llm_ratio(self, baseline: "FlopReport") -> float:
         """:meth:`ratio` of the language model alone (:data:`LLM_COMPONENTS`); NaN without LLM FLOPs."""
-        mine, base = self.by_component(), baseline.by_component(self.count, self.attention)
-        denominator = sum(base[c] for c in LLM_COMPONENTS)
-        return sum(mine[c] for c in LLM_COMPONENTS) / denominator if denominator else float("nan")
+        denominator = baseline.llm_total(self.count, self.attention)
+        return self.llm_total() / denominator if denominator else float("nan")
 
     def by_component(self, count: str | None = None, attention: str | None = None) -> dict[str, float]:
         c, a = self._conv(count, attention)

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from searchskip.errors import ModelError
-from searchskip.ops.registry import ATTN_ALL, ATTN_PROMPT, ATTN_SUBSET, AttentionUse
+from searchskip.ops.registry import ATTN_ALL, ATTN_SUBSET, AttentionUse
 from searchskip.ops.scope import (
     CallPositions,
     PlanRuntime,
@@ -69,8 +69,8 @@ from searchskip.ops.scope import (
     repeat_kv,
     to_heads,
 )
-from searchskip.ops.skip import layer_kwargs_binder
-from searchskip.plan import RANK_ATTENTION, EarlyExitSpec, Plan, VisualTokensSpec, kept_visual_tokens
+from searchskip.ops.skip import layer_kwargs_binder, skipped_attention_use
+from searchskip.plan import RANK_ATTENTION, SCOPE_GENERATED, EarlyExitSpec, Plan, VisualTokensSpec, kept_visual_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -114,8 +114,8 @@ class TokenOps:
 
     def attention_use(self, layer: int, use: AttentionUse) -> AttentionUse:
         """``use`` (which positions ``layer``'s attention projects K/V for) under these ops."""
-        if use == ATTN_ALL and self.exited(layer):
-            return ATTN_PROMPT
+        if use == ATTN_ALL and self.exited(layer):  # exactly skip_block for the generated tokens
+            return skipped_attention_use(SCOPE_GENERATED)
         if use == ATTN_ALL and self.reduced(layer):
             return ATTN_SUBSET
         return use
@@ -294,6 +294,8 @@ def _view(runtime: PlanRuntime, call: CallPositions, ops: TokenOps, reduced: boo
         own_mask = end > n  # a prompt-only call runs whole, with the layer's own mask
     generated = torch.arange(max(n, past), max(n, past) if exited else end).expand(prompt.shape[0], -1)
     absolute = torch.cat([prompt, generated], dim=1).to(h.device)
+    if absolute.shape[1] == 0:  # nothing runs here (a decode step after the exit): no history to move
+        history = history[:, :0]
     positions = ViewPositions(past, absolute.shape[1], n, call.image, call.image_unknown, call.padding,
                               _generation_memo=call._generation_memo, absolute=absolute,
                               view_prompt=prompt.shape[1], exited=exited)

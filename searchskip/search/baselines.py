@@ -42,6 +42,7 @@ __all__ = [
     "PAPER_INTERVALS",
     "block_influence",
     "block_influence_plan",
+    "labelled_block_influence_plans",
     "paper_interval_plans",
     "labelled_paper_plans",
     "default_start_layers",
@@ -201,6 +202,19 @@ def block_influence_plan(
     return None
 
 
+def labelled_block_influence_plans(bi: Sequence[float], arch: Any, workload: Workload,
+                                   budget: Budget) -> list[tuple[str, Plan]]:
+    """``(block_influence:<op>, plan)`` of :func:`block_influence_plan` for every op of
+    :data:`BI_OPS`, the ones that exist and change something (what the study seeds and the
+    benchmarks compare with)."""
+    out: list[tuple[str, Plan]] = []
+    for op in BI_OPS:
+        plan = block_influence_plan(bi, arch, workload, budget, op=op)
+        if plan is not None and not plan.is_empty:
+            out.append((f"block_influence:{op}", plan))
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # The seed paper's interval plans
 # --------------------------------------------------------------------------------------
@@ -332,8 +346,7 @@ def greedy_sublayer_removal(
     if budget.allows(baseline, baseline):
         return steps
     while True:
-        best: tuple[float, float, int, int] | None = None
-        best_step: GreedyStep | None = None
+        best: tuple[tuple[float, float, int, int], tuple[int, str], Plan, float, FlopReport] | None = None
         for layer in candidates_layers:
             for rank, part in enumerate(("attn", "ffn")):
                 if (layer, part) in removed:
@@ -343,15 +356,15 @@ def greedy_sublayer_removal(
                 value = float(score(plan))
                 evaluations += 1
                 key = (-value, budget.cost(report), layer, rank)
-                if best is None or key < best:
-                    best = key
-                    best_step = GreedyStep((layer, part), plan, value, report.ratio(baseline), evaluations)
-        if best_step is None:
+                if best is None or key < best[0]:
+                    best = (key, (layer, part), plan, value, report)
+        if best is None:  # nothing left to remove
             return steps
-        removed.add(best_step.removed)
-        best_step = GreedyStep(best_step.removed, best_step.plan, best_step.score, best_step.flops_ratio, evaluations)
-        steps.append(best_step)
+        _, chosen, plan, value, report = best
+        removed.add(chosen)
+        step = GreedyStep(chosen, plan, value, report.ratio(baseline), evaluations)
+        steps.append(step)
         if on_step is not None:
-            on_step(best_step)
-        if budget.allows(count_flops(geometry, best_step.plan, workload), baseline):
+            on_step(step)
+        if budget.allows(report, baseline):
             return steps

@@ -145,7 +145,7 @@ def _open_worker_study(job: Job, study_name: str, folder: Path) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The sampler is never asked: every parameter of a Tune trial was suggested by the driver, which
     # also checked (and repaired) the journal before any worker started.
-    return optuna.load_study(study_name=study_name, storage=open_storage(job.search.storage, folder, repair=False),
+    return optuna.load_study(study_name=study_name, storage=open_storage(job.search.storage, folder),
                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(job.search, job.eval.batch_size))
 
 

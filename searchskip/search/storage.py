@@ -10,9 +10,8 @@
   records) is detected when a run starts, under the study lock, before anything is appended
   (:func:`~searchskip.search.study.prepare_study` calls :func:`repair_study_journal`):
   :func:`repair_journal` keeps the damaged file aside and continues from the complete records.
-  ``open_storage`` still repairs by default (direct callers); the opens inside a run and the
-  read-only ones (``searchskip ls``) pass ``repair=False``: they neither re-read the whole journal
-  for the check nor rewrite it.
+  :func:`open_storage` never checks or rewrites the journal: later opens inside a run and
+  read-only ones (``searchskip ls``) read it as it is.
 * ``sqlite:///FILE``: one worker only (SQLite locks the whole database: "database is locked").
 * ``postgresql://...`` / ``mysql://...``: an RDB storage with a heartbeat (60 s, grace 180 s)
   and optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)``, which fails stale trials
@@ -137,19 +136,16 @@ def repair_study_journal(storage: str | None, study_dir: Path) -> str | None:
     return note
 
 
-def open_storage(storage: str | None, study_dir: Path, *, repair: bool = True) -> Any:
+def open_storage(storage: str | None, study_dir: Path) -> Any:
     """The optuna storage object for ``search.storage`` (see the module docstring).
 
-    ``repair``: first check (and repair) a journal file with :func:`repair_study_journal`, which
-    reads the whole journal. A run does that once, under the study lock, where it starts
-    (:func:`~searchskip.search.study.prepare_study`); later and read-only opens pass ``False``."""
+    A journal file is opened as it is: a run checks and repairs it once, under the study lock,
+    where it starts (:func:`repair_study_journal` from :func:`~searchskip.search.study.prepare_study`)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
-        if repair:
-            repair_study_journal(storage, study_dir)
         return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
     if storage.startswith("sqlite"):
         return optuna.storages.RDBStorage(storage)

@@ -66,7 +66,7 @@ from searchskip.config.loader import resolve_space
 from searchskip.errors import ConfigError, SearchSkipError
 from searchskip.plan import Plan
 from searchskip.search import fingerprint as fp
-from searchskip.search.baselines import BI_OPS, block_influence, block_influence_plan, labelled_paper_plans
+from searchskip.search.baselines import block_influence, labelled_block_influence_plans, labelled_paper_plans
 from searchskip.search.leaderboard import leaderboard
 from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
@@ -76,7 +76,7 @@ from searchskip.search.storage import (
     study_flock,
 )
 
-__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts",
+__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts", "measure_block_influence",
            "RUN_FILE", "JOB_FILE"]
 
 RUN_FILE = "run.json"
@@ -149,28 +149,29 @@ BI_SAMPLES = 64
 """Validation questions the Block Influence seed is measured on (the first run only; stored)."""
 
 
+def measure_block_influence(job: Job, loaded: Any, dataset: Any) -> list[float]:
+    """ShortGPT's Block Influence of every decoder layer, measured on ``BI_SAMPLES`` questions of
+    ``dataset`` (the validation subset: the search's own split, never the test split), drawn with
+    ``search.seed``."""
+    from searchskip.ops.calibration import calibration_batches
+
+    batches = calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed,
+                                  job.eval.batch_size)
+    return [float(v) for v in block_influence(loaded.model, batches)]
+
+
 def _baseline_seeds(study: Any, job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> list[tuple[str, Plan]]:
-    """ShortGPT's Block Influence plans (:mod:`searchskip.search.baselines`), one per op of
-    ``BI_OPS``: the least influential layers skipped until the budget fits. BI is measured once
-    on ``BI_SAMPLES`` questions of the validation subset (the search's own split, never the
-    test split) and stored in the study (``block_influence``), so a resumed run reuses it.
-    Returns ``[]`` when no BI can be measured."""
+    """ShortGPT's Block Influence plans (:func:`~searchskip.search.baselines.labelled_block_influence_plans`):
+    the least influential layers skipped until the budget fits. BI is measured once
+    (:func:`measure_block_influence`) and stored in the study (``block_influence``), so a resumed
+    run reuses it. Returns ``[]`` when no BI can be measured."""
     bi = study.user_attrs.get("block_influence")
     if bi is None:
         if dataset is None or len(dataset) == 0:
             return []
-        from searchskip.ops.calibration import calibration_batches
-
-        batches = calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed,
-                                      job.eval.batch_size)
-        bi = block_influence(loaded.model, batches)
-        study.set_user_attr("block_influence", [float(v) for v in bi])
-    out: list[tuple[str, Plan]] = []
-    for op in BI_OPS:
-        plan = block_influence_plan(bi, ctx.arch, ctx.workload, ctx.budget, op=op)
-        if plan is not None and not plan.is_empty:
-            out.append((f"block_influence:{op}", plan))
-    return out
+        bi = measure_block_influence(job, loaded, dataset)
+        study.set_user_attr("block_influence", bi)
+    return labelled_block_influence_plans(bi, ctx.arch, ctx.workload, ctx.budget)
 
 
 def _enqueue_seeds(study: Any, seeds: list[tuple[str, Plan, dict]]) -> int:
@@ -248,14 +249,14 @@ def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool
     import optuna
 
     search = job.search
-    storage = open_storage(search.storage, folder, repair=False)
+    storage = open_storage(search.storage, folder)
     current = fp.fingerprint(job)
     exists = study_name in optuna.study.get_all_study_names(storage)
     if exists and force_new_study:
         if search.storage is None:
             journal = folder / JOURNAL_FILE
             journal.rename(folder / f"{JOURNAL_FILE}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            storage = open_storage(search.storage, folder, repair=False)
+            storage = open_storage(search.storage, folder)
         else:
             optuna.delete_study(study_name=study_name, storage=storage)
         exists = False
@@ -506,7 +507,7 @@ def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bo
     try:
         # Not repaired here (outside the study lock): a journal that cannot be read as it is
         # counts as unfinished, and prepare_study repairs it.
-        study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder, repair=False))
+        study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder))
     except (KeyError, ValueError, TypeError):
         return False
     return trial_counts(study)["counted"] >= trials

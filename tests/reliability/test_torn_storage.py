@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from helpers import demo_job, searchskip_run
-from searchskip.search.storage import JOURNAL_FILE, check_journal, open_storage
+from searchskip.search.storage import JOURNAL_FILE, check_journal, open_storage, repair_study_journal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -49,7 +49,8 @@ def test_torn_journal_is_repaired_before_anything_is_appended(tmp_path, capsys, 
     damaged = journal.read_bytes()
     assert check_journal(journal).problem is not None
 
-    storage = open_storage(None, tmp_path)  # detects and repairs before anything is appended
+    repair_study_journal(None, tmp_path)  # detects and repairs before anything is appended
+    storage = open_storage(None, tmp_path)
     err = capsys.readouterr().err
     assert "warning:" in err and f"kept its {kept} complete records" in err
     asides = list(tmp_path.glob(f"{JOURNAL_FILE}.damaged-*"))
@@ -69,7 +70,7 @@ def test_garbage_in_the_middle_keeps_the_records_before_it(tmp_path, capsys):
     journal = make_study(tmp_path)
     parts = lines(journal)
     journal.write_bytes(b"".join(parts[:5]) + b"garbage\n" + b"".join(parts[5:]))
-    open_storage(None, tmp_path)
+    repair_study_journal(None, tmp_path)
     assert "record 6 is not valid JSON" in capsys.readouterr().err
     assert lines(journal) == parts[:5]
     optuna.load_study(study_name="s", storage=open_storage(None, tmp_path))
@@ -78,7 +79,7 @@ def test_garbage_in_the_middle_keeps_the_records_before_it(tmp_path, capsys):
 def test_a_whole_journal_is_left_untouched(tmp_path, capsys):
     journal = make_study(tmp_path)
     data, mtime = journal.read_bytes(), journal.stat().st_mtime_ns
-    open_storage(None, tmp_path)
+    repair_study_journal(None, tmp_path)
     assert journal.read_bytes() == data and journal.stat().st_mtime_ns == mtime
     assert not list(tmp_path.glob("*.damaged-*")) and "warning" not in capsys.readouterr().err
 

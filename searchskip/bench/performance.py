@@ -682,11 +682,15 @@ SECTIONS = {"cost": _cost_md, "pruners": _pruners_md, "quality": _quality_md, "l
 
 def markdown(result: dict) -> str:
     """The README's tables, one section per part measured."""
-    out = [f"Performance benchmark: `{result['command']}` ({result['job']}, {result['model']}, "
-           f"device {result['device']}, {result['cpus']} CPUs).", ""]
+    out = [f"Performance benchmark ({result['job']}, {result['model']}, device {result['device']}, "
+           f"{result['cpus']} CPUs); last run: `{result['command']}`.", ""]
     for part in PARTS:
-        if result.get(part):
-            out += SECTIONS[part](result[part])
+        data = result.get(part)
+        if data:
+            lines = SECTIONS[part](data)
+            if "command" in data:  # a part re-measured alone says so
+                lines[2:2] = [f"Measured {data['measured']} by `{data['command']}`.", ""]
+            out += lines
     return "\n".join(out)
 
 
@@ -736,8 +740,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["latency"] = measure_latency(bench, result, a.batch_sizes, 4 * a.repeats, new_tokens=8)
             elif part == "ray":
                 result["ray"] = measure_ray(bench, a.ray_trials, a.ray_workers)
-            result[part]["seconds"] = time.perf_counter() - began
-            result[part]["measured"] = time.strftime("%Y-%m-%d %H:%M")
+            result[part].update(seconds=time.perf_counter() - began, measured=time.strftime("%Y-%m-%d %H:%M"),
+                                command=result["command"])
             write_result(job, NAME, result, markdown(result))  # each part is kept as soon as it is measured
     except SearchSkipError as err:
         console.print(f"[red]{err}")

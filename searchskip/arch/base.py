@@ -165,7 +165,7 @@ class ArchAdapter(ABC):
     def attn_delta(self, layer: "nn.Module", hidden_states: "torch.Tensor", **layer_kwargs: Any) -> "torch.Tensor":
         """The attention sublayer's residual update: ``h + attn_delta(h)`` is the stream after
         attention. ``layer_kwargs`` are exactly the keyword arguments the decoder layer's own
-        ``forward`` receives (attention_mask, position_ids, past_key_values, use_cache,
+        ``forward`` receives (attention_mask, position_ids, the KV cache, use_cache,
         position_embeddings, ...); they are forwarded as the layer would forward them, so the
         attention writes its K/V into cache slot ``attention(layer).layer_idx`` as usual."""
 

@@ -2,7 +2,7 @@
 
 In transformers 5.x the three decoder layers are line-for-line the same::
 
-    h = h + self_attn(input_layernorm(h), attention_mask=..., position_ids=..., past_key_values=...,
+    h = h + self_attn(input_layernorm(h), attention_mask=..., position_ids=..., cache=...,
                       use_cache=..., position_embeddings=..., **kwargs)[0]
     h = h + mlp(post_attention_layernorm(h))          # mlp = down(act(gate(x)) * up(x))
 
@@ -76,28 +76,11 @@ class LlamaAdapter(ArchAdapter):
         kv_heads = a.k_proj.out_features // a.head_dim
         return heads, kv_heads, a.head_dim
 
-    def attn_delta(
-        self,
-        layer,
-        hidden_states,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        use_cache=False,
-        position_embeddings=None,
-        **kwargs,
-    ):
-        # Mirrors {Llama,Mistral,Qwen2}DecoderLayer.forward: the same defaults, every argument
-        # forwarded to self_attn by the same names.
-        out, _ = layer.self_attn(
-            hidden_states=layer.input_layernorm(hidden_states),
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            position_embeddings=position_embeddings,
-            **kwargs,
-        )
+    def attn_delta(self, layer, hidden_states, use_cache=False, **kwargs):
+        # Mirrors {Llama,Mistral,Qwen2}DecoderLayer.forward: the layer's keyword arguments go to
+        # self_attn by the names the layer received them under (the KV cache's name changed in
+        # transformers 5.24, see searchskip.arch.cache_api), with the layer's use_cache default.
+        out, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), use_cache=use_cache, **kwargs)
         return out
 
     def mlp_delta(self, layer, hidden_states):

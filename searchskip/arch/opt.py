@@ -2,7 +2,7 @@
 
 Pre-norm OPT (``do_layer_norm_before=True``: 125m, 1.3b, 2.7b, 6.7b, ...) decomposes as::
 
-    h = h + dropout(self_attn(self_attn_layer_norm(h), past_key_values=..., position_ids=...,
+    h = h + dropout(self_attn(self_attn_layer_norm(h), cache=..., position_ids=...,
                               attention_mask=..., **kwargs)[0])
     h = h + dropout(fc2(act(fc1(final_layer_norm(h)))))
 
@@ -81,26 +81,12 @@ class OPTAdapter(ArchAdapter):
         heads = a.q_proj.out_features // a.head_dim
         return heads, heads, a.head_dim
 
-    def attn_delta(
-        self,
-        layer,
-        hidden_states,
-        attention_mask=None,
-        past_key_values=None,
-        use_cache=False,
-        position_ids=None,
-        **kwargs,
-    ):
+    def attn_delta(self, layer, hidden_states, use_cache=False, **kwargs):
         # Mirrors OPTDecoderLayer.forward (pre-norm branch); like the layer, use_cache is not
-        # passed on to the attention.
+        # passed on to the attention, and the rest (mask, position ids, the KV cache under the
+        # name the installed transformers uses) goes on by the names the layer received.
         self._check(layer)
-        out, _ = layer.self_attn(
-            hidden_states=layer.self_attn_layer_norm(hidden_states),
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            **kwargs,
-        )
+        out, _ = layer.self_attn(hidden_states=layer.self_attn_layer_norm(hidden_states), **kwargs)
         return F.dropout(out, p=layer.dropout, training=layer.training)
 
     def mlp_delta(self, layer, hidden_states):

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 from torch.nn import functional as F
 
+from searchskip.arch.cache_api import call_cache, output_cache
 from searchskip.plan import SCOPE_ALL, SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -393,7 +394,7 @@ class PlanRuntime:
             self.current = None
             return
         length = (ids if ids is not None else embeds).shape[1]
-        cache = kwargs.get("past_key_values")
+        cache = call_cache(kwargs)
         state = getattr(cache, _STATE_ATTR, None) if cache is not None else None
         if not isinstance(state, _Generation):
             past = _cache_length(cache)
@@ -409,7 +410,7 @@ class PlanRuntime:
         self._pending = state
 
     def after_call(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        cache = getattr(output, "past_key_values", None) if not isinstance(output, tuple) else None
+        cache = output_cache(output)
         if cache is not None and self._pending is not None:
             _tag(cache, self._pending)  # a cache the model created inside this call
         self.current = None
@@ -527,7 +528,7 @@ def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor
     Attention dropout is not applied (inference; the families here default to 0).
     """
     length = h.shape[1]
-    cache = layer_kwargs.get("past_key_values")
+    cache = call_cache(layer_kwargs)
     if queries.is_full and kv_stop == length:
         return h + adapter.attn_delta(layer, h, **layer_kwargs)
     if queries.is_empty and (cache is None or kv_stop == 0):

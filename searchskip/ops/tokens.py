@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from searchskip.arch.cache_api import call_cache
 from searchskip.errors import ModelError
 from searchskip.ops.registry import ATTN_ALL, ATTN_SUBSET, AttentionUse
 from searchskip.ops.scope import (
@@ -183,7 +184,7 @@ class _TokenLayer:
         return view.put(h, out)
 
     def _mask(self, call: CallPositions, view: "_View", kwargs: dict) -> torch.Tensor:
-        cache = kwargs.get("past_key_values")
+        cache = call_cache(kwargs)
         stored = _stored(cache, self.adapter.attention(self.layer).layer_idx) if cache is not None else 0
         like = kwargs.get("attention_mask")
         key = ("tokens.mask", self.reduced, self.exited, stored, self.window,

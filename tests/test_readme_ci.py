@@ -29,3 +29,16 @@ def test_ci_reads_the_test_command_from_the_readme(repo_root):
 def test_outputs_is_kept_empty_in_git(repo_root):
     tracked = subprocess.run(["git", "ls-files", "outputs"], cwd=repo_root, capture_output=True, text=True).stdout.split()
     assert tracked in ([], ["outputs/.gitkeep"])
+
+
+def test_every_dependency_has_a_tested_floor_and_ceiling(repo_root):
+    out = subprocess.run(["python3", str(repo_root / ".ci" / "oldest-constraints")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pins = dict(line.split("==") for line in out.stdout.split())
+    assert {"torch", "transformers", "optuna", "ray", "datasets", "peft"} <= set(pins)
+
+
+def test_ci_proves_the_oldest_end_of_the_ranges(repo_root):
+    script = (repo_root / ".ci" / "run").read_text()
+    assert "-c .ci-oldest-constraints.txt -e '.[test]'" in script
+    assert script.index("oldest-constraints") > script.index('for marker in "<!-- ci:main -->"')

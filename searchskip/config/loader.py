@@ -60,7 +60,7 @@ from searchskip.config.job import (
     LoraSpec,
     SearchSpec,
 )
-from searchskip.config.yaml_io import describe, read_yaml
+from searchskip.config.yaml_io import describe, path_state, read_yaml
 from searchskip.errors import ConfigError, Problem
 
 __all__ = [
@@ -714,8 +714,8 @@ def _search_space(search: SearchSpec) -> Iterator[tuple[str, str]]:
     if not search.space.strip():
         yield "space", "must be a search space file (spaces/*.yaml), but got an empty string"
         return
-    if not p.is_file():
-        state = "is a folder" if p.exists() else "does not exist"
+    state = path_state(p)
+    if state is not None:
         yield "space", f"must be an existing search space file (spaces/*.yaml), but {_where(search.space)} {state}"
         return
     from searchskip.search.space import Space  # lazy: space.py imports this module

@@ -7,14 +7,22 @@ that additionally refuses, before anything is constructed,
 * tags outside plain YAML (``!!python/object/apply:...`` and any custom ``!tag``),
 * aliases that contain themselves, or that expand to an absurd number of values.
 
-:func:`read_yaml` turns every failure (missing file, empty file, syntax error, the
-checks above, a top level that is not a mapping) into a :class:`ConfigError` whose
-problems name the file, the dotted key where known, and the rule.
+It reads numbers with an exponent but no dot (``1e-9``, ``-2E5``) as numbers, as YAML 1.2
+does (YAML 1.1, and so plain PyYAML, reads them as strings).
+
+:func:`read_yaml` turns every failure (missing file, a FIFO, device, folder or other file that
+is not a regular one, a file over :data:`MAX_FILE_BYTES`, binary or non-UTF-8 content, a control
+character, empty file, syntax error, the checks above, a top level that is not a mapping) into
+a :class:`ConfigError` whose problems name the file, the dotted key where known, and the rule.
+It never blocks on a FIFO and never reads more than :data:`MAX_FILE_BYTES` + 1 bytes.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +31,14 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from searchskip.errors import ConfigError, Problem
 
-__all__ = ["MAX_VALUES", "StrictSafeLoader", "StrictYAMLError", "describe", "read_yaml"]
+__all__ = ["MAX_FILE_BYTES", "MAX_VALUES", "StrictSafeLoader", "StrictYAMLError", "describe", "path_state",
+           "read_config_bytes", "read_yaml", "parse_yaml_text"]
 
 MAX_VALUES = 200_000
 """Most values a document may expand to once aliases are followed (guards against alias bombs)."""
+
+MAX_FILE_BYTES = 1 << 20
+"""Most bytes a configuration file (job, space, plan) may hold: 1 MiB, far above any real one."""
 
 _YAML_PREFIX = "tag:yaml.org,2002:"
 _MERGE_TAG = _YAML_PREFIX + "merge"
@@ -45,7 +57,8 @@ class StrictSafeLoader(yaml.SafeLoader):
     """A :class:`yaml.SafeLoader` that checks the composed node tree before constructing it.
 
     Works with ``yaml.load(text, Loader=StrictSafeLoader)`` too: the checks run in
-    :meth:`construct_document`, and raise :class:`StrictYAMLError`.
+    :meth:`construct_document`, and raise :class:`StrictYAMLError`. Plain scalars such as
+    ``1e-9`` are numbers (YAML 1.2), not strings.
     """
 
     def construct_document(self, node: Node) -> Any:
@@ -114,6 +127,15 @@ class StrictSafeLoader(yaml.SafeLoader):
             return ("text", key_node.tag, key_node.value)
 
 
+# YAML 1.2 numbers with an exponent and no dot (1e-9, +2E5, .5e3), which YAML 1.1 reads as strings;
+# the forms with a dot and a signed exponent are YAML 1.1 floats already. Added to this loader only.
+StrictSafeLoader.add_implicit_resolver(
+    _YAML_PREFIX + "float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _line(node: Node) -> int:
     return node.start_mark.line + 1
 
@@ -171,28 +193,106 @@ def _error(file: str | None, rule: str, key: str = "") -> ConfigError:
     return ConfigError([Problem(file, key, rule)])
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind_of(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is not a regular file (``None`` for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def path_state(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable regular file, as the end of a rule ("does not exist",
+    "is a directory", "is a named pipe (FIFO)", ...), or ``None`` when it is a regular file.
+    Never opens the file (a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        return f"cannot be read: {getattr(e, 'strerror', None) or e}"
+    kind = _kind_of(mode)
+    return None if kind is None else f"is {kind}"
+
+
+def read_config_bytes(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of the configuration file ``path``; :class:`ConfigError` unless it is a regular
+    file of at most ``limit`` bytes (default :data:`MAX_FILE_BYTES`). Opened without blocking (a
+    FIFO is refused, not waited on), and never more than ``limit + 1`` bytes are read, whatever
+    size the file claims (``/dev/zero`` is refused, a growing file is not read forever)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    file = str(path)
+    p = Path(path)
+    where = "" if p.is_absolute() else f" (looked for {p.absolute()})"
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise _error(file, f"file does not exist{where}") from None
+    except (OSError, ValueError) as e:
+        raise _error(file, f"cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        info = os.fstat(fd)
+        kind = _kind_of(info.st_mode)
+        if kind is not None:
+            raise _error(file, f"is {kind}, not a regular file; expected a YAML file")
+        if info.st_size > limit:
+            raise _too_big(file, f"{info.st_size} bytes", limit)
+        chunks, size = [], 0
+        while size <= limit:  # the file may grow while it is read: stop one byte past the limit
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise _too_big(file, f"more than {limit} bytes", limit)
+        return b"".join(chunks)
+    except OSError as e:
+        raise _error(file, f"cannot be read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _too_big(file: str, size: str, limit: int) -> ConfigError:
+    return _error(file, f"is {size}, larger than the {limit} bytes a configuration file may hold; "
+                        "is it the right file?")
+
+
 def read_yaml(path: str | Path) -> Any:
     """Read one YAML file whose top level must be a mapping; raise :class:`ConfigError` otherwise.
 
     Returns the plain data (dicts, lists, strings, numbers, booleans, None; dates and
     binary only where the file spells them so) for :func:`searchskip.config.loader.build`.
+    The file is read by :func:`read_config_bytes` (regular files up to :data:`MAX_FILE_BYTES`).
     """
     file = str(path)
-    p = Path(path)
-    where = "" if p.is_absolute() else f" (looked for {p.absolute()})"
-    if p.is_dir():
-        raise _error(file, "is a directory; expected a YAML file")
-    if not p.exists():
-        raise _error(file, f"file does not exist{where}")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise _error(file, f"cannot be read: {e.strerror or e}") from None
+    raw = read_config_bytes(path)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _error(file, "is UTF-16 text; save it as UTF-8")
+    if b"\x00" in raw:
+        raise _error(file, f"is binary (a NUL byte at offset {raw.index(bytes(1))}), not YAML text; is it the right file?")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise _error(file, f"is not UTF-8 text (undecodable byte at offset {e.start}); save it as UTF-8") from None
     return parse_yaml_text(text, file)
+
+
+def _reader_rule(error: yaml.reader.ReaderError, text: str) -> str:
+    """A control character (or other character YAML does not allow), with its line and column."""
+    position = error.position if isinstance(error.position, int) else 0
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = error.character if isinstance(error.character, int) else 0
+    escape = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return (f"contains the character U+{code:04X} at line {line}, column {column}, which YAML does not allow "
+            f"(a control character); remove it, or write it as the escape \"{escape}\" inside a double-quoted string")
 
 
 def parse_yaml_text(text: str, file: str | None = None) -> Any:
@@ -201,7 +301,10 @@ def parse_yaml_text(text: str, file: str | None = None) -> Any:
     if not text.strip():
         raise _error(file, "is empty; expected a mapping of settings such as `name: my-job`")
 
-    loader = StrictSafeLoader(text)
+    try:
+        loader = StrictSafeLoader(text)  # checks every character of the text first
+    except yaml.reader.ReaderError as e:
+        raise _error(file, _reader_rule(e, text)) from None
     failure: ConfigError | None = None
     try:
         data = loader.get_single_data()
@@ -209,7 +312,9 @@ def parse_yaml_text(text: str, file: str | None = None) -> Any:
         failure = ConfigError([Problem(file, key, rule) for key, rule in e.problems])
     except yaml.MarkedYAMLError as e:
         failure = _error(file, _syntax_rule(e))
-    except yaml.YAMLError as e:  # reader errors (control characters) carry a position, not a mark
+    except yaml.reader.ReaderError as e:
+        failure = _error(file, _reader_rule(e, text))
+    except yaml.YAMLError as e:
         failure = _error(file, f"is not valid YAML: {e}")
     except RecursionError:
         failure = _error(file, "is nested too deeply to be a configuration file")

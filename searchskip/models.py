@@ -4,6 +4,12 @@ Safe by default: safetensors only (pickled ``.bin``/``.pt`` weights need
 ``model.allow_pickle: true``, and transformers then loads them with
 ``torch.load(weights_only=True)``), and ``trust_remote_code`` only with a
 revision pinned to a commit hash.
+
+A model is loaded as it runs: the folder of an export (or of a fine-tune of one) holds a
+``searchskip_export.json`` with the prompt template its plan was scored with and, when the
+plan keeps runtime ops, that runtime plan; :func:`load_model` uses the template (unless the
+job sets ``model.prompt_template``) and applies the plan. So every verb that scores a model
+(``eval``, the export check, the fine-tune's reports) scores it the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ class LoadedModel:
 
 
 def resolve_source(spec: ModelSpec) -> tuple[str, str | None]:
-    """``(path or hub id, embedded prompt template or None)`` for ``spec.id``."""
+    """``(path or hub id, the prompt template stored with the model or None)`` for ``spec.id``:
+    an embedded model's template, or the one an export's ``searchskip_export.json`` records."""
     from searchskip import zoo
 
     if spec.id.startswith(EMBEDDED_PREFIX):
@@ -48,7 +55,10 @@ def resolve_source(spec: ModelSpec) -> tuple[str, str | None]:
         if not (entry.path / "config.json").is_file():
             raise ModelError(f"model.id: the embedded model's files are missing from {entry.path}; reinstall searchskip")
         return str(entry.path), entry.prompt_template
-    return spec.id, None
+    from searchskip.export.model import read_export_info
+
+    info = read_export_info(spec.id) if Path(spec.id).is_dir() else None
+    return spec.id, (info or {}).get("prompt_template") or None
 
 
 def check_safety(spec: ModelSpec, source: str) -> None:
@@ -80,7 +90,8 @@ def _device(requested: str) -> str:
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load model and processor for ``spec``, in eval mode on ``spec.device``.
+    """Load model and processor for ``spec``, in eval mode on ``spec.device``; an export's model
+    folder gets its stored prompt template and runtime plan (see the module doc).
 
     Raises :class:`ModelError` for unsafe or unsupported models and :class:`OfflineError`
     when a hub model is neither cached nor reachable.
@@ -90,9 +101,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     from searchskip.eval.prompts import resolve_template
+    from searchskip.export.load import apply_runtime_plan
 
     device = _device(spec.device)
-    source, embedded_template = resolve_source(spec)
+    source, stored_template = resolve_source(spec)
     check_safety(spec, source)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise ModelError(f"model.id: '{source}' is not a loadable model folder: it has no config.json")
@@ -117,5 +129,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             "Download it on a machine with network access (huggingface-cli download) or point model.id at a local folder."
         ) from None
     model.to(device).eval()
-    template = resolve_template(model.config.model_type, spec.prompt_template, embedded_template)
-    return LoadedModel(model=model, processor=processor, template=template, device=device, source=source)
+    template = resolve_template(model.config.model_type, spec.prompt_template, stored_template)
+    loaded = LoadedModel(model=model, processor=processor, template=template, device=device, source=source)
+    apply_runtime_plan(loaded)
+    return loaded

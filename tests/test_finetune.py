@@ -209,6 +209,21 @@ def test_finetune_writes_the_model_and_metrics(projector_run):
     assert (result.out / "checkpoints").is_dir()
 
 
+def test_eval_of_the_finetuned_model_scores_like_its_report(projector_run, tmp_path, capsys):
+    """`searchskip eval` of the recovered model/ (its runtime plan and prompt template) gives the
+    accuracy the fine-tune reported on the same questions (issue 15, item 4)."""
+    _, _, _, result = projector_run
+    job = tmp_path / "eval.yaml"
+    job.write_text(yaml.safe_dump({"name": "ev", "model": {"id": str(result.model_dir)},
+                                   "outputs": str(tmp_path / "outputs")}))
+    capsys.readouterr()
+    assert cli.main(["eval", str(job), "--split", result.metrics["eval_split"],
+                     "--limit", str(result.metrics["eval_questions"]), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["n"] == result.metrics["eval_questions"] == FINETUNE["eval_limit"]
+    assert scored["accuracy"] == result.metrics["accuracy_after"]
+
+
 def test_interrupted_run_resumes_to_the_same_weights(projector_run, tmp_path):
     """Stop after 6 steps (Ctrl-C), resume: the final projector is bit-identical to the
     uninterrupted run's (same batches, optimizer state and RNG; one thread on the CPU)."""

@@ -23,14 +23,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from searchskip.errors import in_job
     from searchskip.config.loader import load_job
     from searchskip.data.schema import check_images
     from searchskip.data.splits import load_eval_split
     from searchskip.errors import ConfigError, SearchSkipError
-    from searchskip.eval.runner import evaluate
+    from searchskip.eval.runner import score_model
     from searchskip.models import load_model
     from searchskip.plan import Plan
 
@@ -56,11 +55,7 @@ def run(args) -> int:
     if plan is not None:
         with err.status("applying the plan"):
             apply_plan(loaded, job, plan, source=args.plan)
-    columns = (TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("eval", total=len(dataset))
-        result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                          on_batch=lambda n: progress.advance(task, n))
+    result = score_model(loaded, dataset, job.eval, console=err)
     if args.json:
         print(json.dumps({"job": job.name, "split": args.split, "model": job.model.id,
                           "plan": plan.to_dict() if plan is not None else None, **result.to_dict()}))

@@ -8,7 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["apply_plan", "plan_calibration"]
+__all__ = ["apply_plan", "check_unplanned", "plan_calibration"]
+
+
+def check_unplanned(loaded: Any, source: str, key: str = "") -> None:
+    """Refuse (:class:`~searchskip.errors.ConfigError` naming ``source`` and ``key``) to plan a model
+    that already runs a plan: the runtime plan of the export its folder holds
+    (:func:`~searchskip.export.load.apply_runtime_plan`). Plans do not stack; the export's source
+    model takes any plan."""
+    from searchskip.apply import applied_plan
+    from searchskip.errors import ConfigError, Problem
+
+    if applied_plan(loaded.model) is None:
+        return
+    raise ConfigError([Problem(source, key, (
+        f"the model in {loaded.source} is an export that runs its own runtime plan (searchskip_export.json), "
+        "and plans do not stack, so another plan cannot be applied to it; use the model the export was made "
+        "from (its metrics.json names it) with the combined plan"))])
 
 
 def plan_calibration(loaded: Any, job: Any, plan: Any, calibration_cache: dict | None = None) -> Any:
@@ -41,11 +57,13 @@ def apply_plan(loaded: Any, job: Any, plan: Any, source: str, calibration_cache:
     Pruning is calibrated with ``calibration`` when the caller already has the batches
     (:func:`plan_calibration`'s result), else with :func:`plan_calibration`'s batches
     (``calibration_cache`` as there). ``source`` (the plan file or a label) names the plan in
-    model-dependent plan errors.
+    model-dependent plan errors. A model that runs an export's runtime plan is refused
+    (:func:`check_unplanned`).
     """
     from searchskip.apply import apply
     from searchskip.errors import ConfigError, in_job
 
+    check_unplanned(loaded, source)
     if calibration is None:
         calibration = plan_calibration(loaded, job, plan, calibration_cache)
     try:

@@ -15,12 +15,13 @@ FAMILY_TEMPLATES = {"llava": LLAVA_15}
 """``config.model_type`` -> template."""
 
 
-def resolve_template(model_type: str, override: str | None = None, embedded: str | None = None) -> str:
-    """The template for a model: the job's override, else the embedded model's, else its family's."""
+def resolve_template(model_type: str, override: str | None = None, stored: str | None = None) -> str:
+    """The template for a model: the job's override, else the one stored with the model (an
+    embedded model's, or the one an export was scored with), else its family's."""
     if override:
         return override
-    if embedded:
-        return embedded
+    if stored:
+        return stored
     try:
         return FAMILY_TEMPLATES[model_type]
     except KeyError:

@@ -1,4 +1,5 @@
-"""Load an exported model with its runtime plan: :func:`load_compressed`.
+"""Load an exported model with its runtime plan: :func:`load_compressed` (and :func:`apply_runtime_plan`,
+which :func:`searchskip.models.load_model` runs on every model it loads).
 
 ::
 
@@ -11,7 +12,8 @@
 A block-only export needs none of this: ``LlavaForConditionalGeneration.from_pretrained(path)``
 loads it. ``load_compressed`` is for exports whose plan keeps runtime ops (sublayer skips,
 token scopes, parallel ops): it loads the folder with plain ``from_pretrained`` (safetensors, no
-``trust_remote_code``) and applies the stored plan with :func:`searchskip.apply.apply`.
+``trust_remote_code``) and applies the stored plan with :func:`searchskip.apply.apply`. A job
+whose ``model.id`` is such a folder loads the same way (:func:`~searchskip.models.load_model`).
 """
 
 from __future__ import annotations
@@ -20,38 +22,44 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_compressed"]
+__all__ = ["apply_runtime_plan", "load_compressed"]
+
+
+def apply_runtime_plan(loaded: Any) -> None:
+    """Apply the runtime plan that ``loaded.source``'s ``searchskip_export.json`` stores (an export's
+    or a fine-tune's ``model/`` folder) to ``loaded.model``; nothing for any other model.
+    :class:`~searchskip.errors.ModelError` when the plan does not fit the model."""
+    from searchskip.apply import apply
+    from searchskip.errors import ModelError
+    from searchskip.export.model import EXPORT_FILE, read_export_info
+    from searchskip.plan import Plan
+
+    folder = Path(loaded.source)
+    info = read_export_info(folder) if folder.is_dir() else None
+    if info is None or info.get("runtime_plan") is None:
+        return
+    file = str(folder / EXPORT_FILE)
+    plan = Plan.from_json(json.dumps(info["runtime_plan"]), file=file)
+    try:
+        apply(loaded.model, plan)
+    except Exception as err:
+        raise ModelError(f"{file}: runtime_plan does not fit the model in {folder}: {err}") from None
 
 
 def load_compressed(spec_or_path: Any, *, device: str | None = None) -> Any:
     """A :class:`~searchskip.models.LoadedModel` of an export's ``model/`` folder, with its runtime
     plan applied. ``spec_or_path``: a folder path or a job's ``model`` spec
-    (:class:`~searchskip.config.job.ModelSpec`); any other model (no ``searchskip_export.json``)
-    loads as :func:`~searchskip.models.load_model` loads it. ``device`` overrides the spec's.
+    (:class:`~searchskip.config.job.ModelSpec`); ``device`` overrides the spec's. The same as
+    :func:`~searchskip.models.load_model`, which loads every model this way.
 
     The prompt template is the one the search scored the plan with (stored in the export),
     unless the spec names one."""
     import dataclasses
 
-    from searchskip.apply import apply
     from searchskip.config.job import ModelSpec
-    from searchskip.errors import ModelError
-    from searchskip.export.model import EXPORT_FILE, read_export_info
     from searchskip.models import load_model
-    from searchskip.plan import Plan
 
     spec = spec_or_path if isinstance(spec_or_path, ModelSpec) else ModelSpec(id=str(spec_or_path))
     if device is not None:
         spec = dataclasses.replace(spec, device=device)
-    info = read_export_info(spec.id) if Path(spec.id).is_dir() else None
-    if info is not None and spec.prompt_template is None and info.get("prompt_template"):
-        spec = dataclasses.replace(spec, prompt_template=info["prompt_template"])
-    loaded = load_model(spec)
-    if info is not None and info.get("runtime_plan") is not None:
-        file = str(Path(spec.id) / EXPORT_FILE)
-        plan = Plan.from_json(json.dumps(info["runtime_plan"]), file=file)
-        try:
-            apply(loaded.model, plan)
-        except Exception as err:
-            raise ModelError(f"{file}: runtime_plan does not fit the model in {spec.id}: {err}") from None
-    return loaded
+    return load_model(spec)

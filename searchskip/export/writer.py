@@ -19,6 +19,14 @@ written) unless ``allow_mismatch``.
 
 Everything is written into a temporary folder and renamed into place
 (:mod:`searchskip.export.atomic`): a killed export leaves the previous one intact.
+
+**What an export replaces** (:mod:`searchskip.export.owner`): only an export folder searchskip
+wrote. A file, a link, a folder searchskip did not write (a user's, a study's) or an export
+holding files a user added is refused with exit code 2 before any model is loaded. An export's
+``finetune/`` (what ``searchskip finetune`` writes there) is kept: carried into the new export
+when the new ``model/`` is the one it was fine-tuned from (the same plan and model, e.g. the same
+trial exported again), and refused otherwise. :func:`check_export_target` applies all of this up
+front; the atomic write applies it again when it swaps the folder in.
 """
 
 from __future__ import annotations
@@ -32,12 +40,18 @@ from typing import Any
 from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
 from searchskip.export.model import MODEL_DIR
+from searchskip.export.recipe import FINETUNE_DIR
 from searchskip.plan import Plan
 
-__all__ = ["ExportResult", "ExportSource", "export_plan", "MODEL_DIR", "PLAN_FILE", "METRICS_FILE"]
+__all__ = ["ExportResult", "ExportSource", "check_export_target", "export_plan", "KIND", "KEEP", "MODEL_DIR",
+           "PLAN_FILE", "METRICS_FILE"]
 
 PLAN_FILE = "plan.yaml"
 METRICS_FILE = "metrics.json"
+KIND = "export"
+"""The kind an export's manifest names: an export replaces only an export."""
+KEEP = {FINETUNE_DIR: (MODEL_DIR,)}
+"""What a re-export keeps: ``finetune/``, made from ``model/`` (see :mod:`searchskip.export.owner`)."""
 
 
 class ExportMismatch(SearchSkipError):
@@ -56,19 +70,20 @@ class ExportSource:
 
 @dataclass
 class ExportResult:
+    """An export written: its folder, its metrics, its files and the entries kept from the previous
+    export there (``["finetune"]`` when a fine-tune was carried over)."""
+
     folder: Path
     metrics: dict
     files: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
 
 def _score(loaded: Any, dataset: Any, job: Job, progress: Any, what: str) -> tuple[list[str], Any]:
-    """``(answers, VQA score)`` of ``loaded`` on ``dataset`` (:func:`searchskip.eval.runner.evaluate`)."""
-    from searchskip.eval.runner import evaluate
+    """``(answers, VQA score)`` of ``loaded`` on ``dataset`` (:func:`searchskip.eval.runner.score_model`)."""
+    from searchskip.eval.runner import score_model
 
-    task = progress.add_task(what, total=len(dataset))
-    result = evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                      on_batch=lambda n: progress.advance(task, n))
-    progress.remove_task(task)
+    result = score_model(loaded, dataset, job.eval, label=what, progress=progress)
     return result.predictions, result.score
 
 
@@ -87,12 +102,36 @@ def _unplanned_scores(source: ExportSource, loaded: Any, dataset: Any, job: Job,
     _answers, result = _score(loaded, dataset, job, progress, "scoring the unplanned model")
     scores = {"accuracy": result.accuracy, "per_question_type": dict(result.per_question_type)}
     if study is not None:
-        study.set_user_attr("unplanned_score", scores)
+        try:
+            study.set_user_attr("unplanned_score", scores)
+        except OSError:  # only a cache: a study on a read-only file system still exports elsewhere
+            pass
     return scores["accuracy"], scores["per_question_type"]
 
 
 def _plan_text(plan: Plan, header: list[str]) -> str:
     return "".join(f"# {line}\n" for line in header) + plan.to_yaml()
+
+
+def check_export_target(out: str | Path, job: Job, plan: Plan) -> None:
+    """Refuse now what writing the export of ``plan`` to ``out`` would refuse after the scoring.
+
+    :func:`searchskip.export.atomic.check_target` (the folder is missing, empty or an export; the
+    file system is writable), and a kept ``finetune/`` there must be of the same plan and model
+    (read from the old ``metrics.json``). Raises a :class:`SearchSkipError` naming ``out``."""
+    from searchskip.export.atomic import check_target
+    from searchskip.export.owner import stale_kept_error
+
+    occupant = check_target(out, kind=KIND, keep=KEEP)
+    if not occupant.kept:
+        return
+    try:
+        old = json.loads((occupant.path / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # cannot tell here; the swap compares the models themselves
+    if old.get("plan") != json.loads(plan.to_json()) or old.get("model") != job.model.id:
+        name = occupant.kept[0]
+        raise stale_kept_error(occupant.path, name, KEEP[name], KIND)
 
 
 def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, progress: bool = True,
@@ -116,6 +155,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
 
     start = time.perf_counter()
     out = Path(out)
+    check_export_target(out, job, plan)
     console = Console(stderr=True)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=console, transient=True, disable=not progress)
@@ -143,7 +183,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
         finally:
             handle.restore()
 
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, kind=KIND, keep=KEEP) as tmp:
             compressed = compress(loaded, plan, calibration=calibration)
             save_compressed(loaded, tmp / MODEL_DIR, runtime_plan=compressed.runtime_plan,
                             prompt_template=loaded.template, source_model=job.model.id,
@@ -192,7 +232,8 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
                           source, budget.ratio if budget is not None else None)
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     metrics["seconds"] = time.perf_counter() - start
-    return ExportResult(folder=out, metrics=metrics, files=files)
+    kept = [name for name in KEEP if (out / name).exists()]
+    return ExportResult(folder=out, metrics=metrics, files=files, kept=kept)
 
 
 def _write_recipe(job: Job, tmp: Path, out: Path, plan: Plan) -> None:

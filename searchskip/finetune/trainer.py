@@ -169,7 +169,7 @@ def _zero_masks(adapter: Any, model: Any, lora_modules: list[Any]) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------------
-# Data and evaluation
+# Data
 # --------------------------------------------------------------------------------------
 
 
@@ -191,25 +191,6 @@ def _eval_split(job: Job, spec: FinetuneSpec):
     if spec.eval_limit is not None:
         ds = ds.select(range(min(spec.eval_limit, len(ds))))
     return ds
-
-
-def _evaluate(loaded: Any, dataset: Any, job: Job, console: Any, label: str):
-    from searchskip.eval.runner import evaluate
-
-    was_training = loaded.model.training
-    loaded.model.eval()
-    try:
-        if console is None:
-            return evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task(label, total=len(dataset))
-            return evaluate(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                            on_batch=lambda n: progress.advance(task, n))
-    finally:
-        loaded.model.train(was_training)
 
 
 # --------------------------------------------------------------------------------------
@@ -282,6 +263,7 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
     from searchskip.apply import apply, applied_plan, plan_context, restore
     from searchskip.arch import get_adapter
     from searchskip.data.tensors import TrainingTensors
+    from searchskip.eval.runner import score_model
     from searchskip.export.atomic import atomic_directory
     from searchskip.export.model import save_compressed
 
@@ -365,7 +347,7 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
                           "(--restart trains anew)" if step >= total else f"resuming from {latest} (step {step} of {total})")
 
     if acc_before is None:
-        before = _evaluate(loaded, eval_ds, job, console, "scoring before")
+        before = score_model(loaded, eval_ds, job.eval, label="scoring before", console=console)
         acc_before = {"accuracy": before.score.accuracy, "per_question_type": dict(before.score.per_question_type)}
 
     last_saved = step
@@ -442,7 +424,7 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
     model.eval()
 
     merged = _merge_lora(adapter, model, zeros) if spec.method == "lora" else 0
-    after = _evaluate(loaded, eval_ds, job, console, "scoring after")
+    after = score_model(loaded, eval_ds, job.eval, label="scoring after", console=console)
     if plan is not None:
         restore(model)
     model_dir = out / MODEL_DIR

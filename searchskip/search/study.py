@@ -425,12 +425,14 @@ def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
         except SearchSkipError as e:
             raise in_job(where, e, "data.splits.validation") from None
     if loaded is None:
+        from searchskip.eval.planned import check_unplanned
         from searchskip.models import load_model
 
         try:
             loaded = load_model(job.model)
         except SearchSkipError as e:
             raise in_job(where, e, "model.id") from None
+        check_unplanned(loaded, where, "model.id")  # every trial applies a plan to it
     return loaded, dataset
 
 

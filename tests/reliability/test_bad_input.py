@@ -130,6 +130,15 @@ def pickle_folder(path: Path) -> None:
     (path / "config.json").write_text(json.dumps({"model_type": "llava"}))
 
 
+def runtime_plan_export(path: Path) -> None:
+    """The embedded model as an export's model/ folder that keeps a runtime plan."""
+    import shutil
+
+    shutil.copytree(REPO_ROOT / "searchskip/zoo/weights/tiny-llava-easyvqa", path)
+    (path / "searchskip_export.json").write_text(json.dumps(
+        {"format": 1, "runtime_plan": {"version": 1, "layers": {"0": "skip_attn"}}, "prompt_template": None}))
+
+
 def no_config_folder(path: Path) -> None:
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(b"")
@@ -353,6 +362,10 @@ CASES: list[Case] = [
          ["jobs/job.yaml", "model.id", "./m"], setup=lambda t: no_config_folder(t / "m")),
     Case("model-missing-folder", "model", J(BASE_JOB + "model: {id: ./gone}\n"), V,
          ["jobs/job.yaml", "model.id", "does not exist"]),
+    Case("model-export-runtime-plan-search", "model",
+         J(parquet_job(model="model: {id: ./m}\n", extra=SEARCH_SECTION)), SEARCH_ARGV,
+         ["jobs/job.yaml", "model.id", "runs its own runtime plan", "plans do not stack"],
+         setup=lambda t: (good_data(t), runtime_plan_export(t / "m"))),
 ]
 
 TRIED: dict[str, int] = {}

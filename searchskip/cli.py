@@ -69,6 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SearchSkipError as e:
         print_error(f"error: {e}")
         return e.exit_code
-    except KeyboardInterrupt:
-        print_error("interrupted")
+    except KeyboardInterrupt:  # on a line of its own: the terminal's "^C" echo has no line end
+        print_error("\ninterrupted")
         return INTERRUPTED

@@ -105,3 +105,32 @@ def test_changed_job_is_refused_by_the_cli(tmp_path, capsys):
 def test_ls_on_a_folder_without_a_study(tmp_path, capsys):
     assert cli.main(["ls", str(tmp_path)]) == 2
     assert "not a study folder" in capsys.readouterr().err
+
+
+def test_interrupted_messages_start_on_a_line_of_their_own(tmp_path, monkeypatch, capsys):
+    """A terminal echoes Ctrl-C as ``^C`` with no line end: the report after the first Ctrl-C and the
+    notices of both (search stopped after its trial; interrupted at once) start below it, the notice
+    apart from the table."""
+    import argparse
+
+    import optuna
+
+    from searchskip.commands import search as search_cmd
+    from searchskip.commands import validate
+    from searchskip.search import study as study_mod
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stopped = study_mod.SearchResult(study=optuna.create_study(), study_dir=tmp_path, interrupted=True)
+    monkeypatch.setattr(study_mod, "run_search", lambda *a, **k: stopped)
+    args = argparse.Namespace(trials=None, timeout=None, no_progress=True)
+    capsys.readouterr()
+    assert search_cmd.search_and_report(None, args, study=None, outputs=None, force_new_study=False) == 130
+    out, err = capsys.readouterr()
+    assert err.startswith("\n") and "\n\ninterrupted: stopped after the running trial was recorded" in err, err
+
+    def interrupt(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate, "validate_file", interrupt)
+    assert cli.main(["validate", "x.yaml"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n"

@@ -21,10 +21,14 @@ from searchskip.search.leaderboard import _plan_dict, baselines, leaderboard, le
 
 
 def register(subparsers) -> None:
+    from searchskip.commands import option_type
+    from searchskip.config.loader import at_least
+
     p = subparsers.add_parser("ls", help="show a study's leaderboard and Pareto front",
                               description="Show the best feasible plans of a study folder and its Pareto front.")
     p.add_argument("study_dir", help="the study folder, e.g. outputs/demo")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="leaderboard rows (default 10)")
+    p.add_argument("--top", type=option_type("top", int, at_least("top", 1)), default=10, metavar="N",
+                   help="leaderboard rows (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

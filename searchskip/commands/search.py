@@ -11,6 +11,9 @@ from searchskip.cli import INTERRUPTED
 
 
 def register(subparsers) -> None:
+    from searchskip.commands import option_type
+    from searchskip.config.loader import at_least
+
     p = subparsers.add_parser("search", help="search a compression plan within the job's FLOP budget",
                               description="Search which computations to skip within the job's FLOP budget "
                                           "(the job's `search:` section). Results: <outputs>/<study>/.")
@@ -18,7 +21,7 @@ def register(subparsers) -> None:
     add_run_options(p)
     p.add_argument("--study", metavar="NAME", default=None, help="study name and folder (default: the job's name)")
     p.add_argument("--outputs", metavar="DIR", default=None, help="folder of study folders (default: job.outputs)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=option_type("workers", int, at_least("workers", 1)), default=None, metavar="N",
                    help="number of worker processes the study expects (overrides search.workers); start each with `searchskip search JOB` or `searchskip resume DIR` on the same storage")
     p.add_argument("--force-new-study", action="store_true",
                    help="start over when the study folder holds a study of a different job (the old journal is kept)")
@@ -26,9 +29,14 @@ def register(subparsers) -> None:
 
 
 def add_run_options(p) -> None:
-    p.add_argument("--trials", type=int, default=None, metavar="N",
+    """``--trials``, ``--timeout`` (held to the rules of ``search.trials`` / ``search.timeout_s``) and
+    ``--no-progress``: the options of every verb that runs a search."""
+    from searchskip.commands import option_type
+    from searchskip.config.loader import above, at_least
+
+    p.add_argument("--trials", type=option_type("trials", int, at_least("trials", 1)), default=None, metavar="N",
                    help="total trials the study should hold, complete + pruned + infeasible (default: search.trials)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
+    p.add_argument("--timeout", type=option_type("timeout", float, above("timeout", 0)), default=None, metavar="S",
                    help="stop starting trials after S seconds of this run (default: search.timeout_s)")
     p.add_argument("--no-progress", action="store_true", help="no live progress view")
 
@@ -54,6 +62,8 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> in
 
     result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,
                         force_new_study=force_new_study, progress=not args.no_progress)
+    if result.interrupted:  # a terminal echoes Ctrl-C as "^C" without a line end: the report starts below it
+        print_error("", style=None)
     if result.failed_stale:
         print_error(f"failed {len(result.failed_stale)} trial(s) left RUNNING by a stopped run and retried them: "
                     f"{result.failed_stale}", style="yellow")
@@ -66,7 +76,7 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> in
     for line in verdict(result.study):
         console.print(line, highlight=False)
     if result.interrupted:
-        print_error(f"interrupted: stopped after the running trial was recorded; continue with "
+        print_error(f"\ninterrupted: stopped after the running trial was recorded; continue with "
                     f"`searchskip resume {result.study_dir}`")
         return INTERRUPTED
     return 0

@@ -45,6 +45,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar, Union
 
+import yaml
+
 from searchskip.config.job import (
     EMBEDDED_PREFIX,
     SCHEMA_FIELDS,
@@ -60,12 +62,14 @@ from searchskip.config.job import (
     LoraSpec,
     SearchSpec,
 )
-from searchskip.config.yaml_io import describe, path_state, read_yaml
+from searchskip.config.yaml_io import StrictSafeLoader, describe, path_state, read_yaml
 from searchskip.errors import ConfigError, Problem
 
 __all__ = [
     "DEFAULT_EMBEDDED_NAMES",
     "Check",
+    "above",
+    "at_least",
     "build",
     "embedded_model_names",
     "job_checks",
@@ -315,8 +319,11 @@ class _Builder:
                 found = list(rule(obj))
             except _Unavailable:  # the rule reads a field that failed to build
                 continue
+            except (OSError, ValueError) as e:  # a path the file system cannot look up (too long, a NUL byte)
+                found = [("", f"names a path that cannot be looked up: {getattr(e, 'strerror', None) or e}"
+                              + (f" ({e.filename!r})" if getattr(e, "filename", None) else ""))]
             for rel, text in found:
-                self.problem(_join(key, rel), text)
+                self.problem(_join(key, rel) if rel else key, text)
 
     def bad_key(self, key: str, name: Any, expected: str = "strings") -> Any:
         hint = ""
@@ -440,13 +447,26 @@ def _takes_shape_of(tp: Any, value: Any) -> bool:
 
 
 def _quote_hint(value: Any, tp: type) -> str:
-    if isinstance(value, str):
-        try:
-            tp(value)
-        except ValueError:
-            return ""
+    """For a string where a number is expected: "remove the quotes" when the text would be a number
+    in YAML without them (so it was quoted), else how YAML spells the number (``inf`` is text)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        tp(value)
+    except ValueError:
+        return ""
+    unquoted = _plain_scalar(value)
+    if isinstance(unquoted, (int, float)) and not isinstance(unquoted, bool):
         return "; remove the quotes to write a number"
-    return ""
+    return "; YAML reads this as text, not as a number (numbers are written like 3, 0.5, 1e-9 or .inf)"
+
+
+def _plain_scalar(text: str) -> Any:
+    """What YAML reads ``text`` as when it is written unquoted (``None`` when it cannot)."""
+    try:
+        return yaml.load(text, Loader=StrictSafeLoader)
+    except yaml.YAMLError:
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -693,6 +713,20 @@ def at_least(name: str, low: int, note: str = ""):
     return rule
 
 
+def above(name: str, low: float, note: str = ""):
+    """A rule for :func:`build`'s ``checks``: field ``name`` must be > ``low`` (``None`` passes; NaN
+    fails). The message is optuna style, like :func:`at_least`'s: "`timeout_s > 0` must hold, but got
+    timeout_s=-5.0"."""
+
+    def rule(obj: Any) -> Iterator[tuple[str, str]]:
+        value = getattr(obj, name)
+        if value is not None and not value > low:
+            yield name, f"`{name} > {low}` must hold{note}, but got {name}={value!r}"
+
+    rule.__name__ = f"above_{name}_{low}"
+    return rule
+
+
 # ---- the search section ---------------------------------------------------------------
 
 _STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://", "mysql+pymysql://")
@@ -740,8 +774,7 @@ def _search_counts(search: SearchSpec) -> Iterator[tuple[str, str]]:
     if search.trials is None and search.timeout_s is None:
         yield "trials", "`trials` or `timeout_s` (or both) must be set, but both are null"
     yield from at_least("trials", 1, " (or null with timeout_s)")(search)
-    if search.timeout_s is not None and not search.timeout_s > 0:
-        yield "timeout_s", f"`timeout_s > 0` must hold (or null), but got timeout_s={search.timeout_s!r}"
+    yield from above("timeout_s", 0, " (or null)")(search)
     yield from at_least("seed", 0)(search)
     yield from at_least("report_every", 1)(search)
     if isinstance(search.cache_memory_gb, bool) or not isinstance(search.cache_memory_gb, (int, float)) \
@@ -814,6 +847,12 @@ def _budget_positive(budget: BudgetSpec) -> Iterator[tuple[str, str]]:
         value = getattr(budget, name)
         if value is not None and not value > 0:
             yield name, f"`{name} > 0` must hold, but got {name}={value!r}"
+
+
+def _budget_ratio_at_most_one(budget: BudgetSpec) -> Iterator[tuple[str, str]]:
+    if budget.flops_ratio is not None and budget.flops_ratio > 1:
+        yield "flops_ratio", ("`flops_ratio <= 1` must hold (a share of the unplanned model's FLOPs: above 1 every "
+                              f"plan fits, and the budget constrains nothing), but got flops_ratio={budget.flops_ratio!r}")
 
 
 # ---- the finetune section -------------------------------------------------------------
@@ -889,7 +928,7 @@ def job_checks(embedded_names: Iterable[str] | None = None) -> dict[type, list[C
         EvalSpec: [at_least("batch_size", 1), at_least("max_new_tokens", 1)],
         SearchSpec: [_search_space, _search_objectives, _search_counts, _search_storage, _search_workers,
                      _search_backend, _search_sampler],
-        BudgetSpec: [_budget_one, _budget_positive],
+        BudgetSpec: [_budget_one, _budget_positive, _budget_ratio_at_most_one],
         FinetuneSpec: [at_least("epochs", 1), at_least("batch_size", 1), at_least("train_limit", 1),
                        at_least("weight_decay", 0),
                        at_least("eval_limit", 1), at_least("seed", 0), at_least("checkpoint_every", 1),

@@ -7,7 +7,11 @@ Every case runs one command of the CLI in-process (``searchskip.cli.main``) in a
 * print, on stderr, the file, the dotted key and the rule (fragments listed per case; a
   multi-problem file lists every problem, reported in one run);
 * print no traceback;
+* print no line longer than the CLI's limit (a huge value is echoed clipped, not whole);
 * write nothing to ``outputs/``.
+
+Besides files, the table holds command-line options that set what a YAML key sets (``--timeout``,
+``--trials``, ``--workers``, ``ls --top``): they are held to the key's rule.
 
 A second group checks that YAML is only ever safe-loaded: no unsafe loader in the package
 source, and a ``!!python/object/apply:os.system`` payload in a job, a space and a plan file
@@ -28,6 +32,7 @@ from typing import Callable
 import pytest
 
 from searchskip import cli
+from searchskip.commands import MAX_LINE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = "pwned-marker"
@@ -152,7 +157,7 @@ def no_config_folder(path: Path) -> None:
 @dataclass
 class Case:
     id: str
-    kind: str  # job | space | plan | data | model
+    kind: str  # job | space | plan | data | model | cli
     files: dict[str, str | bytes]
     argv: list[str]
     expect: list[str]
@@ -160,6 +165,8 @@ class Case:
     setup: Callable[[Path], None] | None = None
     multi: bool = False
     no_marker: bool = False
+    absent: tuple[str, ...] = ()
+    """Fragments stderr must not hold (a wrong hint)."""
 
 
 def J(text: str) -> dict[str, str]:
@@ -240,8 +247,32 @@ CASES: list[Case] = [
          ["search", "jobs/job.yaml", "--trials", "1", "--no-progress"],
          ["jobs/job.yaml", "search.budget.flops_ratio", "`flops_ratio > 0`", "search.sampler", "did you mean 'gp'"],
          multi=True),
+    Case("job-budget-above-one", "job", J(BASE_JOB + SEARCH.replace("0.8", "1.5")) | {"spaces/ok.yaml": OK_SPACE}, V,
+         ["jobs/job.yaml", "search.budget.flops_ratio", "`flops_ratio <= 1` must hold", "1.5"]),
+    Case("job-budget-inf-is-text", "job", J(BASE_JOB + SEARCH.replace("0.8", "inf")) | {"spaces/ok.yaml": OK_SPACE}, V,
+         ["jobs/job.yaml", "search.budget.flops_ratio", "YAML reads this as text"], absent=("remove the quotes",)),
+    Case("job-budget-quoted-exponent", "job", J(BASE_JOB + SEARCH.replace("0.8", "'1e-1'")) | {"spaces/ok.yaml": OK_SPACE},
+         V, ["jobs/job.yaml", "search.budget.flops_ratio", "remove the quotes"]),
+    Case("job-huge-name", "job", J(f"name: {'n' * 300_000}\noutputs: outputs\n"), V,
+         ["jobs/job.yaml", "name: must be usable as a folder name", "characters left out"]),
+    Case("job-huge-key", "job", J(BASE_JOB + f"{'k' * 1000}: 1\n"), V,
+         ["jobs/job.yaml", "is not a known setting here", "characters left out"]),
+    Case("job-path-too-long", "job", J(BASE_JOB + f"model: {{id: ./{'m' * 5000}}}\n"), V,
+         ["jobs/job.yaml", "model", "cannot be looked up", "File name too long", "characters left out"]),
     Case("job-eval-refused-before-loading", "job", J(BASE_JOB + "model: {id: 'embedded:tiny-llava-easyvq'}\n"), EVAL,
          ["jobs/job.yaml", "model.id", "did you mean 'embedded:tiny-llava-easyvqa'"]),
+    # ---- command-line options (held to the rules of the keys they set) -----------------
+    Case("cli-timeout-negative", "cli", J(BASE_JOB + SEARCH) | {"spaces/ok.yaml": OK_SPACE},
+         ["search", "jobs/job.yaml", "--timeout", "-5"], ["--timeout", "`timeout > 0` must hold", "-5"]),
+    Case("cli-timeout-nan", "cli", J(BASE_JOB + SEARCH) | {"spaces/ok.yaml": OK_SPACE},
+         ["search", "jobs/job.yaml", "--timeout", "nan"], ["--timeout", "must be a finite number"]),
+    Case("cli-trials-zero", "cli", J(BASE_JOB + SEARCH) | {"spaces/ok.yaml": OK_SPACE},
+         ["search", "jobs/job.yaml", "--trials", "0"], ["--trials", "`trials >= 1` must hold"]),
+    Case("cli-workers-zero", "cli", J(BASE_JOB + SEARCH) | {"spaces/ok.yaml": OK_SPACE},
+         ["search", "jobs/job.yaml", "--workers", "0"], ["--workers", "`workers >= 1` must hold"]),
+    Case("cli-resume-timeout-inf", "cli", {}, ["resume", "outputs/t", "--timeout", "inf"],
+         ["--timeout", "must be a finite number"]),
+    Case("cli-ls-top-zero", "cli", {}, ["ls", "outputs/t", "--top", "0"], ["--top", "`top >= 1` must hold"]),
     # ---- space files -----------------------------------------------------------------
     Case("space-misspelt-key", "space", {"spaces/bad.yaml": OK_SPACE + "scopee: all\n"}, VS,
          ["spaces/bad.yaml", "scopee", "did you mean 'scope'"]),
@@ -427,6 +458,10 @@ def test_bad_input_exits_2_naming_file_key_and_rule(case: Case, isolated: Path, 
     assert code == 2, f"exit {code}\nstdout: {out}\nstderr: {err}"
     for fragment in case.expect:
         assert fragment in err, f"{fragment!r} missing from stderr:\n{err}"
+    for fragment in case.absent:
+        assert fragment not in err, f"{fragment!r} in stderr:\n{err}"
+    longest = max(map(len, err.splitlines()), default=0)
+    assert longest <= MAX_LINE + 100, f"a line of {longest} characters: values are echoed whole"
     if case.multi:  # every problem of the file in one run, one problem a line
         lines = problem_lines(err)
         keys = dotted_keys(case.expect)
@@ -439,9 +474,9 @@ def test_bad_input_exits_2_naming_file_key_and_rule(case: Case, isolated: Path, 
 
 
 def test_case_mix():
-    kinds = {k: sum(1 for c in CASES if c.kind == k) for k in ("job", "space", "plan", "data", "model")}
+    kinds = {k: sum(1 for c in CASES if c.kind == k) for k in ("job", "space", "plan", "data", "model", "cli")}
     assert kinds["job"] >= 15 and kinds["space"] >= 8 and kinds["plan"] >= 8
-    assert kinds["data"] >= 4 and kinds["model"] >= 3
+    assert kinds["data"] >= 4 and kinds["model"] >= 3 and kinds["cli"] >= 5
     assert len({c.id for c in CASES}) == len(CASES)
     text = {k: " ".join(str(v) for c in CASES if c.kind == k for v in c.files.values()) + " ".join(
         c.id for c in CASES if c.kind == k) for k in ("job", "space", "plan")}

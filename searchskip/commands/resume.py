@@ -1,7 +1,9 @@
 """``searchskip resume outputs/<study>``: continue a search from its study folder.
 
 Reads the job copy saved at the first run (``job.yaml``) and ``run.json`` (working directory,
-study name); relative paths of the job resolve against the working directory of the first run.
+study name, trial target); relative paths of the job resolve against the working directory of the
+first run. The study is continued in the folder given, wherever it was copied, renamed or moved
+to, up to the trial target of the run that made or last continued it (``--trials`` overrides).
 Trials left RUNNING by a killed run are failed and retried once.
 """
 
@@ -47,10 +49,27 @@ def run(args) -> int:
 
     folder = Path(args.study_dir).absolute()
     data, info = read_study_folder(str(folder))
+    if args.trials is None:  # the target the study was searched (or last resumed) with
+        args.trials = stored_trials(info, folder)
     with in_dir(info.get("cwd")):  # the job's relative paths meant the first run's directory
         job = job_from_data(data, str(folder / "job.yaml"))
-        return search_and_report(job, args, study=info.get("study", folder.name), outputs=str(folder.parent),
+        # the study inside the storage keeps its name; the folder is the one given
+        return search_and_report(job, args, study=info.get("study", folder.name), outputs=None, folder=folder,
                                  force_new_study=False)
+
+
+def stored_trials(info: dict, folder: Path) -> int | None:
+    """The trial target ``run.json`` records (``None``: none recorded, the job's ``search.trials``
+    applies); a :class:`~searchskip.errors.ConfigError` naming the file when it is not a count."""
+    from searchskip.errors import ConfigError, Problem
+    from searchskip.search.study import RUN_FILE
+
+    trials = info.get("trials")
+    if trials is None or (isinstance(trials, int) and not isinstance(trials, bool) and trials >= 1):
+        return trials
+    raise ConfigError([Problem(str(folder / RUN_FILE), "trials", (
+        f"must be an integer >= 1 or null (the trial target of the last run), but got {trials!r}; "
+        "fix it or give resume --trials N"))])
 
 
 @contextlib.contextmanager

@@ -53,7 +53,9 @@ def run(args) -> int:
                              force_new_study=args.force_new_study)
 
 
-def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> int:
+def search_and_report(job, args, *, study, outputs, force_new_study: bool, folder=None) -> int:
+    """Run the search (``args``: the run options; ``folder``: the study folder of a resume, else
+    ``<outputs>/<study>``), then print its leaderboard and verdict; the exit code."""
     from rich.console import Console
 
     from searchskip.commands import print_error
@@ -61,7 +63,7 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool) -> in
     from searchskip.search.study import run_search, trial_counts
 
     result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,
-                        force_new_study=force_new_study, progress=not args.no_progress)
+                        folder=folder, force_new_study=force_new_study, progress=not args.no_progress)
     if result.interrupted:  # a terminal echoes Ctrl-C as "^C" without a line end: the report starts below it
         print_error("", style=None)
     if result.failed_stale:

@@ -332,6 +332,7 @@ def run_ray_search(
     *,
     study_name: str | None = None,
     outputs: str | None = None,
+    folder: str | Path | None = None,
     force_new_study: bool = False,
     progress: bool = True,
 ) -> SearchResult:
@@ -345,9 +346,9 @@ def run_ray_search(
                                          trial_counts)
 
     search = job.search
-    run = begin_run(job, trials, timeout, study_name, outputs)
+    run = begin_run(job, trials, timeout, study_name, outputs, folder)
     trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
-    study, failed = prepare_study(job, folder, name, force_new_study=force_new_study,
+    study, failed = prepare_study(job, folder, name, trials=trials, force_new_study=force_new_study,
                                   others_alive=bool(live_workers(folder)))
     counted = trial_counts(study)["counted"]
     if trials is not None and counted >= trials:

@@ -5,7 +5,8 @@
 
 **The study folder** ``<outputs>/<study>/`` (``<study>`` defaults to the job's name) holds
 ``job.yaml`` (the job file as it was at the first run, which ``searchskip resume`` reads),
-``run.json`` (the working directory, study name, storage, and the trial target), the journal
+``run.json`` (the working directory, study name, storage, and the trial target of the last run,
+which ``searchskip resume`` keeps unless given ``--trials``), the journal
 ``study.journal`` (default storage), ``study.lock`` (an ``fcntl`` lock held while a process sets
 the study up) and ``workers/<host>-<pid>`` (one per process searching it now).
 
@@ -68,6 +69,7 @@ from searchskip.plan import Plan
 from searchskip.search import fingerprint as fp
 from searchskip.search.baselines import block_influence, labelled_block_influence_plans, labelled_paper_plans
 from searchskip.search.leaderboard import leaderboard
+from searchskip.search.preflight import check_budget_reachable, check_run
 from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
 )
@@ -76,7 +78,7 @@ from searchskip.search.storage import (
     study_flock,
 )
 
-__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "seed_plans", "open_study", "trial_counts", "measure_block_influence",
+__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "check_study_name", "seed_plans", "open_study", "trial_counts", "measure_block_influence",
            "RUN_FILE", "JOB_FILE"]
 
 RUN_FILE = "run.json"
@@ -100,7 +102,19 @@ class SearchResult:
 
 
 def study_dir(job: Job, study: str | None = None, outputs: str | None = None) -> Path:
+    """``<outputs>/<study>``: ``outputs`` defaults to ``job.outputs``, ``study`` to ``job.name``."""
     return Path(outputs if outputs is not None else job.outputs) / (study or job.name)
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it may name a study folder (:func:`~searchskip.config.names.name_problem`, the rule
+    of a job's ``name:``), else a :class:`ConfigError` naming ``--study``, the rule and the value."""
+    from searchskip.config.names import name_problem
+
+    problem = name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"--study: {problem}")
+    return name
 
 
 def trial_counts(study: Any) -> dict[str, int]:
@@ -230,7 +244,7 @@ def make_pruner(search: Any, batch_size: int = 1) -> Any:
 # ---- the study ------------------------------------------------------------------------------
 
 
-def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None) -> None:
+def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None, trials: int | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if job.source_file and not (folder / JOB_FILE).exists():
         shutil.copyfile(job.source_file, folder / JOB_FILE)
@@ -238,7 +252,7 @@ def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None)
     info = json.loads(run_file.read_text()) if run_file.exists() else {}
     info.setdefault("cwd", os.getcwd())
     info.setdefault("job_file", str(Path(job.source_file).absolute()) if job.source_file else None)
-    info.update(study=study_name, storage=storage, outputs=str(folder.parent))
+    info.update(study=study_name, storage=storage, outputs=str(folder.parent), trials=trials)
     run_file.write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -291,17 +305,22 @@ class RunStart:
 
 
 def begin_run(job: Job, trials: int | None, timeout: float | None, study_name: str | None,
-              outputs: str | None) -> RunStart:
-    """Check the run's targets (:func:`run_targets`), name its study and folder, load the space."""
+              outputs: str | None, folder: str | Path | None = None) -> RunStart:
+    """Check the run's targets (:func:`run_targets`), name its study and folder, load the space.
+
+    The folder is ``folder`` when given (a resumed study, wherever it was copied or moved to), else
+    ``<outputs>/<study_name>``, and then ``study_name`` must be a folder name (:func:`check_study_name`)."""
     import optuna
 
     from searchskip.search.space import Space
 
     start = time.perf_counter()
+    if folder is None and study_name is not None:
+        check_study_name(study_name)
     trials, timeout = run_targets(job, trials, timeout)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return RunStart(trials, timeout, study_name or job.name, study_dir(job, study_name, outputs),
-                    Space.load(resolve_space(job.search.space)), start)
+    where = Path(folder) if folder is not None else study_dir(job, study_name, outputs)
+    return RunStart(trials, timeout, study_name or job.name, where, Space.load(resolve_space(job.search.space)), start)
 
 
 def run_targets(job: Job, trials: int | None, timeout: float | None) -> tuple[int | None, float | None]:
@@ -316,15 +335,16 @@ def run_targets(job: Job, trials: int | None, timeout: float | None) -> tuple[in
     return trials, timeout
 
 
-def prepare_study(job: Job, folder: Path, name: str, *, force_new_study: bool = False,
+def prepare_study(job: Job, folder: Path, name: str, *, trials: int | None = None, force_new_study: bool = False,
                   others_alive: bool = False) -> tuple[Any, list[int]]:
-    """``(study, failed_stale)``: under the study's lock, save the job copy and ``run.json``, repair
+    """``(study, failed_stale)``: under the study's lock, save the job copy and ``run.json`` (with the
+    run's trial target ``trials``, which ``searchskip resume`` keeps), repair
     a torn journal (:func:`~searchskip.search.storage.repair_study_journal`, once per run, before
     anything is appended), open or create the study (fingerprint check, ``force_new_study``) and
     fail the stale RUNNING trials of dead local workers
     (:func:`~searchskip.search.storage.fail_stale_trials`). Both backends' drivers start here."""
     with study_flock(folder):
-        _save_job_copy(job, folder, name, job.search.storage)
+        _save_job_copy(job, folder, name, job.search.storage, trials)
         repair_study_journal(job.search.storage, folder)
         study = open_study(job, folder, name, force_new_study=force_new_study)
         failed = fail_stale_trials(study, others_alive=others_alive)
@@ -338,6 +358,7 @@ def run_search(
     *,
     study_name: str | None = None,
     outputs: str | None = None,
+    folder: str | Path | None = None,
     force_new_study: bool = False,
     evaluator: Evaluator | None = None,
     loaded: Any = None,
@@ -348,7 +369,10 @@ def run_search(
 ) -> SearchResult:
     """Run (or continue) the search of ``job`` until the study holds ``trials`` counted trials.
 
-    ``trials``/``timeout`` default to ``job.search.trials``/``timeout_s``. ``evaluator``
+    ``trials``/``timeout`` default to ``job.search.trials``/``timeout_s``. The study lives in
+    ``folder`` when given (``searchskip resume``: the folder named, wherever it was copied, renamed
+    or moved to; ``study_name`` is then the name of the study inside its storage), else in
+    ``<outputs>/<study_name>`` (:func:`begin_run`). ``evaluator``
     replaces the model evaluation (tests); ``loaded``/``dataset`` reuse an already loaded
     model and validation subset (else both are loaded from the job, once).
     """
@@ -361,15 +385,17 @@ def run_search(
     if search.backend == "ray":
         from searchskip.search.ray_backend import run_ray_search
 
-        return run_ray_search(job, trials, timeout, study_name=study_name, outputs=outputs,
+        return run_ray_search(job, trials, timeout, study_name=study_name, outputs=outputs, folder=folder,
                               force_new_study=force_new_study, progress=progress)
-    run = begin_run(job, trials, timeout, study_name, outputs)
+    run = begin_run(job, trials, timeout, study_name, outputs, folder)
     trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
     if not _study_complete(job, folder, name, trials):
-        # Bad data or an unloadable model must stop the run before anything is written to outputs/.
+        # Bad data, an unloadable or unsupported model, a space that does not fit it or a budget no
+        # plan can meet must stop the run before anything is written to outputs/.
         loaded, dataset = load_worker_inputs(job, loaded, dataset, need_dataset=evaluator is None)
+        check_run(job, loaded, dataset, space)
     with WorkerRegistration(folder) as registration:  # under the study's lock: sees the other live workers
-        study, failed = prepare_study(job, folder, name, force_new_study=force_new_study,
+        study, failed = prepare_study(job, folder, name, trials=trials, force_new_study=force_new_study,
                                       others_alive=bool(registration.others))
         if trials is not None and trial_counts(study)["counted"] >= trials:  # nothing to do: load nothing
             return SearchResult(study=study, study_dir=folder, failed_stale=failed,
@@ -472,6 +498,7 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
         workload = _study_workload(study, loaded, dataset, job)
         ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
                                budget=budget, objectives=tuple(search.objectives))
+        check_budget_reachable(ctx.budget, ctx.baseline, job.source_file or job.name)
         if _needs_unplanned_flops(study.user_attrs):
             study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
             study.set_user_attr("budget", budget.to_dict())

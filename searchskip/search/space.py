@@ -637,6 +637,18 @@ class _Decision:
             return r.snap(trial.suggest_float(self.name, r.low, r.high, step=r.step))
         return trial.suggest_categorical(self.name, list(self.values))
 
+    def distribution(self) -> "optuna.distributions.BaseDistribution":
+        """The optuna distribution :meth:`suggest` draws this parameter from."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.int_range is not None:
+            low, high, step = self.int_range
+            return IntDistribution(low, high, step=step)
+        if self.float_range is not None:
+            r = self.float_range
+            return FloatDistribution(r.low, r.high, step=r.step)
+        return CategoricalDistribution(list(self.values))
+
 
 def _choice_decision(name: str, choice: IntChoice | FloatChoice | tuple[str, ...],
                      resolve: Any = None) -> _Decision:
@@ -1006,14 +1018,22 @@ class Space:
             return None
         return params if replayed == plan else None
 
-    def grid(self, num_layers: int) -> dict[str, list[Any]]:
-        """optuna ``GridSampler``'s ``search_space``: every parameter the space may suggest, with all its values."""
+    def _param_decisions(self, num_layers: int) -> list[_Decision]:
         self.check(num_layers)
         decisions = list(self._grid_decisions(num_layers))
         if self.prune is not None:
             decisions += [d for d in self._prune_decisions() if d is not None]
         decisions += [*(self._visual_decisions(num_layers) or ()), self._exit_decision(num_layers)]
-        return {d.name: list(d.values) for d in decisions if d is not None and d.is_param}
+        return [d for d in decisions if d is not None and d.is_param]
+
+    def grid(self, num_layers: int) -> dict[str, list[Any]]:
+        """optuna ``GridSampler``'s ``search_space``: every parameter the space may suggest, with all its values."""
+        return {d.name: list(d.values) for d in self._param_decisions(num_layers)}
+
+    def distributions(self, num_layers: int) -> dict[str, "optuna.distributions.BaseDistribution"]:
+        """Every parameter the space may suggest, in the order it is suggested, with the optuna
+        distribution it is drawn from (what a sampler that proposes whole plans draws)."""
+        return {d.name: d.distribution() for d in self._param_decisions(num_layers)}
 
     def size(self, num_layers: int) -> int:
         """How many distinct plans the space holds for a model with ``num_layers`` decoder layers."""

@@ -1,0 +1,36 @@
+"""The samplers a job may name in ``search.sampler``: one module each, registered here explicitly.
+
+    from searchskip.search.samplers import SamplerContext, make_sampler
+    sampler = make_sampler(SamplerContext(name="tpe", seed=0, space=space, num_layers=n, fit=budget_fit))
+
+Every sampler but ``grid`` proposes through :class:`~searchskip.search.budget_fit.BudgetFit` when
+the context has one (``search.fit_budget``, the default): a proposal is mapped onto the budget
+before it becomes the trial's parameters, so no over-budget plan reaches the model
+(:mod:`searchskip.search.samplers.fitted`). ``grid`` enumerates the space as it is.
+"""
+
+from __future__ import annotations
+
+from searchskip.search.samplers import builtin, evo
+from searchskip.search.samplers.registry import REGISTRY, SamplerContext, SamplerEntry, make_sampler
+
+__all__ = ["REGISTRY", "SamplerContext", "SamplerEntry", "make_sampler", "register", "names"]
+
+
+def register(entry: SamplerEntry) -> SamplerEntry:
+    """Add a sampler; ``ValueError`` if its name is taken."""
+    return REGISTRY.register(entry)
+
+
+def names() -> tuple[str, ...]:
+    """The names a job may give ``search.sampler``."""
+    return REGISTRY.names()
+
+
+register(SamplerEntry("tpe", builtin.tpe, "optuna's TPESampler"))
+register(SamplerEntry("nsga2", builtin.nsga2, "optuna's NSGAIISampler"))
+register(SamplerEntry("gp", builtin.gp, "optuna's GPSampler (one objective; needs scipy)"))
+register(SamplerEntry("random", builtin.random, "optuna's RandomSampler"))
+register(SamplerEntry("grid", builtin.grid, "optuna's GridSampler over the whole space (not fitted to the budget)",
+                      fits_budget=False))
+register(SamplerEntry("evo", evo.make, "EvoPress-style (1+lambda) evolution at the budget", fits_budget=False))

@@ -76,9 +76,21 @@ def run(job, demo, evaluator, **kw):
 # ---- budget ---------------------------------------------------------------------------------
 
 
+def fixed_ratio(demo) -> float:
+    """The share of the unplanned FLOPs that no plan changes (vision tower, projector, lm_head) on
+    the demo subset: the smallest budget a search accepts."""
+    from searchskip.flops import count_flops, measure_workload
+
+    loaded, dataset = demo
+    baseline = count_flops(loaded.model.config, None, measure_workload(loaded, dataset, 2))
+    return baseline.fixed_total() / baseline.total()
+
+
 def test_over_budget_trials_are_recorded_without_running_the_model(tmp_path, demo):
+    # Just above what no plan changes (so the budget is accepted), far below what the space reaches
+    # (it never touches layers 0 and 7): every plan is over budget.
     ev = FakeEvaluator()
-    job = make_job(tmp_path, budget={"gflops_per_sample": 1e-6}, trials=5)
+    job = make_job(tmp_path, budget={"flops_ratio": fixed_ratio(demo) * 1.01}, trials=5)
     result = run(job, demo, ev)
     assert ev.calls == 0 and result.evaluations == 0
     trials = result.study.get_trials()
@@ -89,6 +101,16 @@ def test_over_budget_trials_are_recorded_without_running_the_model(tmp_path, dem
         assert "accuracy" not in t.user_attrs and not t.intermediate_values
         assert Plan.from_yaml_text(t.user_attrs["plan"]).key() == t.user_attrs["plan_key"]
     assert trial_counts(result.study)["infeasible"] == 5
+
+
+def test_a_budget_no_plan_can_meet_is_refused_before_anything_is_written(tmp_path, demo):
+    floor = fixed_ratio(demo)
+    job = make_job(tmp_path, budget={"flops_ratio": floor * 0.99})
+    with pytest.raises(ConfigError, match=r"search\.budget\.flops_ratio: `flops_ratio >= [0-9.]+` must hold") as info:
+        run(job, demo, FakeEvaluator())
+    assert not (tmp_path / "out").exists()
+    bound = float(re.search(r">= ([0-9.]+)`", str(info.value)).group(1))
+    assert floor <= bound < floor * 1.001  # the bound it names can be met
 
 
 def test_within_budget_trials_are_scored(tmp_path, demo):  # the control of the test above

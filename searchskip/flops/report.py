@@ -152,6 +152,14 @@ class FlopReport:
         denominator = baseline.total(self.count, self.attention)
         return self.total() / denominator if denominator else float("nan")
 
+    def fixed_total(self, count: str | None = None, attention: str | None = None) -> float:
+        """:meth:`total` of what no plan changes: every entry outside the decoder layers (vision
+        tower, projector, lm_head, the language model's linears around its layers). No plan can
+        cost less than this on the same workload."""
+        c, a = self._conv(count, attention)
+        return math.fsum(e.value(c, a) for e in self.entries
+                         if e.component not in ("llm_prefill", "llm_decode") or e.layer is None)
+
     def llm_total(self, count: str | None = None, attention: str | None = None) -> float:
         """:meth:`total` of the language model alone (:data:`LLM_COMPONENTS`)."""
         parts = self.by_component(count, attention)

@@ -127,6 +127,27 @@ def paligemma_folder(path: Path) -> None:
     PaliGemmaConfig().save_pretrained(path)  # only the config: `flops` reads no weights
 
 
+def gemma_llava_folder(path: Path) -> None:
+    """A loadable LLaVA (weights, processor) over a Gemma decoder: a family searchskip does not support."""
+    import shutil
+
+    from transformers import GemmaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from searchskip import zoo
+
+    src = zoo.embedded_model("tiny-llava-easyvqa").path
+    path.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        shutil.copy(src / name, path / name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"] = GemmaConfig(vocab_size=cfg["text_config"]["vocab_size"], hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                     bos_token_id=2, eos_token_id=3, pad_token_id=0).to_dict()
+    cfg["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = LlavaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "transformers_version")})
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+
+
 def pickle_folder(path: Path) -> None:
     import torch
 
@@ -397,6 +418,29 @@ CASES: list[Case] = [
          J(parquet_job(model="model: {id: ./m}\n", extra=SEARCH_SECTION)), SEARCH_ARGV,
          ["jobs/job.yaml", "model.id", "runs its own runtime plan", "plans do not stack"],
          setup=lambda t: (good_data(t), runtime_plan_export(t / "m"))),
+    Case("model-unsupported-family-validate", "model", J(BASE_JOB + "model: {id: ./m}\n"), V,
+         ["jobs/job.yaml", "model.id", "PaliGemma", "is not a supported architecture"],
+         setup=lambda t: paligemma_folder(t / "m")),
+    Case("model-unsupported-decoder-validate", "model", J(BASE_JOB + "model: {id: ./m}\n"), V,
+         ["jobs/job.yaml", "model.id", "'gemma'", "is not supported"], setup=lambda t: gemma_llava_folder(t / "m")),
+    # ---- refused by a search once the model is loaded, before any folder is made --------
+    Case("model-unsupported-decoder-search", "model",
+         J(parquet_job(model="model: {id: ./m}\n", extra=SEARCH_SECTION)), SEARCH_ARGV,
+         ["jobs/job.yaml", "model.id", "'gemma'", "is not supported"],
+         setup=lambda t: (good_data(t), gemma_llava_folder(t / "m"))),
+    Case("space-beyond-the-model-search", "space",
+         J(parquet_job(extra=SEARCH.replace("spaces/ok.yaml", "spaces/deep.yaml")))
+         | {"spaces/deep.yaml": OK_SPACE + "layers: [1, 20]\n"}, SEARCH_ARGV,
+         ["spaces/deep.yaml", "layers", "20"], setup=good_data),
+    Case("job-budget-unreachable-ratio-search", "job", J(parquet_job(extra=SEARCH.replace("0.8", "1e-9")))
+         | {"spaces/ok.yaml": OK_SPACE}, SEARCH_ARGV,
+         ["jobs/job.yaml", "search.budget.flops_ratio", "`flops_ratio >= 0.", "no plan can cost less", "1e-09"],
+         setup=good_data, absent=("remove the quotes",)),
+    Case("job-budget-unreachable-gflops-search", "job",
+         J(parquet_job(extra=SEARCH.replace("{flops_ratio: 0.8}", "{gflops_per_sample: 0.001}")))
+         | {"spaces/ok.yaml": OK_SPACE}, SEARCH_ARGV,
+         ["jobs/job.yaml", "search.budget.gflops_per_sample", "`gflops_per_sample >= 0.", "vision tower"],
+         setup=good_data),
 ]
 
 TRIED: dict[str, int] = {}

@@ -1,0 +1,99 @@
+"""What a search checks before it creates or writes its study folder, so that a refused run leaves
+nothing behind (a study folder's fingerprint would otherwise block the corrected job).
+
+* :func:`check_model_family`: the model's family, read from its ``config.json`` alone (no weights):
+  ``searchskip validate`` runs it, so a job is not OK when no other verb supports its model.
+* :func:`check_run`: once the model and the validation subset are loaded, the model's family (its
+  architecture adapter), the space against the model's decoder layers, and the budget
+  (:func:`check_budget_reachable`).
+
+Every failure is a :class:`~searchskip.errors.SearchSkipError` naming the job file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from searchskip.config.job import Job
+from searchskip.errors import ConfigError, Problem, SearchSkipError, in_job
+
+__all__ = ["check_model_family", "check_run", "check_budget_reachable"]
+
+
+def _where(job: Job) -> str:
+    return job.source_file or job.name
+
+
+def check_model_family(job: Job) -> None:
+    """:class:`~searchskip.errors.ModelError` (naming the job file and ``model.id``) when the job's
+    model is of a family no verb supports, judged from its ``config.json`` alone. Only local folders
+    are checked: the embedded models are supported, and a hub id would need the network (its family
+    is checked when it is loaded)."""
+    from searchskip.config.job import EMBEDDED_PREFIX
+    from searchskip.models import resolve_source
+
+    if job.model.id.startswith(EMBEDDED_PREFIX):
+        return
+    source, _ = resolve_source(job.model)
+    if not (Path(source) / "config.json").is_file():
+        return
+    from searchskip.flops import geometry_of, resolve_config
+
+    try:
+        geometry_of(resolve_config(job.model)[0])
+    except SearchSkipError as e:
+        raise in_job(_where(job), e, "model.id") from None
+
+
+def check_run(job: Job, loaded: Any, dataset: Any, space: Any) -> None:
+    """Everything a search can check once its model (``loaded``) and validation subset
+    (``dataset``; ``None``: the budget is checked later, by the worker) are loaded, before any
+    folder is created: the model's family, ``space`` against its decoder layers, and the budget."""
+    from searchskip.arch import get_adapter
+    from searchskip.flops import count_flops, measure_workload
+    from searchskip.search.objective import budget_of
+
+    model = loaded.model
+    try:
+        num_layers = get_adapter(model).num_layers(model)
+    except SearchSkipError as e:
+        raise in_job(_where(job), e, "model.id") from None
+    space.check(num_layers)
+    if dataset is None:
+        return
+    budget = budget_of(job.search.budget)
+    workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
+    baseline = count_flops(model.config, None, workload, count=budget.count, attention=budget.attention)
+    check_budget_reachable(budget, baseline, _where(job))
+
+
+def check_budget_reachable(budget: Any, baseline: Any, job_file: str | None = None) -> None:
+    """:class:`ConfigError` (``search.budget.<key>``) when ``budget`` (a
+    :class:`~searchskip.flops.Budget`) is below what no plan changes
+    (:meth:`~searchskip.flops.FlopReport.fixed_total` of the unplanned ``baseline``): every trial would be
+    recorded as over budget. The message gives the smallest budget any plan could meet."""
+    total = budget.cost(baseline)
+    floor = baseline.fixed_total(budget.count, budget.attention)
+    if budget.limit(baseline) >= floor * (1 - 1e-9) or not total:
+        return
+    why = ("no plan can cost less than what no plan changes (vision tower, projector, lm_head: "
+           f"{floor / total:.4f}x the unplanned model's FLOPs, {floor / 1e9:.4g} GFLOPs per sample on this "
+           "workload), so every trial would be recorded as over budget")
+    if budget.ratio is not None:
+        key, rule = "flops_ratio", (f"`flops_ratio >= {_round_up(floor / total)}` must hold: {why}; but got "
+                                    f"flops_ratio={budget.ratio!r}")
+    else:
+        key, rule = "gflops_per_sample", (f"`gflops_per_sample >= {_round_up(floor / 1e9)}` must hold: {why}; "
+                                          f"but got gflops_per_sample={budget.gflops!r}")
+    raise ConfigError([Problem(job_file, f"search.budget.{key}", rule)])
+
+
+def _round_up(value: float, digits: int = 4) -> float:
+    """``value`` rounded up to ``digits`` significant digits (a bound a user can copy and meet)."""
+    import math
+
+    if value <= 0:
+        return value
+    scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale

@@ -473,7 +473,6 @@ def _plain_scalar(text: str) -> Any:
 # Rules of a job file, one check per dataclass
 # --------------------------------------------------------------------------------------
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _DEVICE = re.compile(r"cpu|cuda|cuda:\d+|mps")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -495,11 +494,11 @@ def _looks_local(model_id: str) -> bool:
 
 
 def _job_name(job: Job) -> Iterator[tuple[str, str]]:
-    if not job.name.strip():
-        yield "name", "must be a non-empty name (it names the job's output folder), but got an empty string"
-    elif not _SAFE_NAME.fullmatch(job.name):
-        yield "name", ("must be usable as a folder name: 1 to 100 letters, digits, '.', '_' or '-', starting with "
-                       f"a letter or digit, but got {job.name!r}")
+    from searchskip.config.names import name_problem  # the rule --study is held to as well
+
+    problem = name_problem(job.name)
+    if problem is not None:
+        yield "name", problem
 
 
 def _job_outputs(job: Job) -> Iterator[tuple[str, str]]:

@@ -8,7 +8,8 @@ Every case runs one command of the CLI in-process (``searchskip.cli.main``) in a
   multi-problem file lists every problem, reported in one run);
 * print no traceback;
 * print no line longer than the CLI's limit (a huge value is echoed clipped, not whole);
-* write nothing to ``outputs/``.
+* write nothing to ``outputs/``, nor anywhere else in its folder (a ``{tmp}`` in a case's command
+  line stands for that folder).
 
 Besides files, the table holds command-line options that set what a YAML key sets (``--timeout``,
 ``--trials``, ``--workers``, ``ls --top``): they are held to the key's rule.
@@ -33,6 +34,7 @@ import pytest
 
 from searchskip import cli
 from searchskip.commands import MAX_LINE
+from searchskip.config.names import NAME_RULE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = "pwned-marker"
@@ -294,6 +296,15 @@ CASES: list[Case] = [
     Case("cli-resume-timeout-inf", "cli", {}, ["resume", "outputs/t", "--timeout", "inf"],
          ["--timeout", "must be a finite number"]),
     Case("cli-ls-top-zero", "cli", {}, ["ls", "outputs/t", "--top", "0"], ["--top", "`top >= 1` must hold"]),
+    # a study name is a folder under outputs/: one rule for the job's `name:` and --study
+    Case("job-name-not-ascii", "job", J("name: démo\noutputs: outputs\n"), V,
+         ["jobs/job.yaml", "name", NAME_RULE, "'démo'"]),
+    Case("cli-study-escapes-outputs", "cli", J(parquet_job(extra=SEARCH_SECTION)), SEARCH_ARGV + ["--study", "../escape"],
+         ["--study", NAME_RULE, "'../escape'"], setup=good_data),
+    Case("cli-study-absolute", "cli", J(parquet_job(extra=SEARCH_SECTION)),
+         SEARCH_ARGV + ["--study", "{tmp}/abs-study"], ["--study", NAME_RULE, "/abs-study'"], setup=good_data),
+    Case("cli-study-not-ascii", "cli", J(parquet_job(extra=SEARCH_SECTION)), SEARCH_ARGV + ["--study", "démo-ü"],
+         ["--study", NAME_RULE, "'démo-ü'"], setup=good_data),
     # ---- space files -----------------------------------------------------------------
     Case("space-misspelt-key", "space", {"spaces/bad.yaml": OK_SPACE + "scopee: all\n"}, VS,
          ["spaces/bad.yaml", "scopee", "did you mean 'scope'"]),
@@ -491,9 +502,10 @@ def test_bad_input_exits_2_naming_file_key_and_rule(case: Case, isolated: Path, 
             path.write_text(content, encoding="utf-8")
     if case.setup is not None:
         case.setup(tmp)
+    there = {p.name for p in tmp.iterdir()} | {"outputs", ".hf_cache"}
     capsys.readouterr()
 
-    code = cli.main(case.argv)
+    code = cli.main([arg.replace("{tmp}", str(tmp)) for arg in case.argv])
     out, err = capsys.readouterr()
     TRIED[case.id] = TRIED.get(case.id, 0) + 1
     if "Traceback" in out + err:
@@ -513,6 +525,7 @@ def test_bad_input_exits_2_naming_file_key_and_rule(case: Case, isolated: Path, 
         for key in keys:
             assert any(key in line for line in lines), f"{key!r} is on no problem line:\n{err}"
     assert _files_under(tmp / "outputs") == [], "something was written to outputs/"
+    assert sorted({p.name for p in tmp.iterdir()} - there) == [], "something was written outside outputs/"
     if case.no_marker:
         assert not (tmp / MARKER).exists(), "the !!python payload ran"
 

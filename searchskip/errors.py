@@ -60,6 +60,22 @@ class OfflineError(SearchSkipError, OSError):
     """Something needed the network (a hub model or dataset) and none was reachable."""
 
 
+class FileSystemError(SearchSkipError, OSError):
+    """The file system refused a write or a read (read-only, disk full, no permission, ...).
+
+    The message names the path, the system's reason and what was kept; ``errno`` and ``filename``
+    are those of the underlying :class:`OSError`."""
+
+    def __init__(self, message: str, cause: OSError | None = None):
+        super().__init__(message)
+        self.message = message
+        if cause is not None:
+            self.errno, self.filename = cause.errno, cause.filename
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def in_job(job_file: str, err: Exception, key: str = "") -> Exception:
     """``err`` (a :class:`~searchskip.errors.SearchSkipError` raised while loading what a job names:
     its model or data) again, its message prefixed with the job file and, when the message does

@@ -73,7 +73,7 @@ def run(args) -> int:
     from searchskip.config.loader import job_from_data, load_job
     from searchskip.data.splits import load_eval_split
     from searchskip.errors import ConfigError
-    from searchskip.export.writer import ExportSource, export_plan
+    from searchskip.export.writer import ExportSource, check_export_target, export_plan
     from searchskip.plan import Plan
 
     exports: list[tuple[Any, Plan, Path, ExportSource, str | None]] = []
@@ -102,6 +102,9 @@ def run(args) -> int:
             plan = Plan.from_yaml_text(trial.user_attrs["plan"], file=f"{folder} trial {trial.number}")
             exports.append((job, plan, out, ExportSource(label=f"trial {trial.number}", study=study, trial=trial),
                             info.get("cwd")))
+    for job, plan, out, _source, cwd in exports:  # refuse a bad target before the first export's scoring
+        with in_dir(cwd):
+            check_export_target(out.absolute(), job, plan)
     console = Console()
     dataset = None  # the validation split, loaded once: every export here is of the same job
     for job, plan, out, source, cwd in exports:
@@ -127,5 +130,7 @@ def _print(console: Any, result: Any) -> None:
             else "searchskip.load_compressed (runtime plan stored)")
     console.print(f"  model/: {len(m['model_dir']['kept_layers'])} decoder layers; loads with {kind}")
     console.print(f"  export check: {check['same_answers']}/{check['questions']} identical answers")
+    for name in result.kept:
+        console.print(f"  kept {name}/ from the previous export: it was made from this same model/")
     console.print(f"  files: {', '.join(f for f in result.files if '/' not in f)}, model/, manifest.json; "
                   f"fine-tune with `searchskip finetune {result.folder / 'finetune.yaml'}`")

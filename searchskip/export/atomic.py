@@ -3,15 +3,21 @@
 An export folder (``plan.yaml``, ``metrics.json``, ``model/``, ...) is never written in
 place. :func:`atomic_directory` follows this protocol, for a target folder ``out/<name>``:
 
-1. **Clean up.** :func:`cleanup_leftovers` removes what killed earlier runs left next to
-   the target (see below), and restores the previous export if a run was killed in the
-   middle of the swap (step 4).
+1. **Clean up and check.** :func:`cleanup_leftovers` removes what killed earlier runs left
+   next to the target (see below), and restores the previous export if a run was killed in
+   the middle of the swap (step 4). Then :func:`check_target` applies the rule of
+   :mod:`searchskip.export.owner`: only a folder searchskip wrote (one with its manifest, of
+   the same kind) is ever replaced; a file, a link, a user's or a study's folder, or a folder
+   holding files a user added is refused (:class:`~searchskip.export.owner.ReplaceRefused`,
+   exit code 2) before anything is written.
 2. **Write.** The caller writes every file into a fresh temporary sibling
    ``out/.<name>.tmp-<pid>-<random>`` (same parent, so the same file system and the
    renames below are atomic). Nothing at ``out/<name>`` changes meanwhile.
 3. **Seal.** :func:`write_manifest` writes ``manifest.json`` into the temporary folder:
-   the sha256 and size of every other file. Every file and folder is fsynced, so the
-   data is on disk before any rename makes it visible.
+   the sha256 and size of every other file, the folder's kind and its kept entries. The
+   target is checked again, and its kept entries (an export's ``finetune/``) are hard-linked
+   into the temporary folder (:func:`searchskip.export.owner.carry_kept`). Every file and
+   folder is fsynced, so the data is on disk before any rename makes it visible.
 4. **Swap.** If the target exists, the temporary folder and the target are exchanged in one
    atomic ``renameat2(RENAME_EXCHANGE)`` (Linux), so a complete target exists at every moment;
    where that is unavailable, the target is renamed to ``out/.<name>.old-<pid>-<random>`` and
@@ -20,7 +26,9 @@ place. :func:`atomic_directory` follows this protocol, for a target folder ``out
    deleted.
 
 If the block raises (any exception, ``KeyboardInterrupt`` included) the temporary folder
-is deleted, the exception propagates and the target is untouched. If the process is
+is deleted, the exception propagates and the target is untouched; a file-system fault
+(:class:`OSError`: disk full, read-only file system, ...) becomes a
+:class:`~searchskip.errors.FileSystemError` that names the path (exit code 2). If the process is
 *killed* (no Python cleanup runs), one of these states remains, and every one of them is
 recovered by the next :func:`cleanup_leftovers` (which every :func:`atomic_directory`
 calls first):
@@ -42,9 +50,10 @@ a process that is still running (another export in progress) is left alone, test
 system has since given to an unrelated live process keeps its leftovers until that
 process ends; that costs disk space, never correctness.
 
-``manifest.json`` has the form ``{"version": 1, "files": {"model/model.safetensors":
-{"sha256": "<hex>", "bytes": 123}, ...}}`` with paths relative to the folder, in POSIX
-form and sorted; it does not list itself. :func:`verify_manifest` lists the problems of a
+``manifest.json`` has the form ``{"version": 1, "kind": "export", "kept": ["finetune"],
+"files": {"model/model.safetensors": {"sha256": "<hex>", "bytes": 123}, ...}}`` with paths
+relative to the folder, in POSIX form and sorted; it does not list itself or what is under
+the ``kept`` entries (``kind`` and ``kept`` only when the writer gave them). :func:`verify_manifest` lists the problems of a
 folder against its manifest and :func:`check_manifest` raises :class:`ManifestError`.
 """
 
@@ -60,17 +69,22 @@ import shutil
 import sys
 import threading
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from searchskip.errors import SearchSkipError
+from searchskip.errors import FileSystemError, SearchSkipError
 from searchskip.proc import pid_alive
+
+if TYPE_CHECKING:  # owner imports this module
+    from searchskip.export.owner import Keep, Occupant
 
 __all__ = [
     "MANIFEST",
     "ManifestError",
     "atomic_directory",
+    "check_target",
     "cleanup_leftovers",
     "write_manifest",
+    "read_manifest",
     "verify_manifest",
     "check_manifest",
 ]
@@ -128,30 +142,40 @@ def _hash_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _list_files(folder: Path) -> list[str]:
-    """Every file under ``folder`` as a sorted relative POSIX path, except the top manifest."""
+def _list_files(folder: Path, kept: Iterable[str] = ()) -> list[str]:
+    """Every file under ``folder`` as a sorted relative POSIX path, except the top manifest and
+    what is under the top-level entries ``kept``."""
+    skipped = {MANIFEST, *kept}
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
         rel_dir = Path(dirpath).relative_to(folder)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in skipped]
+        dirnames.sort()
         for filename in filenames:
             rel = (rel_dir / filename).as_posix()
-            if rel != MANIFEST:
+            if rel not in skipped:
                 found.append(rel)
     return sorted(found)
 
 
-def _manifest_dict(folder: Path, *, fsync: bool = False) -> dict:
+def _manifest_dict(folder: Path, *, fsync: bool = False, kind: str | None = None, kept: Iterable[str] = ()) -> dict:
+    kept = sorted(kept)
     files = {}
-    for rel in _list_files(folder):
+    for rel in _list_files(folder, kept):
         sha, size = _hash_file(folder / rel, fsync=fsync)
         files[rel] = {"sha256": sha, "bytes": size}
         _checkpoint("manifest-hashed")
-    return {"version": MANIFEST_VERSION, "files": files}
+    manifest: dict = {"version": MANIFEST_VERSION, "files": files}
+    if kind is not None:
+        manifest["kind"] = kind
+    if kept:
+        manifest["kept"] = kept
+    return manifest
 
 
-def _write_manifest(folder: Path, *, fsync: bool) -> dict:
-    manifest = _manifest_dict(folder, fsync=fsync)
+def _write_manifest(folder: Path, *, fsync: bool, kind: str | None = None, kept: Iterable[str] = ()) -> dict:
+    manifest = _manifest_dict(folder, fsync=fsync, kind=kind, kept=kept)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     partial = folder / f".{MANIFEST}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -168,15 +192,18 @@ def _write_manifest(folder: Path, *, fsync: bool) -> dict:
     return manifest
 
 
-def write_manifest(folder: str | Path) -> dict:
+def write_manifest(folder: str | Path, *, kind: str | None = None, kept: Iterable[str] = ()) -> dict:
     """Write ``folder/manifest.json`` listing the sha256 and size of every other file under ``folder``.
 
     Paths are relative to ``folder`` in POSIX form (``model/config.json``); keys are sorted
     and the JSON is indented by 2. The manifest does not list itself (only the top-level
     ``manifest.json`` is left out). Files are hashed in 1 MiB chunks. Returns the manifest
-    as a dict: ``{"version": 1, "files": {path: {"sha256": hex, "bytes": n}}}``.
+    as a dict: ``{"version": 1, "files": {path: {"sha256": hex, "bytes": n}}}``, plus
+    ``"kind": kind`` when given (what the folder is, see :mod:`searchskip.export.owner`) and
+    ``"kept": [names]`` when given: top-level entries that later steps add (an export's
+    ``finetune/``), not listed and not checked by :func:`verify_manifest`.
     """
-    return _write_manifest(Path(folder), fsync=False)
+    return _write_manifest(Path(folder), fsync=False, kind=kind, kept=kept)
 
 
 def _load_manifest(folder: Path) -> tuple[dict | None, list[str], set[str]]:
@@ -195,6 +222,12 @@ def _load_manifest(folder: Path) -> tuple[dict | None, list[str], set[str]]:
     files = data.get("files")
     if not isinstance(files, dict):
         return None, [f"{MANIFEST}: unreadable ('files' is not a mapping)"], set()
+    kept = data.get("kept", [])
+    if not (isinstance(kept, list) and all(isinstance(k, str) and k and "/" not in k and k != MANIFEST
+                                           for k in kept)):
+        return None, [f"{MANIFEST}: unreadable ('kept' is not a list of top-level names)"], set()
+    if not isinstance(data.get("kind", ""), str):
+        return None, [f"{MANIFEST}: unreadable ('kind' is not text)"], set()
     problems = []
     invalid = set()
     for rel, entry in files.items():
@@ -210,12 +243,20 @@ def _load_manifest(folder: Path) -> tuple[dict | None, list[str], set[str]]:
     return data, problems, invalid
 
 
+def read_manifest(folder: str | Path) -> dict | None:
+    """``folder``'s ``manifest.json`` as a dict if it is one searchskip wrote and every entry is
+    valid, else ``None`` (missing, unreadable, another format). Reads only the manifest."""
+    manifest, problems, _invalid = _load_manifest(Path(folder))
+    return manifest if not problems else None
+
+
 def verify_manifest(folder: str | Path) -> list[str]:
     """Check ``folder`` against its ``manifest.json``; return the problems found (empty: all good).
 
     Each problem is one line naming the relative path it is about: the manifest is missing
     or unreadable; a listed file is missing, or its size or sha256 differs; a file is there
-    that the manifest does not list. A file whose size differs is not hashed.
+    that the manifest does not list. A file whose size differs is not hashed. What is under
+    the manifest's ``kept`` entries (an export's ``finetune/``) is not checked.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -224,7 +265,7 @@ def verify_manifest(folder: str | Path) -> list[str]:
     if manifest is None:
         return problems
     listed: dict = manifest["files"]
-    present = set(_list_files(folder))
+    present = set(_list_files(folder, manifest.get("kept", ())))
     for rel in sorted(listed):
         if rel in invalid:
             continue
@@ -286,8 +327,8 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
-def _sibling(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+def _sibling(target: Path, role: str) -> Path:
+    return target.parent / f".{target.name}.{role}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def _normalize(target: str | Path) -> Path:
@@ -436,9 +477,15 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def _swap(tmp: Path, target: Path) -> None:
+def _swap(tmp: Path, target: Path, kind: str | None, keep: Keep) -> None:
     """Seal ``tmp`` with a manifest and rename it to ``target`` (moving the previous one away)."""
-    _write_manifest(tmp, fsync=True)
+    from searchskip.export.owner import carry_kept, check_replaceable
+
+    manifest = _write_manifest(tmp, fsync=True, kind=kind, kept=keep)
+    # Asked again: the target may have changed while the new folder was written (e.g. a fine-tune ran).
+    occupant = check_replaceable(target, kind=kind, keep=keep)
+    if carry_kept(occupant, tmp, manifest, keep):
+        _checkpoint("kept-linked")
     _fsync_tree(tmp)
     _checkpoint("synced")
     parent = target.parent
@@ -470,37 +517,84 @@ def _swap(tmp: Path, target: Path) -> None:
         _discard(old, target)
 
 
+def _fault(target: Path, exc: OSError, existed: bool, tmp: Path | None = None) -> FileSystemError:
+    """The one-line error for a file-system fault (read-only, disk full, ...) while writing ``target``."""
+    kept = f"{target} is as it was" if existed else f"{target} was not created"
+    if tmp is not None and os.path.lexists(tmp):
+        kept += f"; the partial folder {tmp} is left over and the next write to {target.name} deletes it"
+    else:
+        kept += " and nothing half-written is left"
+    return FileSystemError(f"{target}: could not be written: {exc}. Nothing was replaced: {kept}. Free some "
+                           "space or choose a writable folder, then run the command again.", exc)
+
+
+def check_target(target: str | Path, *, kind: str | None = None, keep: Keep | None = None) -> Occupant:
+    """Everything :func:`atomic_directory` checks before it writes ``target``, so that a caller can
+    fail before hours of work rather than after.
+
+    Cleans up what killed writes of ``target`` left (:func:`cleanup_leftovers`), checks that a
+    folder of ``kind`` may replace what is at ``target``
+    (:func:`searchskip.export.owner.check_replaceable`; raises its ``ReplaceRefused``), creates
+    the parent folders and a probe folder next to ``target`` (removed again), so a read-only
+    file system or a missing permission shows now. File-system faults raise
+    :class:`~searchskip.errors.FileSystemError` naming the path. Returns the occupant.
+    """
+    from searchskip.export.owner import check_replaceable
+
+    target = _normalize(target)
+    existed = os.path.lexists(target)
+    try:
+        cleanup_leftovers(target)
+        occupant = check_replaceable(target, kind=kind, keep=keep)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = _sibling(target, "tmp")
+        with _registered(probe):
+            probe.mkdir()
+            probe.rmdir()
+    except OSError as exc:
+        if isinstance(exc, SearchSkipError):
+            raise
+        raise _fault(target, exc, existed) from exc
+    return occupant
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
+def atomic_directory(target: str | Path, *, kind: str | None = None, keep: Keep | None = None) -> Iterator[Path]:
     """Write a folder atomically: yield an empty temporary folder, then swap it into ``target``.
 
-    First calls :func:`cleanup_leftovers` on ``target``, then creates
-    ``.<name>.tmp-<pid>-<random>`` next to ``target`` (making the parent folders if needed)
-    and yields its path; write every file of the export into it. When the block ends
-    normally, :func:`write_manifest` seals it, all files and folders are fsynced, the
-    existing ``target`` (if any) is renamed to ``.<name>.old-<pid>-<random>``, the temporary
-    folder is renamed to ``target`` and the old folder is deleted.
+    First :func:`check_target` (cleanup of killed writes' leftovers, the rule of
+    :mod:`searchskip.export.owner` on what may be replaced, parent folders), then creates
+    ``.<name>.tmp-<pid>-<random>`` next to ``target`` and yields its path; write every file
+    of the folder into it. When the block ends normally, :func:`write_manifest` seals it
+    (naming ``kind`` and the ``keep`` entries), the rule is checked again, the kept entries of
+    the previous folder are carried into the new one
+    (:func:`searchskip.export.owner.carry_kept`), all files and folders are fsynced and the
+    new folder is swapped into ``target``; the previous one is deleted.
+
+    ``kind``: what the folder is (``"export"``, ...); a folder of another kind is never
+    replaced. ``keep``: top-level entries that later steps add to the folder, each with the
+    paths it is made from (``{"finetune": ["model"]}``); see :mod:`searchskip.export.owner`.
 
     If the block raises (``KeyboardInterrupt`` included), the temporary folder is deleted,
-    ``target`` is left as it was and the exception propagates. See the module docstring for
-    what a killed process leaves and how the next run recovers.
-
-    Raises :class:`SearchSkipError` if ``target`` exists and is not a folder.
+    ``target`` is left as it was and the exception propagates; an :class:`OSError` (disk full,
+    read-only file system, ...) becomes a :class:`~searchskip.errors.FileSystemError` (exit
+    code 2) that names the path and says what was kept. See the module docstring for what a
+    killed process leaves and how the next run recovers.
     """
-    target = _normalize(target)
-    if os.path.lexists(target) and not target.is_dir():
-        raise SearchSkipError(f"{target}: exists and is not a folder; refusing to replace it")
-    cleanup_leftovers(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    occupant = check_target(target, kind=kind, keep=keep)
+    target = occupant.path
+    existed = os.path.lexists(target)
     tmp = _sibling(target, "tmp")
     with _registered(tmp):
-        tmp.mkdir()
         try:
+            tmp.mkdir()
             _checkpoint("tmp-created")
             yield tmp
-            _swap(tmp, target)
-        except BaseException:
+            _swap(tmp, target, kind, keep or {})
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 if os.path.lexists(tmp):
                     _remove(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, SearchSkipError):
+                raise _fault(target, exc, existed, tmp) from exc
             raise

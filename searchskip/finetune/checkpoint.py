@@ -69,7 +69,7 @@ def save(root: Path, step: int, tensors: Mapping[str, Any], state: dict) -> Path
     from searchskip.export.atomic import atomic_directory
 
     target = root / f"step-{step}"
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, kind="checkpoint") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
         (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.fullmatch(p.name)))

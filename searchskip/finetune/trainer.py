@@ -430,7 +430,7 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
     model_dir = out / MODEL_DIR
     extra = {"finetune": {"method": spec.method, "steps": step, "epochs": spec.epochs, "lr": spec.lr,
                           "train_split": spec.train_split, "train_questions": len(data), "recipe": job.source_file}}
-    with atomic_directory(model_dir) as tmp:
+    with atomic_directory(model_dir, kind="fine-tuned model") as tmp:
         save_compressed(loaded, tmp, runtime_plan=plan, prompt_template=loaded.template,
                         source_model=job.model.id, extra=extra)
     if plan is not None:

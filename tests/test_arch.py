@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from searchskip.arch import REGISTRY, AdapterRegistry, LlamaAdapter, get_adapter, register, supported_families
+from searchskip.arch.cache_api import CACHE_KWARG
 from searchskip.errors import ModelError
 from searchskip.testing import FAMILIES, LLAVA_FAMILIES, tiny_inputs, tiny_model
 
@@ -131,8 +132,8 @@ def _record_layer_calls(model, adapter):
 
         def pre(mod, args, kwargs):
             kw = dict(kwargs)
-            if kw.get("past_key_values") is not None:
-                kw["past_key_values"] = copy.deepcopy(kw["past_key_values"])
+            if kw.get(CACHE_KWARG) is not None:
+                kw[CACHE_KWARG] = copy.deepcopy(kw[CACHE_KWARG])
             calls.append([mod, args[0].detach().clone(), kw, None])
 
         def post(mod, args, kwargs, output):
@@ -170,7 +171,7 @@ def test_decomposition_matches_layer_forward_without_cache(family):
         for handle in handles:
             handle.remove()
     assert len(calls) == adapter.num_layers(model)
-    assert all(kw.get("past_key_values") is None for _, _, kw, _ in calls)
+    assert all(kw.get(CACHE_KWARG) is None for _, _, kw, _ in calls)
     _check_decomposition(adapter, calls)
 
 
@@ -187,7 +188,7 @@ def test_decomposition_matches_layer_forward_in_cached_generation(family):
             handle.remove()
     n = adapter.num_layers(model)
     assert len(calls) == 3 * n  # prefill + 2 cached decoding steps
-    assert all(kw.get("past_key_values") is not None for _, _, kw, _ in calls)
+    assert all(kw.get(CACHE_KWARG) is not None for _, _, kw, _ in calls)
     assert calls[-1][1].shape[1] == 1  # a decoding step sees one new position
     assert calls[0][2]["attention_mask"] is not None  # the left-padded row needs a mask
     _check_decomposition(adapter, calls)

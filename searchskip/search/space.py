@@ -9,9 +9,10 @@ enqueued (:meth:`Space.params_for`). Two kinds of space exist, chosen by ``kind`
 
     version: 1
     kind: per_layer                        # optional, per_layer is the default
-    layers: {from: 1, to: -2}              # searchable layers, both ends inclusive (the default:
-                                           # first and last layer kept); negative counts from the
-                                           # end (-1 is the last layer); or a list such as [2, 4, -3]
+    layers: {from: 0, to: -1}              # searchable layers, both ends inclusive (the default:
+                                           # every layer; the search learns which ones are vital);
+                                           # negative counts from the end (-1 is the last layer);
+                                           # or a list such as [2, 4, -3]
     ops: [keep, skip_block, skip_attn, skip_ffn, parallel_attn_ffn]   # choices of every searchable layer
     scope: [all, generated]                # one token scope for all the plan's ops: a list is
                                            # searched, a string is fixed (default: all)
@@ -574,8 +575,8 @@ class FloatRange:
 class LayerRange:
     """Layers ``first .. last``, both inclusive (``from`` and ``to`` in the file); negative counts from the end."""
 
-    first: int = 1
-    last: int = -2
+    first: int = 0
+    last: int = -1
 
 
 IntChoice = Union[tuple[int, ...], IntRange]

@@ -16,6 +16,7 @@ import pytest
 
 from searchskip.errors import SearchSkipError
 from searchskip.export import atomic
+from searchskip.export import manifest as manifest_module
 from searchskip.export.atomic import (
     MANIFEST,
     ManifestError,
@@ -136,7 +137,7 @@ def test_manifest_format(tmp_path: Path) -> None:
 def test_hashing_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(10_000) * 3 + b"tail"
     (tmp_path / "big.bin").write_bytes(data)
-    monkeypatch.setattr(atomic, "_CHUNK", 4096)  # many chunks, the last one partial
+    monkeypatch.setattr(manifest_module, "_CHUNK", 4096)  # many chunks, the last one partial
     manifest = write_manifest(tmp_path)
     assert manifest["files"]["big.bin"] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
@@ -266,6 +267,7 @@ CHILD = textwrap.dedent(
 
     target, kill_at, files = sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
     atomic._EXCHANGE = sys.argv[5] == "exchange"
+    keep = json.loads(sys.argv[6]) if len(sys.argv) > 6 else None
     count = 0
 
     def point(name):
@@ -276,7 +278,7 @@ CHILD = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
 
     atomic._checkpoint = point
-    with atomic.atomic_directory(target) as tmp:
+    with atomic.atomic_directory(target, keep=keep) as tmp:
         for rel, text in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,9 +302,11 @@ POINTS = POINTS_BY_MODE["renames"]
 CASES = [(mode, k) for mode, points in POINTS_BY_MODE.items() for k in range(1, len(points) + 1)]
 
 
-def run_child(target: Path, kill_at: int, mode: str = "renames") -> subprocess.CompletedProcess:
+def run_child(target: Path, kill_at: int, mode: str = "renames", files: dict[str, str] = NEW,
+              keep: dict | None = None) -> subprocess.CompletedProcess:
+    keep_args = [json.dumps(keep)] if keep is not None else []
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(REPO_ROOT), str(target), str(kill_at), json.dumps(NEW), mode],
+        [sys.executable, "-c", CHILD, str(REPO_ROOT), str(target), str(kill_at), json.dumps(files), mode, *keep_args],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )
 
@@ -365,3 +369,37 @@ def test_fresh_export_cleans_what_a_kill_left(tmp_path: Path) -> None:
     export(target, {"a.txt": "a"})  # atomic_directory recovers first, then replaces
     assert read_files(target) == {"a.txt": "a"} and verify_manifest(target) == []
     assert leftovers(target) == []
+
+
+# What a fine-tune adds to an export: kept across a re-export whose model/ is unchanged.
+KEEP = {"finetune": ["model"]}
+KEPT = {"finetune/model/model.safetensors": "tuned weights " * 300, "finetune/metrics.json": '{"after": 0.9}\n'}
+SAME_MODEL = {**NEW, "model/model.safetensors": OLD["model/model.safetensors"], "model/config.json": OLD["model/config.json"]}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.parametrize("mode", list(POINTS_BY_MODE))
+def test_a_kill_at_any_step_keeps_the_kept_entries(tmp_path: Path, mode: str) -> None:
+    """A re-export that carries finetune/ over, killed at each of its steps: after the next run's
+    cleanup the target verifies, and finetune/ is there, byte for byte."""
+    def old_with_fine_tune(target: Path) -> None:
+        with atomic_directory(target, keep=KEEP) as tmp:
+            write_files(tmp, OLD)
+        write_files(target, KEPT)
+
+    probe = tmp_path / "probe" / "export"
+    old_with_fine_tune(probe)
+    done = run_child(probe, 0, mode, SAME_MODEL, KEEP)
+    assert done.returncode == 0, done.stderr
+    steps = int(done.stdout.split()[-1])
+    assert read_files(probe) == {**SAME_MODEL, **KEPT} and verify_manifest(probe) == []
+    for kill_at in range(1, steps + 1):
+        target = tmp_path / f"kill-{kill_at}" / "export"
+        old_with_fine_tune(target)
+        done = run_child(target, kill_at, mode, SAME_MODEL, KEEP)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        cleanup_leftovers(target)
+        files = read_files(target)
+        assert {rel: files.get(rel) for rel in KEPT} == KEPT, (kill_at, done.stdout)
+        assert files in ({**OLD, **KEPT}, {**SAME_MODEL, **KEPT}) and verify_manifest(target) == []
+        assert leftovers(target) == []

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from searchskip.errors import SearchSkipError
-from searchskip.export.atomic import MANIFEST, read_manifest
+from searchskip.export.manifest import MANIFEST, read_manifest
 
 __all__ = ["Keep", "Occupant", "ReplaceRefused", "RULE", "carry_kept", "check_replaceable", "stale_kept_error"]
 

@@ -208,6 +208,22 @@ def test_target_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8") == "not a folder"
 
 
+def test_kept_entries_are_carried_only_by_a_writer_that_keeps_them(tmp_path: Path) -> None:
+    """A folder's manifest says finetune/ is kept; a write that does not keep finetune/ (another
+    version, another writer) must not delete it: refused, naming it."""
+    from searchskip.export.owner import ReplaceRefused
+
+    target = tmp_path / "export"
+    with atomic_directory(target, kind="export", keep={"finetune": ["model"]}) as tmp:
+        write_files(tmp, OLD)
+    write_files(target, {"finetune/metrics.json": "{}"})
+    assert verify_manifest(target) == []
+    with pytest.raises(ReplaceRefused, match="finetune/"):
+        with atomic_directory(target, kind="export") as tmp:
+            write_files(tmp, OLD)
+    assert read_files(target) == {**OLD, "finetune/metrics.json": "{}"} and leftovers(target) == []
+
+
 # --------------------------------------------------------------------------- leftovers
 
 

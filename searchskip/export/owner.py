@@ -115,10 +115,10 @@ def check_replaceable(target: str | Path, *, kind: str | None, keep: Keep | None
         raise _refuse(target, what)
     old_kind = manifest.get("kind")
     if kind is not None and old_kind is not None and old_kind != kind:
-        raise _refuse(target, f"is a searchskip {old_kind} folder, and a {kind} never replaces one",
-                      f"write the {kind} to another folder")
-    kept = set(keep) | set(manifest.get("kept", ()))
-    added = _unlisted(target, set(manifest["files"]), kept)
+        raise _refuse(target, f"is a searchskip folder of kind {old_kind!r}, which a folder of kind {kind!r} never "
+                              "replaces", "write it to another folder")
+    # Only the writer's own kept entries are carried over; anything else is named, never deleted.
+    added = _unlisted(target, set(manifest["files"]), set(keep))
     if added:
         raise _refuse(target, f"holds {len(added)} path(s) the {old_kind or kind or 'folder'} did not write: "
                               f"{_some(added)}", f"move them away first, or write the {kind or 'folder'} elsewhere")
@@ -130,8 +130,8 @@ def stale_kept_error(target: str | Path, name: str, sources: Sequence[str], kind
     target = Path(target)
     made_from = ", ".join(f"{s}/" if (target / s).is_dir() else s for s in sources)
     return _refuse(target, f"holds {name}/, which was made from its {made_from}; the new {kind or 'folder'} "
-                                 f"changes {made_from} (another plan or model), and replacing the folder would "
-                                 f"leave {name}/ beside something it was not made from",
+                           f"changes {made_from} (another plan or model), and replacing the folder would leave "
+                           f"{name}/ beside something it was not made from",
                    f"write the {kind or 'folder'} to another folder, or move {target / name} away first")
 
 

@@ -9,6 +9,8 @@ A plain module: pytest puts ``tests/`` on ``sys.path`` (``conftest.py`` lives th
 * :func:`searchskip_proc` / :func:`searchskip_run`: the ``searchskip`` CLI as a subprocess.
 * :func:`load_study` / :func:`check_study`: a study opened as ``searchskip`` opens it, and the
   invariants every study of the reliability suite must hold once no process searches it.
+* :func:`fs_fault` / :func:`read_only`: file-system faults injected where searchskip meets the file
+  system (tests run as root, for whom a read-only permission refuses nothing).
 """
 
 from __future__ import annotations
@@ -132,3 +134,58 @@ def check_study(study) -> Check:
     assert len(seeds) == len(set(seeds)), "a seed was enqueued twice"
     return Check(complete=len(complete), counted=counts["counted"], failed=counts["failed"], retries=len(retries),
                  dedups=sum("dedup_of" in t.user_attrs for t in complete), seeds=len(seeds))
+
+
+def fs_fault(code: int, path: object) -> OSError:
+    """The ``OSError`` the system raises for ``code`` (``errno.EROFS``, ``errno.ENOSPC``...) on ``path``."""
+    return OSError(code, os.strerror(code), os.fspath(path))
+
+
+def read_only(monkeypatch: Any, root: Path) -> None:
+    """Make ``root`` and everything under it behave as a read-only file system mount (tests run as
+    root, for whom permissions refuse nothing): ``os.mkdir``, ``rmdir``, ``unlink``, ``remove``,
+    ``rename``, ``replace``, ``link``, ``symlink``, ``utime``, ``chmod``, ``os.open`` with a write
+    flag and ``open`` in a writing mode raise ``OSError(EROFS)`` for a path under ``root``."""
+    import builtins
+    import errno
+    import io
+
+    root_text = str(Path(root).resolve())
+
+    def inside(path: object, dir_fd: int | None = None) -> bool:
+        if isinstance(path, int):
+            return False
+        text = os.fsdecode(os.fspath(path))
+        if dir_fd is not None and not os.path.isabs(text):
+            text = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), text)
+        text = os.path.abspath(text)
+        return text == root_text or text.startswith(root_text + os.sep)
+
+    def guard(real, n_paths: int = 1):
+        def wrapped(*args, **kw):
+            dir_fds = (kw.get("dir_fd"), kw.get("src_dir_fd"), kw.get("dst_dir_fd"))
+            for path in args[:n_paths]:
+                if inside(path, next((fd for fd in dir_fds if fd is not None), None)):
+                    raise fs_fault(errno.EROFS, path)
+            return real(*args, **kw)
+        return wrapped
+
+    for name, n in (("mkdir", 1), ("rmdir", 1), ("unlink", 1), ("remove", 1), ("rename", 2), ("replace", 2),
+                    ("link", 2), ("symlink", 2), ("utime", 1), ("chmod", 1)):
+        monkeypatch.setattr(os, name, guard(getattr(os, name), n))
+    real_os_open, real_open = os.open, builtins.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def os_open(path, flags, *args, **kw):
+        if flags & writing and inside(path, kw.get("dir_fd")):
+            raise fs_fault(errno.EROFS, path)
+        return real_os_open(path, flags, *args, **kw)
+
+    def open_(file, mode="r", *args, **kw):
+        if any(c in mode for c in "wax+") and inside(file):
+            raise fs_fault(errno.EROFS, file)
+        return real_open(file, mode, *args, **kw)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)

@@ -124,7 +124,8 @@ def test_interrupted_messages_start_on_a_line_of_their_own(tmp_path, monkeypatch
     monkeypatch.setattr(study_mod, "run_search", lambda *a, **k: stopped)
     args = argparse.Namespace(trials=None, timeout=None, no_progress=True)
     capsys.readouterr()
-    assert search_cmd.search_and_report(None, args, study=None, outputs=None, force_new_study=False) == 130
+    assert search_cmd.search_and_report(None, args, study=None, outputs=None, folder=tmp_path,
+                                        force_new_study=False) == 130
     out, err = capsys.readouterr()
     assert err.startswith("\n") and "\n\ninterrupted: stopped after the running trial was recorded" in err, err
 

@@ -27,18 +27,18 @@ def register(subparsers) -> None:
 
 def read_study_folder(study_dir: str):
     """``(job data as parsed YAML, run info)`` of a study folder."""
-    import json
     from pathlib import Path
 
     from searchskip.config.yaml_io import read_yaml
     from searchskip.errors import SearchSkipError
     from searchskip.search.study import JOB_FILE, RUN_FILE
+    from searchskip.search.study_files import read_run_info
 
     folder = Path(study_dir)
     for name in (JOB_FILE, RUN_FILE):
         if not (folder / name).is_file():
             raise SearchSkipError(f"{folder}: not a study folder of `searchskip search` ({name} is missing)")
-    return read_yaml(folder / JOB_FILE), json.loads((folder / RUN_FILE).read_text())
+    return read_yaml(folder / JOB_FILE), read_run_info(folder / RUN_FILE)
 
 
 def run(args) -> int:

@@ -59,11 +59,13 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool, folde
     from rich.console import Console
 
     from searchskip.commands import print_error
+    from searchskip.search.fs_faults import study_writes
     from searchskip.search.leaderboard import leaderboard_table, verdict
-    from searchskip.search.study import run_search, trial_counts
+    from searchskip.search.study import run_search, study_dir, trial_counts
 
-    result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,
-                        folder=folder, force_new_study=force_new_study, progress=not args.no_progress)
+    with study_writes(folder or study_dir(job, study, outputs)):  # read-only, disk full: one message
+        result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,
+                            folder=folder, force_new_study=force_new_study, progress=not args.no_progress)
     if result.interrupted:  # a terminal echoes Ctrl-C as "^C" without a line end: the report starts below it
         print_error("", style=None)
     if result.failed_stale:

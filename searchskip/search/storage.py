@@ -1,7 +1,9 @@
 """Where a study lives, how several processes share it, and how a resumed run cleans up after a killed one.
 
 * ``search.storage: null`` (the default): a journal file ``<outputs>/<study>/study.journal``
-  (``JournalStorage(JournalFileBackend(path))``). Safe for several processes **on one
+  (``JournalStorage(WholeRecordsBackend(path))``: optuna's journal file, whose appends never leave a
+  torn record: a write the file system refuses midway, a full disk, is cut back to the records
+  before it, so everything recorded so far stays loadable and resumable). Safe for several processes **on one
   machine** (it locks the file), no server, but **no heartbeat**: a process killed mid-trial
   (SIGKILL, a lost machine) leaves its trial RUNNING forever. :func:`fail_stale_trials`
   marks such trials FAIL and re-enqueues their parameters once (``retry_of``) when a process
@@ -35,8 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
-import shutil
 import socket
 import sys
 import time
@@ -46,8 +48,10 @@ from typing import Any, Iterator
 
 from searchskip.errors import ConfigError
 from searchskip.proc import pid_alive
+from searchskip.search.study_files import write_atomic
 
-__all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "WorkerRegistration", "study_flock",
+__all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "append_records", "journal_backend_class", "WorkerRegistration",
+           "study_flock",
            "worker_id", "live_workers", "open_storage", "fail_stale_trials", "fail_and_retry", "counted_states",
            "JournalCheck", "check_journal", "repair_journal", "repair_study_journal"]
 
@@ -95,7 +99,9 @@ def check_journal(path: Path) -> JournalCheck:
 def repair_journal(path: Path) -> str | None:
     """Check the journal ``path`` under optuna's own journal lock (so no append is in flight) and,
     if it is damaged, keep the damaged file aside as ``<name>.damaged-<time>`` (never overwritten),
-    and replace the journal by its complete records (written to a temporary file, then renamed).
+    and replace the journal by its complete records; both are written by
+    :func:`~searchskip.search.study_files.write_atomic`, so a full disk leaves the journal as it
+    was and no partial file beside it.
     Returns what was done, or ``None`` for a whole (or missing) file. Nothing is ever appended to a
     damaged journal: optuna would glue the next record to the torn one."""
     from optuna.storages.journal import JournalFileSymlinkLock
@@ -110,13 +116,14 @@ def repair_journal(path: Path) -> str | None:
         if found.problem is None:
             return None
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        shutil.copy2(path, aside)
-        tmp = path.with_name(f".{path.name}.repair-{os.getpid()}")
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(src.read(found.good_bytes))
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
+        damaged = path.read_bytes()
+        write_atomic(aside, damaged)
+        try:
+            write_atomic(path, damaged[:found.good_bytes])
+        except BaseException:  # a full disk: the journal is as it was, so its copy is not kept either
+            with contextlib.suppress(OSError):
+                aside.unlink()
+            raise
     finally:
         lock.release()
     dropped = found.size - found.good_bytes
@@ -136,17 +143,62 @@ def repair_study_journal(storage: str | None, study_dir: Path) -> str | None:
     return note
 
 
+@functools.lru_cache(maxsize=None)
+def journal_backend_class() -> type:
+    """``WholeRecordsBackend``: optuna's ``JournalFileBackend`` whose appends go through
+    :func:`append_records` (defined on first use: optuna is imported lazily)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class WholeRecordsBackend(JournalFileBackend):
+        """optuna's journal file backend whose appends are whole or nothing (see :func:`append_records`)."""
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            import json
+
+            from optuna.storages.journal._file import get_lock_file
+
+            data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
+            with get_lock_file(self._lock):
+                append_records(self._file_path, data)
+
+    return WholeRecordsBackend
+
+
+def append_records(path: str | Path, data: bytes) -> None:
+    """Append ``data`` (whole journal records) to the file ``path`` and fsync it, or leave the file as
+    it was: when the file system refuses midway (``OSError``: a full disk, a quota, an I/O error),
+    what was written is cut off again before the error propagates, so the journal never holds a torn
+    record that optuna would refuse or glue the next record to. Unbuffered (``os.write``), so
+    nothing is left to flush after the cut. Callers hold the journal's lock (appends do not interleave)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:  # cannot even cut it: the next run's repair_journal drops the torn record
+                pass
+            raise
+    finally:
+        os.close(fd)
+
+
 def open_storage(storage: str | None, study_dir: Path) -> Any:
     """The optuna storage object for ``search.storage`` (see the module docstring).
 
     A journal file is opened as it is: a run checks and repairs it once, under the study lock,
     where it starts (:func:`repair_study_journal` from :func:`~searchskip.search.study.prepare_study`)."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
 
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
+        return optuna.storages.JournalStorage(journal_backend_class()(str(study_dir / JOURNAL_FILE)))
     if storage.startswith("sqlite"):
         return optuna.storages.RDBStorage(storage)
     try:

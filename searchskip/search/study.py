@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -64,12 +63,14 @@ from typing import Any, Callable
 
 from searchskip.config.job import Job
 from searchskip.config.loader import resolve_space
+from searchskip.config.yaml_io import read_config_bytes
 from searchskip.errors import ConfigError, SearchSkipError
 from searchskip.plan import Plan
 from searchskip.search import fingerprint as fp
 from searchskip.search.baselines import block_influence, labelled_block_influence_plans, labelled_paper_plans
 from searchskip.search.leaderboard import leaderboard
 from searchskip.search.preflight import check_budget_reachable, check_run
+from searchskip.search.study_files import read_run_info, write_atomic, write_run_info
 from searchskip.search.objective import (
     Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
 )
@@ -247,13 +248,13 @@ def make_pruner(search: Any, batch_size: int = 1) -> Any:
 def _save_job_copy(job: Job, folder: Path, study_name: str, storage: str | None, trials: int | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if job.source_file and not (folder / JOB_FILE).exists():
-        shutil.copyfile(job.source_file, folder / JOB_FILE)
+        write_atomic(folder / JOB_FILE, read_config_bytes(job.source_file))
     run_file = folder / RUN_FILE
-    info = json.loads(run_file.read_text()) if run_file.exists() else {}
+    info = read_run_info(run_file) if run_file.exists() else {}
     info.setdefault("cwd", os.getcwd())
     info.setdefault("job_file", str(Path(job.source_file).absolute()) if job.source_file else None)
     info.update(study=study_name, storage=storage, outputs=str(folder.parent), trials=trials)
-    run_file.write_text(json.dumps(info, indent=2) + "\n")
+    write_run_info(run_file, info)
 
 
 def open_study(job: Job, folder: Path, study_name: str, *, force_new_study: bool = False) -> Any:

@@ -117,11 +117,12 @@ def test_interrupted_messages_start_on_a_line_of_their_own(tmp_path, monkeypatch
 
     from searchskip.commands import search as search_cmd
     from searchskip.commands import validate
+    from searchskip.search import run as run_mod
     from searchskip.search import study as study_mod
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stopped = study_mod.SearchResult(study=optuna.create_study(), study_dir=tmp_path, interrupted=True)
-    monkeypatch.setattr(study_mod, "run_search", lambda *a, **k: stopped)
+    monkeypatch.setattr(run_mod, "run_search", lambda *a, **k: stopped)
     args = argparse.Namespace(trials=None, timeout=None, no_progress=True)
     capsys.readouterr()
     assert search_cmd.search_and_report(None, args, study=None, outputs=None, folder=tmp_path,

@@ -675,10 +675,10 @@ def test_every_job_sampler_searches_the_shipped_space(name, repo_root):
     """Each `search.sampler` a job may name is built by `make_sampler` and yields valid plans."""
     from types import SimpleNamespace
 
-    from searchskip.search.study import make_sampler
+    from searchskip.search.samplers import sampler_for
 
     space = Space.load(repo_root / "spaces/sublayer.yaml")
-    sampler = make_sampler(SimpleNamespace(sampler=name, seed=3), space, 8)
+    sampler = sampler_for(SimpleNamespace(sampler=name, seed=3), space, 8)
     study = optuna.create_study(sampler=sampler)
     keys = []
 

@@ -25,7 +25,8 @@ from searchskip.errors import ConfigError
 from searchskip.plan import Plan
 from searchskip.search.objective import ModelEvaluator, PlanScore
 from searchskip.search.storage import fail_stale_trials, open_storage
-from searchskip.search.study import run_search, seed_plans, study_dir, trial_counts
+from searchskip.search.seeds import seed_plans
+from searchskip.search.study import run_search, study_dir, trial_counts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,11 +164,11 @@ def test_seeds_are_the_unplanned_model_and_fitting_paper_plans(tmp_path, demo, m
     # the seeds ran first, and each only once even when the search is resumed
     numbers = sorted(t.number for t in seeded.values())
     assert numbers == list(range(len(seeded)))
-    import searchskip.search.study as study_module
+    import searchskip.search.worker as worker_module
 
     enqueued: list = []
-    real_enqueue = study_module._enqueue_seeds
-    monkeypatch.setattr(study_module, "_enqueue_seeds",
+    real_enqueue = worker_module.enqueue_seeds
+    monkeypatch.setattr(worker_module, "enqueue_seeds",
                         lambda study, seeds: enqueued.append(seeds) or real_enqueue(study, seeds))
     run(job, demo, ev, trials=32)
     assert enqueued == []  # the `seeded` guard: a resumed run enqueues nothing

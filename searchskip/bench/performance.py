@@ -82,7 +82,7 @@ class Bench:
         from searchskip.flops import measure_workload
         from searchskip.search.objective import ObjectiveContext, budget_of
         from searchskip.search.space import Space
-        from searchskip.search.study import load_worker_inputs
+        from searchskip.search.worker import load_worker_inputs
 
         self.job, self.console, self.folder = job, console, folder
         self.load_s, (self.loaded, self.dataset) = _timed(lambda: load_worker_inputs(job))
@@ -122,14 +122,14 @@ class Bench:
     def evaluator(self) -> Any:
         """The search worker's evaluator (:func:`~searchskip.search.study.make_evaluator`), built once."""
         if self._evaluator is None:
-            from searchskip.search.study import make_evaluator
+            from searchskip.search.worker import make_evaluator
 
             self._evaluator = make_evaluator(self.job, self.loaded, self.dataset)
         return self._evaluator
 
     def study(self, name: str, trials: int, **search: Any) -> Any:
         """Run a fresh study ``name`` of ``trials`` on the loaded model (the shared evaluator)."""
-        from searchskip.search.study import run_search
+        from searchskip.search.run import run_search
 
         job = search_job(self.job, self.folder / "studies", **search)
         self.console.print(f"[bold]study {name}[/]: {trials} trials, {dict(search)}")
@@ -184,7 +184,7 @@ def _naive_seconds(bench: Bench, plan: Any) -> float:
     """One trial without caches: load model and data, apply, process images and answer, restore."""
     from searchskip.eval.planned import apply_plan
     from searchskip.eval.runner import evaluate
-    from searchskip.search.study import load_worker_inputs
+    from searchskip.search.worker import load_worker_inputs
 
     def trial() -> None:
         loaded, dataset = load_worker_inputs(bench.job)
@@ -308,7 +308,7 @@ def _questions_scored(study: Any, full: int) -> int:
 
 def measure_pruners(bench: Bench, trials: int) -> dict:
     """The ``pruners`` part: the same TPE study with each pruner."""
-    from searchskip.search.study import trial_counts
+    from searchskip.search.evaluations import trial_counts
 
     bench.evaluator  # prepared before the clocks start
     out = {}
@@ -358,7 +358,7 @@ QUALITY_SEARCHES = (("tpe", {"sampler": "tpe"}), ("nsga2", {"sampler": "nsga2", 
 
 def _search_cell(bench: Bench, method: str, search: dict, ratio: float, trials: int) -> tuple[dict | None, int]:
     """``(the best plan a search finds at the LLM budget ratio, its over-budget trials)``."""
-    from searchskip.search.study import trial_counts
+    from searchskip.search.evaluations import trial_counts
 
     seconds, result = _timed(lambda: bench.study(f"quality-{method}-{ratio:g}", trials,
                                                  budget=bench.llm_budget(ratio), **search))
@@ -380,7 +380,7 @@ def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
         greedy_sublayer_removal, labelled_block_influence_plans, labelled_paper_plans,
     )
     from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.study import measure_block_influence
+    from searchskip.search.seeds import measure_block_influence
 
     job = bench.job
     test = load_eval_split(job.data, "test")
@@ -559,7 +559,7 @@ def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int],
 
 def measure_ray(bench: Bench, trials: int, workers: list[int]) -> dict:
     """The ``ray`` part: the Ray backend with each worker count, ``trials`` trials, pruner off."""
-    from searchskip.search.study import run_search
+    from searchskip.search.run import run_search
 
     out = {}
     for n in workers:

@@ -82,7 +82,7 @@ def measure(job: Any, after: list[int], keep: list[float], ranks: list[str], n_r
     from searchskip.arch import get_adapter
     from searchskip.flops import count_flops, measure_workload
     from searchskip.plan import Plan
-    from searchskip.search.study import load_worker_inputs, make_evaluator
+    from searchskip.search.worker import load_worker_inputs, make_evaluator
 
     loaded, dataset = load_worker_inputs(job)
     if limit is not None:

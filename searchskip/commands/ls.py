@@ -64,7 +64,7 @@ def open_existing(study_dir: str) -> Any:
 
 
 def to_json(study: Any, folder: str) -> dict:
-    from searchskip.search.study import trial_counts
+    from searchskip.search.evaluations import trial_counts
 
     trials = []
     for t in study.get_trials(deepcopy=False):
@@ -91,7 +91,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(to_json(study, args.study_dir)))
         return 0
-    from searchskip.search.study import trial_counts
+    from searchskip.search.evaluations import trial_counts
 
     console = Console(width=max(Console().width, 140))
     console.print(leaderboard_table(study, args.top))

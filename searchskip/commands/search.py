@@ -61,7 +61,9 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool, folde
     from searchskip.commands import print_error
     from searchskip.search.fs_faults import study_writes
     from searchskip.search.leaderboard import leaderboard_table, verdict
-    from searchskip.search.study import run_search, study_dir, trial_counts
+    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.run import run_search
+    from searchskip.search.study import study_dir
 
     with study_writes(folder or study_dir(job, study, outputs)):  # read-only, disk full: one message
         result = run_search(job, trials=args.trials, timeout=args.timeout, study_name=study, outputs=outputs,

@@ -140,7 +140,7 @@ def _open_worker_study(job: Job, study_name: str, folder: Path) -> Any:
     import optuna
 
     from searchskip.search.storage import open_storage
-    from searchskip.search.study import make_pruner
+    from searchskip.search.pruners import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The sampler is never asked: every parameter of a Tune trial was suggested by the driver, which
@@ -156,7 +156,7 @@ def _set_up(job: Job, study_name: str, folder: str, cwd: str) -> tuple[Any, Any]
         os.chdir(cwd)
     from searchskip.config.loader import resolve_space
     from searchskip.search.space import Space
-    from searchskip.search.study import setup_worker
+    from searchskip.search.worker import setup_worker
 
     study = _open_worker_study(job, study_name, Path(folder))
     return study, setup_worker(job, study, Path(folder), Space.load(resolve_space(job.search.space)))
@@ -175,7 +175,7 @@ def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
 
         from searchskip.search.objective import Objective
         from searchskip.search.storage import WorkerRegistration
-        from searchskip.search.study import make_evaluator
+        from searchskip.search.worker import make_evaluator
 
         registration = WorkerRegistration(Path(folder)).__enter__()  # left when the actor's process exits
         atexit.register(registration.__exit__, None, None, None)
@@ -342,8 +342,12 @@ def run_ray_search(
     at the end; ``evaluations`` counts the model evaluations the trials ran, as
     :attr:`Objective.evaluations <searchskip.search.objective.Objective.evaluations>` does)."""
     from searchskip.search.storage import live_workers
-    from searchskip.search.study import (_ProgressView, begin_run, directions, make_sampler, study_needs_setup,
-                                         trial_counts)
+    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.objective import directions
+    from searchskip.search.progress import ProgressView
+    from searchskip.search.samplers import sampler_for
+    from searchskip.search.study import begin_run
+    from searchskip.search.worker import study_needs_setup
 
     search = job.search
     run = begin_run(job, trials, timeout, study_name, outputs, folder)
@@ -369,7 +373,7 @@ def run_ray_search(
             except ray.exceptions.RayTaskError as e:
                 raise _ray_cause(e) from None
         num_layers = int(study.user_attrs["num_layers"])
-        sampler = make_sampler(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
+        sampler = sampler_for(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
         multi = len(search.objectives) > 1
         searcher = StorageOptunaSearch(
             space=_define_by_run(space, num_layers), study_name=name, storage=study._storage, sampler=sampler,
@@ -378,7 +382,7 @@ def run_ray_search(
         trainable = tune.with_resources(
             tune.with_parameters(_tune_trial, job=job, study_name=name, folder=where, cwd=os.getcwd()),
             tune_resources(dict(search.resources_per_worker)))
-        view = _ProgressView(study, trials, enabled=progress)
+        view = ProgressView(study, trials, enabled=progress)
         callback = _progress_callback(view, study)
         remaining = (trials - counted) if trials is not None else -1  # -1: no limit (Tune)
         tuner = tune.Tuner(

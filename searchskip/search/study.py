@@ -33,18 +33,14 @@ worker registered, trials without one); live workers' and other hosts' trials ar
 end (infeasible trials are PRUNED; failed trials do not count), so a resumed run finishes
 exactly the missing ones. ``timeout`` (seconds) bounds this run's wall time.
 
-**Seeds** (``search.seed_plans``, enqueued once: optuna's ``skip_if_exists``): the unplanned
-model, the paper's interval plans (:meth:`Plan.from_pattern` with modes skip_block,
-skip_attn, skip_ffn, intervals 2..4, start layers :func:`~searchskip.search.baselines.default_start_layers`
-(every second layer), end = n) and the Block Influence plans (ShortGPT) of
-:mod:`searchskip.search.baselines`, each only if
-it fits the budget **and** the space can express it (:meth:`Space.params_for` is not
-``None``); plans outside the space are left out (a trial must be reproducible from its
-parameters). Seeds run first, in that order.
+**Seeds** (``search.seed_plans``): :mod:`searchskip.search.seeds`; the worker's setup, once per
+study: :mod:`searchskip.search.worker`; the live view: :mod:`searchskip.search.progress`;
+samplers and pruners: :mod:`searchskip.search.samplers`, :mod:`searchskip.search.pruners`.
 
-**Ray** (``search.backend: ray``): :func:`run_search` hands the run to
+**Ray** (``search.backend: ray``): :func:`searchskip.search.run.run_search` hands such a job to
 :func:`searchskip.search.ray_backend.run_ray_search`, which runs Ray Tune trials (``OptunaSearch``
-on this study) whose actors run this same trial body (:class:`Objective`) on the shared storage.
+on this study) whose actors run the same trial body (:class:`Objective`) on the shared storage;
+:func:`run_search` here runs trials in this process only.
 
 **Ctrl-C**: the first stops the search after the running trial is recorded (``study.stop()``
 from a callback; :attr:`SearchResult.interrupted`); a second one interrupts at once (the
@@ -64,23 +60,23 @@ from typing import Any, Callable
 from searchskip.config.job import Job
 from searchskip.config.loader import resolve_space
 from searchskip.config.yaml_io import read_config_bytes
-from searchskip.errors import ConfigError, SearchSkipError
-from searchskip.plan import Plan
+from searchskip.errors import ConfigError
 from searchskip.search import fingerprint as fp
-from searchskip.search.baselines import block_influence, labelled_block_influence_plans, labelled_paper_plans
-from searchskip.search.leaderboard import leaderboard
-from searchskip.search.preflight import check_budget_reachable, check_run
-from searchskip.search.study_files import read_run_info, write_atomic, write_run_info
-from searchskip.search.objective import (
-    Evaluator, ModelEvaluator, Objective, ObjectiveContext, budget_of, directions, plan_cost,
-)
+from searchskip.search.evaluations import trial_counts
+from searchskip.search.objective import Evaluator, Objective, directions
+from searchskip.search.preflight import check_run
+from searchskip.search.progress import ProgressView
+from searchskip.search.pruners import make_pruner
+from searchskip.search.samplers import sampler_for
 from searchskip.search.storage import (
     JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, repair_study_journal,
     study_flock,
 )
+from searchskip.search.study_files import read_run_info, write_atomic, write_run_info
+from searchskip.search.worker import load_worker_inputs, make_evaluator, setup_worker
 
-__all__ = ["SearchResult", "RunStart", "begin_run", "WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "make_sampler", "make_pruner", "run_search", "run_targets", "prepare_study", "study_dir", "check_study_name", "seed_plans", "open_study", "trial_counts", "measure_block_influence",
-           "RUN_FILE", "JOB_FILE"]
+__all__ = ["SearchResult", "RunStart", "begin_run", "run_search", "run_targets", "prepare_study", "study_dir",
+           "check_study_name", "open_study", "trial_counts", "RUN_FILE", "JOB_FILE"]
 
 RUN_FILE = "run.json"
 JOB_FILE = "job.yaml"
@@ -116,130 +112,6 @@ def check_study_name(name: str) -> str:
     if problem is not None:
         raise ConfigError(f"--study: {problem}")
     return name
-
-
-def trial_counts(study: Any) -> dict[str, int]:
-    """``complete``, ``pruned`` (by the pruner), ``infeasible``, ``failed``, ``running``, ``waiting``, ``counted``."""
-    from optuna.trial import TrialState
-
-    out = dict.fromkeys(("complete", "pruned", "infeasible", "failed", "running", "waiting"), 0)
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE:
-            out["complete"] += 1
-        elif t.state == TrialState.PRUNED:
-            out["infeasible" if t.user_attrs.get("infeasible") else "pruned"] += 1
-        elif t.state == TrialState.FAIL:
-            out["failed"] += 1
-        elif t.state == TrialState.RUNNING:
-            out["running"] += 1
-        elif t.state == TrialState.WAITING:
-            out["waiting"] += 1
-    out["counted"] = out["complete"] + out["pruned"] + out["infeasible"]
-    return out
-
-
-# ---- seeds -------------------------------------------------------------------------------
-
-
-def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None) -> list[tuple[str, Plan, dict]]:
-    """``(label, plan, params)`` of the seeds that fit the budget and the space, without duplicates."""
-    n = ctx.num_layers
-    candidates: list[tuple[str, Plan]] = [("unplanned", Plan()), *labelled_paper_plans(n)]
-    candidates += extra or []
-    out: list[tuple[str, Plan, dict]] = []
-    seen: set[str] = set()
-    for label, plan in candidates:
-        key = plan.key()
-        if key in seen:
-            continue
-        seen.add(key)
-        params = ctx.space.params_for(plan, n)
-        if params is None or not plan_cost(ctx, plan)[2]:
-            continue
-        out.append((label, plan, params))
-    return out
-
-
-BI_SAMPLES = 64
-"""Validation questions the Block Influence seed is measured on (the first run only; stored)."""
-
-
-def measure_block_influence(job: Job, loaded: Any, dataset: Any) -> list[float]:
-    """ShortGPT's Block Influence of every decoder layer, measured on ``BI_SAMPLES`` questions of
-    ``dataset`` (the validation subset: the search's own split, never the test split), drawn with
-    ``search.seed``."""
-    from searchskip.ops.calibration import calibration_batches
-
-    batches = calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed,
-                                  job.eval.batch_size)
-    return [float(v) for v in block_influence(loaded.model, batches)]
-
-
-def _baseline_seeds(study: Any, job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> list[tuple[str, Plan]]:
-    """ShortGPT's Block Influence plans (:func:`~searchskip.search.baselines.labelled_block_influence_plans`):
-    the least influential layers skipped until the budget fits. BI is measured once
-    (:func:`measure_block_influence`) and stored in the study (``block_influence``), so a resumed
-    run reuses it. Returns ``[]`` when no BI can be measured."""
-    bi = study.user_attrs.get("block_influence")
-    if bi is None:
-        if dataset is None or len(dataset) == 0:
-            return []
-        bi = measure_block_influence(job, loaded, dataset)
-        study.set_user_attr("block_influence", bi)
-    return labelled_block_influence_plans(bi, ctx.arch, ctx.workload, ctx.budget)
-
-
-def _enqueue_seeds(study: Any, seeds: list[tuple[str, Plan, dict]]) -> int:
-    before = len(study.get_trials(deepcopy=False))
-    for label, _plan, params in seeds:
-        study.enqueue_trial(params, user_attrs={"seed": label}, skip_if_exists=True)
-    return len(study.get_trials(deepcopy=False)) - before
-
-
-# ---- samplers and pruners -----------------------------------------------------------------
-
-
-def make_sampler(search: Any, space: Any, num_layers: int, history: int = 0) -> Any:
-    """The job's sampler. optuna does not store a sampler's state, so a resumed run seeds it
-    with ``search.seed + history`` (trials already in the study): the same seed would replay
-    the first run's random start-up suggestions, all of them duplicates."""
-    import optuna
-
-    name, seed = search.sampler, search.seed + history
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(num_layers), seed=seed)
-    if name == "gp":
-        try:
-            import scipy  # noqa: F401  (GPSampler needs it)
-        except ImportError:
-            raise ConfigError("search.sampler: 'gp' needs scipy, which is not installed here; "
-                              "pip install scipy, or use sampler: tpe") from None
-        return optuna.samplers.GPSampler(seed=seed)
-    raise ConfigError(f"search.sampler: unknown sampler {name!r}")
-
-
-HALVING_FACTOR = 3
-"""``pruner: halving``: a trial goes on at each rung (questions ``r, 3r, 9r, ...``) while in the top third."""
-
-
-def make_pruner(search: Any, batch_size: int = 1) -> Any:
-    """The job's pruner (``NopPruner`` with several objectives); ``batch_size``: the job's eval
-    batch size (``halving`` puts its first rung at the first report)."""
-    import optuna
-
-    if len(search.objectives) == 1 and search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    if len(search.objectives) == 1 and search.pruner == "halving":
-        # Steps are questions scored; the first rung is the first report (report_every batches).
-        first = batch_size * search.report_every
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=HALVING_FACTOR)
-    return optuna.pruners.NopPruner()
 
 
 # ---- the study ------------------------------------------------------------------------------
@@ -384,10 +256,8 @@ def run_search(
         raise ConfigError(f"{job.source_file or job.name}: search: the job has no `search` section, so it "
                           "cannot be searched; add one (see jobs/demo.yaml)")
     if search.backend == "ray":
-        from searchskip.search.ray_backend import run_ray_search
-
-        return run_ray_search(job, trials, timeout, study_name=study_name, outputs=outputs, folder=folder,
-                              force_new_study=force_new_study, progress=progress)
+        raise ValueError("run_search runs a search in this process; a job with backend: ray goes through "
+                         "searchskip.search.run.run_search")
     run = begin_run(job, trials, timeout, study_name, outputs, folder)
     trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
     if not _study_complete(job, folder, name, trials):
@@ -409,7 +279,7 @@ def run_search(
         # Concurrent workers must not replay one sampler sequence: offset the seed by the number
         # of other live workers seen at registration (0 for a lone process: reproducible as before).
         history = len(study.get_trials(deepcopy=False)) + WORKER_SEED_STRIDE * len(registration.others)
-        sampler = make_sampler(search, space, ctx.num_layers, history=history)
+        sampler = sampler_for(search, space, ctx.num_layers, history=history)
         pruner = make_pruner(search, job.eval.batch_size)
         study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
         own = evaluator is None
@@ -424,106 +294,6 @@ def run_search(
                 evaluator.close()  # a disk feature cache is removed
     return SearchResult(study=study, study_dir=folder, interrupted=interrupted, failed_stale=failed,
                         evaluations=objective.evaluations, seconds=time.perf_counter() - start)
-
-
-@dataclass
-class WorkerSetup:
-    """What a search worker holds for all its trials: the model, the validation subset and the
-    :class:`~searchskip.search.objective.ObjectiveContext`."""
-
-    loaded: Any
-    dataset: Any
-    ctx: ObjectiveContext
-
-
-def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
-                       need_dataset: bool = True) -> tuple[Any, Any]:
-    """``(loaded model, validation subset)``: what is not given is loaded from the job (every image
-    of the subset is opened, so a bad one is reported before any trial). Errors name the job file
-    and its key (``data.splits.validation``, ``model.id``)."""
-    from searchskip.errors import in_job
-
-    where = job.source_file or job.name
-    if dataset is None and need_dataset:
-        from searchskip.data.splits import load_eval_split
-
-        try:
-            dataset = load_eval_split(job.data, "validation", check=True)
-        except SearchSkipError as e:
-            raise in_job(where, e, "data.splits.validation") from None
-    if loaded is None:
-        from searchskip.eval.planned import check_unplanned
-        from searchskip.models import load_model
-
-        try:
-            loaded = load_model(job.model)
-        except SearchSkipError as e:
-            raise in_job(where, e, "model.id") from None
-        check_unplanned(loaded, where, "model.id")  # every trial applies a plan to it
-    return loaded, dataset
-
-
-def _needs_workload(attrs: dict[str, Any]) -> bool:
-    """The study (user attrs ``attrs``) has no measured workload yet."""
-    return "workload" not in attrs
-
-
-def _needs_unplanned_flops(attrs: dict[str, Any]) -> bool:
-    """The study has no unplanned FLOPs (nor budget, layer count, space) stored yet."""
-    return "unplanned_flops" not in attrs
-
-
-def _needs_seeding(attrs: dict[str, Any], search: Any) -> bool:
-    """The job wants seed plans and the study has not enqueued them yet."""
-    return bool(search.seed_plans and not attrs.get("seeded"))
-
-
-def study_needs_setup(study: Any, search: Any) -> bool:
-    """Whether :func:`setup_worker` still has something to store in ``study`` (its own conditions)."""
-    attrs = study.user_attrs
-    return _needs_workload(attrs) or _needs_unplanned_flops(attrs) or _needs_seeding(attrs, search)
-
-
-def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
-                 need_dataset: bool = True) -> WorkerSetup:
-    """Load the model and the validation subset (unless given), check the space against the model,
-    and, under the study's lock, measure and store the workload, the unplanned FLOPs and the budget
-    once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this."""
-    search = job.search
-    loaded, dataset = load_worker_inputs(job, loaded, dataset,
-                                         need_dataset=need_dataset or _needs_workload(study.user_attrs))
-    num_layers = _num_layers(loaded.model)
-    space.check(num_layers)
-    budget = budget_of(search.budget)
-    with study_flock(folder):
-        workload = _study_workload(study, loaded, dataset, job)
-        ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
-                               budget=budget, objectives=tuple(search.objectives))
-        check_budget_reachable(ctx.budget, ctx.baseline, job.source_file or job.name)
-        if _needs_unplanned_flops(study.user_attrs):
-            study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
-            study.set_user_attr("budget", budget.to_dict())
-            study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
-            study.set_user_attr("num_layers", num_layers)
-            study.set_user_attr("space", str(search.space))
-        if _needs_seeding(study.user_attrs, search):
-            extra = _baseline_seeds(study, job, loaded, dataset, ctx)
-            _enqueue_seeds(study, seed_plans(ctx, extra))
-            study.set_user_attr("seeded", True)
-    return WorkerSetup(loaded, dataset, ctx)
-
-
-def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
-    """The model evaluator of a search worker (plans applied with
-    :func:`searchskip.eval.planned.apply_plan`; Wanda calibration batches cached for the worker's lifetime)."""
-    from searchskip.eval.planned import apply_plan
-
-    calibration_cache: dict = {}
-    return ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
-                          report_every=job.search.report_every, feature_cache=job.search.feature_cache,
-                          memory_limit_gb=job.search.cache_memory_gb,
-                          apply_fn=lambda plan: apply_plan(loaded, job, plan, source=job.search.space,
-                                                           calibration_cache=calibration_cache))
 
 
 def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bool:
@@ -541,26 +311,6 @@ def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bo
     except (KeyError, ValueError, TypeError):
         return False
     return trial_counts(study)["counted"] >= trials
-
-
-def _num_layers(model: Any) -> int:
-    from searchskip.arch import get_adapter
-
-    return get_adapter(model).num_layers(model)
-
-
-def _study_workload(study: Any, loaded: Any, dataset: Any, job: Job) -> Any:
-    from searchskip.flops import Workload, measure_workload
-
-    stored = study.user_attrs.get("workload")
-    if stored is not None:
-        return Workload.from_dict(stored)
-    if dataset is None:
-        raise SearchSkipError("the study has no stored workload and no validation data was given to measure one")
-    workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
-    study.set_user_attr("workload", workload.to_dict())
-    return workload
-
 
 def _optimize(study: Any, objective: Objective, trials: int | None, timeout: float | None, *,
               progress: bool, handle_sigint: bool, callbacks: list) -> bool:
@@ -581,7 +331,7 @@ def _optimize(study: Any, objective: Objective, trials: int | None, timeout: flo
         if stop["requested"]:
             study.stop()
 
-    view = _ProgressView(study, trials, enabled=progress)
+    view = ProgressView(study, trials, enabled=progress)
     cbs = [view.update, *callbacks, stop_if_asked]
     if trials is not None:
         cbs.insert(0, MaxTrialsCallback(trials, states=counted_states()))
@@ -596,52 +346,3 @@ def _optimize(study: Any, objective: Objective, trials: int | None, timeout: flo
     return stop["requested"]
 
 
-class _ProgressView:
-    """A rich live view: trials done/total, feasible/infeasible/pruned, best accuracy, ETA, and the
-    current top of the leaderboard."""
-
-    TOP = 5
-
-    def __init__(self, study: Any, total: int | None, enabled: bool = True):
-        self.study = study
-        self.total = total
-        self.enabled = enabled
-        self.progress = None
-        self.live = None
-        self.task = None
-
-    def __enter__(self) -> "_ProgressView":
-        if not self.enabled:
-            return self
-        from rich.console import Console
-        from rich.live import Live
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        console = Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
-        self.task = self.progress.add_task("search", total=self.total, info="")
-        self.live = Live(self._refresh(self.study), console=console, refresh_per_second=4, transient=False)
-        self.live.__enter__()
-        return self
-
-    def _refresh(self, study: Any):
-        """Update the bar from the study and return the view to show (the leaderboard is ranked once)."""
-        from rich.console import Group
-
-        from searchskip.search.leaderboard import leaderboard_table
-
-        counts, board = trial_counts(study), leaderboard(study)
-        best = f"{100 * board[0].user_attrs['accuracy']:.2f}%" if board else "-"
-        self.progress.update(self.task, completed=counts["counted"], info=(
-            f"feasible {counts['complete']}  infeasible {counts['infeasible']}  pruned {counts['pruned']}  "
-            f"failed {counts['failed']}  best {best}"))
-        return Group(self.progress, leaderboard_table(study, rows=board[:self.TOP], title="leaderboard so far"))
-
-    def update(self, study: Any, trial: Any) -> None:
-        if self.live is not None:
-            self.live.update(self._refresh(study))
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)

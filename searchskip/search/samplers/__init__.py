@@ -11,15 +11,26 @@ before it becomes the trial's parameters, so no over-budget plan reaches the mod
 
 from __future__ import annotations
 
+from typing import Any
+
 from searchskip.search.samplers import builtin, evo
 from searchskip.search.samplers.registry import REGISTRY, SamplerContext, SamplerEntry, make_sampler
 
-__all__ = ["REGISTRY", "SamplerContext", "SamplerEntry", "make_sampler", "register", "names"]
+__all__ = ["REGISTRY", "SamplerContext", "SamplerEntry", "make_sampler", "sampler_for", "register", "names"]
 
 
 def register(entry: SamplerEntry) -> SamplerEntry:
     """Add a sampler; ``ValueError`` if its name is taken."""
     return REGISTRY.register(entry)
+
+
+def sampler_for(search: Any, space: Any, num_layers: int, history: int = 0, fit: Any = None) -> Any:
+    """The sampler of a job's ``search`` section. optuna does not store a sampler's state, so a
+    resumed run seeds it with ``search.seed + history`` (trials already in the study): the same
+    seed would replay the first run's random start-up suggestions, all of them duplicates."""
+    return make_sampler(SamplerContext(name=search.sampler, seed=search.seed + history, space=space,
+                                       num_layers=num_layers, objectives=tuple(getattr(search, "objectives", ("accuracy",))),
+                                       fit=fit))
 
 
 def names() -> tuple[str, ...]:

@@ -1,0 +1,143 @@
+"""What every search worker (a ``searchskip search`` process, or a Ray actor) holds for all its
+trials, set up once: :func:`setup_worker`.
+
+The model and the validation subset are loaded once (:func:`load_worker_inputs`); under the
+study's lock, the workload is measured once on that subset and stored in the study's user attrs
+(``workload``) with the unplanned model's FLOPs and the budget, and the seeds are enqueued once
+(study attr ``seeded``). A resumed run reuses the stored workload, so FLOP ratios of old and new
+trials agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from searchskip.config.job import Job
+from searchskip.errors import SearchSkipError
+from searchskip.search.objective import ModelEvaluator, ObjectiveContext, budget_of
+from searchskip.search.preflight import check_budget_reachable
+from searchskip.search.seeds import baseline_seeds, enqueue_seeds, seed_plans
+from searchskip.search.storage import study_flock
+
+__all__ = ["WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "num_layers_of"]
+
+
+@dataclass
+class WorkerSetup:
+    """What a search worker holds for all its trials: the model, the validation subset and the
+    :class:`~searchskip.search.objective.ObjectiveContext`."""
+
+    loaded: Any
+    dataset: Any
+    ctx: ObjectiveContext
+
+
+def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
+                       need_dataset: bool = True) -> tuple[Any, Any]:
+    """``(loaded model, validation subset)``: what is not given is loaded from the job (every image
+    of the subset is opened, so a bad one is reported before any trial). Errors name the job file
+    and its key (``data.splits.validation``, ``model.id``)."""
+    from searchskip.errors import in_job
+
+    where = job.source_file or job.name
+    if dataset is None and need_dataset:
+        from searchskip.data.splits import load_eval_split
+
+        try:
+            dataset = load_eval_split(job.data, "validation", check=True)
+        except SearchSkipError as e:
+            raise in_job(where, e, "data.splits.validation") from None
+    if loaded is None:
+        from searchskip.eval.planned import check_unplanned
+        from searchskip.models import load_model
+
+        try:
+            loaded = load_model(job.model)
+        except SearchSkipError as e:
+            raise in_job(where, e, "model.id") from None
+        check_unplanned(loaded, where, "model.id")  # every trial applies a plan to it
+    return loaded, dataset
+
+
+def _needs_workload(attrs: dict[str, Any]) -> bool:
+    """The study (user attrs ``attrs``) has no measured workload yet."""
+    return "workload" not in attrs
+
+
+def _needs_unplanned_flops(attrs: dict[str, Any]) -> bool:
+    """The study has no unplanned FLOPs (nor budget, layer count, space) stored yet."""
+    return "unplanned_flops" not in attrs
+
+
+def _needs_seeding(attrs: dict[str, Any], search: Any) -> bool:
+    """The job wants seed plans and the study has not enqueued them yet."""
+    return bool(search.seed_plans and not attrs.get("seeded"))
+
+
+def study_needs_setup(study: Any, search: Any) -> bool:
+    """Whether :func:`setup_worker` still has something to store in ``study`` (its own conditions)."""
+    attrs = study.user_attrs
+    return _needs_workload(attrs) or _needs_unplanned_flops(attrs) or _needs_seeding(attrs, search)
+
+
+def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
+                 need_dataset: bool = True) -> WorkerSetup:
+    """Load the model and the validation subset (unless given), check the space against the model,
+    and, under the study's lock, measure and store the workload, the unplanned FLOPs and the budget
+    once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this."""
+    search = job.search
+    loaded, dataset = load_worker_inputs(job, loaded, dataset,
+                                         need_dataset=need_dataset or _needs_workload(study.user_attrs))
+    num_layers = num_layers_of(loaded.model)
+    space.check(num_layers)
+    budget = budget_of(search.budget)
+    with study_flock(folder):
+        workload = _study_workload(study, loaded, dataset, job)
+        ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
+                               budget=budget, objectives=tuple(search.objectives))
+        check_budget_reachable(ctx.budget, ctx.baseline, job.source_file or job.name)
+        if _needs_unplanned_flops(study.user_attrs):
+            study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
+            study.set_user_attr("budget", budget.to_dict())
+            study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
+            study.set_user_attr("num_layers", num_layers)
+            study.set_user_attr("space", str(search.space))
+        if _needs_seeding(study.user_attrs, search):
+            extra = baseline_seeds(study, job, loaded, dataset, ctx)
+            enqueue_seeds(study, seed_plans(ctx, extra))
+            study.set_user_attr("seeded", True)
+    return WorkerSetup(loaded, dataset, ctx)
+
+
+def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
+    """The model evaluator of a search worker (plans applied with
+    :func:`searchskip.eval.planned.apply_plan`; Wanda calibration batches cached for the worker's lifetime)."""
+    from searchskip.eval.planned import apply_plan
+
+    calibration_cache: dict = {}
+    return ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
+                          report_every=job.search.report_every, feature_cache=job.search.feature_cache,
+                          memory_limit_gb=job.search.cache_memory_gb,
+                          apply_fn=lambda plan: apply_plan(loaded, job, plan, source=job.search.space,
+                                                           calibration_cache=calibration_cache))
+
+
+def num_layers_of(model: Any) -> int:
+    from searchskip.arch import get_adapter
+
+    return get_adapter(model).num_layers(model)
+
+
+def _study_workload(study: Any, loaded: Any, dataset: Any, job: Job) -> Any:
+    from searchskip.flops import Workload, measure_workload
+
+    stored = study.user_attrs.get("workload")
+    if stored is not None:
+        return Workload.from_dict(stored)
+    if dataset is None:
+        raise SearchSkipError("the study has no stored workload and no validation data was given to measure one")
+    workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
+    study.set_user_attr("workload", workload.to_dict())
+    return workload

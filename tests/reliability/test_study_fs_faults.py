@@ -56,7 +56,7 @@ class Cheap:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """The embedded model and 16 validation questions, loaded once."""
-    from searchskip.search.study import load_worker_inputs
+    from searchskip.search.worker import load_worker_inputs
 
     return load_worker_inputs(job_of(demo_job(tmp_path_factory.mktemp("inputs"))))
 

@@ -87,21 +87,32 @@ def fixed_ratio(demo) -> float:
     return baseline.fixed_total() / baseline.total()
 
 
-def test_over_budget_trials_are_recorded_without_running_the_model(tmp_path, demo):
-    # Just above what no plan changes (so the budget is accepted), far below what the space reaches
-    # (it never touches layers 0 and 7): every plan is over budget.
+def test_over_budget_proposals_are_recorded_without_running_the_model_and_do_not_count(tmp_path, demo):
+    # fit_budget off: the sampler's raw proposals; at half the FLOPs most of random search's are over budget
     ev = FakeEvaluator()
-    job = make_job(tmp_path, budget={"flops_ratio": fixed_ratio(demo) * 1.01}, trials=5)
+    job = make_job(tmp_path, budget={"flops_ratio": 0.5}, trials=3, sampler="random", seed_plans=False,
+                   fit_budget=False)
     result = run(job, demo, ev)
-    assert ev.calls == 0 and result.evaluations == 0
-    trials = result.study.get_trials()
-    assert len(trials) == 5 and all(t.state == TrialState.PRUNED for t in trials)
-    for t in trials:
-        assert t.user_attrs["infeasible"] is True
-        assert t.user_attrs["flops"] > 1e3 and 0 < t.user_attrs["flops_ratio"] <= 1
+    counts = trial_counts(result.study)
+    assert ev.calls == result.evaluations == counts["counted"] == 3  # `trials` counts model evaluations
+    infeasible = [t for t in result.study.get_trials() if t.user_attrs.get("infeasible")]
+    assert infeasible and counts["infeasible"] == len(infeasible)
+    for t in infeasible:
+        assert t.state == TrialState.PRUNED and t.user_attrs["flops_ratio"] > 0.5
         assert "accuracy" not in t.user_attrs and not t.intermediate_values
         assert Plan.from_yaml_text(t.user_attrs["plan"]).key() == t.user_attrs["plan_key"]
-    assert trial_counts(result.study)["infeasible"] == 5
+
+
+def test_fitted_proposals_never_miss_the_budget_and_sit_near_it(tmp_path, demo):
+    ev = FakeEvaluator()
+    job = make_job(tmp_path, budget={"flops_ratio": 0.5}, trials=8, sampler="random", seed_plans=False)
+    result = run(job, demo, ev)
+    trials = result.study.get_trials()
+    assert trial_counts(result.study)["infeasible"] == 0 and ev.calls == 8
+    ratios = [t.user_attrs["flops_ratio"] for t in trials]
+    assert all(r <= 0.5 + 1e-9 for r in ratios)
+    assert min(ratios) > 0.4, ratios  # filled toward the budget, not left far below it
+    assert any(t.user_attrs.get("fit_changes", 0) > 0 for t in trials)
 
 
 def test_a_budget_no_plan_can_meet_is_refused_before_anything_is_written(tmp_path, demo):
@@ -132,19 +143,34 @@ def test_same_plan_reuses_the_stored_score(tmp_path, demo):
     space = tmp_path / "two.yaml"
     space.write_text("version: 1\nkind: per_layer\nlayers: [3]\nops: [keep, skip_ffn]\nscope: all\n")
     ev = FakeEvaluator()
-    job = make_job(tmp_path, space=str(space), budget={"flops_ratio": 1.0}, trials=6, sampler="random",
-                   seed_plans=False)
+    job = make_job(tmp_path, space=str(space), budget={"flops_ratio": 1.0}, trials=2, sampler="random",
+                   seed_plans=False, fit_budget=False)
     result = run(job, demo, ev)
     trials = result.study.get_trials()
-    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert ev.calls == len(set(ev.keys)) == len({t.user_attrs["plan_key"] for t in trials}) <= 2
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert ev.calls == len(set(ev.keys)) == len({t.user_attrs["plan_key"] for t in trials}) == 2
     dups = [t for t in trials if "dedup_of" in t.user_attrs]
-    assert len(dups) == 6 - ev.calls
+    assert len(dups) == len(trials) - 2
     for t in dups:
         original = result.study.trials[t.user_attrs["dedup_of"]]
         assert "dedup_of" not in original.user_attrs
         assert original.user_attrs["plan_key"] == t.user_attrs["plan_key"]
         assert t.value == original.value and t.user_attrs["accuracy"] == original.user_attrs["accuracy"]
+
+
+def test_a_search_whose_space_is_exhausted_stops_and_says_so(tmp_path, demo, capsys):
+    from searchskip.search.evaluations import STALL_LIMIT
+
+    space = tmp_path / "two.yaml"
+    space.write_text("version: 1\nkind: per_layer\nlayers: [3]\nops: [keep, skip_ffn]\nscope: all\n")
+    ev = FakeEvaluator()
+    job = make_job(tmp_path, space=str(space), budget={"flops_ratio": 1.0}, trials=5, sampler="random",
+                   seed_plans=False)
+    result = run(job, demo, ev)
+    # at a budget of 1.0 the fit gives every skip back: each proposal is the unplanned model, scored once
+    assert ev.calls == 1 and trial_counts(result.study)["counted"] == 1
+    assert trial_counts(result.study)["dedup"] >= STALL_LIMIT
+    assert "proposals ran no model" in capsys.readouterr().err
 
 
 # ---- seeds ------------------------------------------------------------------------------------

@@ -116,10 +116,17 @@ class SearchSpec:
     budget: BudgetSpec
     objectives: tuple[Literal["accuracy", "flops", "latency"], ...] = ("accuracy",)
     """``[accuracy]``: best accuracy within the budget; ``[accuracy, flops]``: a Pareto front."""
-    sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
+    sampler: Literal["tpe", "evo", "nsga2", "gp", "random", "grid"] = "tpe"
+    """:mod:`searchskip.search.samplers`: optuna's ``tpe``, ``nsga2``, ``gp``, ``random``, ``grid``, or
+    ``evo`` (EvoPress-style evolution at the budget)."""
+    fit_budget: bool = True
+    """Map every proposal onto the budget before it reaches the model
+    (:mod:`searchskip.search.budget_fit`): no trial is spent on an over-budget plan, and plans far
+    below the budget get compute back. ``false``: over-budget proposals are recorded as infeasible."""
     seed: int = 0
     trials: int | None = 50
-    """Trials to finish (complete + pruned + infeasible); ``null`` to stop on ``timeout_s`` only."""
+    """Model evaluations to finish (plans scored, in full or until pruned; duplicates and over-budget
+    proposals run no model and do not count); ``null`` to stop on ``timeout_s`` only."""
     timeout_s: float | None = None
     storage: str | None = None
     """``null``: a journal file ``<outputs>/<study>/study.journal``; ``sqlite:///F`` (one worker only);
@@ -139,11 +146,13 @@ class SearchSpec:
     resources_per_worker: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0})
     """``backend: ray`` only: what each worker actor reserves: ``cpu``, ``gpu``, ``memory`` (bytes)
     or a custom Ray resource name, e.g. ``{gpu: 1}`` on a GPU cluster."""
-    pruner: Literal["median", "halving", "none"] = "median"
+    pruner: Literal["auto", "median", "halving", "parent", "none"] = "auto"
     """Stops hopeless trials on their running accuracy (one objective only): ``median`` (optuna's
-    MedianPruner: below the median of earlier trials at the same step) or ``halving``
+    MedianPruner: below the median of earlier trials at the same step), ``halving``
     (SuccessiveHalvingPruner: score a growing subset, one report's questions first, and go on
-    only while in the top third of the trials at that size)."""
+    only while in the top third of the trials at that size), ``parent`` (go on only while keeping
+    up with the best plan so far on the same questions), ``auto`` (``parent`` with ``sampler: evo``,
+    else ``median``); see :mod:`searchskip.search.pruners`."""
     report_every: int = 1
     """Batches of the validation subset between intermediate reports (multi-fidelity pruning)."""
     feature_cache: Literal["auto", "memory", "disk", "none"] = "auto"

@@ -167,8 +167,11 @@ class BudgetFit:
                 return params
             params, cost = move
 
-    def check_feasible(self, where: str = "search.budget") -> None:
-        """``ConfigError`` (exit 2) when even the cheapest plan of the space misses the budget."""
+    def check_feasible(self, job_file: str | None = None) -> None:
+        """``ConfigError`` (exit 2, naming ``job_file`` and ``search.budget``) when even the cheapest
+        plan of the space misses the budget; the message gives that plan and its FLOPs."""
+        from searchskip.errors import Problem
+
         params = self.cheapest()
         cost = self.cost(params)
         if self.fits(cost):
@@ -176,11 +179,11 @@ class BudgetFit:
         plan, _ = self.plan_of(params)
         ctx = self.ctx
         total = ctx.budget.cost(ctx.baseline)
-        raise ConfigError(
-            f"{where}: no plan of the space fits the budget ({ctx.budget.describe()} = "
+        raise ConfigError([Problem(job_file, "search.budget", (
+            f"no plan of the space {ctx.space.file or ''} fits the budget ({ctx.budget.describe()} = "
             f"{self.limit / 1e9:.4g} GFLOPs per sample): the space's cheapest plan costs {cost / 1e9:.4g} GFLOPs per "
             f"sample ({cost / total:.4f} x the unplanned model: {'; '.join(plan.describe()) or 'the unplanned model'}). "
-            "Raise the budget to at least that, or widen the space (more layers or cheaper ops)")
+            "Raise the budget to at least that, or widen the space (more layers or cheaper ops)"))])
 
     # ---- the repair -----------------------------------------------------------------------------
     def fit(self, proposal: dict[str, Any]) -> FitResult:

@@ -1,20 +1,51 @@
-"""Counting a study's trials: :func:`trial_counts`."""
+"""What a search's trial target counts: **model evaluations**, the unit users pay for.
+
+A trial *runs the model* when it scores its plan, in full (COMPLETE) or until the pruner
+stops it (PRUNED, not over budget). Two kinds of trial cost no model run and do not count
+toward ``search.trials``:
+
+* an **over-budget** proposal (PRUNED with ``infeasible: true``), rejected after a FLOP count
+  (rare since proposals are fitted to the budget, :mod:`searchskip.search.budget_fit`; ``grid``
+  and ``fit_budget: false`` searches still make them);
+* a **duplicate** (COMPLETE with ``dedup_of``): its plan was already scored and its values reused.
+
+So ``trials: 100`` means 100 plans scored on the model, whatever the sampler proposed. A search
+whose sampler keeps proposing plans that run no model (a small space exhausted at this budget)
+stops after :data:`STALL_LIMIT` such proposals in a row, and says so, instead of spinning.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["trial_counts"]
+__all__ = ["runs_model", "trial_counts", "EvaluationTarget", "STALL_LIMIT"]
+
+STALL_LIMIT = 200
+"""Proposals in a row that ran no model (duplicates, over budget) after which a run stops."""
+
+
+def runs_model(trial: Any) -> bool:
+    """Whether a finished trial scored its plan on the model (see the module docstring)."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.COMPLETE:
+        return "dedup_of" not in trial.user_attrs
+    if trial.state == TrialState.PRUNED:
+        return not trial.user_attrs.get("infeasible")
+    return False
 
 
 def trial_counts(study: Any) -> dict[str, int]:
-    """``complete``, ``pruned`` (by the pruner), ``infeasible``, ``failed``, ``running``, ``waiting``, ``counted``."""
+    """``complete`` (scored in full; ``dedup`` of them reused a twin's values), ``pruned`` (by
+    the pruner), ``infeasible``, ``failed``, ``running``, ``waiting``, and ``counted``: the
+    model evaluations, which ``search.trials`` counts."""
     from optuna.trial import TrialState
 
-    out = dict.fromkeys(("complete", "pruned", "infeasible", "failed", "running", "waiting"), 0)
+    out = dict.fromkeys(("complete", "dedup", "pruned", "infeasible", "failed", "running", "waiting", "counted"), 0)
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             out["complete"] += 1
+            out["dedup"] += "dedup_of" in t.user_attrs
         elif t.state == TrialState.PRUNED:
             out["infeasible" if t.user_attrs.get("infeasible") else "pruned"] += 1
         elif t.state == TrialState.FAIL:
@@ -23,5 +54,31 @@ def trial_counts(study: Any) -> dict[str, int]:
             out["running"] += 1
         elif t.state == TrialState.WAITING:
             out["waiting"] += 1
-    out["counted"] = out["complete"] + out["pruned"] + out["infeasible"]
+        out["counted"] += runs_model(t)
     return out
+
+
+class EvaluationTarget:
+    """An optuna callback that stops the study once it holds ``target`` model evaluations (each
+    worker stops after its running trial, as optuna's ``MaxTrialsCallback`` does), or after
+    :data:`STALL_LIMIT` trials in a row of this process ran no model (:attr:`stalled`)."""
+
+    def __init__(self, target: int | None, stall_limit: int = STALL_LIMIT):
+        self.target = target
+        self.stall_limit = stall_limit
+        self.in_a_row = 0
+        self.stalled = False
+
+    def observe(self, trial: Any) -> None:
+        """Count one finished trial of this process toward the stall rule."""
+        self.in_a_row = 0 if runs_model(trial) else self.in_a_row + 1
+        self.stalled = self.stalled or self.in_a_row >= self.stall_limit
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        self.observe(trial)
+        if self.stalled or (self.target is not None and trial_counts(study)["counted"] >= self.target):
+            study.stop()
+
+    def stall_message(self) -> str:
+        return (f"stopped: the last {self.in_a_row} proposals ran no model (plans already scored, or over the "
+                "budget): the space seems exhausted at this budget; widen the space or change the budget")

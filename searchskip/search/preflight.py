@@ -66,6 +66,12 @@ def check_run(job: Job, loaded: Any, dataset: Any, space: Any) -> None:
     workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
     baseline = count_flops(model.config, None, workload, count=budget.count, attention=budget.attention)
     check_budget_reachable(budget, baseline, _where(job))
+    from searchskip.search.budget_fit import BudgetFit
+    from searchskip.search.objective import ObjectiveContext
+
+    ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=model.config, workload=workload, budget=budget,
+                           baseline=baseline)
+    BudgetFit(ctx).check_feasible(_where(job))  # the space's cheapest plan must fit too
 
 
 def check_budget_reachable(budget: Any, baseline: Any, job_file: str | None = None) -> None:

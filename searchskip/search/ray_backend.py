@@ -174,6 +174,7 @@ def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
         import atexit
 
         from searchskip.search.objective import Objective
+        from searchskip.search.pruners import resolved_pruner
         from searchskip.search.storage import WorkerRegistration
         from searchskip.search.worker import make_evaluator
 
@@ -182,7 +183,7 @@ def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
         study, setup = _set_up(job, study_name, folder, cwd)
         evaluator = make_evaluator(job, setup.loaded, setup.dataset)
         atexit.register(evaluator.close)  # a disk feature cache is removed with the actor
-        objective = Objective(setup.ctx, evaluator, prune=job.search.pruner != "none")
+        objective = Objective(setup.ctx, evaluator, prune=resolved_pruner(job.search) != "none")
         _WORKERS[key] = _Worker(study, objective)
     return _WORKERS[key]
 
@@ -247,6 +248,21 @@ def _searcher_class() -> type:
         the driver's worker id, and on completion only fails (and re-enqueues once) an Optuna
         trial that its Tune trial left RUNNING."""
 
+        target: Any = None
+        """An :class:`~searchskip.search.evaluations.EvaluationTarget`: no new trial once the study
+        holds its model evaluations, or once its proposals stall (``None``: no limit)."""
+
+        def suggest(self, trial_id: str) -> Any:
+            from ray.tune.search import Searcher
+
+            from searchskip.search.evaluations import trial_counts
+
+            target = self.target
+            if target is not None and (target.stalled or (
+                    target.target is not None and trial_counts(self._ot_study)["counted"] >= target.target)):
+                return Searcher.FINISHED
+            return super().suggest(trial_id)
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             """The trial reported to the study itself."""
 
@@ -265,6 +281,8 @@ def _searcher_class() -> type:
                 return
             study = self._ot_study
             frozen = study._storage.get_trial(ot_trial._trial_id)
+            if self.target is not None and frozen.state.is_finished():
+                self.target.observe(frozen)
             if frozen.state == TrialState.RUNNING:
                 fail_and_retry(study, frozen, "its Ray Tune trial ended without recording a result"
                                + (" (the trial raised an error)" if error else " (stopped)"))
@@ -342,12 +360,12 @@ def run_ray_search(
     at the end; ``evaluations`` counts the model evaluations the trials ran, as
     :attr:`Objective.evaluations <searchskip.search.objective.Objective.evaluations>` does)."""
     from searchskip.search.storage import live_workers
-    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.evaluations import EvaluationTarget, trial_counts
     from searchskip.search.objective import directions
     from searchskip.search.progress import ProgressView
     from searchskip.search.samplers import sampler_for
     from searchskip.search.study import begin_run
-    from searchskip.search.worker import study_needs_setup
+    from searchskip.search.worker import study_fit, study_needs_setup
 
     search = job.search
     run = begin_run(job, trials, timeout, study_name, outputs, folder)
@@ -373,7 +391,10 @@ def run_ray_search(
             except ray.exceptions.RayTaskError as e:
                 raise _ray_cause(e) from None
         num_layers = int(study.user_attrs["num_layers"])
-        sampler = sampler_for(search, space, num_layers, history=len(study.get_trials(deepcopy=False)))
+        from searchskip.flops import resolve_config
+
+        fit = study_fit(job, study, space, resolve_config(job.model)[0])
+        sampler = sampler_for(search, space, num_layers, history=len(study.get_trials(deepcopy=False)), fit=fit)
         multi = len(search.objectives) > 1
         searcher = StorageOptunaSearch(
             space=_define_by_run(space, num_layers), study_name=name, storage=study._storage, sampler=sampler,
@@ -384,10 +405,10 @@ def run_ray_search(
             tune_resources(dict(search.resources_per_worker)))
         view = ProgressView(study, trials, enabled=progress)
         callback = _progress_callback(view, study)
-        remaining = (trials - counted) if trials is not None else -1  # -1: no limit (Tune)
+        searcher.target = EvaluationTarget(trials)  # the searcher stops proposing at the target (Tune: no limit)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                         max_concurrent_trials=search.workers, reuse_actors=True,
                                         time_budget_s=timeout, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
@@ -405,7 +426,9 @@ def run_ray_search(
         if grid is not None:
             errors = [r.error for r in grid if r.error is not None]
             interrupted = interrupted or (trials is not None and timeout is None and not errors
-                                          and trial_counts(study)["counted"] < trials)
+                                          and not searcher.target.stalled and trial_counts(study)["counted"] < trials)
+            if searcher.target.stalled:
+                print(searcher.target.stall_message(), file=sys.stderr)
             if errors:
                 raise _ray_cause(errors[0]) from None
         if interrupted:

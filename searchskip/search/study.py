@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,14 +63,14 @@ from searchskip.config.loader import resolve_space
 from searchskip.config.yaml_io import read_config_bytes
 from searchskip.errors import ConfigError
 from searchskip.search import fingerprint as fp
-from searchskip.search.evaluations import trial_counts
+from searchskip.search.evaluations import EvaluationTarget, trial_counts
 from searchskip.search.objective import Evaluator, Objective, directions
 from searchskip.search.preflight import check_run
 from searchskip.search.progress import ProgressView
-from searchskip.search.pruners import make_pruner
+from searchskip.search.pruners import make_pruner, resolved_pruner
 from searchskip.search.samplers import sampler_for
 from searchskip.search.storage import (
-    JOURNAL_FILE, WorkerRegistration, counted_states, fail_stale_trials, open_storage, repair_study_journal,
+    JOURNAL_FILE, WorkerRegistration, fail_stale_trials, open_storage, repair_study_journal,
     study_flock,
 )
 from searchskip.search.study_files import read_run_info, write_atomic, write_run_info
@@ -279,13 +280,13 @@ def run_search(
         # Concurrent workers must not replay one sampler sequence: offset the seed by the number
         # of other live workers seen at registration (0 for a lone process: reproducible as before).
         history = len(study.get_trials(deepcopy=False)) + WORKER_SEED_STRIDE * len(registration.others)
-        sampler = sampler_for(search, space, ctx.num_layers, history=history)
+        sampler = sampler_for(search, space, ctx.num_layers, history=history, fit=setup.fit)
         pruner = make_pruner(search, job.eval.batch_size)
         study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
         own = evaluator is None
         if own:
             evaluator = make_evaluator(job, loaded, dataset)
-        objective = Objective(ctx, evaluator, prune=search.pruner != "none")
+        objective = Objective(ctx, evaluator, prune=resolved_pruner(search) != "none")
         try:
             interrupted = _optimize(study, objective, trials, timeout, progress=progress,
                                     handle_sigint=handle_sigint, callbacks=callbacks or [])
@@ -314,9 +315,8 @@ def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bo
 
 def _optimize(study: Any, objective: Objective, trials: int | None, timeout: float | None, *,
               progress: bool, handle_sigint: bool, callbacks: list) -> bool:
-    """Run trials until ``trials`` are counted or ``timeout`` passes; ``True`` if Ctrl-C stopped it."""
-    from optuna.study import MaxTrialsCallback
-
+    """Run trials until the study holds ``trials`` model evaluations, ``timeout`` passes, or the
+    sampler stalls (:class:`~searchskip.search.evaluations.EvaluationTarget`); ``True`` if Ctrl-C stopped it."""
     stop = {"requested": False}
     counted = trial_counts(study)["counted"]
     if trials is not None and counted >= trials:
@@ -332,9 +332,8 @@ def _optimize(study: Any, objective: Objective, trials: int | None, timeout: flo
             study.stop()
 
     view = ProgressView(study, trials, enabled=progress)
-    cbs = [view.update, *callbacks, stop_if_asked]
-    if trials is not None:
-        cbs.insert(0, MaxTrialsCallback(trials, states=counted_states()))
+    target = EvaluationTarget(trials)
+    cbs = [target, view.update, *callbacks, stop_if_asked]
     previous = signal.signal(signal.SIGINT, on_sigint) if handle_sigint else None
     try:
         with view:
@@ -343,6 +342,8 @@ def _optimize(study: Any, objective: Objective, trials: int | None, timeout: flo
     finally:
         if handle_sigint:
             signal.signal(signal.SIGINT, previous)
+    if target.stalled:
+        print(target.stall_message(), file=sys.stderr)
     return stop["requested"]
 
 

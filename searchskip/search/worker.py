@@ -16,12 +16,14 @@ from typing import Any
 
 from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
+from searchskip.search.budget_fit import BudgetFit
 from searchskip.search.objective import ModelEvaluator, ObjectiveContext, budget_of
 from searchskip.search.preflight import check_budget_reachable
 from searchskip.search.seeds import baseline_seeds, enqueue_seeds, seed_plans
 from searchskip.search.storage import study_flock
 
-__all__ = ["WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "num_layers_of"]
+__all__ = ["WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "num_layers_of",
+           "study_fit"]
 
 
 @dataclass
@@ -32,6 +34,8 @@ class WorkerSetup:
     loaded: Any
     dataset: Any
     ctx: ObjectiveContext
+    fit: BudgetFit | None = None
+    """How the worker's sampler maps proposals onto the budget (``None``: ``search.fit_budget: false``)."""
 
 
 def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
@@ -98,6 +102,8 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
         ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
                                budget=budget, objectives=tuple(search.objectives))
         check_budget_reachable(ctx.budget, ctx.baseline, job.source_file or job.name)
+        fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"))
+        fit.check_feasible(job.source_file or job.name)
         if _needs_unplanned_flops(study.user_attrs):
             study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
             study.set_user_attr("budget", budget.to_dict())
@@ -108,7 +114,9 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             extra = baseline_seeds(study, job, loaded, dataset, ctx)
             enqueue_seeds(study, seed_plans(ctx, extra))
             study.set_user_attr("seeded", True)
-    return WorkerSetup(loaded, dataset, ctx)
+        if search.fit_budget and fit.importance is None and study.user_attrs.get("block_influence") is not None:
+            fit = BudgetFit(ctx, importance=study.user_attrs["block_influence"])  # measured by the seeding above
+    return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None)
 
 
 def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
@@ -141,3 +149,19 @@ def _study_workload(study: Any, loaded: Any, dataset: Any, job: Job) -> Any:
     workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
     study.set_user_attr("workload", workload.to_dict())
     return workload
+
+
+def study_fit(job: Job, study: Any, space: Any, arch: Any) -> BudgetFit | None:
+    """The budget fit of a study that a worker has set up (workload, layer count and Block Influence
+    read from its user attrs), for a process that holds only the model's config ``arch`` (the Ray
+    driver); ``None`` with ``search.fit_budget: false``."""
+    from searchskip.flops import Workload
+
+    if not job.search.fit_budget:
+        return None
+    attrs = study.user_attrs
+    ctx = ObjectiveContext(space=space, num_layers=int(attrs["num_layers"]), arch=arch,
+                           workload=Workload.from_dict(attrs["workload"]), budget=budget_of(job.search.budget),
+                           objectives=tuple(job.search.objectives))
+    return BudgetFit(ctx, importance=attrs.get("block_influence"))
+

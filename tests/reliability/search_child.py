@@ -208,9 +208,11 @@ VALIDATION_QUESTIONS = 16
 
 def write_job(folder: Path, name: str = "rel", **search) -> Path:
     """``folder/job.yaml``: ``jobs/demo.yaml`` with a small validation subset, no pruner, a budget every plan fits (so
-    every counted trial is COMPLETE), outputs under ``folder``; ``search`` overrides."""
+    every counted trial is COMPLETE) and proposals taken as drawn (``fit_budget: false``: at a budget of 1 the fit
+    would give every skip back), outputs under ``folder``; ``search`` overrides."""
     return demo_job(folder, name=name, questions=VALIDATION_QUESTIONS, eval={"batch_size": 8},
-                    **{"budget": {"flops_ratio": 1.0}, "pruner": "none", "seed_plans": True, **search})
+                    **{"budget": {"flops_ratio": 1.0}, "pruner": "none", "seed_plans": True, "fit_budget": False,
+                       **search})
 
 
 def start_child(job: Path, trials: int, events: Path, *, kill: str = "none", go_file: Path | None = None,

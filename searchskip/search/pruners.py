@@ -8,7 +8,7 @@ is then ``NopPruner``.
 * ``halving``: optuna's SuccessiveHalvingPruner on a growing subset: the first rung is the first
   report's questions, then x3, while the trial is in the top third at that size.
 * ``parent``: :class:`ParentPruner`, the staged selection of ``sampler: evo``: a child goes on
-  only while it keeps up with the best plan so far on the same questions.
+  only while it keeps up with the best plan so far on the same questions (within noise).
 * ``auto`` (the default): ``parent`` with ``sampler: evo``, ``median`` otherwise.
 * ``none``.
 """
@@ -51,15 +51,21 @@ def make_pruner(search: Any, batch_size: int = 1) -> Any:
 
 
 class ParentPruner(BasePruner):
-    """Stop a trial at the first reported step where its running value is worse than the
-    parent's (the best complete trial, :func:`~searchskip.search.samplers.evo.parent_trial`) at
-    the same step, i.e. on the same questions: a paired comparison, so no margin for noise
-    between subsets is needed. Trials before any parent with intermediate values go on."""
+    """Stop a trial at a reported step where its running value falls clearly below the parent's
+    (the best complete trial, :func:`~searchskip.search.samplers.evo.parent_trial`) at the same
+    step, i.e. on the same questions. "Clearly": by more than ``z`` standard errors of the
+    parent's running accuracy on that many questions (``sqrt(p (1 - p) / n)``, at least one
+    question's worth), so a child that is as good as the parent survives the noise of a small
+    prefix, and one that is worse is stopped early. Trials before any parent with intermediate
+    values go on."""
 
-    def __init__(self, maximize: bool = True):
+    def __init__(self, maximize: bool = True, z: float = 2.0):
         self.maximize = maximize
+        self.z = z
 
     def prune(self, study: Any, trial: Any) -> bool:
+        import math
+
         from searchskip.search.samplers.evo import parent_trial
 
         step = trial.last_step
@@ -69,4 +75,6 @@ class ParentPruner(BasePruner):
         if parent is None or parent.number == trial.number or step not in parent.intermediate_values:
             return False
         mine, theirs = trial.intermediate_values[step], parent.intermediate_values[step]
-        return mine < theirs if self.maximize else mine > theirs
+        p = min(max(theirs, 0.0), 1.0)
+        margin = max(self.z * math.sqrt(p * (1 - p) / max(step, 1)), 1.0 / max(step, 1))
+        return mine < theirs - margin if self.maximize else mine > theirs + margin

@@ -17,8 +17,8 @@ parent. Here:
   layer that gives up an op makes another layer give up one of similar cost (EvoPress's
   level-switch mutation generalized to any space). A child whose plan is already in the study
   is redrawn (up to ``RETRIES`` times).
-* **Start**: until ``INITIAL`` trials are complete (seeds included), children are random
-  proposals fitted to the budget.
+* **Start**: the first fully scored trial (a seed that fits the budget, when the job seeds) is the
+  first parent; before any, children are random proposals fitted to the budget.
 * **Selection in steps**: with ``pruner: parent`` (the pruner an ``evo`` search uses unless the
   job names another), a child is scored on a growing part of the validation subset and stopped
   at the first step where it falls below the parent on the same questions
@@ -40,8 +40,9 @@ from searchskip.search.samplers.registry import SamplerContext
 
 __all__ = ["EvoSampler", "make", "parent_trial"]
 
-INITIAL = 8
-"""Complete trials (seeds included) before children are mutations of the best one."""
+INITIAL = 1
+"""Complete trials (seeds included) before children are mutations of the best one: the first
+fully scored plan (usually a seed at the budget) is the first parent."""
 RETRIES = 32
 """Redraws of a child whose plan the study already holds."""
 MUTATION_SIZES = (1, 1, 1, 2, 2, 3)

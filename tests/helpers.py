@@ -20,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -141,11 +141,13 @@ def fs_fault(code: int, path: object) -> OSError:
     return OSError(code, os.strerror(code), os.fspath(path))
 
 
-def read_only(monkeypatch: Any, root: Path) -> None:
+def read_only(monkeypatch: Any, root: Path) -> Callable[..., bool]:
     """Make ``root`` and everything under it behave as a read-only file system mount (tests run as
     root, for whom permissions refuse nothing): ``os.mkdir``, ``rmdir``, ``unlink``, ``remove``,
     ``rename``, ``replace``, ``link``, ``symlink``, ``utime``, ``chmod``, ``os.open`` with a write
-    flag and ``open`` in a writing mode raise ``OSError(EROFS)`` for a path under ``root``."""
+    flag and ``open`` in a writing mode raise ``OSError(EROFS)`` for a path under ``root``.
+    Returns the predicate ``inside(path, dir_fd=None)`` (is a path under ``root``), for callers that
+    refuse more calls."""
     import builtins
     import errno
     import io
@@ -189,3 +191,4 @@ def read_only(monkeypatch: Any, root: Path) -> None:
     monkeypatch.setattr(os, "open", os_open)
     monkeypatch.setattr(builtins, "open", open_)
     monkeypatch.setattr(io, "open", open_)
+    return inside

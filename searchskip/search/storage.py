@@ -52,7 +52,7 @@ from searchskip.search.study_files import write_atomic
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "WORKERS_DIR", "append_records", "journal_backend_class", "WorkerRegistration",
            "study_flock",
-           "worker_id", "live_workers", "open_storage", "fail_stale_trials", "fail_and_retry", "counted_states",
+           "worker_id", "live_workers", "open_storage", "fail_stale_trials", "fail_and_retry",
            "JournalCheck", "check_journal", "repair_journal", "repair_study_journal"]
 
 JOURNAL_FILE = "study.journal"
@@ -209,13 +209,6 @@ def open_storage(storage: str | None, study_dir: Path) -> Any:
     except ImportError:
         raise ConfigError(f"search.storage: {storage.split('://', 1)[0]}:// URLs need a database driver, which is not "
                           "installed here; for PostgreSQL: pip install 'searchskip[postgres]' (psycopg)") from None
-
-
-def counted_states() -> tuple[Any, ...]:
-    """Trial states that count toward ``search.trials``: COMPLETE and PRUNED (infeasible trials are PRUNED)."""
-    from optuna.trial import TrialState
-
-    return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def worker_id(pid: int | None = None) -> str:

@@ -11,9 +11,7 @@ export (or the study) exactly as it was, and nothing half-written beside it.
 
 from __future__ import annotations
 
-import builtins
 import errno
-import io
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +21,8 @@ import pytest
 
 from exports import PLAN_A, PLAN_B, export, fine_tune, leftovers, snapshot, tiny_study
 from helpers import demo_job
+from helpers import fs_fault as _fault
+from helpers import read_only as helpers_read_only
 from searchskip.cli import main
 from searchskip.export import atomic, model, writer
 from searchskip.export.atomic import verify_manifest
@@ -44,51 +44,9 @@ def made(tmp_path_factory) -> dict[str, Path]:
     return {"job": job, "exp": root / "exp", "tuned": root / "tuned", "study": tiny_study(root / "s")}
 
 
-def _fault(code: int, path: object) -> OSError:
-    return OSError(code, os.strerror(code), os.fspath(path))
-
-
 def read_only(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-    """Make ``root`` and everything under it behave as a read-only file system mount."""
-    root_text = str(root.resolve())
-
-    def inside(path: object, dir_fd: int | None = None) -> bool:
-        if isinstance(path, int):
-            return False
-        text = os.fsdecode(os.fspath(path))
-        if dir_fd is not None and not os.path.isabs(text):
-            text = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), text)
-        text = os.path.abspath(text)
-        return text == root_text or text.startswith(root_text + os.sep)
-
-    def guard(real, n_paths: int = 1):
-        def wrapped(*args, **kw):
-            dir_fds = (kw.get("dir_fd"), kw.get("src_dir_fd"), kw.get("dst_dir_fd"))
-            for path in args[:n_paths]:
-                if inside(path, next((fd for fd in dir_fds if fd is not None), None)):
-                    raise _fault(errno.EROFS, path)
-            return real(*args, **kw)
-        return wrapped
-
-    for name, n in (("mkdir", 1), ("rmdir", 1), ("unlink", 1), ("remove", 1), ("rename", 2), ("replace", 2),
-                    ("link", 2), ("symlink", 2), ("utime", 1), ("chmod", 1)):
-        monkeypatch.setattr(os, name, guard(getattr(os, name), n))
-    real_os_open, real_open = os.open, builtins.open
-    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-    def os_open(path, flags, *args, **kw):
-        if flags & writing and inside(path, kw.get("dir_fd")):
-            raise _fault(errno.EROFS, path)
-        return real_os_open(path, flags, *args, **kw)
-
-    def open_(file, mode="r", *args, **kw):
-        if any(c in mode for c in "wax+") and inside(file):
-            raise _fault(errno.EROFS, file)
-        return real_open(file, mode, *args, **kw)
-
-    monkeypatch.setattr(os, "open", os_open)
-    monkeypatch.setattr(builtins, "open", open_)
-    monkeypatch.setattr(io, "open", open_)
+    """:func:`helpers.read_only`, and the export's atomic exchange of two folders refused under ``root`` too."""
+    inside = helpers_read_only(monkeypatch, root)
     real_exchange = atomic._exchange
 
     def exchange(a, b):

@@ -62,7 +62,7 @@ def test_cost_pruners_quality_and_latency_are_measured_and_written(tmp_path):
     quality = result["quality"]
     assert list(quality["by_budget"]) == ["0.7", "0.5"] and quality["test_questions"] == 24
     for ratio, cells in quality["by_budget"].items():
-        assert set(cells) == {"tpe", "nsga2", "random", "paper", "block_influence", "greedy", "greedy_space"}
+        assert set(cells) == {"tpe", "evo", "nsga2", "random", "paper", "block_influence", "greedy", "greedy_space"}
         for name, cell in cells.items():
             if cell is None:
                 continue
@@ -73,7 +73,7 @@ def test_cost_pruners_quality_and_latency_are_measured_and_written(tmp_path):
     assert quality["space_layers"] == list(range(8))  # spaces/per-layer.yaml: every layer
     narrow = Plan.from_yaml_text(quality["by_budget"]["0.5"]["greedy_space"]["plan"])
     assert {i for i, _ in narrow.layers} <= set(quality["space_layers"])
-    assert set(quality["infeasible"]) == {"tpe", "nsga2", "random"}
+    assert set(quality["infeasible"]) == {"tpe", "evo", "nsga2", "random"}
 
     latency = result["latency"]
     labels = [row["label"] for row in latency["rows"]]

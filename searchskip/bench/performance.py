@@ -352,7 +352,7 @@ def _best(plans: list[tuple[str, Any]], scores: _Scores) -> dict | None:
     return best
 
 
-QUALITY_SEARCHES = (("tpe", {"sampler": "tpe"}), ("nsga2", {"sampler": "nsga2", "objectives": ("accuracy", "flops")}),
+QUALITY_SEARCHES = (("tpe", {"sampler": "tpe"}), ("evo", {"sampler": "evo", "pruner": "parent"}), ("nsga2", {"sampler": "nsga2", "objectives": ("accuracy", "flops")}),
                     ("random", {"sampler": "random"}))
 
 
@@ -615,7 +615,7 @@ def _pruners_md(pruners: dict) -> list[str]:
                               "best validation acc."), rows, ("l", "r", "r", "r", "r", "r")) + [""])
 
 
-QUALITY_METHODS = (("tpe", "searchskip TPE"), ("nsga2", "NSGA-II [accuracy, flops]"), ("random", "random search"),
+QUALITY_METHODS = (("tpe", "searchskip TPE"), ("evo", "searchskip evo"), ("nsga2", "NSGA-II [accuracy, flops]"), ("random", "random search"),
                    ("paper", "best paper interval plan"), ("block_influence", "ShortGPT Block Influence"),
                    ("greedy", "greedy sublayer removal (FinerCut-style), all layers"),
                    ("greedy_space", "greedy sublayer removal, the space's layers only"))

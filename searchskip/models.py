@@ -101,7 +101,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     from searchskip.eval.prompts import resolve_template
-    from searchskip.export.load import apply_runtime_plan
+    from searchskip.export.model import apply_runtime_plan
 
     device = _device(spec.device)
     source, stored_template = resolve_source(spec)

@@ -101,7 +101,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import yaml
 
-from searchskip.config.loader import _did_you_mean, at_least, build
+from searchskip.config.typed import at_least, build
+from searchskip.config.typed import did_you_mean as _did_you_mean
 from searchskip.config.yaml_io import parse_yaml_text, read_yaml
 from searchskip.errors import ConfigError, Problem
 
@@ -320,7 +321,7 @@ def kept_visual_tokens(image_tokens: int, keep: float) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# The file form, built and checked by searchskip.config.loader.build
+# The file form, built and checked by searchskip.config.typed.build
 # --------------------------------------------------------------------------------------
 
 
@@ -360,7 +361,7 @@ def _span(drop: DropSpec) -> str:
     return f"layer {drop.start}" if last == drop.start else f"layers {drop.start}..{last}"
 
 
-# ---- rules of one part (see searchskip.config.loader: each yields (relative dotted key, rule)) ----
+# ---- rules of one part (see searchskip.config.typed: each yields (relative dotted key, rule)) ----
 
 
 def _version(plan: _PlanFile) -> Iterator[tuple[str, str]]:

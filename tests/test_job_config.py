@@ -12,7 +12,8 @@ import yaml
 
 from searchskip.config import loader
 from searchskip.config.job import DEFAULT_MODEL, Job
-from searchskip.config.loader import build, load_job
+from searchskip.config.loader import load_job
+from searchskip.config.typed import build
 from searchskip.config.yaml_io import StrictSafeLoader, StrictYAMLError, read_yaml
 from searchskip.errors import ConfigError, Problem, SearchSkipError
 

@@ -17,7 +17,7 @@ import pytest
 
 from searchskip import cli, plan as plan_module
 from searchskip.commands import validate
-from searchskip.config.loader import build
+from searchskip.config.typed import build
 from searchskip.errors import ConfigError, Problem
 from searchskip.plan import (
     KEEP, OPS, PARALLEL_BLOCKS, PRUNE_TARGETS, SCOPES, CalibrationSpec, DropSpec, LayerOp, Plan, PruneSpec,

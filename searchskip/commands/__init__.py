@@ -58,7 +58,7 @@ def option_type(name: str, tp: type, *rules: Callable[[Any], Any]) -> Callable[[
     and to ``rules``, the key's own rule factories (:func:`~searchskip.config.loader.at_least`,
     :func:`~searchskip.config.loader.above`) made for ``name``. A broken rule is argparse's usage
     error: one message, exit code 2."""
-    from searchskip.config.loader import build
+    from searchskip.config.typed import build
 
     def parse(text: str) -> Any:
         try:

@@ -22,7 +22,7 @@ from searchskip.search.leaderboard import _plan_dict, baselines, leaderboard, le
 
 def register(subparsers) -> None:
     from searchskip.commands import option_type
-    from searchskip.config.loader import at_least
+    from searchskip.config.typed import at_least
 
     p = subparsers.add_parser("ls", help="show a study's leaderboard and Pareto front",
                               description="Show the best feasible plans of a study folder and its Pareto front.")

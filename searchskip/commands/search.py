@@ -12,7 +12,7 @@ from searchskip.cli import INTERRUPTED
 
 def register(subparsers) -> None:
     from searchskip.commands import option_type
-    from searchskip.config.loader import at_least
+    from searchskip.config.typed import at_least
 
     p = subparsers.add_parser("search", help="search a compression plan within the job's FLOP budget",
                               description="Search which computations to skip within the job's FLOP budget "
@@ -32,7 +32,7 @@ def add_run_options(p) -> None:
     """``--trials``, ``--timeout`` (held to the rules of ``search.trials`` / ``search.timeout_s``) and
     ``--no-progress``: the options of every verb that runs a search."""
     from searchskip.commands import option_type
-    from searchskip.config.loader import above, at_least
+    from searchskip.config.typed import above, at_least
 
     p.add_argument("--trials", type=option_type("trials", int, at_least("trials", 1)), default=None, metavar="N",
                    help="total trials the study should hold, complete + pruned + infeasible (default: search.trials)")

@@ -14,7 +14,7 @@ __all__ = ["apply_plan", "check_unplanned", "plan_calibration"]
 def check_unplanned(loaded: Any, source: str, key: str = "") -> None:
     """Refuse (:class:`~searchskip.errors.ConfigError` naming ``source`` and ``key``) to plan a model
     that already runs a plan: the runtime plan of the export its folder holds
-    (:func:`~searchskip.export.load.apply_runtime_plan`). Plans do not stack; the export's source
+    (:func:`~searchskip.export.model.apply_runtime_plan`). Plans do not stack; the export's source
     model takes any plan."""
     from searchskip.apply import applied_plan
     from searchskip.errors import ConfigError, Problem

@@ -1,5 +1,6 @@
-"""Load an exported model with its runtime plan: :func:`load_compressed` (and :func:`apply_runtime_plan`,
-which :func:`searchskip.models.load_model` runs on every model it loads).
+"""Load an exported model with its runtime plan: :func:`load_compressed` (the runtime plan is applied by
+:func:`searchskip.export.model.apply_runtime_plan`, which :func:`searchskip.models.load_model` runs on every
+model it loads).
 
 ::
 
@@ -18,32 +19,9 @@ whose ``model.id`` is such a folder loads the same way (:func:`~searchskip.model
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_runtime_plan", "load_compressed"]
-
-
-def apply_runtime_plan(loaded: Any) -> None:
-    """Apply the runtime plan that ``loaded.source``'s ``searchskip_export.json`` stores (an export's
-    or a fine-tune's ``model/`` folder) to ``loaded.model``; nothing for any other model.
-    :class:`~searchskip.errors.ModelError` when the plan does not fit the model."""
-    from searchskip.apply import apply
-    from searchskip.errors import ModelError
-    from searchskip.export.model import EXPORT_FILE, read_export_info
-    from searchskip.plan import Plan
-
-    folder = Path(loaded.source)
-    info = read_export_info(folder) if folder.is_dir() else None
-    if info is None or info.get("runtime_plan") is None:
-        return
-    file = str(folder / EXPORT_FILE)
-    plan = Plan.from_json(json.dumps(info["runtime_plan"]), file=file)
-    try:
-        apply(loaded.model, plan)
-    except Exception as err:
-        raise ModelError(f"{file}: runtime_plan does not fit the model in {folder}: {err}") from None
+__all__ = ["load_compressed"]
 
 
 def load_compressed(spec_or_path: Any, *, device: str | None = None) -> Any:

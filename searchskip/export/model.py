@@ -36,7 +36,7 @@ from searchskip.errors import ModelError
 from searchskip.plan import Plan
 
 __all__ = ["EXPORT_FILE", "MODEL_DIR", "FORMAT", "CompressedModel", "compress", "runtime_plan", "removed_layers", "save_compressed",
-           "read_export_info"]
+           "read_export_info", "apply_runtime_plan"]
 
 EXPORT_FILE = "searchskip_export.json"
 MODEL_DIR = "model"
@@ -200,3 +200,21 @@ def read_export_info(folder: str | Path) -> dict | None:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ModelError(f"{path}: format must be {FORMAT}, but got {info.get('format') if isinstance(info, dict) else info!r}")
     return info
+
+
+def apply_runtime_plan(loaded: Any) -> None:
+    """Apply the runtime plan that ``loaded.source``'s ``searchskip_export.json`` stores (an export's
+    or a fine-tune's ``model/`` folder) to ``loaded.model``; nothing for any other model.
+    :class:`~searchskip.errors.ModelError` when the plan does not fit the model."""
+    from searchskip.apply import apply
+
+    folder = Path(loaded.source)
+    info = read_export_info(folder) if folder.is_dir() else None
+    if info is None or info.get("runtime_plan") is None:
+        return
+    file = str(folder / EXPORT_FILE)
+    plan = Plan.from_json(json.dumps(info["runtime_plan"]), file=file)
+    try:
+        apply(loaded.model, plan)
+    except Exception as err:
+        raise ModelError(f"{file}: runtime_plan does not fit the model in {folder}: {err}") from None

@@ -147,7 +147,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterator, Literal, Mapping, Sequence, Union
 
-from searchskip.config.loader import _did_you_mean, build
+from searchskip.config.typed import did_you_mean as _did_you_mean, build
 from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem
 from searchskip.plan import (
@@ -236,7 +236,7 @@ _LAYER_RANGE_KEYS = ("from", "to")
 
 
 # --------------------------------------------------------------------------------------
-# The file form, built and checked by searchskip.config.loader.build
+# The file form, built and checked by searchskip.config.typed.build
 # --------------------------------------------------------------------------------------
 
 
@@ -312,7 +312,7 @@ SPACE_KEYS = frozenset(f.name for cls in (_PerLayerFile, _PaperFile) for f in da
 """The top-level keys of a space file (of either kind)."""
 
 
-# ---- rules (see searchskip.config.loader: each yields (relative dotted key, rule)) --------
+# ---- rules (see searchskip.config.typed: each yields (relative dotted key, rule)) --------
 
 
 def _items(name: str, value: Any) -> list[tuple[str, Any]]:

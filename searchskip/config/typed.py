@@ -17,7 +17,7 @@ key, rule text)`` pairs; :func:`build` prefixes the instance's own dotted key. W
 of an instance failed to build, its rules still run on a partial view that holds the fields that
 did build (and the defaults of those left out); a rule that reads a failed field is skipped.
 :func:`at_least` and :func:`above` make the common numeric rules, phrased like optuna's: the
-rule first, then the values (``\`size >= 1\` must hold, but got size=-3``).
+rule first, then the values (``size >= 1`` must hold, but got ``size=-3``).
 """
 
 from __future__ import annotations

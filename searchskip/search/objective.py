@@ -192,10 +192,12 @@ class Objective:
                 return trial
         return None
 
-    def _wait_for_running_twin(self, trial: Any, key: str) -> bool:
-        """Another worker is scoring the same plan in an earlier trial: wait for it (so the plan is
-        scored once and this trial becomes its ``dedup_of``). Gives up if that trial fails or its
-        worker (on this host) dies, or after ``TWIN_WAIT_S``. ``True`` if it waited."""
+    def _wait_for_running_twin(self, trial: Any, key: str, *, scoring_too: bool) -> bool:
+        """Another worker is scoring the same plan: wait for it (so the plan is scored once and this
+        trial becomes its ``dedup_of``). A twin is a RUNNING trial of the same plan with a lower
+        number or, with ``scoring_too``, one that has started scoring (user attr ``scoring``).
+        Gives up if that trial fails or its worker (on this host) dies, or after ``TWIN_WAIT_S``.
+        ``True`` if it waited."""
         from optuna.trial import TrialState
 
         from searchskip.search.storage import _dead_local_worker
@@ -204,13 +206,31 @@ class Objective:
         deadline = time.monotonic() + TWIN_WAIT_S
         while time.monotonic() < deadline:
             twins = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                     if t.number < trial.number and t.user_attrs.get("plan_key") == key
+                     if t.number != trial.number and t.user_attrs.get("plan_key") == key
+                     and (t.number < trial.number or (scoring_too and t.user_attrs.get("scoring")))
                      and not t.user_attrs.get("infeasible") and not _dead_local_worker(t.user_attrs.get("worker"))]
             if not twins:
                 return waited
             waited = True
             time.sleep(TWIN_POLL_S)
         return waited
+
+    def _scored_twin(self, trial: Any, key: str) -> Any | None:
+        """The COMPLETE trial whose score this trial reuses, or ``None`` when this trial scores its plan.
+
+        Two workers that draw the same plan at once score it once: each records ``plan_key``, waits
+        for twins with a lower number or already scoring, marks itself ``scoring``, and then yields
+        once more to a lower-numbered twin (whose key it can now see), so of two twins that both got
+        that far only the lower-numbered one scores."""
+        previous = self._find_complete(trial.study, key)
+        if previous is None and self._wait_for_running_twin(trial, key, scoring_too=True):
+            previous = self._find_complete(trial.study, key)
+        if previous is not None:
+            return previous
+        trial.set_user_attr("scoring", True)
+        if self._wait_for_running_twin(trial, key, scoring_too=False):
+            return self._find_complete(trial.study, key)
+        return None
 
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
         import optuna
@@ -234,9 +254,7 @@ class Objective:
             raise optuna.TrialPruned(f"over budget: {ratio:.4f} x the unplanned model's FLOPs "
                                      f"(budget: {ctx.budget.describe()})")
 
-        previous = self._find_complete(trial.study, key)
-        if previous is None and self._wait_for_running_twin(trial, key):
-            previous = self._find_complete(trial.study, key)
+        previous = self._scored_twin(trial, key)
         if previous is not None:
             for name in ("accuracy", "accuracy_per_question_type", "questions", "latency_ms"):
                 if name in previous.user_attrs:

@@ -114,3 +114,16 @@ def test_the_cheapest_plan_is_no_dearer_than_any_single_change_of_it():
 def test_unplanned_plan_is_the_reference_when_keep_comes_first():
     fit = _fit("per-layer.yaml", 0.99)
     assert fit.plan_of({name: "keep" for name in fit.choices()})[0] == Plan()
+
+
+@pytest.mark.parametrize("space_file", ["prune.yaml", "tokens.yaml"])
+def test_fitted_number_values_are_points_of_the_optuna_distributions(space_file):
+    """A fitted value the trial's distribution did not contain would be re-drawn by the sampler, unfitted."""
+    for fit, _ in _feasible_fits(space_file):
+        distributions = fit.ctx.space.distributions(8)
+        rng = random.Random(1)
+        for _ in range(8):
+            result = fit.fit({name: rng.choice(values) for name, values in fit.choices().items()})
+            for name, value in result.params.items():
+                dist = distributions[name]
+                assert dist._contains(dist.to_internal_repr(value)), (name, value, dist)

@@ -80,20 +80,10 @@ class BudgetFit:
     _costs: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        from optuna.distributions import CategoricalDistribution
-
         ctx = self.ctx
         self.limit = ctx.budget.limit(ctx.baseline)
-        self._values = {}
-        for name, dist in ctx.space.distributions(ctx.num_layers).items():
-            if isinstance(dist, CategoricalDistribution):
-                self._values[name] = tuple(dist.choices)
-            else:
-                values, v = [], dist.low
-                while v <= dist.high + 1e-12:
-                    values.append(v)
-                    v += dist.step
-                self._values[name] = tuple(values)
+        # the space's own values (a number range's exact grid points, as optuna's step distributions hold them)
+        self._values = {name: tuple(values) for name, values in ctx.space.grid(ctx.num_layers).items()}
         reference = {name: values[0] for name, values in self._values.items()}
         base_cost = self.cost(reference)
         total = ctx.budget.cost(ctx.baseline)

@@ -91,14 +91,13 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(to_json(study, args.study_dir)))
         return 0
-    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.evaluations import describe_counts, trial_counts
 
     console = Console(width=max(Console().width, 140))
     console.print(leaderboard_table(study, args.top))
     console.print(leaderboard_table(study, rows=pareto(study), title="Pareto front (accuracy vs FLOP ratio)"))
     c = trial_counts(study)
-    console.print(f"{c['counted']} trials: {c['complete']} scored, {c['infeasible']} over budget, "
-                  f"{c['pruned']} pruned; {c['failed']} failed, {c['waiting']} waiting", highlight=False)
+    console.print(f"{describe_counts(c)}, {c['waiting']} waiting", highlight=False)
     for line in verdict(study):
         console.print(line, highlight=False)
     return 0

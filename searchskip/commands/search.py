@@ -61,7 +61,7 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool, folde
     from searchskip.commands import print_error
     from searchskip.search.fs_faults import study_writes
     from searchskip.search.leaderboard import leaderboard_table, verdict
-    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.evaluations import describe_counts, trial_counts
     from searchskip.search.run import run_search
     from searchskip.search.study import study_dir
 
@@ -76,9 +76,8 @@ def search_and_report(job, args, *, study, outputs, force_new_study: bool, folde
     counts = trial_counts(result.study)
     console = Console(width=max(Console().width, 140))
     console.print(leaderboard_table(result.study, top=10))
-    console.print(f"{counts['counted']} trials ({counts['complete']} scored, {counts['infeasible']} over budget, "
-                  f"{counts['pruned']} pruned, {counts['failed']} failed); {result.evaluations} model evaluations "
-                  f"in {result.seconds:.1f} s. Study: {result.study_dir}", soft_wrap=True, highlight=False)
+    console.print(f"{describe_counts(counts)}; this run: {result.evaluations} in {result.seconds:.1f} s. "
+                  f"Study: {result.study_dir}", soft_wrap=True, highlight=False)
     for line in verdict(result.study):
         console.print(line, highlight=False)
     if result.interrupted:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["runs_model", "trial_counts", "EvaluationTarget", "STALL_LIMIT"]
+__all__ = ["runs_model", "trial_counts", "describe_counts", "EvaluationTarget", "STALL_LIMIT"]
 
 STALL_LIMIT = 200
 """Proposals in a row that ran no model (duplicates, over budget) after which a run stops."""
@@ -56,6 +56,16 @@ def trial_counts(study: Any) -> dict[str, int]:
             out["waiting"] += 1
         out["counted"] += runs_model(t)
     return out
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """One line for people: ``30 model evaluations (11 scored in full, 19 pruned); 1 duplicate and 0
+    over-budget proposals ran no model; 0 failed``."""
+    full = counts["complete"] - counts["dedup"]
+    dups = counts["dedup"]
+    return (f"{counts['counted']} model evaluations ({full} scored in full, {counts['pruned']} pruned); "
+            f"{dups} duplicate{'s' if dups != 1 else ''} and {counts['infeasible']} over-budget proposals ran no "
+            f"model; {counts['failed']} failed")
 
 
 class EvaluationTarget:

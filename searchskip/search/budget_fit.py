@@ -43,6 +43,8 @@ from searchskip.search.objective import ObjectiveContext
 
 __all__ = ["BudgetFit", "FitResult"]
 
+MAX_CUT_STEPS = 64
+"""Moves a cut may make before the proposal takes the space's cheapest plan instead."""
 _REORDER_HARM = 0.05
 """Harm of a change that alters a layer without removing FLOPs, as a share of the layer's weight."""
 
@@ -157,6 +159,11 @@ class BudgetFit:
                 return params
             params, cost = move
 
+    def _cheapest_params(self) -> dict[str, Any]:
+        if getattr(self, "_cheapest_cache", None) is None:
+            self._cheapest_cache = self.cheapest()
+        return dict(self._cheapest_cache)
+
     def check_feasible(self, job_file: str | None = None) -> None:
         """``ConfigError`` (exit 2, naming ``job_file`` and ``search.budget``) when even the cheapest
         plan of the space misses the budget; the message gives that plan and its FLOPs."""
@@ -187,7 +194,12 @@ class BudgetFit:
         start = dict(params)
         cost = self.cost(params)
         estimate = cost
-        while not self.fits(cost):  # cut: least harm per FLOP saved
+        # Cut. Where costs interact the estimate can mislead and exact moves undo estimated ones; the
+        # cut is bounded (MAX_CUT_STEPS moves), and a proposal that needs more takes the space's
+        # cheapest plan (found once, known to fit), so a fit always ends, within the budget.
+        for _ in range(MAX_CUT_STEPS):
+            if self.fits(cost):
+                break
             move = self._estimated_move(params, estimate, cut=True)
             if move is not None:
                 name, value, delta = move
@@ -207,6 +219,9 @@ class BudgetFit:
                 break
             params, cost = exact
             estimate = cost
+        if not self.fits(cost):
+            params = self._cheapest_params()
+            cost = self.cost(params)
         if self.fits(cost):
             params, cost = self._fill(params, cost)
         plan, used = self.plan_of(params)

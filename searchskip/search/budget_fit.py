@@ -169,7 +169,7 @@ class BudgetFit:
         plan of the space misses the budget; the message gives that plan and its FLOPs."""
         from searchskip.errors import Problem
 
-        params = self.cheapest()
+        params = self._cheapest_params()
         cost = self.cost(params)
         if self.fits(cost):
             return

@@ -102,8 +102,6 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
         ctx = ObjectiveContext(space=space, num_layers=num_layers, arch=loaded.model.config, workload=workload,
                                budget=budget, objectives=tuple(search.objectives))
         check_budget_reachable(ctx.budget, ctx.baseline, job.source_file or job.name)
-        fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"))
-        fit.check_feasible(job.source_file or job.name)
         if _needs_unplanned_flops(study.user_attrs):
             study.set_user_attr("unplanned_flops", ctx.baseline.total(budget.count, budget.attention))
             study.set_user_attr("budget", budget.to_dict())
@@ -114,8 +112,10 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             extra = baseline_seeds(study, job, loaded, dataset, ctx)
             enqueue_seeds(study, seed_plans(ctx, extra))
             study.set_user_attr("seeded", True)
-        if search.fit_budget and fit.importance is None and study.user_attrs.get("block_influence") is not None:
-            fit = BudgetFit(ctx, importance=study.user_attrs["block_influence"])  # measured by the seeding above
+        # one fit per worker, with the Block Influence the seeding measured (seeds only fit plans, so none
+        # is enqueued when the space cannot meet the budget)
+        fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"))
+        fit.check_feasible(job.source_file or job.name)
     return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None)
 
 

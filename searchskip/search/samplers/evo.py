@@ -54,7 +54,7 @@ def make(c: SamplerContext) -> "EvoSampler":
 
     if c.fit is None:
         raise ConfigError("search.sampler: 'evo' mutates plans at the budget, so it needs search.fit_budget: true")
-    return EvoSampler(c.fit, seed=c.seed, maximize=c.objectives[0] not in ("kl",))
+    return EvoSampler(c.fit, seed=c.seed)
 
 
 def parent_trial(study: Any, maximize: bool = True) -> Any | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -93,3 +94,17 @@ def test_parent_pruner_without_a_parent_lets_every_trial_go_on():
     trial = study.ask({"x": FloatDistribution(0, 1)})
     trial.report(0.0, 64)
     assert not ParentPruner().prune(study, study._storage.get_trial(trial._trial_id))
+
+
+def test_auto_is_evo_for_one_fitted_objective_else_tpe():
+    from searchskip.config.job import BudgetSpec, SearchSpec
+    from searchskip.search.pruners import resolved_pruner
+    from searchskip.search.samplers import names, resolved_sampler
+
+    base = SearchSpec(space="spaces/per-layer.yaml", budget=BudgetSpec(flops_ratio=0.5))
+    assert base.sampler == "auto" and "auto" in names()
+    assert resolved_sampler(base) == "evo" and resolved_pruner(base) == "parent"
+    assert resolved_sampler(dataclasses.replace(base, objectives=("accuracy", "flops"))) == "tpe"
+    unfitted = dataclasses.replace(base, fit_budget=False)
+    assert resolved_sampler(unfitted) == "tpe" and resolved_pruner(unfitted) == "median"
+    assert resolved_sampler(dataclasses.replace(base, sampler="random")) == "random"

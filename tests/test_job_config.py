@@ -151,6 +151,9 @@ MALFORMED = {
     "id with easy_vqa": ("name: t\ndata:\n  id: org/d\n", "data.id", ["only used with `data.source: hub`"]),
     "batch size zero": ("name: t\neval:\n  batch_size: 0\n", "eval.batch_size", ["`batch_size >= 1`", "batch_size=0"]),
     "no new tokens": ("name: t\neval:\n  max_new_tokens: 0\n", "eval.max_new_tokens", ["max_new_tokens=0"]),
+    "evo without the fit": ("name: t\nsearch:\n  space: spaces/per-layer.yaml\n  budget: {flops_ratio: 0.5}\n"
+                            "  sampler: evo\n  fit_budget: false\n", "search.sampler",
+                            ["'evo' mutates plans at the budget", "fit_budget: true"]),
 }
 
 

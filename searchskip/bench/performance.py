@@ -1,4 +1,5 @@
-"""The performance benchmark: what a trial costs, what the exports gain, and how good the search is.
+"""The performance benchmark: what a trial costs and what the exports gain (how good the search is:
+:mod:`searchskip.bench.quality`).
 
     python -m searchskip.bench.performance jobs/demo.yaml                  # every part, one run
     python -m searchskip.bench.performance jobs/demo.yaml --parts latency  # re-measure one part
@@ -21,11 +22,6 @@ Parts:
   untouched first layers, measured with hooks, over the trial time).
 * ``pruners`` -- trials per hour and best accuracy of the same TPE study with ``pruner: none``,
   ``median`` and ``halving`` (growing subset).
-* ``quality`` -- best plan found at several budgets of the language model's FLOPs by TPE,
-  NSGA-II (objectives ``[accuracy, flops]``) and random search (same trials, same seeds), and by
-  the baselines: the paper's interval plans, ShortGPT Block Influence, and a greedy
-  FinerCut-style sublayer removal (:func:`~searchskip.search.baselines.greedy_sublayer_removal`).
-  Plans are chosen on the validation subset; the table shows their test accuracy.
 * ``latency`` -- exported models (:func:`~searchskip.export.model.compress`, saved and loaded back
   with :func:`searchskip.load_compressed`): prefill and per-token decode latency (median of
   repeats after warm-up) against the unplanned model, next to their FLOP ratios.
@@ -38,113 +34,19 @@ import argparse
 import dataclasses
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from searchskip.bench import write_result
+from searchskip.bench.harness import Bench, search_job, median as _median, plan_of as _plan_of, timed as _timed, trial_wall_s as _trial_wall_s
 from searchskip.export.report import markdown_table
 from searchskip.search.leaderboard import leaderboard
 
-PARTS = ("cost", "pruners", "quality", "latency", "ray")
+PARTS = ("cost", "pruners", "latency", "ray")
 NAME = "performance"
-
-
-# ---- shared -------------------------------------------------------------------------------------
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    began = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - began, out
-
-
-def search_job(job: Any, outputs: Path, **search: Any) -> Any:
-    """``job`` with its search section changed (``budget`` given as a BudgetSpec) and studies under ``outputs``."""
-    return dataclasses.replace(job, outputs=str(outputs), search=dataclasses.replace(job.search, **search))
-
-
-class Bench:
-    """What every part shares: the job, the model and validation subset loaded once, and the
-    search's own :class:`~searchskip.search.objective.ObjectiveContext` (workload, FLOP
-    convention, unplanned FLOPs) to price plans with."""
-
-    def __init__(self, job: Any, console: Any, folder: Path):
-        from searchskip.arch import get_adapter
-        from searchskip.config.loader import resolve_space
-        from searchskip.flops import measure_workload
-        from searchskip.search.objective import ObjectiveContext, budget_of
-        from searchskip.search.space import Space
-        from searchskip.search.worker import load_worker_inputs
-
-        self.job, self.console, self.folder = job, console, folder
-        self.load_s, (self.loaded, self.dataset) = _timed(lambda: load_worker_inputs(job))
-        self.space = Space.load(resolve_space(job.search.space))
-        self.ctx = ObjectiveContext(space=self.space, arch=self.loaded.model.config,
-                                    num_layers=get_adapter(self.loaded.model).num_layers(self.loaded.model),
-                                    workload=measure_workload(self.loaded, self.dataset, job.eval.max_new_tokens),
-                                    budget=budget_of(job.search.budget))
-        self.num_layers, self.arch, self.workload, self.baseline = (
-            self.ctx.num_layers, self.ctx.arch, self.ctx.workload, self.ctx.baseline)
-        self._evaluator = None
-
-    def flops(self, plan: Any) -> Any:
-        from searchskip.search.objective import plan_cost
-
-        return plan_cost(self.ctx, plan)[0]
-
-    def llm_ratio(self, plan: Any) -> float:
-        return self.flops(plan).llm_ratio(self.baseline)
-
-    def llm_budget(self, ratio: float) -> Any:
-        """A job budget (absolute GFLOPs per sample) that admits a plan exactly when its language-model
-        FLOPs are at most ``ratio`` x the unplanned model's (no plan changes the vision side)."""
-        from searchskip.config.job import BudgetSpec
-
-        llm = self.baseline.llm_total()
-        other = self.baseline.total() - llm
-        budget = self.ctx.budget
-        return BudgetSpec(gflops_per_sample=(other + ratio * llm) / 1e9, count=budget.count, attention=budget.attention)
-
-    def budget(self, ratio: float) -> Any:
-        from searchskip.search.objective import budget_of
-
-        return budget_of(self.llm_budget(ratio))
-
-    @property
-    def evaluator(self) -> Any:
-        """The search worker's evaluator (:func:`~searchskip.search.study.make_evaluator`), built once."""
-        if self._evaluator is None:
-            from searchskip.search.worker import make_evaluator
-
-            self._evaluator = make_evaluator(self.job, self.loaded, self.dataset)
-        return self._evaluator
-
-    def study(self, name: str, trials: int, **search: Any) -> Any:
-        """Run a fresh study ``name`` of ``trials`` on the loaded model (the shared evaluator)."""
-        from searchskip.search.run import run_search
-
-        job = search_job(self.job, self.folder / "studies", **search)
-        self.console.print(f"[bold]study {name}[/]: {trials} trials, {dict(search)}")
-        return run_search(job, trials, study_name=name, force_new_study=True, evaluator=self.evaluator,
-                          loaded=self.loaded, dataset=self.dataset, progress=False)
-
-
-def _trial_wall_s(trial: Any) -> float:
-    return (trial.datetime_complete - trial.datetime_start).total_seconds()
-
-
-def _plan_of(trial: Any) -> Any:
-    from searchskip.plan import Plan
-
-    return Plan.from_yaml_text(trial.user_attrs["plan"])
 
 
 def first_touched_layer(plan: Any, num_layers: int) -> int:
@@ -327,121 +229,23 @@ def measure_pruners(bench: Bench, trials: int) -> dict:
     return {"budget": dataclasses.asdict(bench.job.search.budget), "trials": trials, "by_pruner": out}
 
 
-# ---- part: quality ------------------------------------------------------------------------------
-
-
-class _Scores:
-    """An evaluator's accuracy per plan key: each plan is scored once however often it is asked for."""
-
-    def __init__(self, evaluator: Any):
-        self.evaluator, self.cache = evaluator, {}
-
-    def __call__(self, plan: Any) -> float:
-        key = plan.key()
-        if key not in self.cache:
-            self.cache[key] = self.evaluator(plan, None).accuracy
-        return self.cache[key]
-
-
-def _best(plans: list[tuple[str, Any]], scores: _Scores) -> dict | None:
-    best = None
-    for label, plan in plans:
-        acc = scores(plan)
-        if best is None or acc > best["validation"]:
-            best = {"label": label, "plan": plan, "validation": acc}
-    return best
-
-
-QUALITY_SEARCHES = (("tpe", {"sampler": "tpe"}), ("evo", {"sampler": "evo", "pruner": "parent"}), ("nsga2", {"sampler": "nsga2", "objectives": ("accuracy", "flops")}),
-                    ("random", {"sampler": "random"}))
-
-
-def _search_cell(bench: Bench, method: str, search: dict, ratio: float, trials: int) -> tuple[dict | None, int]:
-    """``(the best plan a search finds at the LLM budget ratio, its over-budget trials)``."""
-    from searchskip.search.evaluations import trial_counts
-
-    seconds, result = _timed(lambda: bench.study(f"quality-{method}-{ratio:g}", trials,
-                                                 budget=bench.llm_budget(ratio), **search))
-    board = leaderboard(result.study)  # COMPLETE trials only: never an over-budget one
-    infeasible = trial_counts(result.study)["infeasible"]
-    if not board:
-        return None, infeasible
-    top = board[0]
-    seed = f" (seed {top.user_attrs['seed']})" if "seed" in top.user_attrs else ""
-    return {"label": f"trial {top.number}{seed}", "plan": _plan_of(top), "validation": top.user_attrs["accuracy"],
-            "evaluations": result.evaluations, "seconds": seconds}, infeasible
-
-
-def measure_quality(bench: Bench, budgets: list[float], trials: int) -> dict:
-    """The ``quality`` part (see the module doc)."""
-    from searchskip.data.splits import load_eval_split
-    from searchskip.plan import Plan
-    from searchskip.search.baselines import (
-        greedy_sublayer_removal, labelled_block_influence_plans, labelled_paper_plans,
-    )
-    from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.seeds import measure_block_influence
-
-    job = bench.job
-    test = load_eval_split(job.data, "test")
-    validation = _Scores(bench.evaluator)
-    on_test = _Scores(ModelEvaluator(bench.loaded, test, job.eval.batch_size, job.eval.max_new_tokens,
-                                     feature_cache=job.search.feature_cache,
-                                     memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
-    unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
-    bi = measure_block_influence(job, bench.loaded, bench.dataset)
-    smallest = bench.budget(min(budgets))
-    greedy_s, greedy = _timed(lambda: greedy_sublayer_removal(
-        validation, bench.arch, bench.workload, smallest,
-        on_step=lambda s: bench.console.print(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
-    space_layers = bench.space.searchable_layers(bench.num_layers)
-    greedy_space = greedy_sublayer_removal(validation, bench.arch, bench.workload, smallest, layers=space_layers)
-    rows: dict[str, dict] = {}
-    infeasible: dict[str, dict[str, int]] = {}
-    for ratio in budgets:
-        budget = bench.budget(ratio)
-        cells: dict[str, dict | None] = {}
-        for method, search in QUALITY_SEARCHES:
-            cells[method], infeasible.setdefault(method, {})[f"{ratio:g}"] = _search_cell(
-                bench, method, search, ratio, trials)
-        cells["paper"] = _best([(label, p) for label, p in labelled_paper_plans(bench.num_layers)
-                                if budget.allows(bench.flops(p), bench.baseline)], validation)
-        cells["block_influence"] = _best(labelled_block_influence_plans(bi, bench.arch, bench.workload, budget),
-                                         validation)
-        for key, steps in (("greedy", greedy), ("greedy_space", greedy_space)):
-            step = next((s for s in steps if budget.allows(bench.flops(s.plan), bench.baseline)), None)
-            cells[key] = None if step is None else {
-                "label": f"{steps.index(step) + 1} sublayers removed", "plan": step.plan,
-                "validation": step.score, "evaluations": step.evaluations}
-        for cell in cells.values():
-            if cell is not None:
-                cell["test"] = on_test(cell["plan"])
-                cell["llm_flops_ratio"] = bench.llm_ratio(cell["plan"])
-                cell["plan"] = cell["plan"].to_yaml()
-        rows[f"{ratio:g}"] = cells
-        bench.console.print(f"quality {ratio:g}: " + ", ".join(
-            f"{m} {100 * c['test']:.2f}%" for m, c in cells.items() if c is not None))
-    return {"budgets": budgets, "trials": trials, "unplanned": unplanned, "test_questions": len(test),
-            "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
-            "greedy_seconds": greedy_s, "greedy_evaluations": greedy[-1].evaluations if greedy else 0,
-            "space_layers": list(space_layers), "infeasible": infeasible, "by_budget": rows,
-            "seed_plans": job.search.seed_plans, "pruner": job.search.pruner}
-
-
 # ---- part: latency ------------------------------------------------------------------------------
 
 
-def _latency_plans(bench: Bench, previous: dict | None) -> list[tuple[str, Any, str]]:
-    """``(label, plan, note)``: the search's ~50% plan when a quality run left one, BI skip_block at 50%,
-    structured FFN-channel pruning, parallel attention||FFN, unstructured Wanda."""
+def _latency_plans(bench: Bench, quality: dict | None) -> list[tuple[str, Any, str]]:
+    """``(label, plan, note)``: the default search's 50% plan (first seed) and BI skip_block at 50% when
+    a quality run (:mod:`searchskip.bench.quality`) left them, structured FFN-channel pruning,
+    parallel attention||FFN, unstructured Wanda."""
     from searchskip.plan import Plan
     from searchskip.search.baselines import block_influence_plan
 
     plans: list[tuple[str, Any, str]] = []
-    tpe = ((previous or {}).get("quality") or {}).get("by_budget", {}).get("0.5", {}).get("tpe")
-    if tpe:
-        plans.append(("search (TPE) at 50% LLM FLOPs", Plan.from_yaml_text(tpe["plan"]), ""))
-    bi = ((previous or {}).get("quality") or {}).get("block_influence")
+    quality = quality or {}
+    default = quality.get("default_sampler")
+    runs = quality.get("by_budget", {}).get("0.5", {}).get(default, {}).get("runs") or [{}]
+    if "plan" in runs[0]:
+        plans.append((f"search ({default}) at 50% LLM FLOPs", Plan.from_yaml_text(runs[0]["plan"]), ""))
+    bi = quality.get("block_influence")
     if bi is not None:
         plan = block_influence_plan(bi, bench.arch, bench.workload, bench.budget(0.5), op="skip_block")
         if plan is not None:
@@ -513,7 +317,7 @@ def _export(bench: Bench, plan: Any, target: Path) -> Any:
     return load_compressed(str(target))
 
 
-def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int], repeats: int, new_tokens: int,
+def measure_latency(bench: Bench, quality: dict | None, batch_sizes: list[int], repeats: int, new_tokens: int,
                     warmup: int = 3) -> dict:
     """The ``latency`` part (see the module doc). The exports are timed round-robin (each repeat runs
     every model once), so a burst of load on a shared machine hits them all alike."""
@@ -525,7 +329,7 @@ def measure_latency(bench: Bench, previous: dict | None, batch_sizes: list[int],
     out_rows, timers = [], []
     folder = Path(tempfile.mkdtemp(prefix="searchskip-bench-export-"))
     try:
-        for k, (label, plan, note) in enumerate([("unplanned", None, ""), *_latency_plans(bench, previous)]):
+        for k, (label, plan, note) in enumerate([("unplanned", None, ""), *_latency_plans(bench, quality)]):
             model = bench.loaded if plan is None else _export(bench, plan, folder / f"m{k}")
             row = {"label": label, "plan": None if plan is None else plan.to_yaml(), "note": note,
                    "layers": len(get_adapter(model.model).layers(model.model)),
@@ -615,34 +419,6 @@ def _pruners_md(pruners: dict) -> list[str]:
                               "best validation acc."), rows, ("l", "r", "r", "r", "r", "r")) + [""])
 
 
-QUALITY_METHODS = (("tpe", "searchskip TPE"), ("evo", "searchskip evo"), ("nsga2", "NSGA-II [accuracy, flops]"), ("random", "random search"),
-                   ("paper", "best paper interval plan"), ("block_influence", "ShortGPT Block Influence"),
-                   ("greedy", "greedy sublayer removal (FinerCut-style), all layers"),
-                   ("greedy_space", "greedy sublayer removal, the space's layers only"))
-
-
-def _quality_md(quality: dict) -> list[str]:
-    budgets = list(quality["by_budget"])
-
-    def cell(c: dict | None) -> str:
-        return "–" if c is None else f"{_pct(c['test'])} ({_pct(c['validation'])})"
-
-    rows = [(label, *(cell(quality["by_budget"][b].get(key)) for b in budgets)) for key, label in QUALITY_METHODS]
-    return (["### Search quality", "",
-             f"Test accuracy (%) on {quality['test_questions']} questions of the plan each method picks on "
-             f"{quality['validation_questions']} validation questions (validation accuracy in brackets), at budgets "
-             f"of the language model's FLOPs; unplanned: {_pct(quality['unplanned']['test'])}% test. Space "
-             f"`{quality['space']}`, {quality['trials']} trials per search, searches seeded with the paper and BI "
-             f"plans: {quality['seed_plans']}, pruner {quality['pruner']}.", ""]
-            + markdown_table(("method", *(f"{float(b):.0%} LLM FLOPs" for b in budgets)), rows,
-                             ("l", *("r" for _ in budgets)))
-            + ["", "Over-budget trials (rejected before any model run) out of each search's trials: "
-               + "; ".join(f"{m} " + ", ".join(f"{n} at {float(b):.0%}" for b, n in per.items())
-                           for m, per in quality.get("infeasible", {}).items())
-               + f". The greedy removals scored {quality['greedy_evaluations']} plans (all layers, down to the "
-               f"smallest budget). The space's layers: {quality.get('space_layers')}.", ""])
-
-
 def _latency_md(latency: dict) -> list[str]:
     sizes = [str(b) for b in latency["batch_sizes"]]
     rows = []
@@ -677,7 +453,7 @@ def _ray_md(ray: dict) -> list[str]:
                               "trials/min (wall)", "wall s"), rows, ("r", "r", "r", "r", "r", "r")) + [""])
 
 
-SECTIONS = {"cost": _cost_md, "pruners": _pruners_md, "quality": _quality_md, "latency": _latency_md, "ray": _ray_md}
+SECTIONS = {"cost": _cost_md, "pruners": _pruners_md, "latency": _latency_md, "ray": _ray_md}
 
 
 def markdown(result: dict) -> str:
@@ -703,12 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     from searchskip.errors import SearchSkipError
 
     p = argparse.ArgumentParser(prog="python -m searchskip.bench.performance",
-                                description="Trial cost, pruners, search quality, export latency and Ray scaling")
+                                description="Trial cost, pruners, export latency and Ray scaling "
+                                            "(search quality: python -m searchskip.bench.quality)")
     p.add_argument("job")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5, 0.35],
-                   help="budgets as fractions of the language model's FLOPs (quality)")
-    p.add_argument("--trials", type=int, default=100, help="trials per search (quality)")
     p.add_argument("--cost-trials", type=int, default=24)
     p.add_argument("--cost-plans", type=int, default=8)
     p.add_argument("--pruner-trials", type=int, default=60)
@@ -734,10 +508,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["cost"] = measure_cost(bench, a.cost_trials, a.cost_plans, a.repeats)
             elif part == "pruners":
                 result["pruners"] = measure_pruners(bench, a.pruner_trials)
-            elif part == "quality":
-                result["quality"] = measure_quality(bench, a.budgets, a.trials)
             elif part == "latency":
-                result["latency"] = measure_latency(bench, result, a.batch_sizes, 4 * a.repeats, new_tokens=8)
+                quality_file = folder / f"quality-{job.name}.json"
+                quality = json.loads(quality_file.read_text()) if quality_file.is_file() else None
+                result["latency"] = measure_latency(bench, quality, a.batch_sizes, 4 * a.repeats, new_tokens=8)
             elif part == "ray":
                 result["ray"] = measure_ray(bench, a.ray_trials, a.ray_workers)
             result[part].update(seconds=time.perf_counter() - began, measured=time.strftime("%Y-%m-%d %H:%M"),

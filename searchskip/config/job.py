@@ -116,9 +116,10 @@ class SearchSpec:
     budget: BudgetSpec
     objectives: tuple[Literal["accuracy", "flops", "latency"], ...] = ("accuracy",)
     """``[accuracy]``: best accuracy within the budget; ``[accuracy, flops]``: a Pareto front."""
-    sampler: Literal["tpe", "evo", "nsga2", "gp", "random", "grid"] = "tpe"
-    """:mod:`searchskip.search.samplers`: optuna's ``tpe``, ``nsga2``, ``gp``, ``random``, ``grid``, or
-    ``evo`` (EvoPress-style evolution at the budget)."""
+    sampler: Literal["auto", "tpe", "evo", "nsga2", "gp", "random", "grid"] = "auto"
+    """:mod:`searchskip.search.samplers`: optuna's ``tpe``, ``nsga2``, ``gp``, ``random``, ``grid``,
+    ``evo`` (EvoPress-style evolution at the budget), or ``auto`` (the default: ``evo`` for one
+    objective with ``fit_budget``, else ``tpe``; :func:`~searchskip.search.samplers.resolved_sampler`)."""
     fit_budget: bool = True
     """Map every proposal onto the budget before it reaches the model
     (:mod:`searchskip.search.budget_fit`): no trial is spent on an over-budget plan, and plans far

@@ -390,6 +390,9 @@ def _search_sampler(search: SearchSpec) -> Iterator[tuple[str, str]]:
     if search.sampler == "gp" and len(search.objectives) > 1:
         yield "sampler", (f"must be tpe, nsga2, random or grid with objectives {list(search.objectives)}, "
                           "but got sampler='gp'")
+    if search.sampler == "evo" and not search.fit_budget:
+        yield "sampler", ("'evo' mutates plans at the budget, so it needs fit_budget: true "
+                          "(or choose another sampler), but got fit_budget: false")
 
 
 def _budget_one(budget: BudgetSpec) -> Iterator[tuple[str, str]]:

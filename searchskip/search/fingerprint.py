@@ -49,6 +49,8 @@ def _default(value: Any) -> Any:
 
 def fingerprint(job: Job) -> dict[str, Any]:
     """The fields a study depends on (``job.search`` must be set)."""
+    from searchskip.search.samplers import resolved_sampler
+
     search = job.search
     if search is None:
         raise ValueError("fingerprint() needs a job with a `search` section")
@@ -76,7 +78,7 @@ def fingerprint(job: Job) -> dict[str, Any]:
                           "count": budget.count, "attention": budget.attention},
         "search.objectives": list(search.objectives),
         "search.metric": METRIC,
-        "search.sampler": search.sampler,
+        "search.sampler": resolved_sampler(search),
         "search.seed": search.seed,
     })
 

@@ -28,7 +28,9 @@ HALVING_FACTOR = 3
 def resolved_pruner(search: Any) -> str:
     """The pruner a job's ``search`` section means (``auto`` resolved)."""
     if search.pruner == "auto":
-        return "parent" if search.sampler == "evo" else "median"
+        from searchskip.search.samplers import resolved_sampler
+
+        return "parent" if resolved_sampler(search) == "evo" else "median"
     return search.pruner
 
 

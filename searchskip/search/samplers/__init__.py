@@ -16,7 +16,22 @@ from typing import Any
 from searchskip.search.samplers import builtin, evo
 from searchskip.search.samplers.registry import REGISTRY, SamplerContext, SamplerEntry, make_sampler
 
-__all__ = ["REGISTRY", "SamplerContext", "SamplerEntry", "make_sampler", "sampler_for", "register", "names"]
+__all__ = ["REGISTRY", "SamplerContext", "SamplerEntry", "make_sampler", "sampler_for", "register", "names",
+           "resolved_sampler", "AUTO"]
+
+AUTO = "auto"
+"""``search.sampler: auto`` (the default): :func:`resolved_sampler`."""
+
+
+def resolved_sampler(search: Any) -> str:
+    """The sampler a job's ``search`` section means. ``auto`` is ``evo`` for one objective with
+    ``fit_budget`` (the search-quality benchmark's best at tight budgets, README "Search quality"),
+    else ``tpe`` (a Pareto front over several objectives needs proposals across costs, and ``evo``
+    mutates plans at the budget only)."""
+    if search.sampler != AUTO:
+        return search.sampler
+    objectives = tuple(getattr(search, "objectives", ("accuracy",)))
+    return "evo" if len(objectives) == 1 and getattr(search, "fit_budget", True) else "tpe"
 
 
 def register(entry: SamplerEntry) -> SamplerEntry:
@@ -28,14 +43,14 @@ def sampler_for(search: Any, space: Any, num_layers: int, history: int = 0, fit:
     """The sampler of a job's ``search`` section. optuna does not store a sampler's state, so a
     resumed run seeds it with ``search.seed + history`` (trials already in the study): the same
     seed would replay the first run's random start-up suggestions, all of them duplicates."""
-    return make_sampler(SamplerContext(name=search.sampler, seed=search.seed + history, space=space,
+    return make_sampler(SamplerContext(name=resolved_sampler(search), seed=search.seed + history, space=space,
                                        num_layers=num_layers, objectives=tuple(getattr(search, "objectives", ("accuracy",))),
                                        fit=fit))
 
 
 def names() -> tuple[str, ...]:
     """The names a job may give ``search.sampler``."""
-    return REGISTRY.names()
+    return (AUTO, *REGISTRY.names())
 
 
 register(SamplerEntry("tpe", builtin.tpe, "optuna's TPESampler"))

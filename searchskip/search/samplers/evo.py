@@ -32,10 +32,12 @@ workers draw different children.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from optuna.samplers import BaseSampler, RandomSampler
 
+from searchskip.search.samplers.fitted import FIT_SECONDS_ATTR
 from searchskip.search.samplers.registry import SamplerContext
 
 __all__ = ["EvoSampler", "make", "parent_trial"]
@@ -99,16 +101,20 @@ class EvoSampler(BaseSampler):
         complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
         parent = parent_trial(study, self.maximize) if complete >= INITIAL else None
         result = None
+        fitting = 0.0
         for _ in range(RETRIES):
             if parent is None:
                 proposal = {name: rng.choice(values) for name, values in self.fit.choices().items()}
             else:
                 proposal = self._mutate(parent, rng)
+            began = time.perf_counter()
             result = self.fit.fit(proposal)
+            fitting += time.perf_counter() - began
             if result.plan.key() not in known:
                 break
         assert result is not None
         study._storage.set_trial_user_attr(trial._trial_id, "evo_parent", None if parent is None else parent.number)
+        study._storage.set_trial_user_attr(trial._trial_id, FIT_SECONDS_ATTR, fitting)
         return result.params
 
     def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:

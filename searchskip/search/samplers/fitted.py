@@ -15,14 +15,17 @@ resume, several workers, Ray's ``OptunaSearch``) sees an ordinary sampler:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from optuna.samplers import BaseSampler
 
-__all__ = ["BudgetFitSampler", "FIT_CHANGES_ATTR"]
+__all__ = ["BudgetFitSampler", "FIT_CHANGES_ATTR", "FIT_SECONDS_ATTR"]
 
 FIT_CHANGES_ATTR = "fit_changes"
 """Trial user attr: how many parameters the budget fit changed in the sampler's proposal."""
+FIT_SECONDS_ATTR = "fit_seconds"
+"""Trial user attr: wall seconds the budget fit took for this trial's proposal(s)."""
 
 
 class BudgetFitSampler(BaseSampler):
@@ -52,7 +55,9 @@ class BudgetFitSampler(BaseSampler):
         if not search_space:
             return {}
         proposal = propose_all(self.base, study, trial, self.distributions)
+        began = time.perf_counter()
         result = self.fit.fit(proposal)
+        study._storage.set_trial_user_attr(trial._trial_id, FIT_SECONDS_ATTR, time.perf_counter() - began)
         study._storage.set_trial_user_attr(trial._trial_id, FIT_CHANGES_ATTR, result.changes)
         return result.params
 

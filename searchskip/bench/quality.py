@@ -1,0 +1,340 @@
+"""Search quality at tight budgets: every method, the same number of model evaluations, several seeds.
+
+    python -m searchskip.bench.quality jobs/demo.yaml [--budgets 0.5 0.35 0.25] [--seeds 0 1 2]
+                                       [--evaluations 100] [--finetune 0.5 0.35]
+
+For each budget (a fraction of the **language model's** FLOPs; no plan changes the vision side)
+every method picks one plan on the job's validation subset, and the table shows that plan's
+accuracy on the whole test split (mean ± std over the seeds; validation in brackets):
+
+* the searches -- ``evo``, ``tpe`` and ``random`` (optuna's RandomSampler), each with its proposals
+  fitted to the budget (:mod:`searchskip.search.budget_fit`), and ``tpe`` with ``fit_budget:
+  false`` (over-budget proposals rejected, as before the fit existed). Each runs until it has
+  made ``--evaluations`` model evaluations (``search.trials``: seeds and pruned trials included,
+  duplicates and over-budget proposals not), once per ``search.seed`` of ``--seeds``. The job's
+  default sampler (``auto``) is marked;
+* the one-shot baselines, deterministic, so measured once: greedy sublayer removal over every
+  layer (FinerCut-style, :func:`~searchskip.search.baselines.greedy_sublayer_removal`; its
+  evaluations are counted and shown, and it gets no cap), ShortGPT's Block Influence plans, the
+  seed paper's best interval plan, and the best token-dropping plan (``visual_tokens``) that fits;
+* for every search: the share of proposals rejected before the model ran and the share of the
+  search's wall time they took, and the time the budget fit took;
+* ``--finetune``: the default search's plan (first seed) at those budgets, exported
+  (:func:`~searchskip.export.writer.export_plan`) and fine-tuned with the emitted recipe
+  (projector only, the seed paper's training with skipping) and with ``method: lora``; test
+  accuracy after each.
+
+Results go to ``<outputs>/bench/quality-<job>.{json,md}``; the studies stay under
+``<outputs>/bench/quality-studies/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from searchskip.bench import write_result
+from searchskip.bench.harness import Bench, plan_of, timed
+from searchskip.export.report import markdown_table
+
+__all__ = ["SEARCHES", "BASELINES", "measure", "markdown", "main"]
+
+NAME = "quality"
+
+SEARCHES: dict[str, dict[str, Any]] = {
+    "evo": {"sampler": "evo"},
+    "tpe": {"sampler": "tpe"},
+    "random": {"sampler": "random"},
+    "tpe_unfitted": {"sampler": "tpe", "fit_budget": False},
+}
+"""The searches compared: ``search`` section overrides of the job (pruner ``auto`` throughout)."""
+
+LABELS = {
+    "evo": "searchskip `evo` (fitted)",
+    "tpe": "searchskip `tpe` (fitted)",
+    "random": "random plans fitted to the budget",
+    "tpe_unfitted": "`tpe`, over-budget proposals rejected (`fit_budget: false`)",
+    "greedy": "greedy sublayer removal (FinerCut-style), every layer",
+    "block_influence": "ShortGPT Block Influence (best of its 3 ops)",
+    "paper": "best interval plan of the seed paper",
+    "tokens": "token dropping (`visual_tokens`), best that fits",
+}
+BASELINES = ("greedy", "block_influence", "paper", "tokens")
+
+TOKEN_KEEPS = tuple(round(0.05 * k, 2) for k in range(20))
+"""``visual_tokens.keep`` values tried: 0, 0.05, ..., 0.95 (the largest that fits is kept per layer and rank)."""
+
+
+class _Scores:
+    """An evaluator's accuracy per plan key: each plan is scored once however often it is asked for."""
+
+    def __init__(self, evaluator: Any):
+        self.evaluator, self.cache = evaluator, {}
+
+    def __call__(self, plan: Any) -> float:
+        key = plan.key()
+        if key not in self.cache:
+            self.cache[key] = self.evaluator(plan, None).accuracy
+        return self.cache[key]
+
+
+def _best(plans: list[tuple[str, Any]], scores: _Scores) -> dict | None:
+    """The plan of ``plans`` best on validation (the first of equals), with how many were scored."""
+    best = None
+    for label, plan in plans:
+        acc = scores(plan)
+        if best is None or acc > best["validation"]:
+            best = {"label": label, "plan": plan, "validation": acc}
+    if best is not None:
+        best["evaluations"] = len(plans)
+    return best
+
+
+def token_plans_at(bench: Bench, budget: Any) -> list[tuple[str, Any]]:
+    """For every layer and rank, the ``visual_tokens`` plan with the largest ``keep`` of
+    :data:`TOKEN_KEEPS` that fits ``budget`` (``attention`` rank needs a layer before the drop)."""
+    from searchskip.plan import Plan, VisualTokensSpec
+
+    out = []
+    for after in range(bench.num_layers):
+        for rank in ("attention", "uniform"):
+            if after == 0 and rank == "attention":
+                continue
+            for keep in reversed(TOKEN_KEEPS):
+                plan = Plan(visual_tokens=VisualTokensSpec(after, keep, rank))
+                if budget.allows(bench.flops(plan), bench.baseline):
+                    out.append((f"visual_tokens after {after}, keep {keep:g}, {rank}", plan))
+                    break
+    return out
+
+
+def _search(bench: Bench, method: str, ratio: float, seed: int, evaluations: int) -> dict:
+    """One search at the LLM budget ``ratio``: its pick, its counts and what rejected proposals cost."""
+    from optuna.trial import TrialState
+
+    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.leaderboard import leaderboard
+
+    seconds, result = timed(lambda: bench.study(f"quality-{method}-{ratio:g}-s{seed}", evaluations,
+                                                budget=bench.llm_budget(ratio), seed=seed, **SEARCHES[method]))
+    study = result.study
+    trials = study.get_trials(deepcopy=False)
+    rejected = [t for t in trials if t.user_attrs.get("infeasible")]
+    counts = trial_counts(study)
+    cell: dict[str, Any] = {
+        "seed": seed, "seconds": seconds, "evaluations": result.evaluations, "proposals": len(trials),
+        "rejected": len(rejected), "rejected_seconds": sum(t.user_attrs.get("seconds", 0.0) for t in rejected),
+        "fit_seconds": sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials),
+        "pruned": counts["pruned"], "duplicates": counts["dedup"],
+        "over_budget_scored": sum(1 for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("infeasible")),
+    }
+    board = leaderboard(study)  # COMPLETE trials only: never an over-budget one
+    if board:
+        top = board[0]
+        cell.update(label=f"trial {top.number}" + (f" (seed {top.user_attrs['seed']})" if "seed" in top.user_attrs else ""),
+                    plan=plan_of(top), validation=top.user_attrs["accuracy"])
+    return cell
+
+
+def _finetune(bench: Bench, plan: Any, ratio: float, folder: Path, train_limit: int | None) -> dict:
+    """``plan`` exported and fine-tuned by the emitted recipe (projector) and by ``method: lora``."""
+    from searchskip.config.loader import load_job
+    from searchskip.export.writer import ExportSource, export_plan
+    from searchskip.finetune.trainer import run_finetune
+
+    export = folder / f"finetune-{ratio:g}"
+    export_plan(bench.job, plan, export, ExportSource(label=f"bench quality {ratio:g}"), progress=False,
+                dataset=bench.dataset)
+    recipe = load_job(str(export / "finetune.yaml"))
+    out: dict[str, Any] = {"export": str(export)}
+    for method in ("projector", "lora"):
+        spec = dataclasses.replace(recipe.finetune, method=method, train_limit=train_limit,
+                                   out=str(folder / f"finetune-{ratio:g}-{method}"))
+        seconds, result = timed(lambda: run_finetune(dataclasses.replace(recipe, finetune=spec), progress=False,
+                                                     restart=True))
+        out[method] = {"before": result.metrics["accuracy_before"], "after": result.metrics["accuracy_after"],
+                       "steps": result.steps, "seconds": seconds}
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: int, finetune: list[float],
+            methods: list[str], train_limit: int | None = None) -> dict:
+    """Every method at every budget (see the module doc)."""
+    from searchskip.config.job import SearchSpec
+    from searchskip.data.splits import load_eval_split
+    from searchskip.plan import Plan
+    from searchskip.search.baselines import (
+        greedy_sublayer_removal, labelled_block_influence_plans, labelled_paper_plans,
+    )
+    from searchskip.search.objective import ModelEvaluator
+    from searchskip.search.samplers import resolved_sampler
+    from searchskip.search.seeds import measure_block_influence
+
+    job, say = bench.job, bench.console.print
+    default = resolved_sampler(dataclasses.replace(job.search, sampler=SearchSpec.sampler))
+    test = load_eval_split(job.data, "test")
+    validation = _Scores(bench.evaluator)
+    on_test = _Scores(ModelEvaluator(bench.loaded, test, job.eval.batch_size, job.eval.max_new_tokens,
+                                     feature_cache=job.search.feature_cache,
+                                     memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
+    unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
+    bi = measure_block_influence(job, bench.loaded, bench.dataset)
+    greedy_s, greedy = timed(lambda: greedy_sublayer_removal(
+        validation, bench.arch, bench.workload, bench.budget(min(budgets)),
+        on_step=lambda s: say(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
+
+    def finish(cell: dict | None) -> dict | None:
+        if cell is not None and "plan" in cell:
+            cell["test"] = on_test(cell["plan"])
+            cell["llm_flops_ratio"] = bench.llm_ratio(cell["plan"])
+            cell["plan"] = cell["plan"].to_yaml()
+        return cell
+
+    by_budget: dict[str, dict] = {}
+    for ratio in budgets:
+        budget = bench.budget(ratio)
+        row: dict[str, Any] = {}
+        step = next((s for s in greedy if budget.allows(bench.flops(s.plan), bench.baseline)), None)
+        row["greedy"] = finish(None if step is None else {
+            "label": f"{greedy.index(step) + 1} sublayers removed", "plan": step.plan, "validation": step.score,
+            "evaluations": step.evaluations})
+        row["block_influence"] = finish(_best(labelled_block_influence_plans(bi, bench.arch, bench.workload, budget),
+                                              validation))
+        row["paper"] = finish(_best([(label, p) for label, p in labelled_paper_plans(bench.num_layers)
+                                     if budget.allows(bench.flops(p), bench.baseline)], validation))
+        row["tokens"] = finish(_best(token_plans_at(bench, budget), validation))
+        for method in methods:
+            runs = [finish(_search(bench, method, ratio, seed, evaluations)) for seed in seeds]
+            scored = [r for r in runs if "test" in r]
+            row[method] = {"runs": runs, **({"test": _stats([r["test"] for r in scored]),
+                                              "validation": _stats([r["validation"] for r in scored])} if scored else {})}
+            say(f"quality {ratio:g} {method}: " + ", ".join(f"{100 * r['test']:.2f}%" for r in scored))
+        by_budget[f"{ratio:g}"] = row
+        say(f"quality {ratio:g}: " + ", ".join(f"{m} {100 * c['test']:.2f}%" for m, c in row.items()
+                                               if c is not None and isinstance(c.get("test"), float)))
+    tuned: dict[str, Any] = {}
+    for ratio in finetune:
+        runs = by_budget.get(f"{ratio:g}", {}).get(default, {}).get("runs", [])
+        if runs and "plan" in runs[0]:
+            tuned[f"{ratio:g}"] = _finetune(bench, Plan.from_yaml_text(runs[0]["plan"]), ratio,
+                                            bench.folder / "quality-finetune", train_limit)
+    return {"budgets": budgets, "seeds": seeds, "evaluations": evaluations, "methods": methods,
+            "default_sampler": default, "unplanned": unplanned, "test_questions": len(test),
+            "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
+            "greedy_seconds": greedy_s, "greedy_evaluations": greedy[-1].evaluations if greedy else 0,
+            "by_budget": by_budget, "finetune": tuned, "seed_plans": job.search.seed_plans}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _cell(c: dict | None) -> str:
+    if c is None or "test" not in c:
+        return "–"
+    if isinstance(c["test"], dict):
+        return f"{_pct(c['test']['mean'])} ± {_pct(c['test']['std'])} ({_pct(c['validation']['mean'])})"
+    return f"{_pct(c['test'])} ({_pct(c['validation'])}; {c['evaluations']} ev.)"
+
+
+def markdown(result: dict) -> str:
+    """The README's tables."""
+    q = result
+    budgets = list(q["by_budget"])
+    order = [m for m in q["methods"]] + list(BASELINES)
+    rows = []
+    for key in order:
+        label = LABELS.get(key, key) + (" **(default: `sampler: auto`)**" if key == q["default_sampler"] else "")
+        rows.append((label, *(_cell(q["by_budget"][b].get(key)) for b in budgets)))
+    lines = [f"Search quality ({q['job']}, {q['model']}, {q['cpus']} CPUs); measured {q['measured']} by `{q['command']}`.",
+             "",
+             f"Test accuracy (%) on {q['test_questions']} questions of the plan each method picks on "
+             f"{q['validation_questions']} validation questions, at budgets of the language model's FLOPs. Searches: "
+             f"mean ± std over seeds {q['seeds']}, {q['evaluations']} model evaluations each (seeds and pruned trials "
+             "included), validation mean in brackets; baselines are deterministic (validation and their model "
+             f"evaluations in brackets). Unplanned: {_pct(q['unplanned']['test'])}% test, "
+             f"{_pct(q['unplanned']['validation'])}% validation. Space `{q['space']}`.", ""]
+    lines += markdown_table(("method", *(f"{float(b):.0%} LLM FLOPs" for b in budgets)), rows,
+                            ("l", *("r" for _ in budgets)))
+    cost_rows = []
+    for method in q["methods"]:
+        runs = [r for b in budgets for r in q["by_budget"][b][method]["runs"]]
+        proposals = sum(r["proposals"] for r in runs)
+        rejected = sum(r["rejected"] for r in runs)
+        wall = sum(r["seconds"] for r in runs)
+        cost_rows.append((LABELS.get(method, method), proposals, f"{rejected} ({100 * rejected / max(1, proposals):.1f}%)",
+                          f"{100 * sum(r['rejected_seconds'] for r in runs) / wall:.2f}%",
+                          f"{100 * sum(r['fit_seconds'] for r in runs) / wall:.2f}%",
+                          sum(r["over_budget_scored"] for r in runs), f"{wall / len(runs):.0f} s"))
+    lines += ["", "Proposals, over all budgets and seeds: rejected before the model ran (over budget), the share of "
+              "the searches' wall time those took, the share the budget fit took, over-budget plans scored "
+              "(must be 0), and the mean wall time of one search.", ""]
+    lines += markdown_table(("search", "proposals", "rejected", "rejected: wall", "fit: wall", "over budget scored",
+                             "wall per search"), cost_rows, ("l", "r", "r", "r", "r", "r", "r"))
+    if q.get("finetune"):
+        ft_rows = []
+        for b, cell in q["finetune"].items():
+            for method in ("projector", "lora"):
+                m = cell[method]
+                ft_rows.append((f"{float(b):.0%}", method, _pct(m["before"]), _pct(m["after"]),
+                                f"{100 * m['after'] / q['unplanned']['test']:.1f}%", m["steps"], f"{m['seconds']:.0f} s"))
+        lines += ["", f"Fine-tuning the default search's plan (seed {q['seeds'][0]}) with the emitted recipe "
+                  "(projector only: the seed paper's training with skipping) and with `method: lora`; test accuracy "
+                  "before and after, and after as a share of the unplanned model's.", ""]
+        lines += markdown_table(("LLM FLOPs", "recipe", "test before", "test after", "of unplanned", "steps", "time"),
+                                ft_rows, ("r", "l", "r", "r", "r", "r", "r"))
+    lines += ["", f"Greedy removal scored {q['greedy_evaluations']} plans down to the smallest budget in "
+              f"{q['greedy_seconds']:.0f} s; its evaluations per budget are in brackets.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+    import sys
+
+    from rich.console import Console
+
+    from searchskip.config.loader import load_job
+    from searchskip.errors import SearchSkipError
+
+    p = argparse.ArgumentParser(prog="python -m searchskip.bench.quality",
+                                description="Search quality against greedy removal and one-shot baselines")
+    p.add_argument("job")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35, 0.25],
+                   help="budgets as fractions of the language model's FLOPs")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--evaluations", type=int, default=100, help="model evaluations per search")
+    p.add_argument("--methods", nargs="+", choices=list(SEARCHES), default=list(SEARCHES))
+    p.add_argument("--finetune", nargs="*", type=float, default=[0.5, 0.35],
+                   help="budgets whose default-search plan is exported and fine-tuned")
+    p.add_argument("--finetune-train-limit", type=int, default=None, help="train questions (default: the recipe's)")
+    a = p.parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        job = load_job(a.job)
+        if job.search is None:
+            raise SearchSkipError(f"{a.job}: search: the benchmark needs a job with a `search` section")
+        bench = Bench(job, console, Path(job.outputs) / "bench", studies="quality-studies")
+        began = time.perf_counter()
+        result = measure(bench, a.budgets, a.seeds, a.evaluations, a.finetune, a.methods, a.finetune_train_limit)
+        result.update(command="python -m searchskip.bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      job=job.name, model=job.model.id, cpus=os.cpu_count(), seconds=time.perf_counter() - began,
+                      measured=time.strftime("%Y-%m-%d %H:%M"))
+        write_result(job, NAME, json.loads(json.dumps(result)), markdown(result))
+    except SearchSkipError as err:
+        console.print(f"[red]{err}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

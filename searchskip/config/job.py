@@ -114,8 +114,11 @@ class SearchSpec:
     """A search space file (``spaces/*.yaml``): relative to the current directory, else to the
     searchskip checkout (the shipped ``spaces/``)."""
     budget: BudgetSpec
-    objectives: tuple[Literal["accuracy", "flops", "latency"], ...] = ("accuracy",)
-    """``[accuracy]``: best accuracy within the budget; ``[accuracy, flops]``: a Pareto front."""
+    objectives: tuple[Literal["accuracy", "agreement", "kl", "flops", "latency"], ...] = ("accuracy",)
+    """``[accuracy]``: best accuracy within the budget; ``[accuracy, flops]``: a Pareto front.
+    Label-free: ``agreement`` (share of answers identical to the unplanned model's) or ``kl`` (mean
+    KL of the answer tokens from the unplanned model's, lower is better) in place of ``accuracy``
+    (:mod:`searchskip.eval.fidelity`); accuracy is still recorded for every trial."""
     sampler: Literal["auto", "tpe", "evo", "nsga2", "gp", "random", "grid"] = "auto"
     """:mod:`searchskip.search.samplers`: optuna's ``tpe``, ``nsga2``, ``gp``, ``random``, ``grid``,
     ``evo`` (EvoPress-style evolution at the budget), or ``auto`` (the default: ``evo`` for one
@@ -165,6 +168,10 @@ class SearchSpec:
     """``feature_cache: auto``: the most GiB of features a worker keeps in memory."""
     seed_plans: bool = True
     """Enqueue the unplanned model and the paper's interval plans that fit the budget and the space."""
+    seed_greedy: bool = False
+    """Run greedy sublayer removal (FinerCut-style) once while seeding and enqueue its plan at the
+    budget (:mod:`searchskip.search.greedy_seed`); its model evaluations count toward ``trials``
+    (about ``2L - k`` at its ``k``-th removal for ``L`` layers)."""
 
 
 @dataclass(frozen=True)

@@ -320,10 +320,13 @@ def _search_space(search: SearchSpec) -> Iterator[tuple[str, str]]:
 
 def _search_objectives(search: SearchSpec) -> Iterator[tuple[str, str]]:
     objectives = tuple(search.objectives)
-    if objectives not in (("accuracy",), ("accuracy", "flops"), ("accuracy", "latency")):
+    quality, cost = ("accuracy", "agreement", "kl"), ("flops", "latency")
+    if not (objectives and objectives[0] in quality and (len(objectives) == 1 or
+                                                         (len(objectives) == 2 and objectives[1] in cost))):
         yield "objectives", ("must be [accuracy] (best accuracy within the budget), [accuracy, flops] (a Pareto "
                              "front over FLOPs) or [accuracy, latency] (a Pareto front over the measured seconds "
-                             f"per question), but got {list(objectives)!r}")
+                             "per question), with agreement or kl (label-free: against the unplanned model's "
+                             f"answers) in place of accuracy if you like, but got {list(objectives)!r}")
 
 
 def _search_counts(search: SearchSpec) -> Iterator[tuple[str, str]]:

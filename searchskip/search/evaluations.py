@@ -1,8 +1,9 @@
 """What a search's trial target counts: **model evaluations**, the unit users pay for.
 
 A trial *runs the model* when it scores its plan, in full (COMPLETE) or until the pruner
-stops it (PRUNED, not over budget). Two kinds of trial cost no model run and do not count
-toward ``search.trials``:
+stops it (PRUNED, not over budget). The plans the greedy seed scored count too
+(:mod:`searchskip.search.greedy_seed`; its plan's trial, ``from_greedy``, is not counted twice).
+Two kinds of trial cost no model run and do not count toward ``search.trials``:
 
 * an **over-budget** proposal (PRUNED with ``infeasible: true``), rejected after a FLOP count
   (rare since proposals are fitted to the budget, :mod:`searchskip.search.budget_fit`; ``grid``
@@ -28,8 +29,8 @@ def runs_model(trial: Any) -> bool:
     """Whether a finished trial scored its plan on the model (see the module docstring)."""
     from optuna.trial import TrialState
 
-    if trial.state == TrialState.COMPLETE:
-        return "dedup_of" not in trial.user_attrs
+    if trial.state == TrialState.COMPLETE:  # a duplicate, or the greedy seed's plan (counted as the greedy's)
+        return "dedup_of" not in trial.user_attrs and not trial.user_attrs.get("from_greedy")
     if trial.state == TrialState.PRUNED:
         return not trial.user_attrs.get("infeasible")
     return False
@@ -37,11 +38,16 @@ def runs_model(trial: Any) -> bool:
 
 def trial_counts(study: Any) -> dict[str, int]:
     """``complete`` (scored in full; ``dedup`` of them reused a twin's values), ``pruned`` (by
-    the pruner), ``infeasible``, ``failed``, ``running``, ``waiting``, and ``counted``: the
-    model evaluations, which ``search.trials`` counts."""
+    the pruner), ``infeasible``, ``failed``, ``running``, ``waiting``, ``greedy`` (plans the greedy
+    seed scored, :mod:`searchskip.search.greedy_seed`), and ``counted``: the model evaluations,
+    which ``search.trials`` counts (the greedy seed's included)."""
     from optuna.trial import TrialState
 
+    from searchskip.search.greedy_seed import greedy_evaluations
+
     out = dict.fromkeys(("complete", "dedup", "pruned", "infeasible", "failed", "running", "waiting", "counted"), 0)
+    out["greedy"] = greedy_evaluations(study.user_attrs)  # the greedy seed's, outside the trials
+    out["counted"] = out["greedy"]
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             out["complete"] += 1
@@ -63,7 +69,8 @@ def describe_counts(counts: dict[str, int]) -> str:
     over-budget proposals ran no model; 0 failed``."""
     full = counts["complete"] - counts["dedup"]
     dups = counts["dedup"]
-    return (f"{counts['counted']} model evaluations ({full} scored in full, {counts['pruned']} pruned); "
+    greedy = f", {counts['greedy']} by the greedy seed" if counts.get("greedy") else ""
+    return (f"{counts['counted']} model evaluations ({full} scored in full, {counts['pruned']} pruned{greedy}); "
             f"{dups} duplicate{'s' if dups != 1 else ''} and {counts['infeasible']} over-budget proposals ran no "
             f"model; {counts['failed']} failed")
 

@@ -54,6 +54,10 @@ class PlanScore:
     questions: int
     latency_ms: float | None = None
     """Measured wall time per question (ms): answering the subset over the questions scored."""
+    agreement: float | None = None
+    """Share of answers identical to the unplanned model's (label-free; only when an objective needs it)."""
+    kl: float | None = None
+    """Mean teacher-forced KL of the answer tokens from the unplanned model's (:mod:`searchskip.eval.fidelity`)."""
 
 
 Report = Callable[[float, int], None]
@@ -109,7 +113,8 @@ class ModelEvaluator:
 
     def __init__(self, loaded: Any, dataset: Any, batch_size: int, max_new_tokens: int, *,
                  report_every: int = 1, apply_fn: Callable[[Plan], Any] | None = None,
-                 feature_cache: str = "auto", memory_limit_gb: float = 2.0, cache_folder: Any = None):
+                 feature_cache: str = "auto", memory_limit_gb: float = 2.0, cache_folder: Any = None,
+                 objective: str = "accuracy"):
         from searchskip.eval.prepared import prepare_subset
 
         self.loaded = loaded
@@ -124,6 +129,13 @@ class ModelEvaluator:
         self.answer_types = columns["answer_type"]
         self.prepared = prepare_subset(loaded, dataset, batch_size, feature_cache=feature_cache,
                                        memory_limit_gb=memory_limit_gb, folder=cache_folder)
+        self.objective = objective
+        """What the running value passed to ``report`` is: ``accuracy``, ``agreement`` or ``kl``."""
+        self.reference = None
+        if objective in FIDELITY_OBJECTIVES:
+            from searchskip.eval.fidelity import Reference
+
+            self.reference = Reference(loaded, self.prepared, max_new_tokens)
 
     def close(self) -> None:
         """Remove the disk feature cache, if any."""
@@ -133,33 +145,57 @@ class ModelEvaluator:
         from searchskip.eval.generate import generate_answers
         from searchskip.eval.vqa_accuracy import question_accuracy, score_accuracies
 
+        references = self.reference.ensure() if self.reference is not None else None  # before the plan
         handle = self.apply_fn(plan) if self.apply_fn is not None else None
         try:
             accuracies: list[float] = []  # each question scored once; the final score is built from these
+            fidelity: dict[str, list[float]] = {"agreement": [], "kl": []}
             n = len(self.dataset)
             answering = 0.0
-            running = 0.0  # sum of the per-question accuracies so far (only kept when reporting)
             for batch_number, batch in enumerate(self.prepared, start=1):
                 began = time.perf_counter()
-                answers = generate_answers(self.loaded, batch.generate_inputs(), self.max_new_tokens)
+                if references is None:
+                    answers = generate_answers(self.loaded, batch.generate_inputs(), self.max_new_tokens)
+                else:
+                    from searchskip.eval.fidelity import score_batch
+
+                    scored_batch = score_batch(self.loaded, batch.generate_inputs, references[batch_number - 1],
+                                               self.max_new_tokens)
+                    answers = scored_batch.answers
+                    fidelity["agreement"] += scored_batch.agreement
+                    fidelity["kl"] += scored_batch.kl
                 answering += time.perf_counter() - began
-                scored = [question_accuracy(answer, self.answers[i])
-                          for i, answer in enumerate(answers, start=len(accuracies))]
-                accuracies += scored
-                if report is not None:
-                    for accuracy in scored:
-                        running += accuracy
-                    if batch_number % self.report_every == 0 and len(accuracies) < n:
-                        report(running / len(accuracies), len(accuracies))
+                accuracies += [question_accuracy(answer, self.answers[i])
+                               for i, answer in enumerate(answers, start=len(accuracies))]
+                if report is not None and batch_number % self.report_every == 0 and len(accuracies) < n:
+                    values = accuracies if self.objective == "accuracy" else fidelity[self.objective]
+                    report(sum(values) / len(values), len(values))
         finally:
             if handle is not None:
                 handle.restore()
         result = score_accuracies(accuracies, self.question_types, self.answer_types)
-        return PlanScore(result.accuracy, dict(result.per_question_type), result.n, 1000 * answering / max(1, n))
+        mean = {k: sum(v) / len(v) if v else None for k, v in fidelity.items()}
+        return PlanScore(result.accuracy, dict(result.per_question_type), result.n, 1000 * answering / max(1, n),
+                         agreement=mean["agreement"], kl=mean["kl"])
 
 
-OBJECTIVE_ATTRS = {"accuracy": "accuracy", "flops": "flops_ratio", "latency": "latency_ms"}
+OBJECTIVE_ATTRS = {"accuracy": "accuracy", "agreement": "agreement", "kl": "kl", "flops": "flops_ratio",
+                   "latency": "latency_ms"}
 """The trial user attr holding each objective's value (``latency``: measured ms per question)."""
+MAXIMIZED = ("accuracy", "agreement")
+"""Objectives that are maximized; the others (``kl``, ``flops``, ``latency``) are minimized."""
+FIDELITY_OBJECTIVES = ("agreement", "kl")
+"""Objectives measured against the unplanned model's outputs (:mod:`searchskip.eval.fidelity`)."""
+SCORE_ATTRS = ("accuracy", "accuracy_per_question_type", "questions", "latency_ms", "agreement", "kl")
+"""The user attrs a scored trial gets from its :class:`PlanScore` (and a duplicate copies)."""
+
+
+def score_attrs(result: PlanScore) -> dict[str, Any]:
+    """The user attrs of a :class:`PlanScore` (those it has)."""
+    attrs = {"accuracy": result.accuracy, "accuracy_per_question_type": result.per_question_type,
+             "questions": result.questions, "latency_ms": result.latency_ms, "agreement": result.agreement,
+             "kl": result.kl}
+    return {k: v for k, v in attrs.items() if v is not None}
 
 TWIN_WAIT_S = 3600.0
 TWIN_POLL_S = 0.5
@@ -182,7 +218,7 @@ class Objective:
     def _values(self, attrs: dict[str, Any]) -> float | tuple[float, ...]:
         if self.multi:
             return tuple(attrs[OBJECTIVE_ATTRS[o]] for o in self.ctx.objectives)
-        return attrs["accuracy"]
+        return attrs[OBJECTIVE_ATTRS[self.ctx.objectives[0]]]
 
     def _find_complete(self, study: Any, key: str) -> Any | None:
         from optuna.trial import TrialState
@@ -256,7 +292,7 @@ class Objective:
 
         previous = self._scored_twin(trial, key)
         if previous is not None:
-            for name in ("accuracy", "accuracy_per_question_type", "questions", "latency_ms"):
+            for name in SCORE_ATTRS:
                 if name in previous.user_attrs:
                     trial.set_user_attr(name, previous.user_attrs[name])
             trial.set_user_attr("dedup_of", previous.number)
@@ -271,20 +307,18 @@ class Objective:
                 # is compared with them, and a half-scored baseline would make that comparison unfair.
                 if self.prune and "seed" not in trial.user_attrs and trial.should_prune():
                     trial.set_user_attr("pruned_at", step)
-                    trial.set_user_attr("accuracy_at_prune", accuracy)
+                    trial.set_user_attr(f"{ctx.objectives[0]}_at_prune", accuracy)
                     trial.set_user_attr("seconds", time.perf_counter() - start)
                     raise optuna.TrialPruned(f"pruned at {step} questions (accuracy so far {accuracy:.4f})")
 
         self.evaluations += 1
         result = self.evaluate(plan, reporter)
-        trial.set_user_attr("accuracy", result.accuracy)
-        trial.set_user_attr("accuracy_per_question_type", result.per_question_type)
-        trial.set_user_attr("questions", result.questions)
-        if result.latency_ms is not None:
-            trial.set_user_attr("latency_ms", result.latency_ms)
+        attrs = score_attrs(result)
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        return self._values({"accuracy": result.accuracy, "flops_ratio": ratio, "latency_ms": result.latency_ms})
+        return self._values({**attrs, "flops_ratio": ratio})
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
-    return ["maximize" if o == "accuracy" else "minimize" for o in objectives]
+    return ["maximize" if o in MAXIMIZED else "minimize" for o in objectives]

@@ -48,7 +48,9 @@ def make_pruner(search: Any, batch_size: int = 1) -> Any:
         first = batch_size * search.report_every
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=HALVING_FACTOR)
     if name == "parent":
-        return ParentPruner(maximize=search.objectives[0] == "accuracy")
+        from searchskip.search.objective import MAXIMIZED
+
+        return ParentPruner(maximize=search.objectives[0] in MAXIMIZED)
     raise ValueError(f"search.pruner: unknown pruner {name!r}")
 
 

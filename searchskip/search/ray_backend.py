@@ -164,7 +164,9 @@ def _set_up(job: Job, study_name: str, folder: str, cwd: str) -> tuple[Any, Any]
 
 def _setup_task(job: Job, study_name: str, folder: str, cwd: str) -> None:
     """The one-off Ray task of a new study: workload, unplanned FLOPs, budget and seeds."""
-    _set_up(job, study_name, folder, cwd)
+    _study, setup = _set_up(job, study_name, folder, cwd)
+    if setup.evaluator is not None:  # the greedy seed's
+        setup.evaluator.close()
 
 
 def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
@@ -181,7 +183,7 @@ def _worker(job: Job, study_name: str, folder: str, cwd: str) -> _Worker:
         registration = WorkerRegistration(Path(folder)).__enter__()  # left when the actor's process exits
         atexit.register(registration.__exit__, None, None, None)
         study, setup = _set_up(job, study_name, folder, cwd)
-        evaluator = make_evaluator(job, setup.loaded, setup.dataset)
+        evaluator = setup.evaluator or make_evaluator(job, setup.loaded, setup.dataset)
         atexit.register(evaluator.close)  # a disk feature cache is removed with the actor
         objective = Objective(setup.ctx, evaluator, prune=resolved_pruner(job.search) != "none")
         _WORKERS[key] = _Worker(study, objective)
@@ -211,8 +213,9 @@ def run_trial(study: Any, objective: Any, trial_id: int) -> dict[str, Any]:
     # One metric per objective, by the objective's name (``accuracy``, ``flops``, ``latency``); a
     # pruned trial's accuracy is its running accuracy when the pruner stopped it.
     metrics: dict[str, Any] = {name: float(attrs.get(attr, math.nan)) for name, attr in OBJECTIVE_ATTRS.items()}
-    if "accuracy" not in attrs:
-        metrics["accuracy"] = float(attrs.get("accuracy_at_prune", math.nan))
+    for name in OBJECTIVE_ATTRS:
+        if f"{name}_at_prune" in attrs:  # the running value of the objective the pruner watched
+            metrics[name] = float(attrs[f"{name}_at_prune"])
     metrics["flops_ratio"] = metrics["flops"]
     metrics.update(optuna_state=frozen.state.name, optuna_number=frozen.number,
                    infeasible=bool(attrs.get("infeasible", False)))
@@ -365,15 +368,14 @@ def run_ray_search(
     from searchskip.search.progress import ProgressView
     from searchskip.search.samplers import sampler_for
     from searchskip.search.study import begin_run
-    from searchskip.search.worker import study_fit, study_needs_setup
+    from searchskip.search.worker import study_done, study_fit, study_needs_setup
 
     search = job.search
     run = begin_run(job, trials, timeout, study_name, outputs, folder)
     trials, timeout, name, folder, space, start = run.trials, run.timeout, run.name, run.folder, run.space, run.start
     study, failed = prepare_study(job, folder, name, trials=trials, force_new_study=force_new_study,
                                   others_alive=bool(live_workers(folder)))
-    counted = trial_counts(study)["counted"]
-    if trials is not None and counted >= trials:
+    if study_done(study, search, trials):
         return SearchResult(study=study, study_dir=folder, failed_stale=failed, seconds=time.perf_counter() - start)
 
     import ray
@@ -398,8 +400,9 @@ def run_ray_search(
         multi = len(search.objectives) > 1
         searcher = StorageOptunaSearch(
             space=_define_by_run(space, num_layers), study_name=name, storage=study._storage, sampler=sampler,
-            metric=list(search.objectives) if multi else "accuracy",
-            mode=[("max" if d == "maximize" else "min") for d in directions(search.objectives)] if multi else "max")
+            metric=list(search.objectives) if multi else search.objectives[0],
+            mode=[("max" if d == "maximize" else "min") for d in directions(search.objectives)] if multi
+            else ("max" if directions(search.objectives)[0] == "maximize" else "min"))
         trainable = tune.with_resources(
             tune.with_parameters(_tune_trial, job=job, study_name=name, folder=where, cwd=os.getcwd()),
             tune_resources(dict(search.resources_per_worker)))

@@ -74,7 +74,7 @@ from searchskip.search.storage import (
     study_flock,
 )
 from searchskip.search.study_files import read_run_info, write_atomic, write_run_info
-from searchskip.search.worker import load_worker_inputs, make_evaluator, setup_worker
+from searchskip.search.worker import load_worker_inputs, make_evaluator, setup_worker, study_done
 
 __all__ = ["SearchResult", "RunStart", "begin_run", "run_search", "run_targets", "prepare_study", "study_dir",
            "check_study_name", "open_study", "trial_counts", "RUN_FILE", "JOB_FILE"]
@@ -269,12 +269,12 @@ def run_search(
     with WorkerRegistration(folder) as registration:  # under the study's lock: sees the other live workers
         study, failed = prepare_study(job, folder, name, trials=trials, force_new_study=force_new_study,
                                       others_alive=bool(registration.others))
-        if trials is not None and trial_counts(study)["counted"] >= trials:  # nothing to do: load nothing
+        if study_done(study, search, trials):  # nothing to do: load nothing
             return SearchResult(study=study, study_dir=folder, failed_stale=failed,
                                 seconds=time.perf_counter() - start)
 
         setup = setup_worker(job, study, folder, space, loaded=loaded, dataset=dataset,
-                             need_dataset=evaluator is None)
+                             need_dataset=evaluator is None, evaluator=evaluator)
         loaded, dataset, ctx = setup.loaded, setup.dataset, setup.ctx
 
         # Concurrent workers must not replay one sampler sequence: offset the seed by the number
@@ -285,7 +285,7 @@ def run_search(
         study = optuna.load_study(study_name=name, storage=study._storage, sampler=sampler, pruner=pruner)
         own = evaluator is None
         if own:
-            evaluator = make_evaluator(job, loaded, dataset)
+            evaluator = setup.evaluator or make_evaluator(job, loaded, dataset)
         objective = Objective(ctx, evaluator, prune=resolved_pruner(search) != "none")
         try:
             interrupted = _optimize(study, objective, trials, timeout, progress=progress,
@@ -311,7 +311,7 @@ def _study_complete(job: Job, folder: Path, name: str, trials: int | None) -> bo
         study = optuna.load_study(study_name=name, storage=open_storage(job.search.storage, folder))
     except (KeyError, ValueError, TypeError):
         return False
-    return trial_counts(study)["counted"] >= trials
+    return study_done(study, job.search, trials)
 
 def _optimize(study: Any, objective: Objective, trials: int | None, timeout: float | None, *,
               progress: bool, handle_sigint: bool, callbacks: list) -> bool:

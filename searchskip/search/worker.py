@@ -17,12 +17,14 @@ from typing import Any
 from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
 from searchskip.search.budget_fit import BudgetFit
+from searchskip.search.greedy_seed import greedy_seed
+from searchskip.search.leaderboard import OBJECTIVES_ATTR
 from searchskip.search.objective import ModelEvaluator, ObjectiveContext, budget_of
 from searchskip.search.preflight import check_budget_reachable
 from searchskip.search.seeds import baseline_seeds, enqueue_seeds, seed_plans
 from searchskip.search.storage import study_flock
 
-__all__ = ["WorkerSetup", "load_worker_inputs", "study_needs_setup", "setup_worker", "make_evaluator", "num_layers_of",
+__all__ = ["WorkerSetup", "load_worker_inputs", "study_needs_setup", "study_done", "setup_worker", "make_evaluator", "num_layers_of",
            "study_fit"]
 
 
@@ -36,6 +38,8 @@ class WorkerSetup:
     ctx: ObjectiveContext
     fit: BudgetFit | None = None
     """How the worker's sampler maps proposals onto the budget (``None``: ``search.fit_budget: false``)."""
+    evaluator: Any = None
+    """The evaluator the seeding built (``search.seed_greedy``) or was given; ``None`` when it needed none."""
 
 
 def load_worker_inputs(job: Job, loaded: Any = None, dataset: Any = None, *,
@@ -76,8 +80,8 @@ def _needs_unplanned_flops(attrs: dict[str, Any]) -> bool:
 
 
 def _needs_seeding(attrs: dict[str, Any], search: Any) -> bool:
-    """The job wants seed plans and the study has not enqueued them yet."""
-    return bool(search.seed_plans and not attrs.get("seeded"))
+    """The job wants seed plans (or the greedy seed) and the study has not enqueued them yet."""
+    return bool((search.seed_plans or search.seed_greedy) and not attrs.get("seeded"))
 
 
 def study_needs_setup(study: Any, search: Any) -> bool:
@@ -86,11 +90,21 @@ def study_needs_setup(study: Any, search: Any) -> bool:
     return _needs_workload(attrs) or _needs_unplanned_flops(attrs) or _needs_seeding(attrs, search)
 
 
+def study_done(study: Any, search: Any, trials: int | None) -> bool:
+    """Whether ``study`` holds ``trials`` model evaluations and is fully set up (a greedy seed cut
+    short by a kill may already hold that many evaluations, but its plan is not a trial yet)."""
+    from searchskip.search.evaluations import trial_counts
+
+    return trials is not None and trial_counts(study)["counted"] >= trials and not study_needs_setup(study, search)
+
+
 def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
-                 need_dataset: bool = True) -> WorkerSetup:
+                 need_dataset: bool = True, evaluator: Any = None) -> WorkerSetup:
     """Load the model and the validation subset (unless given), check the space against the model,
     and, under the study's lock, measure and store the workload, the unplanned FLOPs and the budget
-    once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this."""
+    once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this.
+    ``evaluator``: the worker's, for the greedy seed (``search.seed_greedy``); built here when it
+    needs one and none is given, and returned in :attr:`WorkerSetup.evaluator` for the trials."""
     search = job.search
     loaded, dataset = load_worker_inputs(job, loaded, dataset,
                                          need_dataset=need_dataset or _needs_workload(study.user_attrs))
@@ -108,15 +122,27 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             study.set_user_attr("budget_flops", budget.limit(ctx.baseline))
             study.set_user_attr("num_layers", num_layers)
             study.set_user_attr("space", str(search.space))
+            study.set_user_attr(OBJECTIVES_ATTR, list(search.objectives))
         if _needs_seeding(study.user_attrs, search):
-            extra = baseline_seeds(study, job, loaded, dataset, ctx)
-            enqueue_seeds(study, seed_plans(ctx, extra))
+            extra = baseline_seeds(study, job, loaded, dataset, ctx) if search.seed_plans else []
+            if search.seed_greedy:
+                if evaluator is None:
+                    evaluator = make_evaluator(job, loaded, dataset)
+                greedy_seed(study, ctx, evaluator, say=_say)  # a COMPLETE trial already (no model run again)
+            enqueue_seeds(study, seed_plans(ctx, extra, baselines=search.seed_plans))
             study.set_user_attr("seeded", True)
         # one fit per worker, with the Block Influence the seeding measured (seeds only fit plans, so none
         # is enqueued when the space cannot meet the budget)
         fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"))
         fit.check_feasible(job.source_file or job.name)
-    return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None)
+    return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None, evaluator)
+
+
+def _say(line: str) -> None:
+    """A progress line of the seeding on stderr (one line each: readable on a terminal and in a log)."""
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
@@ -127,7 +153,7 @@ def make_evaluator(job: Job, loaded: Any, dataset: Any) -> ModelEvaluator:
     calibration_cache: dict = {}
     return ModelEvaluator(loaded, dataset, job.eval.batch_size, job.eval.max_new_tokens,
                           report_every=job.search.report_every, feature_cache=job.search.feature_cache,
-                          memory_limit_gb=job.search.cache_memory_gb,
+                          memory_limit_gb=job.search.cache_memory_gb, objective=job.search.objectives[0],
                           apply_fn=lambda plan: apply_plan(loaded, job, plan, source=job.search.space,
                                                            calibration_cache=calibration_cache))
 

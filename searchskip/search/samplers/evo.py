@@ -56,7 +56,9 @@ def make(c: SamplerContext) -> "EvoSampler":
 
     if c.fit is None:
         raise ConfigError("search.sampler: 'evo' mutates plans at the budget, so it needs search.fit_budget: true")
-    return EvoSampler(c.fit, seed=c.seed)
+    from searchskip.search.objective import MAXIMIZED
+
+    return EvoSampler(c.fit, seed=c.seed, maximize=c.objectives[0] in MAXIMIZED)
 
 
 def parent_trial(study: Any, maximize: bool = True) -> Any | None:

@@ -37,7 +37,7 @@ def _job(tmp_path, **search):
 
 def test_cost_pruners_and_latency_are_measured_and_written(tmp_path):
     job = _job(tmp_path)
-    quality = {"default_sampler": "evo", "block_influence": [0.5, 0.1, 0.2, 0.05, 0.3, 0.1, 0.2, 0.4],
+    quality = {"default_method": "evo", "block_influence": [0.5, 0.1, 0.2, 0.05, 0.3, 0.1, 0.2, 0.4],
                "by_budget": {"0.5": {"evo": {"runs": [{"plan": Plan(layers={3: "skip_block", 5: "skip_ffn"}).to_yaml()}]}}}}
     (tmp_path / "out/bench").mkdir(parents=True)
     (tmp_path / "out/bench/quality-demo.json").write_text(json.dumps(quality))  # what bench.quality leaves

@@ -20,14 +20,14 @@ def test_every_method_is_measured_at_every_budget_and_written(tmp_path):
     data["data"]["test_subset"]["size"] = 24
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     argv = [str(path), "--budgets", "0.5", "0.35", "--seeds", "0", "1", "--evaluations", "5",
-            "--finetune", "0.5", "--finetune-train-limit", "16"]
+            "--finetune", "0.5", "--finetune-train-limit", "16", "--methods", "evo", "tpe", "random", "tpe_unfitted"]
     assert bench.main(argv) == 0
     result = json.loads((tmp_path / "out/bench/quality-demo.json").read_text())
-    assert result["command"].endswith(" ".join(argv)) and result["default_sampler"] == "evo"
+    assert result["command"].endswith(" ".join(argv)) and result["default_method"] == "evo"
     assert result["test_questions"] == 24 and result["validation_questions"] == 16
     for ratio, row in result["by_budget"].items():
-        assert set(row) == {*bench.SEARCHES, *bench.BASELINES}
-        for method in bench.SEARCHES:
+        assert set(row) == {"evo", "tpe", "random", "tpe_unfitted", *bench.BASELINES}
+        for method in ("evo", "tpe", "random", "tpe_unfitted"):
             runs = row[method]["runs"]
             assert [r["seed"] for r in runs] == [0, 1]
             for run in runs:
@@ -53,7 +53,17 @@ def test_every_method_is_measured_at_every_budget_and_written(tmp_path):
     for method in ("projector", "lora"):
         assert 0 <= tuned[method]["after"] <= 1 and tuned[method]["steps"] == 1
     md = (tmp_path / "out/bench/quality-demo.md").read_text()
-    assert "**(default: `sampler: auto`)**" in md and "rejected" in md and "lora" in md
+    assert "**(the job's default search)**" in md and "rejected" in md and "lora" in md
+
+    # a second run with one more method reuses every cell measured the same way and adds the new one
+    before = {ratio: {m: row[m] for m in bench.SEARCHES if m != "evo_joint"} for ratio, row in result["by_budget"].items()}
+    assert bench.main([str(path), "--budgets", "0.5", "0.35", "--seeds", "0", "1", "--evaluations", "5",
+                       "--finetune", "0.5", "--methods", "evo", "evo_joint"]) == 0
+    again = json.loads((tmp_path / "out/bench/quality-demo.json").read_text())
+    for ratio, row in again["by_budget"].items():
+        assert row["evo"] == before[ratio]["evo"] and row["greedy"] == result["by_budget"][ratio]["greedy"]
+        assert [r["seed"] for r in row["evo_joint"]["runs"]] == [0, 1] and "tpe" not in row
+    assert again["finetune"] == result["finetune"]
 
 
 def test_token_plans_fit_and_use_the_largest_keep(tmp_path):

@@ -241,7 +241,7 @@ def _latency_plans(bench: Bench, quality: dict | None) -> list[tuple[str, Any, s
 
     plans: list[tuple[str, Any, str]] = []
     quality = quality or {}
-    default = quality.get("default_sampler")
+    default = quality.get("default_method")
     runs = quality.get("by_budget", {}).get("0.5", {}).get(default, {}).get("runs") or [{}]
     if "plan" in runs[0]:
         plans.append((f"search ({default}) at 50% LLM FLOPs", Plan.from_yaml_text(runs[0]["plan"]), ""))

@@ -46,19 +46,23 @@ __all__ = ["SEARCHES", "BASELINES", "measure", "markdown", "main"]
 
 NAME = "quality"
 
+PER_LAYER, JOINT = "spaces/per-layer.yaml", "spaces/tokens.yaml"
 SEARCHES: dict[str, dict[str, Any]] = {
-    "evo": {"sampler": "evo"},
-    "tpe": {"sampler": "tpe"},
-    "random": {"sampler": "random"},
-    "tpe_unfitted": {"sampler": "tpe", "fit_budget": False},
+    "evo": {"sampler": "evo", "space": PER_LAYER},
+    "tpe": {"sampler": "tpe", "space": PER_LAYER},
+    "random": {"sampler": "random", "space": PER_LAYER},
+    "tpe_unfitted": {"sampler": "tpe", "fit_budget": False, "space": PER_LAYER},
+    "evo_joint": {"sampler": "evo", "space": JOINT},
 }
-"""The searches compared: ``search`` section overrides of the job (pruner ``auto`` throughout)."""
+"""The searches compared: ``search`` section overrides of the job (pruner ``auto`` throughout). The
+shipped spaces resolve against the checkout (:func:`~searchskip.config.loader.resolve_space`)."""
 
 LABELS = {
     "evo": "searchskip `evo` (fitted)",
     "tpe": "searchskip `tpe` (fitted)",
     "random": "random plans fitted to the budget",
     "tpe_unfitted": "`tpe`, over-budget proposals rejected (`fit_budget: false`)",
+    "evo_joint": "searchskip `evo` (fitted), layer skips + token dropping + early exit (`spaces/tokens.yaml`)",
     "greedy": "greedy sublayer removal (FinerCut-style), every layer",
     "block_influence": "ShortGPT Block Influence (best of its 3 ops)",
     "paper": "best interval plan of the seed paper",
@@ -162,35 +166,75 @@ def _finetune(bench: Bench, plan: Any, ratio: float, folder: Path, train_limit: 
     return out
 
 
+def _tuned_plan(done: dict) -> str | None:
+    """The plan key a fine-tune row was made from (its own record, else its export's plan file)."""
+    from searchskip.export.writer import PLAN_FILE
+    from searchskip.plan import Plan
+
+    if "plan" in done:
+        return Plan.from_yaml_text(done["plan"]).key()
+    path = Path(done.get("export", "")) / PLAN_FILE
+    return Plan.from_yaml_text(path.read_text()).key() if path.is_file() else None
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: int, finetune: list[float],
-            methods: list[str], train_limit: int | None = None) -> dict:
-    """Every method at every budget (see the module doc)."""
+def default_method(search: Any) -> str | None:
+    """The method of :data:`SEARCHES` that a job's ``search`` section runs with ``sampler`` left at its
+    default: the same resolved sampler and space, the budget fitted (``None``: none is)."""
     from searchskip.config.job import SearchSpec
+    from searchskip.config.loader import resolve_space
+    from searchskip.search.samplers import resolved_sampler
+
+    sampler = resolved_sampler(dataclasses.replace(search, sampler=SearchSpec.sampler))
+    space = Path(resolve_space(search.space)).resolve()
+    for name, over in SEARCHES.items():
+        if (over["sampler"] == sampler and over.get("fit_budget", True) == search.fit_budget
+                and Path(resolve_space(over["space"])).resolve() == space):
+            return name
+    return None
+
+
+def _reusable(previous: dict | None, evaluations: int, seeds: list[int], questions: tuple[int, int]) -> dict:
+    """The cells of a previous result measured the same way (``{ratio: {method: cell}}``), to reuse."""
+    if not previous or previous.get("evaluations") != evaluations or list(previous.get("seeds", [])) != seeds \
+            or (previous.get("validation_questions"), previous.get("test_questions")) != questions:
+        return {}
+    return previous.get("by_budget", {})
+
+
+def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: int, finetune: list[float],
+            methods: list[str], train_limit: int | None = None, previous: dict | None = None) -> dict:
+    """Every method at every budget (see the module doc). Cells of ``previous`` (an earlier result of
+    the same job, evaluation count, seeds and subsets) are reused, so a killed or extended run
+    measures only what is missing."""
     from searchskip.data.splits import load_eval_split
     from searchskip.plan import Plan
     from searchskip.search.baselines import (
         greedy_sublayer_removal, labelled_block_influence_plans, labelled_paper_plans,
     )
     from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.samplers import resolved_sampler
     from searchskip.search.seeds import measure_block_influence
 
     job, say = bench.job, bench.console.print
-    default = resolved_sampler(dataclasses.replace(job.search, sampler=SearchSpec.sampler))
+    default = default_method(job.search)
     test = load_eval_split(job.data, "test")
+    old = _reusable(previous, evaluations, seeds, (len(bench.dataset), len(test)))
     validation = _Scores(bench.evaluator)
     on_test = _Scores(ModelEvaluator(bench.loaded, test, job.eval.batch_size, job.eval.max_new_tokens,
                                      feature_cache=job.search.feature_cache,
                                      memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
     unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
     bi = measure_block_influence(job, bench.loaded, bench.dataset)
-    greedy_s, greedy = timed(lambda: greedy_sublayer_removal(
-        validation, bench.arch, bench.workload, bench.budget(min(budgets)),
-        on_step=lambda s: say(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
+    greedy_s, greedy = 0.0, []
+    if any("greedy" not in old.get(f"{r:g}", {}) for r in budgets):
+        greedy_s, greedy = timed(lambda: greedy_sublayer_removal(
+            validation, bench.arch, bench.workload, bench.budget(min(budgets)),
+            on_step=lambda s: say(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
+    elif previous:
+        greedy_s = previous.get("greedy_seconds", 0.0)
 
     def finish(cell: dict | None) -> dict | None:
         if cell is not None and "plan" in cell:
@@ -203,16 +247,24 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     for ratio in budgets:
         budget = bench.budget(ratio)
         row: dict[str, Any] = {}
-        step = next((s for s in greedy if budget.allows(bench.flops(s.plan), bench.baseline)), None)
-        row["greedy"] = finish(None if step is None else {
-            "label": f"{greedy.index(step) + 1} sublayers removed", "plan": step.plan, "validation": step.score,
-            "evaluations": step.evaluations})
-        row["block_influence"] = finish(_best(labelled_block_influence_plans(bi, bench.arch, bench.workload, budget),
-                                              validation))
-        row["paper"] = finish(_best([(label, p) for label, p in labelled_paper_plans(bench.num_layers)
-                                     if budget.allows(bench.flops(p), bench.baseline)], validation))
-        row["tokens"] = finish(_best(token_plans_at(bench, budget), validation))
+        kept = old.get(f"{ratio:g}", {})
+        if "greedy" in kept:
+            row["greedy"] = kept["greedy"]
+        else:
+            step = next((s for s in greedy if budget.allows(bench.flops(s.plan), bench.baseline)), None)
+            row["greedy"] = finish(None if step is None else {
+                "label": f"{greedy.index(step) + 1} sublayers removed", "plan": step.plan, "validation": step.score,
+                "evaluations": step.evaluations})
+        for name, plans in (("block_influence", lambda: labelled_block_influence_plans(bi, bench.arch, bench.workload,
+                                                                                      budget)),
+                            ("paper", lambda: [(label, p) for label, p in labelled_paper_plans(bench.num_layers)
+                                               if budget.allows(bench.flops(p), bench.baseline)]),
+                            ("tokens", lambda: token_plans_at(bench, budget))):
+            row[name] = kept[name] if name in kept else finish(_best(plans(), validation))
         for method in methods:
+            if method in kept:
+                row[method] = kept[method]
+                continue
             runs = [finish(_search(bench, method, ratio, seed, evaluations)) for seed in seeds]
             scored = [r for r in runs if "test" in r]
             row[method] = {"runs": runs, **({"test": _stats([r["test"] for r in scored]),
@@ -224,11 +276,14 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     tuned: dict[str, Any] = {}
     for ratio in finetune:
         runs = by_budget.get(f"{ratio:g}", {}).get(default, {}).get("runs", [])
-        if runs and "plan" in runs[0]:
-            tuned[f"{ratio:g}"] = _finetune(bench, Plan.from_yaml_text(runs[0]["plan"]), ratio,
-                                            bench.folder / "quality-finetune", train_limit)
+        done = ((previous or {}).get("finetune") or {}).get(f"{ratio:g}")
+        if done and runs and "plan" in runs[0] and _tuned_plan(done) == Plan.from_yaml_text(runs[0]["plan"]).key():
+            tuned[f"{ratio:g}"] = done
+        elif runs and "plan" in runs[0]:
+            tuned[f"{ratio:g}"] = {**_finetune(bench, Plan.from_yaml_text(runs[0]["plan"]), ratio,
+                                               bench.folder / "quality-finetune", train_limit), "plan": runs[0]["plan"]}
     return {"budgets": budgets, "seeds": seeds, "evaluations": evaluations, "methods": methods,
-            "default_sampler": default, "unplanned": unplanned, "test_questions": len(test),
+            "default_method": default, "unplanned": unplanned, "test_questions": len(test),
             "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
             "greedy_seconds": greedy_s, "greedy_evaluations": greedy[-1].evaluations if greedy else 0,
             "by_budget": by_budget, "finetune": tuned, "seed_plans": job.search.seed_plans}
@@ -253,7 +308,7 @@ def markdown(result: dict) -> str:
     order = [m for m in q["methods"]] + list(BASELINES)
     rows = []
     for key in order:
-        label = LABELS.get(key, key) + (" **(default: `sampler: auto`)**" if key == q["default_sampler"] else "")
+        label = LABELS.get(key, key) + (" **(the job's default search)**" if key == q["default_method"] else "")
         rows.append((label, *(_cell(q["by_budget"][b].get(key)) for b in budgets)))
     lines = [f"Search quality ({q['job']}, {q['model']}, {q['cpus']} CPUs); measured {q['measured']} by `{q['command']}`.",
              "",
@@ -317,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune", nargs="*", type=float, default=[0.5, 0.35],
                    help="budgets whose default-search plan is exported and fine-tuned")
     p.add_argument("--finetune-train-limit", type=int, default=None, help="train questions (default: the recipe's)")
+    p.add_argument("--fresh", action="store_true",
+                   help="measure everything again (default: reuse the cells of an earlier result measured the same way)")
     a = p.parse_args(argv)
     console = Console(stderr=True)
     try:
@@ -325,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchSkipError(f"{a.job}: search: the benchmark needs a job with a `search` section")
         bench = Bench(job, console, Path(job.outputs) / "bench", studies="quality-studies")
         began = time.perf_counter()
-        result = measure(bench, a.budgets, a.seeds, a.evaluations, a.finetune, a.methods, a.finetune_train_limit)
+        earlier = bench.folder / f"{NAME}-{job.name}.json"
+        previous = json.loads(earlier.read_text()) if earlier.is_file() and not a.fresh else None
+        result = measure(bench, a.budgets, a.seeds, a.evaluations, a.finetune, a.methods, a.finetune_train_limit,
+                         previous)
         result.update(command="python -m searchskip.bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
                       job=job.name, model=job.model.id, cpus=os.cpu_count(), seconds=time.perf_counter() - began,
                       measured=time.strftime("%Y-%m-%d %H:%M"))

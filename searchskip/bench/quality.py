@@ -326,15 +326,18 @@ def markdown(result: dict) -> str:
         proposals = sum(r["proposals"] for r in runs)
         rejected = sum(r["rejected"] for r in runs)
         wall = sum(r["seconds"] for r in runs)
+        duplicates = sum(r["duplicates"] for r in runs)
         cost_rows.append((LABELS.get(method, method), proposals, f"{rejected} ({100 * rejected / max(1, proposals):.1f}%)",
+                          f"{duplicates} ({100 * duplicates / max(1, proposals):.1f}%)",
                           f"{100 * sum(r['rejected_seconds'] for r in runs) / wall:.2f}%",
                           f"{100 * sum(r['fit_seconds'] for r in runs) / wall:.2f}%",
                           sum(r["over_budget_scored"] for r in runs), f"{wall / len(runs):.0f} s"))
-    lines += ["", "Proposals, over all budgets and seeds: rejected before the model ran (over budget), the share of "
-              "the searches' wall time those took, the share the budget fit took, over-budget plans scored "
-              "(must be 0), and the mean wall time of one search.", ""]
-    lines += markdown_table(("search", "proposals", "rejected", "rejected: wall", "fit: wall", "over budget scored",
-                             "wall per search"), cost_rows, ("l", "r", "r", "r", "r", "r", "r"))
+    lines += ["", "Proposals, over all budgets and seeds: rejected before the model ran (over budget), duplicates of "
+              "a plan already scored (no model run either), the share of the searches' wall time the rejected ones "
+              "took, the share the budget fit took, over-budget plans scored (must be 0), and the mean wall time "
+              "of one search.", ""]
+    lines += markdown_table(("search", "proposals", "rejected", "duplicates", "rejected: wall", "fit: wall",
+                             "over budget scored", "wall per search"), cost_rows, ("l", "r", "r", "r", "r", "r", "r", "r"))
     if q.get("finetune"):
         ft_rows = []
         for b, cell in q["finetune"].items():

@@ -63,7 +63,7 @@ def test_every_method_is_measured_at_every_budget_and_written(tmp_path):
     for ratio, row in again["by_budget"].items():
         assert row["evo"] == before[ratio]["evo"] and row["greedy"] == result["by_budget"][ratio]["greedy"]
         assert [r["seed"] for r in row["evo_joint"]["runs"]] == [0, 1] and "tpe" not in row
-    assert again["finetune"] == result["finetune"]
+    assert again["finetune"] == result["finetune"] and again["greedy_evaluations"] == result["greedy_evaluations"] > 0
 
 
 def test_token_plans_fit_and_use_the_largest_keep(tmp_path):

@@ -228,13 +228,14 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
                                      memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
     unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
     bi = measure_block_influence(job, bench.loaded, bench.dataset)
-    greedy_s, greedy = 0.0, []
+    greedy_s, greedy, greedy_evaluations = 0.0, [], 0
     if any("greedy" not in old.get(f"{r:g}", {}) for r in budgets):
         greedy_s, greedy = timed(lambda: greedy_sublayer_removal(
             validation, bench.arch, bench.workload, bench.budget(min(budgets)),
             on_step=lambda s: say(f"greedy: -{s.removed} -> {100 * s.score:.2f}% at {s.flops_ratio:.3f}")))
-    elif previous:
-        greedy_s = previous.get("greedy_seconds", 0.0)
+        greedy_evaluations = greedy[-1].evaluations if greedy else 0
+    elif previous:  # every budget's greedy cell is reused
+        greedy_s, greedy_evaluations = previous.get("greedy_seconds", 0.0), previous.get("greedy_evaluations", 0)
 
     def finish(cell: dict | None) -> dict | None:
         if cell is not None and "plan" in cell:
@@ -285,7 +286,7 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     return {"budgets": budgets, "seeds": seeds, "evaluations": evaluations, "methods": methods,
             "default_method": default, "unplanned": unplanned, "test_questions": len(test),
             "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
-            "greedy_seconds": greedy_s, "greedy_evaluations": greedy[-1].evaluations if greedy else 0,
+            "greedy_seconds": greedy_s, "greedy_evaluations": greedy_evaluations,
             "by_budget": by_budget, "finetune": tuned, "seed_plans": job.search.seed_plans}
 
 

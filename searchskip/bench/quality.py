@@ -58,11 +58,11 @@ SEARCHES: dict[str, dict[str, Any]] = {
 shipped spaces resolve against the checkout (:func:`~searchskip.config.loader.resolve_space`)."""
 
 LABELS = {
-    "evo": "searchskip `evo` (fitted)",
-    "tpe": "searchskip `tpe` (fitted)",
-    "random": "random plans fitted to the budget",
-    "tpe_unfitted": "`tpe`, over-budget proposals rejected (`fit_budget: false`)",
-    "evo_joint": "searchskip `evo` (fitted), layer skips + token dropping + early exit (`spaces/tokens.yaml`)",
+    "evo": "searchskip `evo`, layer skips only (`spaces/per-layer.yaml`)",
+    "tpe": "searchskip `tpe`, layer skips only",
+    "random": "random plans fitted to the budget, layer skips only",
+    "tpe_unfitted": "`tpe`, layer skips only, over-budget proposals rejected (`fit_budget: false`)",
+    "evo_joint": "searchskip `evo`, layer skips + token dropping + early exit (`spaces/tokens.yaml`)",
     "greedy": "greedy sublayer removal (FinerCut-style), every layer",
     "block_influence": "ShortGPT Block Influence (best of its 3 ops)",
     "paper": "best interval plan of the seed paper",
@@ -318,7 +318,8 @@ def markdown(result: dict) -> str:
              f"mean ± std over seeds {q['seeds']}, {q['evaluations']} model evaluations each (seeds and pruned trials "
              "included), validation mean in brackets; baselines are deterministic (validation and their model "
              f"evaluations in brackets). Unplanned: {_pct(q['unplanned']['test'])}% test, "
-             f"{_pct(q['unplanned']['validation'])}% validation. Space `{q['space']}`.", ""]
+             f"{_pct(q['unplanned']['validation'])}% validation. Every search's proposals are fitted to the "
+             f"budget except where it says not; the job's own space is `{q['space']}`.", ""]
     lines += markdown_table(("method", *(f"{float(b):.0%} LLM FLOPs" for b in budgets)), rows,
                             ("l", *("r" for _ in budgets)))
     cost_rows = []

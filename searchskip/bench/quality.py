@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from searchskip.bench import write_result
+from searchskip.bench import run_bench
 from searchskip.bench.harness import Bench, plan_of, timed
 from searchskip.export.report import markdown_table
 
@@ -361,11 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    from rich.console import Console
-
-    from searchskip.config.loader import load_job
-    from searchskip.errors import SearchSkipError
-
     p = argparse.ArgumentParser(prog="python -m searchskip.bench.quality",
                                 description="Search quality against greedy removal and one-shot baselines")
     p.add_argument("job")
@@ -380,9 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true",
                    help="measure everything again (default: reuse the cells of an earlier result measured the same way)")
     a = p.parse_args(argv)
-    console = Console(stderr=True)
-    try:
-        job = load_job(a.job)
+
+    def run(job: Any, console: Any) -> dict:
+        from searchskip.errors import SearchSkipError
+
         if job.search is None:
             raise SearchSkipError(f"{a.job}: search: the benchmark needs a job with a `search` section")
         bench = Bench(job, console, Path(job.outputs) / "bench", studies="quality-studies")
@@ -394,11 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         result.update(command="python -m searchskip.bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
                       job=job.name, model=job.model.id, cpus=os.cpu_count(), seconds=time.perf_counter() - began,
                       measured=time.strftime("%Y-%m-%d %H:%M"))
-        write_result(job, NAME, json.loads(json.dumps(result)), markdown(result))
-    except SearchSkipError as err:
-        console.print(f"[red]{err}")
-        return 2
-    return 0
+        return result
+
+    return run_bench(a.job, NAME, run, markdown)
 
 
 if __name__ == "__main__":

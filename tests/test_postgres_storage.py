@@ -49,3 +49,18 @@ def test_a_killed_postgresql_worker_is_recovered_on_resume(tmp_path, postgres):
     # suggested) has nothing to retry.
     with_plan = {t.number for t in failed if t.params or t.system_attrs.get("fixed_params")}
     assert {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs} == with_plan
+
+
+def test_opening_postgresql_storage_warns_nothing(tmp_path, postgres):
+    """optuna marks the heartbeat that recovers killed workers experimental; a user who asked for
+    PostgreSQL asked for nothing experimental, so no ExperimentalWarning reaches them."""
+    import warnings
+
+    from searchskip.search.storage import open_storage
+
+    url = postgres.create_database("quiet")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        storage = open_storage(url, tmp_path)
+    assert storage is not None
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)], caught

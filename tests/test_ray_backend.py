@@ -132,3 +132,30 @@ def test_killed_ray_driver_resumes_through_the_storage(tmp_path):
     keys = [t.user_attrs["plan_key"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE
             and "dedup_of" not in t.user_attrs]
     assert len(keys) == len(set(keys)), "a plan was scored twice"
+
+
+def test_ray_runs_the_greedy_seed_and_a_label_free_objective(tmp_path):
+    """The Ray backend takes the greedy seed (run once in the setup task, its evaluations counted) and
+    ranks by ``kl`` (minimized) like the in-process backend."""
+    from searchskip.search.greedy_seed import greedy_evaluations
+    from searchskip.search.leaderboard import leaderboard, primary
+
+    data = ray_job(tmp_path, workers=1, trials=60, objectives=["kl"], seed_plans=False, seed_greedy=True,
+                   budget={"flops_ratio": 0.85})
+    data["data"]["validation_subset"]["size"] = 16
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "searchskip", "search", str(job_file), "--no-progress"],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    study = optuna.load_study(study_name="demo", storage=open_storage(None, study_dir(job_from_data(data, None))))
+    greedy = greedy_evaluations(study.user_attrs)
+    counts = trial_counts(study)
+    assert greedy > 0 and counts["greedy"] == greedy and 60 <= counts["counted"] <= 61, counts
+    seeded = [t for t in study.trials if t.user_attrs.get("seed") == "greedy"]
+    assert len(seeded) == 1 and seeded[0].user_attrs["flops_ratio"] <= 0.85 and "kl" in seeded[0].user_attrs
+    assert primary(study) == ("kl", False) and study.directions[0].name == "MINIMIZE"
+    board = leaderboard(study)
+    assert [t.user_attrs["kl"] for t in board] == sorted(t.user_attrs["kl"] for t in board)
+    assert all({"kl", "agreement", "accuracy"} <= set(t.user_attrs) for t in board)

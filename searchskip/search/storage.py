@@ -42,6 +42,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -202,10 +203,12 @@ def open_storage(storage: str | None, study_dir: Path) -> Any:
     if storage.startswith("sqlite"):
         return optuna.storages.RDBStorage(storage)
     try:
-        return optuna.storages.RDBStorage(
-            storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+        with warnings.catch_warnings():  # optuna marks the heartbeat experimental; the user chose nothing experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
     except ImportError:
         raise ConfigError(f"search.storage: {storage.split('://', 1)[0]}:// URLs need a database driver, which is not "
                           "installed here; for PostgreSQL: pip install 'searchskip[postgres]' (psycopg)") from None

@@ -50,7 +50,7 @@ def test_kl_equals_the_teacher_forced_definition_and_agreement_the_answers(demo,
         diverged = 0
         for batch, ref in zip(prepared, reference):
             scored = score_batch(loaded, batch.generate_inputs, ref, 2)
-            expected = kl_rows(ref.logprobs, _forced_everywhere(loaded, batch, ref, 2))
+            expected = kl_rows(ref, _forced_everywhere(loaded, batch, ref, 2))
             assert scored.kl == pytest.approx(expected, rel=1e-4, abs=1e-6)
             assert scored.agreement == [float(a == b) for a, b in zip(scored.answers, ref.answers)]
             diverged += sum(a == 0 for a in scored.agreement)
@@ -107,3 +107,16 @@ def test_objective_lists(tmp_path, objectives, ok):
     else:
         with pytest.raises(ConfigError, match="search.objectives"):
             load_job(path)
+
+
+def test_kl_rows_is_the_kl_divergence():
+    from searchskip.eval.fidelity import ReferenceBatch
+
+    gen = torch.Generator().manual_seed(0)
+    ref = [torch.log_softmax(torch.randn(n, 11, generator=gen), -1) for n in (1, 3)]
+    planned = [torch.log_softmax(torch.randn(n, 11, generator=gen), -1) for n in (1, 3)]
+    reference = ReferenceBatch(["a", "b"], [[0], [0, 1, 2]], [r.exp() for r in ref], [(r.exp() * r).sum(-1) for r in ref])
+    expected = [float(torch.nn.functional.kl_div(q, r, log_target=True, reduction="none").sum(-1).mean())
+                for r, q in zip(ref, planned)]
+    assert kl_rows(reference, planned) == pytest.approx(expected, rel=1e-5)
+    assert kl_rows(reference, ref) == pytest.approx([0.0, 0.0], abs=1e-6)

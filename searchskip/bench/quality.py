@@ -119,14 +119,12 @@ def token_plans_at(bench: Bench, budget: Any) -> list[tuple[str, Any]]:
 
 def _search(bench: Bench, method: str, ratio: float, seed: int, evaluations: int) -> dict:
     """One search at the LLM budget ``ratio``: its pick, its counts and what rejected proposals cost."""
-    from optuna.trial import TrialState
-
-    from searchskip.search.evaluations import trial_counts
+    from searchskip.search.evaluations import runs_model, trial_counts
     from searchskip.search.leaderboard import leaderboard
 
     seconds, result = timed(lambda: bench.study(f"quality-{method}-{ratio:g}-s{seed}", evaluations,
                                                 budget=bench.llm_budget(ratio), seed=seed, **SEARCHES[method]))
-    study = result.study
+    study, budget = result.study, bench.budget(ratio)
     trials = study.get_trials(deepcopy=False)
     rejected = [t for t in trials if t.user_attrs.get("infeasible")]
     counts = trial_counts(study)
@@ -135,7 +133,9 @@ def _search(bench: Bench, method: str, ratio: float, seed: int, evaluations: int
         "rejected": len(rejected), "rejected_seconds": sum(t.user_attrs.get("seconds", 0.0) for t in rejected),
         "fit_seconds": sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials),
         "pruned": counts["pruned"], "duplicates": counts["dedup"],
-        "over_budget_scored": sum(1 for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("infeasible")),
+        # priced again here, apart from the search's own check: a plan that ran the model over the budget
+        "over_budget_scored": sum(1 for t in trials if runs_model(t)
+                                  and not budget.allows(bench.flops(plan_of(t)), bench.baseline)),
     }
     board = leaderboard(study)  # COMPLETE trials only: never an over-budget one
     if board:
@@ -164,17 +164,6 @@ def _finetune(bench: Bench, plan: Any, ratio: float, folder: Path, train_limit: 
         out[method] = {"before": result.metrics["accuracy_before"], "after": result.metrics["accuracy_after"],
                        "steps": result.steps, "seconds": seconds}
     return out
-
-
-def _tuned_plan(done: dict) -> str | None:
-    """The plan key a fine-tune row was made from (its own record, else its export's plan file)."""
-    from searchskip.export.writer import PLAN_FILE
-    from searchskip.plan import Plan
-
-    if "plan" in done:
-        return Plan.from_yaml_text(done["plan"]).key()
-    path = Path(done.get("export", "")) / PLAN_FILE
-    return Plan.from_yaml_text(path.read_text()).key() if path.is_file() else None
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -278,7 +267,8 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     for ratio in finetune:
         runs = by_budget.get(f"{ratio:g}", {}).get(default, {}).get("runs", [])
         done = ((previous or {}).get("finetune") or {}).get(f"{ratio:g}")
-        if done and runs and "plan" in runs[0] and _tuned_plan(done) == Plan.from_yaml_text(runs[0]["plan"]).key():
+        if done and runs and "plan" in runs[0] and "plan" in done and (
+                Plan.from_yaml_text(done["plan"]).key() == Plan.from_yaml_text(runs[0]["plan"]).key()):
             tuned[f"{ratio:g}"] = done
         elif runs and "plan" in runs[0]:
             tuned[f"{ratio:g}"] = {**_finetune(bench, Plan.from_yaml_text(runs[0]["plan"]), ratio,

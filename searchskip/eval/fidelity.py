@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from searchskip.eval.generate import decode_answers, greedy_generate
+
 __all__ = ["Reference", "BatchFidelity", "score_batch", "reference_batch", "ForceTokens", "kl_rows"]
 
 
@@ -32,8 +34,10 @@ class ReferenceBatch:
     answers: list[str]
     tokens: list[list[int]]
     """Each row's answer tokens (to its first end-of-sequence token, included)."""
-    logprobs: list[Any]
-    """Each row's ``(len(tokens), vocab)`` float32 log-probabilities, on the CPU."""
+    probs: list[Any]
+    """Each row's ``(len(tokens), vocab)`` float32 next-token probabilities ``p``, on the CPU."""
+    plogp: list[Any]
+    """Each row's ``(len(tokens),)`` ``sum(p log p)``: the half of each KL term that no plan changes."""
 
 
 @dataclass
@@ -55,16 +59,11 @@ def _stop_ids(loaded: Any) -> set[int]:
 def _generate(loaded: Any, inputs: dict, max_new_tokens: int, processors: list | None = None) -> tuple[Any, Any]:
     """``(new token ids (B, T), raw logits (T, B, V))`` of one greedy ``generate``."""
     import torch
-
     from transformers import LogitsProcessorList
 
-    with torch.inference_mode():
-        out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    pad_token_id=loaded.processor.tokenizer.pad_token_id,
-                                    logits_processor=LogitsProcessorList(processors or []), output_logits=True,
-                                    return_dict_in_generate=True)
-    new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    return new, torch.stack(out.logits)
+    out = greedy_generate(loaded, inputs, max_new_tokens, logits_processor=LogitsProcessorList(processors or []),
+                          output_logits=True, return_dict_in_generate=True)
+    return out.sequences[:, inputs["input_ids"].shape[1]:], torch.stack(out.logits)
 
 
 def _answer_tokens(row: Any, stop: set[int]) -> list[int]:
@@ -75,10 +74,6 @@ def _answer_tokens(row: Any, stop: set[int]) -> list[int]:
     return ids
 
 
-def _decode(loaded: Any, new: Any) -> list[str]:
-    return [text.strip() for text in loaded.processor.batch_decode(new, skip_special_tokens=True)]
-
-
 def reference_batch(loaded: Any, inputs: dict, max_new_tokens: int) -> ReferenceBatch:
     """The unplanned model's answers, answer tokens and log-probabilities on one batch of inputs."""
     import torch
@@ -86,9 +81,11 @@ def reference_batch(loaded: Any, inputs: dict, max_new_tokens: int) -> Reference
     new, logits = _generate(loaded, inputs, max_new_tokens)
     stop = _stop_ids(loaded)
     tokens = [_answer_tokens(row, stop) for row in new]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return ReferenceBatch(_decode(loaded, new), tokens,
-                          [logp[:len(t), i].cpu().clone() for i, t in enumerate(tokens)])
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    rows = [logp[:len(t), i] for i, t in enumerate(tokens)]
+    probs = [row.exp() for row in rows]
+    return ReferenceBatch(decode_answers(loaded, new), tokens, probs,
+                          [(p * row).sum(-1) for p, row in zip(probs, rows)])
 
 
 class ForceTokens:
@@ -133,11 +130,12 @@ def _rows(inputs: dict, rows: list[int]) -> dict:
     return out
 
 
-def kl_rows(reference: list[Any], planned: list[Any]) -> list[float]:
-    """Per row: the mean over its answer tokens of ``KL(reference || planned)`` (log-probabilities)."""
+def kl_rows(reference: ReferenceBatch, planned: list[Any]) -> list[float]:
+    """Per row: the mean over its answer tokens of ``KL(reference || planned)``, from the planned
+    log-probabilities: ``sum(p log p) - sum(p log q)``, the first sum stored with the reference."""
     out = []
-    for ref, plan in zip(reference, planned):
-        kl = (ref.exp() * (ref - plan)).sum(-1)
+    for p, plogp, logq in zip(reference.probs, reference.plogp, planned):
+        kl = plogp - (p * logq).sum(-1)
         out.append(float(kl.mean()) if kl.numel() else 0.0)
     return out
 
@@ -149,7 +147,7 @@ def score_batch(loaded: Any, inputs: Any, reference: ReferenceBatch, max_new_tok
 
     batch = inputs()
     new, logits = _generate(loaded, batch, max_new_tokens)
-    answers = _decode(loaded, new)
+    answers = decode_answers(loaded, new)
     stop = _stop_ids(loaded)
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     planned: list[Any] = [None] * len(answers)
@@ -169,7 +167,7 @@ def score_batch(loaded: Any, inputs: Any, reference: ReferenceBatch, max_new_tok
         for k, i in enumerate(diverged):
             planned[i] = forced_logp[:len(reference.tokens[i]), k]
     agreement = [float(a == b) for a, b in zip(answers, reference.answers)]
-    return BatchFidelity(answers, agreement, kl_rows(reference.logprobs, planned))
+    return BatchFidelity(answers, agreement, kl_rows(reference, planned))
 
 
 class Reference:

@@ -20,19 +20,26 @@ def prompt_inputs(loaded, images: Sequence, questions: Sequence[str]) -> dict:
     return inputs
 
 
+def greedy_generate(loaded, inputs: dict, max_new_tokens: int, **options):
+    """``model.generate`` of prepared inputs, greedy and without gradients; ``options`` go to
+    ``generate`` as well (e.g. ``output_logits=True, return_dict_in_generate=True``)."""
+    import torch
+
+    with torch.inference_mode():
+        return loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                     pad_token_id=loaded.processor.tokenizer.pad_token_id, **options)
+
+
+def decode_answers(loaded, new_tokens) -> list[str]:
+    """The answers of generated token ids (prompt removed), special tokens removed, stripped."""
+    return [text.strip() for text in loaded.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
 def generate_answers(loaded, inputs: dict, max_new_tokens: int) -> list[str]:
     """Greedy answers for prepared model inputs (:func:`prompt_inputs`, or a prepared batch's
     :meth:`~searchskip.eval.prepared.PreparedBatch.generate_inputs`), special tokens removed."""
-    import torch
-
-    processor = loaded.processor
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    out = greedy_generate(loaded, inputs, max_new_tokens)
+    return decode_answers(loaded, out[:, inputs["input_ids"].shape[1]:])
 
 
 def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tokens: int) -> list[str]:

@@ -19,7 +19,7 @@ written as soon as it is scored, so:
 * those model evaluations **count toward ``search.trials``** (:func:`greedy_evaluations`, read
   by :func:`~searchskip.search.evaluations.trial_counts`); the greedy's own trial does not count
   again. Greedy removal costs about ``2L - k`` evaluations at its ``k``-th step for ``L`` layers
-  (100+ to reach half the language model's FLOPs of an 8-layer model): give the search trials
+  (100 to reach half the language model's FLOPs of the 8-layer demo model): give the search trials
   beyond that, or it stops right after the seeding.
 
 Only the space's layers are considered, and only candidates the space can express
@@ -53,7 +53,7 @@ def greedy_seed(study: Any, ctx: Any, evaluator: Any, say: Callable[[str], None]
     """Run (or resume) greedy removal on ``evaluator`` (``evaluator(plan, report) -> PlanScore``) and
     add its plan at the budget to ``study`` as a COMPLETE trial (once); return that plan, or
     ``None`` when no plan the space can express fits the budget along the greedy path."""
-    from searchskip.search.objective import MAXIMIZED, OBJECTIVE_ATTRS, score_attrs
+    from searchskip.search.objective import MAXIMIZED, OBJECTIVE_ATTRS, plan_attrs, plan_cost, score_attrs
 
     records = {r["plan_key"]: r for key, r in study.user_attrs.items() if key.startswith(SCORE_PREFIX)}
     attr, sign = OBJECTIVE_ATTRS[ctx.objectives[0]], 1.0 if ctx.objectives[0] in MAXIMIZED else -1.0
@@ -80,29 +80,25 @@ def greedy_seed(study: Any, ctx: Any, evaluator: Any, say: Callable[[str], None]
     if not steps or steps[-1].score == -math.inf:
         return None
     plan = steps[-1].plan
-    from searchskip.search.objective import plan_cost
-
-    if not plan_cost(ctx, plan)[2]:
+    cost = plan_cost(ctx, plan)
+    if not cost[2]:
         return None
     if not any(t.user_attrs.get(FROM_GREEDY) for t in study.get_trials(deepcopy=False)):
-        _add_trial(study, ctx, plan, records[plan.key()])
+        _add_trial(study, ctx, plan, plan_attrs(plan, *cost), records[plan.key()])
     return plan
 
 
-def _add_trial(study: Any, ctx: Any, plan: Plan, record: dict[str, Any]) -> None:
-    """The greedy's plan as a COMPLETE trial with the attrs and values a scored trial has."""
+def _add_trial(study: Any, ctx: Any, plan: Plan, costs: dict[str, Any], record: dict[str, Any]) -> None:
+    """The greedy's plan as a COMPLETE trial with the attrs (``costs``: :func:`plan_attrs`) and values a
+    scored trial has."""
     from optuna.trial import create_trial
 
-    from searchskip.search.objective import OBJECTIVE_ATTRS, SCORE_ATTRS, plan_cost
+    from searchskip.search.objective import SCORE_ATTRS, objective_values
 
-    report, ratio, _ = plan_cost(ctx, plan)
     params = ctx.space.params_for(plan, ctx.num_layers)
     distributions = ctx.space.distributions(ctx.num_layers)
-    attrs = {"seed": LABEL, FROM_GREEDY: True, "plan": plan.to_yaml(), "plan_key": plan.key(),
-             "flops": report.total_flops, "flops_ratio": ratio, "flops_by_component": report.by_component(),
-             "infeasible": False, "seconds": 0.0,
+    attrs = {"seed": LABEL, FROM_GREEDY: True, **costs, "seconds": 0.0,
              **{k: record[k] for k in SCORE_ATTRS if record.get(k) is not None}}
-    values = [attrs[OBJECTIVE_ATTRS[o]] for o in ctx.objectives]
     study.add_trial(create_trial(params=params, distributions={k: distributions[k] for k in params},
-                                 values=values, user_attrs=attrs,
+                                 values=objective_values(ctx.objectives, attrs), user_attrs=attrs,
                                  intermediate_values={int(k): v for k, v in record["intermediate"].items()}))

@@ -22,9 +22,13 @@ def primary(study: Any) -> tuple[str, bool]:
     return OBJECTIVE_ATTRS[name], name in MAXIMIZED
 
 
+SHARES = ("accuracy", "agreement")
+"""Objective attrs that are shares of questions (shown as percentages, differences in points)."""
+
+
 def format_value(attr: str, value: float) -> str:
     """``accuracy``/``agreement`` as a percentage, ``kl`` with 4 decimals."""
-    return f"{100 * value:.2f}%" if attr in ("accuracy", "agreement") else f"{value:.4f}"
+    return f"{100 * value:.2f}%" if attr in SHARES else f"{value:.4f}"
 
 
 def _plan_dict(trial: Any) -> dict | None:
@@ -154,7 +158,7 @@ def verdict(study: Any) -> list[str]:
         if base["trial"] == best["trial"]:
             lines.append(f"{description} (trial {base['trial']}) IS the best plan found: the search did not beat it")
         elif gain > 0:
-            by = f"{100 * gain:.2f} points" if attr in ("accuracy", "agreement") else f"{gain:.4f} {attr}"
+            by = f"{100 * gain:.2f} points" if attr in SHARES else f"{gain:.4f} {attr}"
             lines.append(f"beats {description} ({theirs}) by {by}")
         else:
             lines.append(f"does NOT beat {description} ({theirs}): ties it")

@@ -142,6 +142,7 @@ class ModelEvaluator:
         self.prepared.close()
 
     def __call__(self, plan: Plan, report: Report | None) -> PlanScore:
+        from searchskip.eval.fidelity import score_batch
         from searchskip.eval.generate import generate_answers
         from searchskip.eval.vqa_accuracy import question_accuracy, score_accuracies
 
@@ -157,8 +158,6 @@ class ModelEvaluator:
                 if references is None:
                     answers = generate_answers(self.loaded, batch.generate_inputs(), self.max_new_tokens)
                 else:
-                    from searchskip.eval.fidelity import score_batch
-
                     scored_batch = score_batch(self.loaded, batch.generate_inputs, references[batch_number - 1],
                                                self.max_new_tokens)
                     answers = scored_batch.answers
@@ -190,6 +189,17 @@ SCORE_ATTRS = ("accuracy", "accuracy_per_question_type", "questions", "latency_m
 """The user attrs a scored trial gets from its :class:`PlanScore` (and a duplicate copies)."""
 
 
+def plan_attrs(plan: Plan, report: FlopReport, ratio: float, fits: bool) -> dict[str, Any]:
+    """The user attrs every trial gets from its plan and cost (:func:`plan_cost`)."""
+    return {"plan": plan.to_yaml(), "plan_key": plan.key(), "flops": report.total_flops, "flops_ratio": ratio,
+            "flops_by_component": report.by_component(), "infeasible": not fits}
+
+
+def objective_values(objectives: Sequence[str], attrs: dict[str, Any]) -> list[float]:
+    """The values of ``objectives`` in a scored trial's user attrs (:data:`OBJECTIVE_ATTRS`)."""
+    return [attrs[OBJECTIVE_ATTRS[o]] for o in objectives]
+
+
 def score_attrs(result: PlanScore) -> dict[str, Any]:
     """The user attrs of a :class:`PlanScore` (those it has)."""
     attrs = {"accuracy": result.accuracy, "accuracy_per_question_type": result.per_question_type,
@@ -216,9 +226,8 @@ class Objective:
         return len(self.ctx.objectives) > 1
 
     def _values(self, attrs: dict[str, Any]) -> float | tuple[float, ...]:
-        if self.multi:
-            return tuple(attrs[OBJECTIVE_ATTRS[o]] for o in self.ctx.objectives)
-        return attrs[OBJECTIVE_ATTRS[self.ctx.objectives[0]]]
+        values = objective_values(self.ctx.objectives, attrs)
+        return tuple(values) if self.multi else values[0]
 
     def _find_complete(self, study: Any, key: str) -> Any | None:
         from optuna.trial import TrialState
@@ -279,12 +288,8 @@ class Objective:
         plan = ctx.space.suggest(trial, ctx.num_layers)
         report, ratio, fits = plan_cost(ctx, plan)
         key = plan.key()
-        trial.set_user_attr("plan", plan.to_yaml())
-        trial.set_user_attr("plan_key", key)
-        trial.set_user_attr("flops", report.total_flops)
-        trial.set_user_attr("flops_ratio", ratio)
-        trial.set_user_attr("flops_by_component", report.by_component())
-        trial.set_user_attr("infeasible", not fits)
+        for name, value in plan_attrs(plan, report, ratio, fits).items():
+            trial.set_user_attr(name, value)
         if not fits:
             trial.set_user_attr("seconds", time.perf_counter() - start)
             raise optuna.TrialPruned(f"over budget: {ratio:.4f} x the unplanned model's FLOPs "

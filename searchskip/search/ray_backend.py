@@ -398,11 +398,10 @@ def run_ray_search(
         fit = study_fit(job, study, space, resolve_config(job.model)[0])
         sampler = sampler_for(search, space, num_layers, history=len(study.get_trials(deepcopy=False)), fit=fit)
         multi = len(search.objectives) > 1
+        modes = ["max" if d == "maximize" else "min" for d in directions(search.objectives)]
         searcher = StorageOptunaSearch(
             space=_define_by_run(space, num_layers), study_name=name, storage=study._storage, sampler=sampler,
-            metric=list(search.objectives) if multi else search.objectives[0],
-            mode=[("max" if d == "maximize" else "min") for d in directions(search.objectives)] if multi
-            else ("max" if directions(search.objectives)[0] == "maximize" else "min"))
+            metric=list(search.objectives) if multi else search.objectives[0], mode=modes if multi else modes[0])
         trainable = tune.with_resources(
             tune.with_parameters(_tune_trial, job=job, study_name=name, folder=where, cwd=os.getcwd()),
             tune_resources(dict(search.resources_per_worker)))

@@ -21,12 +21,10 @@ from searchskip.search.objective import ObjectiveContext, plan_cost
 __all__ = ["seed_plans", "measure_block_influence", "baseline_seeds", "enqueue_seeds", "BI_SAMPLES"]
 
 
-def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None, *,
-               baselines: bool = True) -> list[tuple[str, Plan, dict]]:
-    """``(label, plan, params)`` of the seeds that fit the budget and the space, without duplicates:
-    the unplanned model and the paper's plans (unless ``baselines`` is false), then ``extra``."""
+def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None) -> list[tuple[str, Plan, dict]]:
+    """``(label, plan, params)`` of the seeds that fit the budget and the space, without duplicates."""
     n = ctx.num_layers
-    candidates: list[tuple[str, Plan]] = [("unplanned", Plan()), *labelled_paper_plans(n)] if baselines else []
+    candidates: list[tuple[str, Plan]] = [("unplanned", Plan()), *labelled_paper_plans(n)]
     candidates += extra or []
     out: list[tuple[str, Plan, dict]] = []
     seen: set[str] = set()

@@ -124,12 +124,12 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             study.set_user_attr("space", str(search.space))
             study.set_user_attr(OBJECTIVES_ATTR, list(search.objectives))
         if _needs_seeding(study.user_attrs, search):
-            extra = baseline_seeds(study, job, loaded, dataset, ctx) if search.seed_plans else []
             if search.seed_greedy:
                 if evaluator is None:
                     evaluator = make_evaluator(job, loaded, dataset)
                 greedy_seed(study, ctx, evaluator, say=_say)  # a COMPLETE trial already (no model run again)
-            enqueue_seeds(study, seed_plans(ctx, extra, baselines=search.seed_plans))
+            if search.seed_plans:
+                enqueue_seeds(study, seed_plans(ctx, baseline_seeds(study, job, loaded, dataset, ctx)))
             study.set_user_attr("seeded", True)
         # one fit per worker, with the Block Influence the seeding measured (seeds only fit plans, so none
         # is enqueued when the space cannot meet the budget)

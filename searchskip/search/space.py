@@ -151,9 +151,6 @@ from searchskip.config.typed import did_you_mean as _did_you_mean, build
 from searchskip.config.yaml_io import read_yaml
 from searchskip.errors import ConfigError, Problem
 from searchskip.plan import (
-    _CHECKS as _PLAN_CHECKS,
-    _SEXAGESIMAL_2_4,
-    _targets_listed,
     KEEP,
     OPS,
     PARALLEL_BLOCKS,
@@ -177,6 +174,8 @@ from searchskip.plan import (
     VisualTokensSpec,
     skips_prompt_attention,
 )
+from searchskip.plan.file_form import _CHECKS as _PLAN_CHECKS, _targets_listed
+from searchskip.plan.names import _SEXAGESIMAL_2_4
 
 if TYPE_CHECKING:  # optuna is imported only where a trial is replayed (keeps `searchskip validate` fast)
     import optuna

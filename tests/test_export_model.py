@@ -33,6 +33,9 @@ PLANS = {
                      "prune": {"method": "magnitude", "sparsity": 0.3}},
     "tokens": {"version": 1, "layers": {0: "skip_block"}, "drop": {"start": 1, "end": 2},
                "visual_tokens": {"after_layer": 3, "keep": 0.25}, "early_exit": {"layer": 2}},
+    "visual_scope": {"version": 1, "scope": "visual", "layers": {0: "skip_block", 1: "skip_ffn",
+                                                               2: {"op": "skip_block", "scope": "all"}},
+                     "visual_tokens": {"after_layer": 3, "keep": 0.5, "rank": "uniform"}},
 }
 
 

@@ -255,6 +255,30 @@ def test_interrupted_run_resumes_to_the_same_weights(projector_run, tmp_path):
     assert result.metrics["accuracy_after"] == ref_result.metrics["accuracy_after"]
 
 
+def test_projector_finetune_with_image_tokens_frozen(repo_root, tmp_path):
+    """A plan that freezes the image tokens (scope visual) in most layers trains the projector:
+    its gradient reaches the image positions through the layers that still compute them and
+    through the K/V the text attends to at the frozen ones; the saved runtime plan keeps the scope."""
+    import math
+
+    from searchskip.apply import apply
+    from searchskip.export.model import read_export_info
+    from searchskip.finetune import run_finetune
+    from searchskip.models import load_model
+    from searchskip.plan import Plan
+
+    plan = Plan.load(repo_root / "spaces/plans/visual_scope.yaml")
+    job = _job(tmp_path, name="visual", train_limit=32, eval_limit=16)
+    loaded = load_model(job.model)
+    apply(loaded.model, plan)
+    before = _projector(loaded.model)
+    result = run_finetune(job, loaded=loaded, progress=False)
+    assert result.steps == 2 and all(math.isfinite(loss) for loss in result.losses)
+    after = _projector(loaded.model)
+    assert all(not torch_equal(before[n], after[n]) for n in before)
+    assert Plan.from_json(json.dumps(read_export_info(result.model_dir)["runtime_plan"])) == plan
+
+
 def test_lora_merges_and_keeps_pruned_zeros(tmp_path):
     import torch
 

@@ -127,6 +127,9 @@ OP_PLANS.update({
                                   targets=("ffn",))),
     "mixed-drop": Plan(layers={0: LayerOp("skip_block", "prompt"), 3: LayerOp("skip_attn", "non_visual")},
                        drop=DropSpec(1, 2)),
+    "mixed-visual": Plan(layers={0: LayerOp("skip_block", "visual"), 1: LayerOp("skip_attn", "visual"),
+                                 2: LayerOp("skip_ffn", "visual"), 3: LayerOp("skip_block", "generated")},
+                         prune=PruneSpec(method="magnitude", structure="unstructured", sparsity=0.3)),
 })
 
 

@@ -247,6 +247,26 @@ def test_llava_1_5_7b_visual_tokens_and_early_exit_by_hand():
     assert exit_27.depth.to_dict() == {"prefill": 64, "decode": 56}
 
 
+def test_llava_1_5_7b_image_tokens_frozen_by_hand():
+    """ShortV's setting (arXiv 2504.00502): image tokens frozen (skip_block, scope visual) in 19 of
+    32 layers: there the 40 text queries run q/o, attention over their causal prefix and the FFN,
+    and K/V are projected for all 616 prompt positions (the text attends to the image)."""
+    config = known_config("llava-hf/llava-1.5-7b-hf")
+    w = Workload(prompt_tokens=40, generated_tokens=2)
+    s, t = 616, 40
+    proj, mlp = 2 * 4096 * 4096, 3 * 2 * 4096 * 11008
+    frozen = t * (2 * proj + mlp) + s * 2 * proj + ATTN * (s * (s + 1) // 2 - (s - t) * (s - t + 1) // 2)
+    attention_only = t * 2 * proj + s * 2 * proj + ATTN * (s * (s + 1) // 2 - (s - t) * (s - t + 1) // 2) + s * mlp
+    ffn_only = s * 4 * proj + ATTN * s * (s + 1) // 2 + t * mlp
+    unplanned = count_flops(config, None, w).total()
+    layers = range(13, 32)
+    for op, layer in (("skip_block", frozen), ("skip_attn", attention_only), ("skip_ffn", ffn_only)):
+        plan = Plan(layers={i: LayerOp(op, "visual") for i in layers})
+        report = count_flops(config, plan, w)
+        assert report.total() == unplanned - 19 * (layer_7b(s)[0] - layer), op
+        assert report.by_component()["llm_decode"] == count_flops(config, None, w).by_component()["llm_decode"]
+
+
 # --------------------------------------------------------------------------------------
 # Monotone: dropping more tokens, exiting earlier never costs more
 # --------------------------------------------------------------------------------------
@@ -334,6 +354,17 @@ TOKEN_PLANS: dict[str, Plan] = {
     "visual+exit+prune": Plan(visual_tokens=VisualTokensSpec(1, 0.5, "uniform"), early_exit=EarlyExitSpec(2),
                               prune=PruneSpec(method="magnitude", structure="ffn_channels", sparsity=0.3,
                                               targets=("ffn",))),
+    # scope visual (image positions skip the sublayer) with token dropping, early exit, drop, prune
+    "visual-scope+tokens": visual(2, 0.5, layers={0: LayerOp("skip_block", "visual"),
+                                                  1: LayerOp("skip_ffn", "visual"),
+                                                  3: LayerOp("skip_attn", "visual")}),
+    "visual-scope+exit": Plan(layers={1: LayerOp("skip_attn", "visual"), 2: LayerOp("skip_block", "visual"),
+                                      3: LayerOp("skip_ffn", "visual")}, early_exit=EarlyExitSpec(1)),
+    "visual-scope+all": Plan(layers={0: LayerOp("skip_block", "visual"), 2: LayerOp("parallel_attn_ffn", "visual")},
+                             drop=DropSpec(1, 2), visual_tokens=VisualTokensSpec(3, 0.25, "uniform"),
+                             early_exit=EarlyExitSpec(2),
+                             prune=PruneSpec(method="magnitude", structure="ffn_channels", sparsity=0.3,
+                                             targets=("ffn",))),
 }
 
 

@@ -38,6 +38,7 @@ from searchskip.plan import (
     SCOPE_GENERATED,
     SCOPE_NON_VISUAL,
     SCOPE_PROMPT,
+    SCOPE_VISUAL,
     SCOPES,
     SKIP_ATTN,
     SKIP_BLOCK,
@@ -159,6 +160,8 @@ def _scope_masks(inputs: dict, n: int, scope: str) -> torch.Tensor:
         inside = pos < n
     elif scope == SCOPE_NON_VISUAL:
         inside = ~((ids == IMAGE_TOKEN_ID) & (pos < n))
+    elif scope == SCOPE_VISUAL:
+        inside = (ids == IMAGE_TOKEN_ID) & (pos < n)
     else:
         raise AssertionError(scope)
     return inside.unsqueeze(-1)
@@ -334,16 +337,18 @@ def _layer_flops(adapter, layer, batch: int, q: int, kv: int, keys: int, ffn: in
     return flops
 
 
-def _planned_compute(op: str, scope: str, t: int, n: int, image_union: int, image_end: int):
+def _planned_compute(op: str, scope: str, t: int, n: int, image_union: int, image_end: int, text_union: int):
     """(q, kv, keys, ffn) positions at the planned layer(s) for a cached forward of ``t``
-    positions of which the first ``n`` are the prompt, per the table of searchskip.ops.scope."""
+    positions of which the first ``n`` are the prompt, per the table of searchskip.ops.scope
+    (``image_union`` / ``text_union``: positions that are image / not image in some row)."""
     dense = (t, t, t, t)
     if op in (KEEP, PARALLEL_ATTN_FFN, PARALLEL_BLOCKS):
         return dense
     if op == DROP or (op == SKIP_BLOCK and scope == SCOPE_ALL):
         return (0, 0, 0, 0)
-    runs = {SCOPE_ALL: 0, SCOPE_GENERATED: n, SCOPE_PROMPT: t - n, SCOPE_NON_VISUAL: image_union}[scope]
-    kv = {SCOPE_ALL: 0, SCOPE_GENERATED: n, SCOPE_PROMPT: t, SCOPE_NON_VISUAL: image_end}[scope]
+    runs = {SCOPE_ALL: 0, SCOPE_GENERATED: n, SCOPE_PROMPT: t - n, SCOPE_NON_VISUAL: image_union,
+            SCOPE_VISUAL: text_union}[scope]
+    kv = {SCOPE_ALL: 0, SCOPE_GENERATED: n, SCOPE_PROMPT: t, SCOPE_NON_VISUAL: image_end, SCOPE_VISUAL: t}[scope]
     attn = (runs, kv, kv) if op in (SKIP_ATTN, SKIP_BLOCK) else (t, t, t)
     ffn = runs if op in (SKIP_FFN, SKIP_BLOCK) else t
     return (*attn, ffn)
@@ -366,11 +371,12 @@ def test_flops_are_exactly_what_runs(case, op, scope, average):
     image = (inputs["input_ids"] == IMAGE_TOKEN_ID) & (torch.arange(t) < n)
     cols = image.any(0).nonzero().flatten()
     union, end = cols.numel(), (int(cols.max()) + 1 if cols.numel() else 0)
+    text_union = int((~image).any(0).sum())
 
     dense = _count(model, inputs, n)
     with apply(model, _plan(op, scope, average)):
         planned = _count(model, inputs, n)
-    compute = _planned_compute(op, scope, t, n, union, end)
+    compute = _planned_compute(op, scope, t, n, union, end, text_union)
     expected_drop = _layer_flops(adapter, layer, batch, t, t, t, t) - _layer_flops(adapter, layer, batch, *compute)
     assert dense - planned == expected_drop, (compute, dense - planned, expected_drop)
     if op in (SKIP_ATTN, SKIP_FFN, SKIP_BLOCK, DROP) and (scope == SCOPE_ALL or op == DROP):
@@ -424,7 +430,7 @@ def test_hidden_states_one_per_layer(case, op, scope, average):
 # mixed sliding/full layers (the only case where image tokens meet a sliding window).
 
 from searchskip.errors import ModelError  # noqa: E402
-from searchskip.plan import EarlyExitSpec, VisualTokensSpec  # noqa: E402
+from searchskip.plan import EarlyExitSpec, PruneSpec, VisualTokensSpec  # noqa: E402
 
 TOKEN_CASES = CASES + ("llava-qwen2-sliding",)
 TOKEN_PLANS: dict[str, Plan] = {
@@ -443,6 +449,19 @@ TOKEN_PLANS: dict[str, Plan] = {
                              visual_tokens=VisualTokensSpec(2, 0.25, "uniform"), early_exit=EarlyExitSpec(1)),
     "exit+parallel": Plan(layers={3: PARALLEL_ATTN_FFN, 1: LayerOp(SKIP_ATTN, SCOPE_GENERATED)},
                           early_exit=EarlyExitSpec(1)),
+    # scope visual: alone (rows with images at different positions answer as alone), with token
+    # dropping (rank by a layer that skips only the image FFN), early exit, drop and pruning
+    "visual-scope": Plan(layers={0: LayerOp(SKIP_BLOCK, SCOPE_VISUAL), 2: LayerOp(SKIP_ATTN, SCOPE_VISUAL),
+                                 3: LayerOp(PARALLEL_ATTN_FFN, SCOPE_VISUAL)}),
+    "visual-scope+tokens": Plan(layers={0: LayerOp(SKIP_BLOCK, SCOPE_VISUAL), 1: LayerOp(SKIP_FFN, SCOPE_VISUAL),
+                                        2: LayerOp(SKIP_ATTN, SCOPE_VISUAL), 3: LayerOp(SKIP_BLOCK, SCOPE_VISUAL)},
+                                visual_tokens=VisualTokensSpec(2, 0.5)),
+    "visual-scope+exit": Plan(layers={1: LayerOp(SKIP_ATTN, SCOPE_VISUAL), 2: LayerOp(SKIP_BLOCK, SCOPE_VISUAL),
+                                      3: LayerOp(SKIP_FFN, SCOPE_VISUAL)}, early_exit=EarlyExitSpec(1)),
+    "visual-scope+drop+prune": Plan(layers={0: LayerOp(PARALLEL_BLOCKS, SCOPE_VISUAL), 3: LayerOp(SKIP_BLOCK, SCOPE_VISUAL)},
+                                    drop=DropSpec(2, 3), visual_tokens=VisualTokensSpec(3, 0.25, "uniform"),
+                                    early_exit=EarlyExitSpec(1),
+                                    prune=PruneSpec(method="magnitude", structure="unstructured", sparsity=0.3)),
 }
 
 

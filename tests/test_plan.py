@@ -58,7 +58,7 @@ def rules_at(problems: list[Problem], key: str) -> list[str]:
 
 def test_op_and_scope_names_are_module_constants():
     assert OPS == ("keep", "skip_block", "skip_attn", "skip_ffn", "parallel_attn_ffn", "parallel_blocks")
-    assert SCOPES == ("all", "generated", "prompt", "non_visual")
+    assert SCOPES == ("all", "generated", "prompt", "non_visual", "visual")
     assert (plan_module.SKIP_BLOCK, plan_module.SKIP_ATTN, plan_module.SKIP_FFN) == OPS[1:4]
     assert (plan_module.PARALLEL_ATTN_FFN, plan_module.PARALLEL_BLOCKS) == OPS[4:]
     assert plan_module.SCOPE_NON_VISUAL == "non_visual" and plan_module.SCOPE_GENERATED == "generated"
@@ -476,8 +476,9 @@ INVALID_PLANS = {
                               "but got string 'skip_atn'; did you mean 'skip_attn'?"),
     "unknown layer scope": ("version: 1\nlayers:\n  7: {op: skip_attn, scope: generatd}\n", "layers.7.scope",
                             "did you mean 'generated'?"),
-    "unknown plan scope": ("version: 1\nscope: visual\n", "scope",
-                           "must be one of 'all', 'generated', 'prompt', 'non_visual', but got string 'visual'"),
+    "unknown plan scope": ("version: 1\nscope: visuals\n", "scope",
+                           "must be one of 'all', 'generated', 'prompt', 'non_visual', 'visual', but got string "
+                           "'visuals'; did you mean 'visual'?"),
     "unknown top-level key": ("version: 1\nlayer:\n  3: skip_block\n", "layer", "did you mean 'layers'?"),
     "unknown op option": ("version: 1\nlayers:\n  7: {op: skip_attn, avg: true}\n", "layers.7.avg",
                           "did you mean 'average'?"),

@@ -53,7 +53,9 @@ prompt -- together ``prompt`` --, and ``generated``; a scope covers some of them
   prompt, and full attention for generated positions (over all previous keys);
   ``non_visual``: q/o/attention for image positions only (over the earlier positions), K/V
   of the positions up to the last image token, nothing at decode (a text-only model:
-  nothing at all). ``skip_block`` with a scope = ``skip_attn`` + ``skip_ffn`` with it.
+  nothing at all); ``visual``: q/o/attention for the text and generated positions (each over
+  its causal prefix), K/V of every position (the image tokens' included: the text attends to
+  them), and decode steps as usual. ``skip_block`` with a scope = ``skip_attn`` + ``skip_ffn`` with it.
   The kernel convention counts one prefill call as (computed queries) x (keys projected in
   it), as the SDPA call is given them.
 * ``prune``: ``ffn_channels`` shrinks the FFN (``round(sparsity * channels)`` channels

@@ -37,6 +37,7 @@ SCOPE_CLASSES: dict[str, frozenset[str]] = {
     "generated": frozenset((GEN,)),
     "prompt": PROMPT_CLASSES,
     "non_visual": frozenset((PRE, POST, GEN)),
+    "visual": frozenset((IMAGE,)),
 }
 """Plan scope -> the position classes it covers."""
 

@@ -48,7 +48,7 @@ class Workload:
     image_tokens: int | None = None
     """LLM positions per image; ``None``: what the model's config gives (576 for LLaVA-1.5 at 336 px)."""
     text_before_image: float = 0
-    """Prompt text tokens before the first image (only the ``non_visual`` scope depends on it)."""
+    """Prompt text tokens before the first image (only the ``non_visual`` and ``visual`` scopes depend on it)."""
     source: str | None = None
     """Where the numbers come from, in words (e.g. ``measured on 500 validation questions``)."""
 

@@ -7,6 +7,7 @@ generation (prompt + generated tokens), whatever forward calls they arrive in. W
 * ``generated``: positions ``p >= N`` (tokens produced while decoding);
 * ``prompt``: positions ``p < N`` (image + question);
 * ``non_visual``: positions that are not image tokens (every position of a text-only model);
+* ``visual``: the image-token positions of the prompt (none in a text-only model);
 * ``all``: every position.
 
 A *skip* with a scope skips the sublayer for the positions **in** the scope and computes it
@@ -27,6 +28,7 @@ skip_block           all          none                   none                   
 skip_block           generated    ``p < N``              ``p < N``                    ``p < N``
 skip_block           prompt       ``p >= N``             all (see note)               ``p >= N``
 skip_block           non_visual   image positions        ``p < E`` (see note)         image positions
+skip_block           visual       non-image positions    all (see note)               non-image positions
 skip_attn            (scope)      as skip_block          as skip_block                all
 skip_ffn             (scope)      all                    all                          as skip_block
 parallel_attn_ffn    any          all                    all                          all
@@ -41,10 +43,16 @@ layer received (sliced to those rows and keys); ``FlopCounterMode`` counts the f
 or a later one) needs them": with ``generated`` no later query exists at this layer, so its
 cache slot stays prompt-length and decode calls run no attention there; with ``prompt`` the
 generated queries attend to every earlier position; with ``non_visual`` the image queries
-see keys up to the last image position (so a text-only model computes nothing there).
+see keys up to the last image position (so a text-only model computes nothing there); with
+``visual`` the image positions get no query, attention output or FFN, but their K/V are
+still projected, from the hidden state the image tokens carry into the layer, because the
+text and generated queries that follow attend to them (ShortV's "frozen" image tokens; a
+text-only model, or a prompt without images, runs the layer unchanged).
 *Note*: K/V of a call are computed only if a query of that call runs at the layer or the
 call has a KV cache to keep them (e.g. a no-cache forward of the prompt alone under
-``prompt`` scope computes nothing at that layer's attention). Norms, rotary embeddings,
+``prompt`` scope computes nothing at that layer's attention). Under ``visual`` a layer whose
+generated tokens exit before it (``early_exit``) has no later query, so K/V stop at the last
+text query of the prompt. Norms, rotary embeddings,
 activations and residual adds follow the positions of the matmuls they feed.
 
 ``parallel_attn_ffn`` computes ``x + attn(n1(x)) + ffn(n2(x))`` (each sublayer with its own
@@ -52,10 +60,11 @@ norm); ``parallel_blocks`` (layers ``i``, ``i+1``) computes ``x + (L_i(x) - x) +
 with ``average`` ``x + ((L_i(x) - x) + (L_{i+1}(x) - x)) / 2`` = the mean of the two outputs.
 Both save depth, not FLOPs.
 
-**Batches.** ``generated`` / ``prompt`` are the same positions in every row. ``non_visual``
-image positions may differ between rows (left padding): the computed positions are the union
-over rows (``E`` too is taken over rows), and a row's results at a position outside its own
-set are discarded. The table is exact per sample; a batch computes the union.
+**Batches.** ``generated`` / ``prompt`` are the same positions in every row. Image positions
+may differ between rows (left padding): under ``non_visual`` / ``visual`` the computed
+positions are the union over rows of each row's image / non-image positions (``E`` too is
+taken over rows), and a row's results at a position outside its own set are discarded. The
+table is exact per sample; a batch computes the union.
 
 **Runtime context.** :func:`searchskip.apply.apply` installs :class:`PlanRuntime` hooks on the
 top-level model: at the first call of a generation (no cache, or a cache this runtime has
@@ -67,8 +76,8 @@ slot 0 may stop at the prompt). A no-cache forward of prompt + generated tokens 
 ``N``: ``with plan_context(model, prompt_length=N): model(full_ids)``; the planned model's
 ``generate`` declares its input length itself (so ``use_cache=False`` generation works too).
 Token-scoped ops need this context: a decoder submodule called directly raises unless a
-``plan_context`` is active. ``non_visual`` reads the image positions' values (``.any()``), so
-it cannot run on the meta device; the other scopes only need shapes.
+``plan_context`` is active. ``non_visual`` and ``visual`` read the image positions' values
+(``.any()``), so they cannot run on the meta device; the other scopes only need shapes.
 """
 
 from __future__ import annotations
@@ -81,7 +90,7 @@ import torch
 from torch.nn import functional as F
 
 from searchskip.arch.cache_api import call_cache, output_cache
-from searchskip.plan import SCOPE_ALL, SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT
+from searchskip.plan import SCOPE_ALL, SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT, SCOPE_VISUAL
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -170,6 +179,22 @@ class Selection:
         return out
 
 
+def _selection(runs: torch.Tensor) -> Selection:
+    """The :class:`Selection` of the positions where ``runs`` (batch x length bool) holds in
+    some row: a range when they are contiguous, else an index; ``rows`` marks which rows' results
+    count at each selected position when the rows differ."""
+    n = runs.shape[1]
+    cols = runs.any(0).nonzero().flatten()
+    if cols.numel() == 0:
+        return Selection.span(n, 0, 0)
+    rows = runs[:, cols]
+    rows = None if bool(rows.all()) else rows
+    first, last = int(cols[0]), int(cols[-1]) + 1
+    if last - first == cols.numel():
+        return Selection(n, first, last, None, rows)
+    return Selection(n, index=cols, rows=rows, last=last)
+
+
 # --------------------------------------------------------------------------------------
 # Positions of one forward call
 # --------------------------------------------------------------------------------------
@@ -203,7 +228,7 @@ class CallPositions:
         """Image positions of this call (batch x length bool), ``None`` when there are none."""
         if self.image_unknown:
             raise RuntimeError(
-                "scope 'non_visual' needs the image-token positions, but the generation's first call had no "
+                "scopes 'non_visual' and 'visual' need the image-token positions, but the generation's first call had no "
                 "input_ids (inputs_embeds only); pass input_ids, or declare them with "
                 "plan_context(model, prompt_length=..., image_mask=...)")
         if self.image is None:
@@ -231,17 +256,11 @@ class CallPositions:
             return Selection.span(n, 0, self.prompt_stop)
         if scope == SCOPE_PROMPT:
             return Selection.span(n, self.prompt_stop, n)
-        if scope == SCOPE_NON_VISUAL:
+        if scope in (SCOPE_NON_VISUAL, SCOPE_VISUAL):
             image = self.image_local()
-            if image is None:
-                return Selection.span(n, 0, 0)
-            cols = image.any(0).nonzero().flatten()
-            rows = image[:, cols]
-            rows = None if bool(rows.all()) else rows
-            first, last = int(cols[0]), int(cols[-1]) + 1
-            if last - first == cols.numel():
-                return Selection(n, first, last, None, rows)
-            return Selection(n, index=cols, rows=rows, last=last)
+            if image is None:  # no image position in this call: nothing / everything runs
+                return Selection.span(n, 0, 0 if scope == SCOPE_NON_VISUAL else n)
+            return _selection(image if scope == SCOPE_NON_VISUAL else ~image)
         raise ValueError(f"unknown scope {scope!r}")
 
     def in_scope(self, scope: str, device: torch.device | str | None = None) -> torch.Tensor | None:
@@ -256,10 +275,12 @@ class CallPositions:
                 mask = (torch.arange(self.length, device=device) >= self.prompt_stop).unsqueeze(0)
             elif scope == SCOPE_PROMPT:
                 mask = (torch.arange(self.length, device=device) < self.prompt_stop).unsqueeze(0)
-            elif scope == SCOPE_NON_VISUAL:
+            elif scope in (SCOPE_NON_VISUAL, SCOPE_VISUAL):
                 image = self.image_local()
-                mask = (torch.ones(1, self.length, dtype=torch.bool, device=device) if image is None
-                        else (~image).to(device))
+                if image is None:
+                    mask = torch.full((1, self.length), scope == SCOPE_NON_VISUAL, dtype=torch.bool, device=device)
+                else:
+                    mask = (~image if scope == SCOPE_NON_VISUAL else image).to(device)
             else:
                 raise ValueError(f"unknown scope {scope!r}")
             self._memo[key] = mask.unsqueeze(-1)
@@ -285,7 +306,7 @@ class CallPositions:
             return 0
         if scope == SCOPE_GENERATED:
             return self.prompt_stop
-        if scope == SCOPE_PROMPT:
+        if scope in (SCOPE_PROMPT, SCOPE_VISUAL):  # generated queries (of later calls) see every position
             return self.length
         if scope == SCOPE_NON_VISUAL:
             if self.image_unknown:
@@ -328,9 +349,9 @@ class ViewPositions(CallPositions):
     def kv_stop(self, scope: str) -> int:
         if scope == SCOPE_PROMPT and self.exited:
             return 0
-        if scope != SCOPE_NON_VISUAL:
-            return super().kv_stop(scope)
-        return self.runs(SCOPE_NON_VISUAL).last  # one past the last image position of the view
+        if scope == SCOPE_NON_VISUAL or (scope == SCOPE_VISUAL and self.exited):
+            return self.runs(scope).last  # one past the view's last query of this layer: no later one comes
+        return super().kv_stop(scope)
 
 
 # --------------------------------------------------------------------------------------

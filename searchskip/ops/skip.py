@@ -18,7 +18,7 @@ import torch
 
 from searchskip.ops.registry import ATTN_ALL, ATTN_NONE, ATTN_PROMPT, AttentionUse, LayerSite, OpHandler
 from searchskip.ops.scope import attention_update, mlp_update
-from searchskip.plan import KEEP, SCOPE_ALL, SCOPE_PROMPT, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, LayerOp
+from searchskip.plan import KEEP, SCOPE_ALL, SCOPE_PROMPT, SCOPE_VISUAL, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, LayerOp
 
 __all__ = ["DROP", "DROP_HANDLER", "KEEP_HANDLER", "SKIP_ATTN_HANDLER", "SKIP_BLOCK_HANDLER", "SKIP_FFN_HANDLER",
            "layer_kwargs_binder", "skipped_attention_use"]
@@ -52,7 +52,7 @@ def skipped_attention_use(scope: str) -> AttentionUse:
     """Which positions get K/V when the attention is skipped for ``scope``'s positions."""
     if scope == SCOPE_ALL:
         return ATTN_NONE
-    return ATTN_ALL if scope == SCOPE_PROMPT else ATTN_PROMPT
+    return ATTN_ALL if scope in (SCOPE_PROMPT, SCOPE_VISUAL) else ATTN_PROMPT
 
 
 def _full(_: LayerOp) -> dict[int, AttentionUse]:

@@ -40,7 +40,9 @@ Layer indices are those of the original model, numbered from 0, whatever ``drop`
 **Scopes** (:data:`SCOPES`), the token positions an op applies to (the others run the layer
 normally): ``all``; ``generated``: tokens produced while decoding (the prompt's prefill is
 untouched); ``prompt``: the prompt's positions only; ``non_visual``: every position except
-the image tokens. ``drop`` and ``prune`` change the weights, so they apply to every token.
+the image tokens; ``visual``: the image tokens only (ShortV's frozen image tokens: they get no
+attention output and/or FFN there, while text and generated tokens still attend to them).
+``drop`` and ``prune`` change the weights, so they apply to every token.
 
 **drop** ``{start, end}`` removes layers ``start .. end - 1`` (half-open, like ``range``).
 
@@ -93,8 +95,8 @@ from searchskip.plan.core import Plan
 from searchskip.plan.file_form import PLAN_KEYS
 from searchskip.plan.names import (
     EXIT_SCOPES, KEEP, OPS, PARALLEL_ATTN_FFN, PARALLEL_BLOCKS, PLAN_VERSION, PRUNE_METHODS, PRUNE_STRUCTURES,
-    PRUNE_TARGETS, RANK_ATTENTION, RANK_UNIFORM, SCOPE_ALL, SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT, SCOPES,
-    SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, VISUAL_RANKS, ExitScope, OpName, PruneMethod, PruneStructure, PruneTarget,
+    PRUNE_TARGETS, RANK_ATTENTION, RANK_UNIFORM, SCOPE_ALL, SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT,
+    SCOPE_VISUAL, SCOPES, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, VISUAL_RANKS, ExitScope, OpName, PruneMethod, PruneStructure, PruneTarget,
     ScopeName, VisualRank,
 )
 from searchskip.plan.parts import (
@@ -104,7 +106,7 @@ from searchskip.plan.parts import (
 
 __all__ = [
     "KEEP", "SKIP_BLOCK", "SKIP_ATTN", "SKIP_FFN", "PARALLEL_ATTN_FFN", "PARALLEL_BLOCKS", "OPS",
-    "SCOPE_ALL", "SCOPE_GENERATED", "SCOPE_PROMPT", "SCOPE_NON_VISUAL", "SCOPES",
+    "SCOPE_ALL", "SCOPE_GENERATED", "SCOPE_PROMPT", "SCOPE_NON_VISUAL", "SCOPE_VISUAL", "SCOPES",
     "PRUNE_METHODS", "PRUNE_STRUCTURES", "PRUNE_TARGETS", "PLAN_VERSION", "PLAN_KEYS",
     "RANK_ATTENTION", "RANK_UNIFORM", "VISUAL_RANKS", "EXIT_SCOPES", "VisualRank", "ExitScope",
     "VisualTokensSpec", "EarlyExitSpec", "kept_visual_tokens", "skips_prompt_attention", "effective_rank",

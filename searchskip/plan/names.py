@@ -25,8 +25,9 @@ SCOPE_ALL = "all"
 SCOPE_GENERATED = "generated"
 SCOPE_PROMPT = "prompt"
 SCOPE_NON_VISUAL = "non_visual"
+SCOPE_VISUAL = "visual"
 
-ScopeName = Literal["all", "generated", "prompt", "non_visual"]
+ScopeName = Literal["all", "generated", "prompt", "non_visual", "visual"]
 SCOPES: tuple[str, ...] = typing.get_args(ScopeName)
 """Every token scope, ``all`` first (the order breaks ties when choosing the canonical default)."""
 
@@ -51,7 +52,7 @@ PLAN_VERSION = 1
 """The plan format :mod:`searchskip.plan` reads and writes."""
 
 assert OPS == (KEEP, SKIP_BLOCK, SKIP_ATTN, SKIP_FFN, PARALLEL_ATTN_FFN, PARALLEL_BLOCKS)
-assert SCOPES == (SCOPE_ALL, SCOPE_GENERATED, SCOPE_PROMPT, SCOPE_NON_VISUAL)
+assert SCOPES == (SCOPE_ALL, SCOPE_GENERATED, SCOPE_PROMPT, SCOPE_NON_VISUAL, SCOPE_VISUAL)
 
 _SEXAGESIMAL_2_4 = 2 * 60 + 4
 """What YAML 1.1 makes of an unquoted ``2:4`` (a base-60 integer)."""

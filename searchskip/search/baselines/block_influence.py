@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
-from searchskip.flops import Budget, Workload, count_flops, geometry_of
-from searchskip.plan import PARALLEL_ATTN_FFN, PARALLEL_BLOCKS, SCOPE_ALL, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, LayerOp, Plan
+from searchskip.flops import Budget, Workload
+from searchskip.plan import PARALLEL_ATTN_FFN, PARALLEL_BLOCKS, SCOPE_ALL, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, Plan
+from searchskip.search.baselines.ordered import least_first_plan
 
 __all__ = ["BI_OPS", "block_influence", "block_influence_plan", "labelled_block_influence_plans"]
 
@@ -127,29 +127,8 @@ def block_influence_plan(
     if op not in BI_OPS:
         hint = " (parallel ops change no FLOPs)" if op in (PARALLEL_ATTN_FFN, PARALLEL_BLOCKS) else ""
         raise ValueError(f"op must be one of {', '.join(BI_OPS)}{hint}, but got {op!r}")
-    geometry = geometry_of(arch)
-    values = [float(v) for v in bi]
-    if len(values) != geometry.num_layers:
-        raise ValueError(f"bi has {len(values)} values, but the model has {geometry.num_layers} decoder layers")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"every Block Influence must be finite, but got {values}")
-
-    baseline = count_flops(geometry, None, workload)
-
-    def fits(plan: Plan) -> bool:
-        return budget.allows(count_flops(geometry, plan, workload), baseline)
-
-    plan = Plan(scope=scope)
-    if fits(plan):
-        return plan
-    order = sorted((i for i in range(len(values)) if not (keep_first and i == 0)), key=lambda i: (values[i], i))
-    chosen: dict[int, LayerOp] = {}
-    for i in order:
-        chosen[i] = LayerOp(op)
-        plan = Plan(layers=chosen, scope=scope)
-        if fits(plan):
-            return plan
-    return None
+    return least_first_plan(bi, arch, workload, budget, op=op, scope=scope, exclude={0} if keep_first else (),
+                            what="Block Influence")
 
 
 def labelled_block_influence_plans(bi: Sequence[float], arch: Any, workload: Workload,

@@ -627,6 +627,31 @@ def test_block_influence_plans_are_seeded(tmp_path, demo):
     assert all(t.user_attrs["infeasible"] is False for t in seeded.values())
 
 
+def test_layer_contribution_plans_are_seeded_where_the_space_offers_scope_visual(tmp_path, demo):
+    from searchskip.flops import Workload
+    from searchskip.search.baselines import labelled_layer_contribution_plans
+    from searchskip.search.objective import budget_of
+
+    space = tmp_path / "visual.yaml"
+    space.write_text("version: 1\nkind: per_layer\nlayers: {from: 0, to: -1}\n"
+                     "ops: [keep, skip_block, skip_attn, skip_ffn]\nscope: visual\n")
+    job = make_job(tmp_path, space=str(space), budget={"flops_ratio": 0.9}, trials=30)
+    result = run(job, demo, FakeEvaluator())
+    lc = result.study.user_attrs["layer_contribution"]
+    assert len(lc) == 8 and all(v >= 0 for v in lc)
+    seeded = {t.user_attrs["seed"]: t for t in result.study.get_trials() if "seed" in t.user_attrs}
+    workload = Workload.from_dict(result.study.user_attrs["workload"])
+    expected = labelled_layer_contribution_plans(lc, demo[0].model.config, workload, budget_of(job.search.budget))
+    # freezing the image tokens' attention alone in every layer saves too little for 0.9
+    assert {label for label, _ in expected} == {"layer_contribution:skip_block", "layer_contribution:skip_ffn"}
+    for label, plan in expected:
+        assert seeded[label].user_attrs["plan_key"] == plan.key() and seeded[label].user_attrs["infeasible"] is False
+    assert not any(label.startswith("block_influence:") for label in seeded)  # scope all: outside this space
+    # a space without scope visual measures no Layer Contribution
+    plain = make_job(tmp_path / "plain", budget={"flops_ratio": 0.9}, trials=3, seed_plans=True)
+    assert "layer_contribution" not in run(plain, demo, FakeEvaluator()).study.user_attrs
+
+
 def test_sqlite_storage_with_one_worker_resumes(tmp_path, demo):
     url = f"sqlite:///{tmp_path / 's.db'}"
     job = make_job(tmp_path, storage=url, trials=2, seed_plans=False)

@@ -98,8 +98,8 @@ def plot_pareto(points: Sequence[TrialPoint], path: str | Path, *, chosen: int |
     """Write the accuracy-vs-FLOPs scatter of ``points`` to ``path`` (PNG, 120 dpi).
 
     Every point is drawn; the Pareto front (``on_front``) as a step line; the paper's interval
-    plans (label ``paper:...``), Block Influence plans (``block_influence:...``) and the
-    unplanned model with their own markers; trial ``chosen`` highlighted; ``budget_ratio`` as
+    plans (label ``paper:...``), Block Influence plans (``block_influence:...``), Layer
+    Contribution plans (``layer_contribution:...``) and the unplanned model with their own markers; trial ``chosen`` highlighted; ``budget_ratio`` as
     a vertical dashed line. The same points give the same file (no timestamp is written).
     The figure is drawn on matplotlib's Agg canvas, without pyplot, so nothing stays open.
     """
@@ -132,6 +132,7 @@ def plot_pareto(points: Sequence[TrialPoint], path: str | Path, *, chosen: int |
         ax.scatter([p.flops_ratio for p in front], [pct(p) for p in front], s=26, color="tab:blue", zorder=4)
     styles = (("paper", "paper interval plans", "s", "tab:orange"),
               ("block_influence", "Block Influence", "^", "tab:green"),
+              ("layer_contribution", "Layer Contribution", "v", "tab:purple"),
               ("unplanned", "unplanned model", "D", "black"))
     for family, name, marker, color in styles:
         group = [p for p in pts if seed_family(p.label) == family]

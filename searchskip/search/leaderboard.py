@@ -108,6 +108,7 @@ def leaderboard_table(study: Any, top: int = 10, rows: list | None = None, title
 
 
 BASELINES = (("paper", "the best paper interval plan"), ("block_influence", "the best Block Influence plan"),
+             ("layer_contribution", "the best Layer Contribution plan"),
              ("greedy", "greedy sublayer removal's plan"), ("unplanned", "the unplanned model"))
 """Seed families the search is compared with: ``seed`` user-attr prefix -> description."""
 

@@ -2,8 +2,9 @@
 
 The unplanned model, the paper's interval plans (:meth:`Plan.from_pattern` with modes
 skip_block, skip_attn, skip_ffn, intervals 2..4, start layers
-:func:`~searchskip.search.baselines.default_start_layers` (every second layer), end = n) and
-ShortGPT's Block Influence plans (:mod:`searchskip.search.baselines`), each only if it fits the
+:func:`~searchskip.search.baselines.default_start_layers` (every second layer), end = n),
+ShortGPT's Block Influence plans and, when the space offers ops with scope ``visual``, ShortV's
+Layer Contribution plans (:mod:`searchskip.search.baselines`), each only if it fits the
 budget **and** the space can express it (:meth:`Space.params_for` is not ``None``); plans
 outside the space are left out (a trial must be reproducible from its parameters). Seeds run
 first, in that order, and are enqueued once (optuna's ``skip_if_exists``).
@@ -14,11 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from searchskip.config.job import Job
-from searchskip.plan import Plan
-from searchskip.search.baselines import block_influence, labelled_block_influence_plans, labelled_paper_plans
+from searchskip.plan import SCOPE_VISUAL, LayerOp, Plan
+from searchskip.search.baselines import (
+    LC_OPS, block_influence, labelled_block_influence_plans, labelled_layer_contribution_plans, labelled_paper_plans,
+    layer_contribution,
+)
 from searchskip.search.objective import ObjectiveContext, plan_cost
 
-__all__ = ["seed_plans", "measure_block_influence", "baseline_seeds", "enqueue_seeds", "BI_SAMPLES"]
+__all__ = ["seed_plans", "measure_block_influence", "measure_layer_contribution", "baseline_seeds", "enqueue_seeds",
+           "BI_SAMPLES"]
 
 
 def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None) -> list[tuple[str, Plan, dict]]:
@@ -41,32 +46,64 @@ def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = Non
 
 
 BI_SAMPLES = 64
-"""Validation questions the Block Influence seed is measured on (the first run only; stored)."""
+"""Validation questions the Block Influence and Layer Contribution seeds are measured on (the first
+run only; stored)."""
+
+
+def _calibration(job: Job, loaded: Any, dataset: Any) -> list[dict]:
+    """``BI_SAMPLES`` questions of ``dataset`` (the validation subset: the search's own split, never
+    the test split), drawn with ``search.seed``, as model inputs."""
+    from searchskip.ops.calibration import calibration_batches
+
+    return calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed, job.eval.batch_size)
 
 
 def measure_block_influence(job: Job, loaded: Any, dataset: Any) -> list[float]:
-    """ShortGPT's Block Influence of every decoder layer, measured on ``BI_SAMPLES`` questions of
-    ``dataset`` (the validation subset: the search's own split, never the test split), drawn with
-    ``search.seed``."""
-    from searchskip.ops.calibration import calibration_batches
+    """ShortGPT's Block Influence of every decoder layer, on the calibration questions of :func:`_calibration`."""
+    return [float(v) for v in block_influence(loaded.model, _calibration(job, loaded, dataset))]
 
-    batches = calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed,
-                                  job.eval.batch_size)
-    return [float(v) for v in block_influence(loaded.model, batches)]
+
+def measure_layer_contribution(job: Job, loaded: Any, dataset: Any) -> list[float]:
+    """ShortV's Layer Contribution of every decoder layer, on the calibration questions of :func:`_calibration`."""
+    return [float(v) for v in layer_contribution(loaded.model, _calibration(job, loaded, dataset))]
+
+
+def offers_visual_scope(ctx: ObjectiveContext) -> bool:
+    """Whether the space can express a plan that freezes one layer's image tokens (an op of
+    :data:`~searchskip.search.baselines.LC_OPS` with scope ``visual``)."""
+    n = ctx.num_layers
+    return any(ctx.space.params_for(Plan(layers={i: LayerOp(op, SCOPE_VISUAL)}), n) is not None
+               for i in reversed(range(n)) for op in LC_OPS)
+
+
+def _stored(study: Any, attr: str, measure: Any, dataset: Any) -> list[float] | None:
+    """The study's ``attr``, measured (``measure()``) and stored the first time; ``None`` without data."""
+    values = study.user_attrs.get(attr)
+    if values is None:
+        if dataset is None or len(dataset) == 0:
+            return None
+        values = measure()
+        study.set_user_attr(attr, values)
+    return values
 
 
 def baseline_seeds(study: Any, job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> list[tuple[str, Plan]]:
-    """ShortGPT's Block Influence plans (:func:`~searchskip.search.baselines.labelled_block_influence_plans`):
-    the least influential layers skipped until the budget fits. BI is measured once
-    (:func:`measure_block_influence`) and stored in the study (``block_influence``), so a resumed
-    run reuses it. Returns ``[]`` when no BI can be measured."""
-    bi = study.user_attrs.get("block_influence")
-    if bi is None:
-        if dataset is None or len(dataset) == 0:
-            return []
-        bi = measure_block_influence(job, loaded, dataset)
-        study.set_user_attr("block_influence", bi)
-    return labelled_block_influence_plans(bi, ctx.arch, ctx.workload, ctx.budget)
+    """ShortGPT's Block Influence plans (:func:`~searchskip.search.baselines.labelled_block_influence_plans`:
+    the least influential layers skipped until the budget fits) and, when the space offers scope
+    ``visual`` (:func:`offers_visual_scope`), ShortV's Layer Contribution plans
+    (:func:`~searchskip.search.baselines.labelled_layer_contribution_plans`: the image tokens of the
+    least contributing layers frozen until the budget fits). Each score is measured once and stored
+    in the study (``block_influence``, ``layer_contribution``), so a resumed run reuses it. Returns
+    ``[]`` when nothing can be measured."""
+    out: list[tuple[str, Plan]] = []
+    bi = _stored(study, "block_influence", lambda: measure_block_influence(job, loaded, dataset), dataset)
+    if bi is not None:
+        out += labelled_block_influence_plans(bi, ctx.arch, ctx.workload, ctx.budget)
+    if offers_visual_scope(ctx):
+        lc = _stored(study, "layer_contribution", lambda: measure_layer_contribution(job, loaded, dataset), dataset)
+        if lc is not None:
+            out += labelled_layer_contribution_plans(lc, ctx.arch, ctx.workload, ctx.budget)
+    return out
 
 
 def enqueue_seeds(study: Any, seeds: list[tuple[str, Plan, dict]]) -> int:

@@ -31,7 +31,8 @@ def layer_contribution(model: Any, batches: Iterable[dict], op: str = SKIP_BLOCK
 
     over the next-token distribution at the last prompt position of each calibration sample
     ``x`` (the distribution of the first answer token; batches are left-padded, so it is every
-    row's last position), in float32, averaged in float64 with every sample weighing the same.
+    row's last position), in float64, every sample weighing the same (a mean that rounding
+    takes below 0 is 0).
     A layer whose image tokens can be frozen without moving the answer has an LC near 0 and is
     the first one ShortV freezes. ``batches`` are keyword arguments of ``model(**batch)``, e.g.
     from :func:`searchskip.ops.calibration.calibration_batches`; the model runs in eval mode
@@ -54,7 +55,7 @@ def layer_contribution(model: Any, batches: Iterable[dict], op: str = SKIP_BLOCK
                              "pad calibration batches on the left")
 
     def last_log_probs(batch: dict) -> Any:
-        return torch.log_softmax(model(**batch, use_cache=False).logits[:, -1].float(), dim=-1)
+        return torch.log_softmax(model(**batch, use_cache=False).logits[:, -1].double(), dim=-1)
 
     was_training = model.training
     sums = [0.0] * n
@@ -72,7 +73,7 @@ def layer_contribution(model: Any, batches: Iterable[dict], op: str = SKIP_BLOCK
                         sums[i] += float(kl.double().sum())
     finally:
         model.train(was_training)
-    return [s / rows for s in sums]
+    return [max(0.0, s / rows) for s in sums]
 
 
 def layer_contribution_plan(lc: Sequence[float], arch: Any, workload: Workload, budget: Budget, *,

@@ -94,7 +94,8 @@ def objective_value(plan: Plan) -> float:
 
 def test_shipped_spaces_exist_load_and_validate(capsys):
     assert SHIPPED, "no spaces/*.yaml shipped"
-    assert {p.name for p in SHIPPED} >= {"paper.yaml", "per-layer.yaml", "sublayer.yaml", "prune.yaml", "tokens.yaml"}
+    assert {p.name for p in SHIPPED} >= {"paper.yaml", "per-layer.yaml", "sublayer.yaml", "prune.yaml", "tokens.yaml",
+                                         "visual.yaml", "joint.yaml"}
     for path in SHIPPED:
         assert path.read_text(encoding="utf-8").startswith("#"), f"{path.name} has no header comment"
         space = Space.load(path)
@@ -442,10 +443,30 @@ def test_samplers_suggest_valid_token_plans(write_yaml, sampler, text, num_layer
     assert moved and uniform_by_rule  # both rules met
 
 
+MIXED_SCOPES = """\
+version: 1
+layers: {from: 0, to: -1}
+ops: [keep, skip_block, skip_ffn@visual, parallel_blocks@visual]
+scope: [all, generated]
+visual_tokens: {keep: [1.0, 0.5], after_layer: [1, 2], rank: [attention, uniform]}
+early_exit: {layer: [none, 1]}
+"""
+
+OWN_SCOPES_ONLY = """\
+version: 1
+layers: {from: 0, to: -1}
+ops: [keep, skip_block@visual, skip_attn@visual, skip_ffn@generated, parallel_blocks@visual]
+scope: [all, prompt]          # searched, but no op takes it: every plan is counted once
+visual_tokens: {keep: [1.0, 0.0], after_layer: [2]}
+"""
+
+
 @pytest.mark.parametrize("text, num_layers", [
     (SMALL_EVERY_LAYER, 4),  # with the cases moving a boundary out of the model (a pair at layer 2)
     (TOKENS_PAPER, 6),
-], ids=["per_layer", "paper"])
+    (MIXED_SCOPES, 4),
+    (OWN_SCOPES_ONLY, 4),
+], ids=["per_layer", "paper", "mixed-scopes", "own-scopes-only"])
 def test_full_grid_gives_size_plans_and_each_round_trips(write_yaml, text, num_layers):
     space = space_from(write_yaml, text)
     grid = space.grid(num_layers)
@@ -457,6 +478,29 @@ def test_full_grid_gives_size_plans_and_each_round_trips(write_yaml, text, num_l
     for plan in plans:
         params = space.params_for(plan, num_layers)
         assert params is not None and fixed(space, num_layers, params)[0] == plan, plan.describe()
+
+
+def test_ops_with_their_own_scope_mix_scopes_in_one_plan(write_yaml):
+    """``op@scope`` values are the layer parameter's values (names unchanged); an op written alone
+    takes the plan-wide scope decision, so one plan mixes scopes; params_for gives each back."""
+    space = space_from(write_yaml, MIXED_SCOPES)
+    grid = space.grid(4)
+    assert grid["layer_00.op"] == ["keep", "skip_block", "skip_ffn@visual", "parallel_blocks@visual"]
+    assert grid["layer_03.op"] == ["keep", "skip_block", "skip_ffn@visual"]  # no partner after the last layer
+    plan, used = fixed(space, 4, {"layer_00.op": "skip_ffn@visual", "layer_01.op": "skip_block",
+                                  "layer_02.op": "parallel_blocks@visual", "scope": "generated",
+                                  "visual_tokens.keep": 1.0, "early_exit.layer": "none"})
+    assert plan == Plan(layers={0: LayerOp("skip_ffn", "visual"), 1: LayerOp("skip_block", "generated"),
+                                2: LayerOp("parallel_blocks", "visual")})
+    assert "layer_03.op" not in used  # the pair's partner
+    assert space.params_for(plan, 4) == {**used}
+    # two ops written alone must share the plan-wide scope; an op@scope the space lacks is outside it
+    assert space.params_for(Plan(layers={0: LayerOp("skip_block", "all"), 1: LayerOp("skip_block", "generated")}),
+                            4) is None
+    assert space.params_for(Plan(layers={0: LayerOp("skip_attn", "visual")}), 4) is None
+    assert space.params_for(Plan(layers={0: LayerOp("skip_ffn", "all")}), 4) is None
+    shipped = Space.load(REPO_ROOT / "spaces" / "joint.yaml")
+    assert any("@visual" in v for v in shipped.grid(8)["layer_00.op"])
 
 
 def test_params_for_token_plans(write_yaml):
@@ -529,6 +573,15 @@ BAD = [
     ("version: 1\nops: []\n", "ops", "must list at least one op, but got an empty list"),
     ("version: 1\nops: [keep, skip_blok]\n", "ops[1]", "did you mean 'skip_block'?"),
     ("version: 1\nops: [keep, keep]\n", "ops", "must list each op once"),
+    ("version: 1\nops: [keep, skip_blok@visual]\n", "ops[1]", "did you mean 'skip_block'? (in 'skip_blok@visual'"),
+    ("version: 1\nops: [keep, skip_ffn@visul]\n", "ops[1]", "the scope after '@' in 'skip_ffn@visul' must be one of"),
+    ("version: 1\nops: [keep, skip_ffn@visul]\n", "ops[1]", "did you mean 'visual'?"),
+    ("version: 1\nops: [keep@visual, skip_ffn]\n", "ops[0]", "'keep' takes no scope"),
+    ("version: 1\nops: [skip_block, skip_block@generated]\nscope: [all, generated]\n", "ops[1]",
+     "offers skip_block with scope 'generated' twice"),
+    ("version: 1\nops: [keep, skip_ffn@visual, skip_ffn@visual]\n", "ops", "must list each op once"),
+    ("version: 1\nops: [keep, 5]\n", "ops[1]", "integer 5"),
+    ("version: 1\nops: [keep, skip_ffn@visual]\naverage: true\n", "average", "applies only to op 'parallel_blocks'"),
     ("version: 1\nops: keep\nscope: [all, generatd]\n", "scope[1]", "did you mean 'generated'?"),
     ("version: 1\nops: keep\nlayers: {form: 1}\n", "layers.form", "did you mean 'from'?"),
     ("version: 1\nops: keep\nlayers: {from: 5, to: 2}\n", "layers", "but got from=5, to=2"),

@@ -40,6 +40,7 @@ from searchskip.config.job import (
 from searchskip.config.typed import Check, _did_you_mean, _show, above, at_least, build
 from searchskip.config.yaml_io import describe, path_state, read_yaml
 from searchskip.errors import ConfigError
+from searchskip.search.space import Space
 
 __all__ = [
     "DEFAULT_EMBEDDED_NAMES",
@@ -308,8 +309,6 @@ def _search_space(search: SearchSpec) -> Iterator[tuple[str, str]]:
     if state is not None:
         yield "space", f"must be an existing search space file (spaces/*.yaml), but {_where(search.space)} {state}"
         return
-    from searchskip.search.space import Space  # lazy: space.py imports this module
-
     try:
         Space.load(p)
     except ConfigError as err:

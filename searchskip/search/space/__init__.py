@@ -13,9 +13,11 @@ enqueued (:meth:`Space.params_for`). Two kinds of space exist, chosen by ``kind`
                                            # every layer; the search learns which ones are vital);
                                            # negative counts from the end (-1 is the last layer);
                                            # or a list such as [2, 4, -3]
-    ops: [keep, skip_block, skip_attn, skip_ffn, parallel_attn_ffn]   # choices of every searchable layer
-    scope: [all, generated]                # one token scope for all the plan's ops: a list is
-                                           # searched, a string is fixed (default: all)
+    ops: [keep, skip_block, skip_attn, skip_ffn, parallel_attn_ffn, skip_ffn@visual]
+                                           # choices of every searchable layer; op@scope: the op
+                                           # with its own token scope
+    scope: [all, generated]                # the scope of every op written without one: a list
+                                           # is searched, a string is fixed (default: all)
     average: false                         # parallel_blocks averages the two blocks (only with
                                            # parallel_blocks among the ops)
     prune:                                 # optional; see below
@@ -27,6 +29,14 @@ ops, layers are decided in increasing order: when layer ``i`` takes ``parallel_b
 layer ``i + 1`` is its partner and keeps (its parameter is not suggested in that trial, a
 conditional parameter); ``parallel_blocks`` is offered at layer ``i`` only when ``i + 1`` is
 searchable too, so the partner always lies inside ``layers``.
+
+**Scopes per op.** An op written alone (``skip_block``) takes the plan-wide ``scope`` decision,
+one scope for all such ops of a plan; ``op@scope`` (``skip_block@visual``: the image tokens
+frozen, ``skip_ffn@visual``: they get attention only) is that op with its own scope, whatever
+``scope`` says, so one plan can mix scopes (image tokens frozen in some layers, whole layers
+skipped in others: ``spaces/joint.yaml``). ``keep`` takes no scope, and an ``op@scope`` may not
+repeat what ``op`` under a ``scope`` value already offers. The parameter stays ``layer_XX.op``;
+its values are the entries as written.
 
 **kind: paper**: the seed paper's interval plans, :meth:`Plan.from_pattern
 <searchskip.plan.Plan.from_pattern>` (op ``mode`` on every layer ``i`` with

@@ -17,6 +17,7 @@ from searchskip.errors import Problem
 from searchskip.plan import (
     KEEP,
     OPS,
+    SCOPES,
     PARALLEL_BLOCKS,
     PRUNE_TARGETS,
     RANK_ATTENTION,
@@ -31,7 +32,7 @@ from searchskip.plan import (
     VisualRank,
 )
 from searchskip.plan.file_form import _CHECKS as _PLAN_CHECKS, _targets_listed
-from searchskip.plan.names import _SEXAGESIMAL_2_4
+from searchskip.plan.names import _SEXAGESIMAL_2_4, _choice_rule
 from searchskip.search.space.choices import (
     EarlyExitChoices,
     FloatChoice,
@@ -50,10 +51,12 @@ from searchskip.search.space.names import (
     _TWO_FOUR,
     NO_EXIT,
     NO_PRUNE,
+    SCOPE_SEP,
     SPACE_VERSION,
     NoExit,
     PruneChoice,
     SpaceKind,
+    split_op_choice,
 )
 
 
@@ -102,7 +105,8 @@ class _PerLayerFile:
     version: int
     kind: SpaceKind = "per_layer"
     layers: Mapping[str, int] | list[int] = field(default_factory=lambda: {"from": 1, "to": -2})
-    ops: OpName | list[OpName]
+    ops: str | list[str]
+    """Op names, each optionally with its own scope: ``skip_block@visual`` (checked by :func:`_op_choices`)."""
     scope: ScopeName | list[ScopeName] = SCOPE_ALL
     average: bool = False
     prune: _PruneSpaceFile | None = None
@@ -163,9 +167,33 @@ def _op_list(space: _PerLayerFile) -> Iterator[tuple[str, str]]:
     yield from _list_shape("ops", space.ops, "op")
 
 
+def _op_choices(space: _PerLayerFile) -> Iterator[tuple[str, str]]:
+    """Each entry is an op, or ``op@scope``: an op other than keep, with a token scope of its own."""
+    for key, value in _items("ops", space.ops):
+        op, scope = split_op_choice(value)
+        if op not in OPS:
+            yield key, _choice_rule(op, OPS) + (f" (in {value!r}; an op may carry its own scope: op{SCOPE_SEP}scope)"
+                                                if scope is not None else "")
+        elif op == KEEP and scope is not None:
+            yield key, f"'keep' takes no scope (it runs the layer as it is), but got {value!r}; write 'keep'"
+        elif scope is not None and scope not in SCOPES:
+            yield key, f"the scope after '{SCOPE_SEP}' in {value!r} " + _choice_rule(scope, SCOPES)
+
+
+def _op_scopes_once(space: _PerLayerFile) -> Iterator[tuple[str, str]]:
+    """No (op, scope) is offered twice: as ``op`` under a ``scope`` value and as ``op@scope``."""
+    scopes = space.scope if isinstance(space.scope, list) else [space.scope]
+    bare = {value for _, value in _items("ops", space.ops) if split_op_choice(value)[1] is None}
+    for key, value in _items("ops", space.ops):
+        op, scope = split_op_choice(value)
+        if scope is not None and op in bare and scope in scopes:
+            yield key, (f"offers {op} with scope {scope!r} twice: as {op!r} (with scope {scope!r} among `scope`) and "
+                        f"as {value!r}; remove one")
+
+
 def _average_needs_pairs(name: str, ops: Any, average: bool) -> Iterator[tuple[str, str]]:
     ops = ops if isinstance(ops, list) else [ops]
-    if average and PARALLEL_BLOCKS not in ops:
+    if average and PARALLEL_BLOCKS not in {split_op_choice(op)[0] for op in ops if isinstance(op, str)}:
         yield "average", (f"applies only to op 'parallel_blocks' (it averages the two blocks' outputs), "
                           f"but {name} does not offer it")
 
@@ -342,7 +370,7 @@ def _exit_layer(early: _EarlyExitSpaceFile) -> Iterator[tuple[str, str]]:
 
 
 _CHECKS: dict[type, list[Any]] = {
-    _PerLayerFile: [_version, _op_list, _scope_list, _average_ops, _layer_keys, _layer_order],
+    _PerLayerFile: [_version, _op_list, _op_choices, _op_scopes_once, _scope_list, _average_ops, _layer_keys, _layer_order],
     _PaperFile: [_version, _mode_changes, _scope_list, _average_mode, _skip_interval, _start_layer,
                  _end_layer, _start_before_end],
     _IntRangeFile: [_int_range],

@@ -42,6 +42,17 @@ _KEEP_ALL = 1.0
 """The ``visual_tokens.keep`` choice that drops no image token."""
 
 
+SCOPE_SEP = "@"
+"""Joins an op and its own token scope in a per-layer space's ``ops``: ``skip_block@visual``."""
+
+
+def split_op_choice(value: str) -> tuple[str, str | None]:
+    """``(op, scope)`` of an ``ops`` entry: ``skip_ffn@visual`` -> ``("skip_ffn", "visual")``;
+    ``skip_ffn`` -> ``("skip_ffn", None)`` (the plan-wide ``scope`` decision applies)."""
+    op, sep, scope = value.partition(SCOPE_SEP)
+    return (op, scope) if sep else (op, None)
+
+
 def layer_param(layer: int) -> str:
     """The parameter name of a layer's op: ``layer_03.op``."""
     return f"layer_{layer:02d}.op"

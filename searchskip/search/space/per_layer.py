@@ -1,6 +1,7 @@
 """``kind: per_layer`` spaces (:class:`PerLayerSpace`): a free choice of op for every searchable
-decoder layer, ``parallel_blocks`` partners as conditional parameters, and the builder that makes
-one from its file form (:data:`PER_LAYER_KIND`, registered in :mod:`searchskip.search.space`).
+decoder layer (each op under the plan-wide ``scope`` decision, or with a token scope of its own,
+``skip_block@visual``), ``parallel_blocks`` partners as conditional parameters, and the builder that
+makes one from its file form (:data:`PER_LAYER_KIND`, registered in :mod:`searchskip.search.space`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from searchskip.search.space.base import Space
 from searchskip.search.space.choices import LayerRange, _Decision, _plural, _resolver
 from searchskip.search.space.file_form import _PerLayerFile, _shared_choices, _strings
 from searchskip.search.space.kinds import SpaceKindEntry
-from searchskip.search.space.names import layer_param
+from searchskip.search.space.names import SCOPE_SEP, layer_param, split_op_choice
 from searchskip.search.space.token_rules import _PLAIN, _features
 
 
 @dataclass(frozen=True, kw_only=True)
 class PerLayerSpace(Space):
-    """``kind: per_layer``: an op among ``ops`` for every layer of ``layers``, one ``scope`` for all."""
+    """``kind: per_layer``: an op among ``ops`` for every layer of ``layers``. An op written alone takes
+    the plan-wide ``scope`` decision (one scope for all such ops of a plan); ``op@scope`` carries its
+    own, so one plan may mix scopes (``skip_ffn@visual`` on one layer, ``skip_block`` on another)."""
 
     KIND: ClassVar[str] = "per_layer"
 
@@ -78,7 +81,7 @@ class PerLayerSpace(Space):
         searchable = set(layers)
         out = []
         for layer in layers:
-            values = tuple(op for op in self.ops if op != PARALLEL_BLOCKS or layer + 1 in searchable)
+            values = tuple(op for op in self.ops if split_op_choice(op)[0] != PARALLEL_BLOCKS or layer + 1 in searchable)
             out.append(_Decision(layer_param(layer), values))
         return out
 
@@ -91,18 +94,18 @@ class PerLayerSpace(Space):
         for layer, decision in zip(self._resolved(num_layers), self._layer_decisions(num_layers)):
             if layer == partner:  # the partner of a parallel_blocks pair keeps; no parameter this trial
                 continue
-            op = decision.suggest(trial)
+            op, own_scope = split_op_choice(decision.suggest(trial))
             if op != KEEP:
-                chosen[layer] = LayerOp(op, average=self.average and op == PARALLEL_BLOCKS)
+                chosen[layer] = LayerOp(op, own_scope, average=self.average and op == PARALLEL_BLOCKS)
             partner = layer + 1 if op == PARALLEL_BLOCKS else None
         scope = self._scope_decision().suggest(trial)
         return Plan(layers=chosen, scope=scope)
 
     def _layer_params(self, plan: Plan, num_layers: int) -> dict[str, Any] | None:
+        """Each layer's op as ``op@scope`` where the space offers that, else as ``op`` (then its scope is
+        the plan-wide decision, one for all such ops); ``None`` when the plan is outside the space."""
         ops = {i: plan.op_for(i) for i, _ in plan.layers}
-        scopes = {op.scope for op in ops.values()}
-        if len(scopes) > 1:
-            return None
+        shared: set[str] = set()  # scopes of the ops written without their own
         params: dict[str, Any] = {}
         partner = None
         for layer, decision in zip(self._resolved(num_layers), self._layer_decisions(num_layers)):
@@ -110,18 +113,24 @@ class PerLayerSpace(Space):
                 partner = None
                 continue
             op = ops.pop(layer, None)
-            name = op.op if op is not None else KEEP
-            if name not in decision.values:
+            if op is None:
+                value = KEEP
+            elif f"{op.op}{SCOPE_SEP}{op.scope}" in decision.values:
+                value = f"{op.op}{SCOPE_SEP}{op.scope}"
+            else:
+                value = op.op
+                shared.add(op.scope)
+            if value not in decision.values:
                 return None
-            if op is not None and op.average != (self.average and name == PARALLEL_BLOCKS):
+            if op is not None and op.average != (self.average and op.op == PARALLEL_BLOCKS):
                 return None
             if decision.is_param:
-                params[decision.name] = name
-            partner = layer + 1 if name == PARALLEL_BLOCKS else None
-        if ops:  # an op on a layer outside the space
+                params[decision.name] = value
+            partner = layer + 1 if op is not None and op.op == PARALLEL_BLOCKS else None
+        if ops or len(shared) > 1:  # an op on a layer outside the space, or two scopes for the shared one
             return None
         scope_d = self._scope_decision()
-        scope = scopes.pop() if scopes else scope_d.values[0]
+        scope = shared.pop() if shared else scope_d.values[0]
         if scope not in scope_d.values:
             return None
         if scope_d.is_param:
@@ -129,16 +138,28 @@ class PerLayerSpace(Space):
         return params
 
     def _unpruned_plans(self, num_layers: int) -> int:
+        """Sequences of ops (a pair covers two layers), each with its token outcomes, for every value of
+        the plan-wide scope; a sequence whose every op carries its own scope (or keeps) gives the same
+        plan under every value, so it is counted once."""
         count = self._token_count(num_layers)
         decisions = dict(zip(self._resolved(num_layers), self._layer_decisions(num_layers)))
-        # every layer keeps: the same layer plan whatever the scope, so counted once
-        dense = count.total([[_PLAIN]] * num_layers) if KEEP in self.ops else 0
-        total = dense
-        for scope in self.scopes:  # sequences of ops (a pair covers two layers), each with its token outcomes
-            options = [[_features(LayerOp(op, scope)) for op in decisions[i].values] if i in decisions else [_PLAIN]
-                       for i in range(num_layers)]
-            total += count.total(options) - dense
-        return total
+
+        def options(scope: str, shared_ops: bool) -> list[list[Any]]:
+            out = []
+            for i in range(num_layers):
+                if i not in decisions:
+                    out.append([_PLAIN])
+                    continue
+                features = []
+                for value in decisions[i].values:
+                    op, own = split_op_choice(value)
+                    if own is not None or op == KEEP or shared_ops:
+                        features.append(_features(LayerOp(op, own or scope)))
+                out.append(features)
+            return out
+
+        fixed = count.total(options(self.scopes[0], shared_ops=False))
+        return fixed + sum(count.total(options(scope, shared_ops=True)) - fixed for scope in self.scopes)
 
 
 def _per_layer_from_file(built: _PerLayerFile, file: str | None) -> PerLayerSpace:

@@ -55,14 +55,25 @@ def test_every_method_is_measured_at_every_budget_and_written(tmp_path):
     md = (tmp_path / "out/bench/quality-demo.md").read_text()
     assert "**(the job's default search)**" in md and "rejected" in md and "lora" in md
 
-    # a second run with one more method reuses every cell measured the same way and adds the new one
-    before = {ratio: {m: row[m] for m in bench.SEARCHES if m != "evo_joint"} for ratio, row in result["by_budget"].items()}
+    lc = result["layer_contribution"]
+    assert len(lc) == 8 and all(v >= 0 for v in lc)
+    frozen = result["by_budget"]["0.5"]["layer_contribution"]
+    assert frozen is None or all(op.scope == "visual" for _, op in Plan.from_yaml_text(frozen["plan"]).layers)
+
+    # a second run with more methods reuses every cell measured the same way and adds the new ones: the
+    # richest joint space (ops with their own scope), and image-token skips alone, which cannot reach
+    # 35% of the LLM's FLOPs on this model (K/V and the text tokens remain): a cell that says so
+    before = {ratio: {m: row[m] for m in ("evo", "tpe")} for ratio, row in result["by_budget"].items()}
     assert bench.main([str(path), "--budgets", "0.5", "0.35", "--seeds", "0", "1", "--evaluations", "5",
-                       "--finetune", "0.5", "--methods", "evo", "evo_joint"]) == 0
+                       "--finetune", "0.5", "--methods", "evo", "evo_richest", "evo_visual"]) == 0
     again = json.loads((tmp_path / "out/bench/quality-demo.json").read_text())
     for ratio, row in again["by_budget"].items():
         assert row["evo"] == before[ratio]["evo"] and row["greedy"] == result["by_budget"][ratio]["greedy"]
-        assert [r["seed"] for r in row["evo_joint"]["runs"]] == [0, 1] and "tpe" not in row
+        assert [r["seed"] for r in row["evo_richest"]["runs"]] == [0, 1] and "tpe" not in row
+        assert all(r["evaluations"] == 5 and r["over_budget_scored"] == 0 for r in row["evo_richest"]["runs"])
+    assert all("search.budget" not in r.get("no_fit", "") and "no plan of the space" in r["no_fit"]
+               for r in again["by_budget"]["0.35"]["evo_visual"]["runs"])
+    assert "no plan of the space fits" in (tmp_path / "out/bench/quality-demo.md").read_text()
     assert again["finetune"] == result["finetune"] and again["greedy_evaluations"] == result["greedy_evaluations"] > 0
 
 

@@ -15,8 +15,9 @@ accuracy on the whole test split (mean ± std over the seeds; validation in brac
   default sampler (``auto``) is marked;
 * the one-shot baselines, deterministic, so measured once: greedy sublayer removal over every
   layer (FinerCut-style, :func:`~searchskip.search.baselines.greedy_sublayer_removal`; its
-  evaluations are counted and shown, and it gets no cap), ShortGPT's Block Influence plans, the
-  seed paper's best interval plan, and the best token-dropping plan (``visual_tokens``) that fits;
+  evaluations are counted and shown, and it gets no cap), ShortGPT's Block Influence plans, ShortV's
+  Layer Contribution plans (image tokens frozen in the least contributing layers), the seed paper's
+  best interval plan, and the best token-dropping plan (``visual_tokens``) that fits;
 * for every search: the share of proposals rejected before the model ran and the share of the
   search's wall time they took, and the time the budget fit took;
 * ``--finetune``: the default search's plan (first seed) at those budgets, exported
@@ -47,12 +48,15 @@ __all__ = ["SEARCHES", "BASELINES", "measure", "markdown", "main"]
 NAME = "quality"
 
 PER_LAYER, JOINT = "spaces/per-layer.yaml", "spaces/tokens.yaml"
+VISUAL, RICHEST = "spaces/visual.yaml", "spaces/joint.yaml"
 SEARCHES: dict[str, dict[str, Any]] = {
     "evo": {"sampler": "evo", "space": PER_LAYER},
     "tpe": {"sampler": "tpe", "space": PER_LAYER},
     "random": {"sampler": "random", "space": PER_LAYER},
     "tpe_unfitted": {"sampler": "tpe", "fit_budget": False, "space": PER_LAYER},
     "evo_joint": {"sampler": "evo", "space": JOINT},
+    "evo_visual": {"sampler": "evo", "space": VISUAL},
+    "evo_richest": {"sampler": "evo", "space": RICHEST},
 }
 """The searches compared: ``search`` section overrides of the job (pruner ``auto`` throughout). The
 shipped spaces resolve against the checkout (:func:`~searchskip.config.loader.resolve_space`)."""
@@ -63,12 +67,16 @@ LABELS = {
     "random": "random plans fitted to the budget, layer skips only",
     "tpe_unfitted": "`tpe`, layer skips only, over-budget proposals rejected (`fit_budget: false`)",
     "evo_joint": "searchskip `evo`, layer skips + token dropping + early exit (`spaces/tokens.yaml`)",
+    "evo_visual": "searchskip `evo`, image-token skips only (`spaces/visual.yaml`)",
+    "evo_richest": "searchskip `evo`, layer skips + image-token skips + token dropping + early exit "
+                   "(`spaces/joint.yaml`)",
     "greedy": "greedy sublayer removal (FinerCut-style), every layer",
     "block_influence": "ShortGPT Block Influence (best of its 3 ops)",
+    "layer_contribution": "ShortV Layer Contribution: image tokens frozen / attention only / FFN only (best)",
     "paper": "best interval plan of the seed paper",
     "tokens": "token dropping (`visual_tokens`), best that fits",
 }
-BASELINES = ("greedy", "block_influence", "paper", "tokens")
+BASELINES = ("greedy", "block_influence", "layer_contribution", "paper", "tokens")
 
 TOKEN_KEEPS = tuple(round(0.05 * k, 2) for k in range(20))
 """``visual_tokens.keep`` values tried: 0, 0.05, ..., 0.95 (the largest that fits is kept per layer and rank)."""
@@ -119,11 +127,17 @@ def token_plans_at(bench: Bench, budget: Any) -> list[tuple[str, Any]]:
 
 def _search(bench: Bench, method: str, ratio: float, seed: int, evaluations: int) -> dict:
     """One search at the LLM budget ``ratio``: its pick, its counts and what rejected proposals cost."""
+    from searchskip.errors import ConfigError
     from searchskip.search.evaluations import runs_model, trial_counts
     from searchskip.search.leaderboard import leaderboard
 
-    seconds, result = timed(lambda: bench.study(f"quality-{method}-{ratio:g}-s{seed}", evaluations,
-                                                budget=bench.llm_budget(ratio), seed=seed, **SEARCHES[method]))
+    try:
+        seconds, result = timed(lambda: bench.study(f"quality-{method}-{ratio:g}-s{seed}", evaluations,
+                                                    budget=bench.llm_budget(ratio), seed=seed, **SEARCHES[method]))
+    except ConfigError as err:  # the space's cheapest plan misses the budget: the search stops before any trial
+        if not any(p.key == "search.budget" for p in err.problems):
+            raise
+        return {"seed": seed, "no_fit": "; ".join(p.rule for p in err.problems), **_NOTHING_RUN}
     study, budget = result.study, bench.budget(ratio)
     trials = study.get_trials(deepcopy=False)
     rejected = [t for t in trials if t.user_attrs.get("infeasible")]
@@ -143,6 +157,11 @@ def _search(bench: Bench, method: str, ratio: float, seed: int, evaluations: int
         cell.update(label=f"trial {top.number}" + (f" (seed {top.user_attrs['seed']})" if "seed" in top.user_attrs else ""),
                     plan=plan_of(top), validation=top.user_attrs["accuracy"])
     return cell
+
+
+_NOTHING_RUN = {"seconds": 0.0, "evaluations": 0, "proposals": 0, "rejected": 0, "rejected_seconds": 0.0,
+                "fit_seconds": 0.0, "pruned": 0, "duplicates": 0, "over_budget_scored": 0}
+"""The counts of a search that stopped before its first trial."""
 
 
 def _finetune(bench: Bench, plan: Any, ratio: float, folder: Path, train_limit: int | None) -> dict:
@@ -202,10 +221,10 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     from searchskip.data.splits import load_eval_split
     from searchskip.plan import Plan
     from searchskip.search.baselines import (
-        greedy_sublayer_removal, labelled_block_influence_plans, labelled_paper_plans,
+        greedy_sublayer_removal, labelled_block_influence_plans, labelled_layer_contribution_plans, labelled_paper_plans,
     )
     from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.seeds import measure_block_influence
+    from searchskip.search.seeds import measure_block_influence, measure_layer_contribution
 
     job, say = bench.job, bench.console.print
     default = default_method(job.search)
@@ -217,6 +236,7 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
                                      memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
     unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
     bi = measure_block_influence(job, bench.loaded, bench.dataset)
+    lc = measure_layer_contribution(job, bench.loaded, bench.dataset)
     greedy_s, greedy, greedy_evaluations = 0.0, [], 0
     if any("greedy" not in old.get(f"{r:g}", {}) for r in budgets):
         greedy_s, greedy = timed(lambda: greedy_sublayer_removal(
@@ -247,6 +267,8 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
                 "evaluations": step.evaluations})
         for name, plans in (("block_influence", lambda: labelled_block_influence_plans(bi, bench.arch, bench.workload,
                                                                                       budget)),
+                            ("layer_contribution", lambda: labelled_layer_contribution_plans(
+                                lc, bench.arch, bench.workload, budget)),
                             ("paper", lambda: [(label, p) for label, p in labelled_paper_plans(bench.num_layers)
                                                if budget.allows(bench.flops(p), bench.baseline)]),
                             ("tokens", lambda: token_plans_at(bench, budget))):
@@ -276,6 +298,7 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     return {"budgets": budgets, "seeds": seeds, "evaluations": evaluations, "methods": methods,
             "default_method": default, "unplanned": unplanned, "test_questions": len(test),
             "validation_questions": len(bench.dataset), "space": str(job.search.space), "block_influence": bi,
+            "layer_contribution": lc,
             "greedy_seconds": greedy_s, "greedy_evaluations": greedy_evaluations,
             "by_budget": by_budget, "finetune": tuned, "seed_plans": job.search.seed_plans}
 
@@ -285,6 +308,8 @@ def _pct(x: float | None) -> str:
 
 
 def _cell(c: dict | None) -> str:
+    if c is not None and c.get("runs") and all("no_fit" in r for r in c["runs"]):
+        return "no plan of the space fits"
     if c is None or "test" not in c:
         return "–"
     if isinstance(c["test"], dict):
@@ -321,9 +346,9 @@ def markdown(result: dict) -> str:
         duplicates = sum(r["duplicates"] for r in runs)
         cost_rows.append((LABELS.get(method, method), proposals, f"{rejected} ({100 * rejected / max(1, proposals):.1f}%)",
                           f"{duplicates} ({100 * duplicates / max(1, proposals):.1f}%)",
-                          f"{100 * sum(r['rejected_seconds'] for r in runs) / wall:.2f}%",
-                          f"{100 * sum(r['fit_seconds'] for r in runs) / wall:.2f}%",
-                          sum(r["over_budget_scored"] for r in runs), f"{wall / len(runs):.0f} s"))
+                          f"{100 * sum(r['rejected_seconds'] for r in runs) / max(wall, 1e-9):.2f}%",
+                          f"{100 * sum(r['fit_seconds'] for r in runs) / max(wall, 1e-9):.2f}%",
+                          sum(r["over_budget_scored"] for r in runs), f"{wall / max(1, len(runs)):.0f} s"))
     lines += ["", "Proposals, over all budgets and seeds: rejected before the model ran (over budget), duplicates of "
               "a plan already scored (no model run either), the share of the searches' wall time the rejected ones "
               "took, the share the budget fit took, over-budget plans scored (must be 0), and the mean wall time "

@@ -12,6 +12,7 @@ positions 28, 29, 30).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from searchskip.testing import FAMILIES
 from tests.test_flops import BEFORE, GENERATED, TEXT, check_matches_flop_counter, model_of, workload_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
 
 IMG = 16                                   # image tokens of the tiny LLaVA models
 S = IMG + TEXT                             # 28 prompt positions
@@ -256,12 +258,14 @@ def test_llava_1_5_7b_image_tokens_frozen_by_hand():
     s, t = 616, 40
     proj, mlp = 2 * 4096 * 4096, 3 * 2 * 4096 * 11008
     frozen = t * (2 * proj + mlp) + s * 2 * proj + ATTN * (s * (s + 1) // 2 - (s - t) * (s - t + 1) // 2)
-    attention_only = t * 2 * proj + s * 2 * proj + ATTN * (s * (s + 1) // 2 - (s - t) * (s - t + 1) // 2) + s * mlp
-    ffn_only = s * 4 * proj + ATTN * s * (s + 1) // 2 + t * mlp
+    ffn_only = t * 2 * proj + s * 2 * proj + ATTN * (s * (s + 1) // 2 - (s - t) * (s - t + 1) // 2) + s * mlp
+    attention_only = s * 4 * proj + ATTN * s * (s + 1) // 2 + t * mlp
     unplanned = count_flops(config, None, w).total()
-    layers = range(13, 32)
-    for op, layer in (("skip_block", frozen), ("skip_attn", attention_only), ("skip_ffn", ffn_only)):
-        plan = Plan(layers={i: LayerOp(op, "visual") for i in layers})
+    shipped = REPO / "spaces" / "plans" / "llava-1.5-7b"  # the README's rows
+    for op, layer, name in (("skip_block", frozen, "image-tokens-frozen"), ("skip_attn", ffn_only, "image-tokens-ffn-only"),
+                            ("skip_ffn", attention_only, "image-tokens-attention-only")):
+        plan = Plan(layers={i: LayerOp(op, "visual") for i in range(13, 32)})
+        assert Plan.load(shipped / f"{name}.yaml") == plan
         report = count_flops(config, plan, w)
         assert report.total() == unplanned - 19 * (layer_7b(s)[0] - layer), op
         assert report.by_component()["llm_decode"] == count_flops(config, None, w).by_component()["llm_decode"]

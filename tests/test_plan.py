@@ -674,3 +674,15 @@ def test_build_reads_integer_keyed_mappings_and_reports_union_details():
     assert obj is None
     assert [(p.key, p.rule.split(",")[0]) for p in problems] == [
         ("table", "keys must be integers"), ("table", "keys must be integers"), ("either.3", "must be a number")]
+
+
+def test_plans_built_in_code_are_checked_every_time_though_the_check_is_remembered():
+    """Plan() remembers the check of plain data (a search builds the same plans again and again):
+    a bad plan is refused every time, equal plans stay equal, and data that is not plain (NaN,
+    which repr cannot write back) is checked without the memo."""
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="did you mean 'skip_block'"):
+            Plan(layers={3: "skip_blok"})
+    assert Plan(layers={3: "skip_block"}) == Plan(layers={3: "skip_block"}) == Plan(layers={3: LayerOp("skip_block")})
+    with pytest.raises(ConfigError, match="sparsity"):
+        Plan(prune=PruneSpec(method="magnitude", sparsity=float("nan")))

@@ -6,10 +6,12 @@ need the model's layer count (:meth:`Plan.validate`) and the paper's interval pl
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,10 +53,10 @@ class Plan:
             if index in seen:
                 dupes.append(Problem(None, f"layers.{index}", f"layer {index} is given more than once"))
             seen.add(index)
-        built, problems = _check_data(_raw_dict(self.scope, pairs, self.drop, self.prune, self.visual_tokens,
-                                                self.early_exit), None)
+        built, problems = _checked(_raw_dict(self.scope, pairs, self.drop, self.prune, self.visual_tokens,
+                                             self.early_exit))
         if dupes or problems or built is None:
-            raise ConfigError(dupes + problems)
+            raise ConfigError(dupes + list(problems))
         for name, value in _canonical(built).items():
             object.__setattr__(self, name, value)
 
@@ -323,3 +325,43 @@ class Plan:
             chosen[i] = LayerOp(mode, average=average)
         plan = cls(layers=chosen, scope=scope)
         return plan.validate(num_layers) if num_layers is not None else plan
+
+
+_PLAIN_ATOMS = (str, bool, int, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of plain data only (``repr`` then writes it back exactly)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t in _PLAIN_ATOMS:
+            continue
+        if t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif t in (list, tuple):
+            stack.extend(v)
+        else:
+            return False
+    return True
+
+
+def _checked(data: dict[str, Any]) -> tuple[Any, tuple[Problem, ...]]:
+    """:func:`_check_data` of a plan built in code, remembered for plain data: a search builds the
+    same plans again and again (every proposal its budget fit prices), and checking one is most
+    of building it."""
+    if _plain(data):
+        return _checked_repr(repr(data))
+    built, problems = _check_data(data, None)
+    return built, tuple(problems)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_repr(text: str) -> tuple[Any, tuple[Problem, ...]]:
+    built, problems = _check_data(ast.literal_eval(text), None)
+    return built, tuple(problems)

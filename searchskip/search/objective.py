@@ -36,10 +36,10 @@ the subset per question), ``seconds``. Values: ``accuracy`` (maximize) and, with
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from searchskip.flops import Budget, FlopReport, Workload, count_flops
+from searchskip.flops import ArchGeometry, Budget, FlopReport, Workload, count_flops, geometry_of
 from searchskip.plan import Plan
 
 __all__ = ["Objective", "ObjectiveContext", "Evaluator", "ModelEvaluator", "PlanScore", "plan_cost", "budget_of"]
@@ -85,16 +85,20 @@ class ObjectiveContext:
     budget: Budget
     objectives: tuple[str, ...] = ("accuracy",)
     baseline: FlopReport | None = None
+    geometry: ArchGeometry | None = field(default=None, repr=False)
+    """``arch`` read once (:func:`~searchskip.flops.geometry_of`), so pricing a plan does not read the config again."""
 
     def __post_init__(self) -> None:
+        if self.geometry is None:
+            self.geometry = geometry_of(self.arch)
         if self.baseline is None:
-            self.baseline = count_flops(self.arch, None, self.workload, count=self.budget.count,
+            self.baseline = count_flops(self.geometry, None, self.workload, count=self.budget.count,
                                         attention=self.budget.attention)
 
 
 def plan_cost(ctx: ObjectiveContext, plan: Plan) -> tuple[FlopReport, float, bool]:
     """``(report, ratio to the unplanned model, fits the budget)``."""
-    report = count_flops(ctx.arch, plan, ctx.workload, count=ctx.budget.count, attention=ctx.budget.attention)
+    report = count_flops(ctx.geometry, plan, ctx.workload, count=ctx.budget.count, attention=ctx.budget.attention)
     return report, report.ratio(ctx.baseline), ctx.budget.allows(report, ctx.baseline)
 
 

@@ -652,6 +652,31 @@ def test_layer_contribution_plans_are_seeded_where_the_space_offers_scope_visual
     assert "layer_contribution" not in run(plain, demo, FakeEvaluator()).study.user_attrs
 
 
+def test_harm_is_measured_once_per_study_and_steers_the_fit(tmp_path, demo, monkeypatch):
+    from searchskip.search import worker
+    from searchskip.search.harm import HARM_ATTR, harm_key
+
+    job = make_job(tmp_path, budget={"flops_ratio": 0.8}, trials=3, seed_plans=False)
+    result = run(job, demo, FakeEvaluator())
+    harm = result.study.user_attrs[HARM_ATTR]
+    from searchskip.search.space import Space
+
+    grid = Space.load(job.search.space).grid(8)
+    assert set(harm) == set(grid) and all(harm[n][harm_key(grid[n][0])] == 0.0 for n in grid)
+    assert any(v > 0 for values in harm.values() for v in values.values())
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("the harm was measured again")
+
+    monkeypatch.setattr(worker, "measure_harm", measured_again)
+    resumed = run(job, demo, FakeEvaluator(), trials=5)
+    assert trial_counts(resumed.study)["counted"] == 5
+    # fit_budget: false measures nothing
+    unfitted = make_job(tmp_path / "unfitted", budget={"flops_ratio": 0.8}, trials=2, seed_plans=False,
+                        fit_budget=False)
+    assert HARM_ATTR not in run(unfitted, demo, FakeEvaluator()).study.user_attrs
+
+
 def test_sqlite_storage_with_one_worker_resumes(tmp_path, demo):
     url = f"sqlite:///{tmp_path / 's.db'}"
     job = make_job(tmp_path, storage=url, trials=2, seed_plans=False)

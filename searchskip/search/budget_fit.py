@@ -19,13 +19,15 @@ objective checks) for every plan the repair settles on; the ranking of candidate
 an additive estimate (each parameter value's cost change against a reference assignment,
 measured once), since a change's exact cost would cost a FLOP count per candidate.
 
-**Harm** is a prior, not a measurement: a layer's change harms in proportion to the share of
-that layer's FLOPs it removes, weighted by the layer's importance (ShortGPT's Block Influence
-when the study measured it, else equal weights); changes of other parameters (token dropping,
-early exit, pruning, scope) harm in proportion to the FLOPs they remove, like an average layer.
-A change that removes no FLOPs but alters the computation (``parallel_attn_ffn``) has a small
-harm, so a fill prefers it to a skip. The sampler does the learning; the prior only decides
-which proposals land where on the budget line.
+**Harm** is measured when the study measured it (``harm``: :mod:`searchskip.search.harm`, how far
+each value changed alone moves the first answer token's distribution, so sparing a layer's image
+tokens ranks as far less harmful than skipping the layer for every token). Otherwise it is a
+prior: a layer's change harms in proportion to the share of that layer's FLOPs it removes,
+weighted by the layer's importance (ShortGPT's Block Influence when the study measured it, else
+equal weights); changes of other parameters (token dropping, early exit, pruning, scope) harm in
+proportion to the FLOPs they remove, like an average layer, and a change that removes no FLOPs but
+alters the computation (``parallel_attn_ffn``) has a small harm, so a fill prefers it to a skip.
+The sampler does the learning; the harm only decides which proposals land where on the budget line.
 
 The cheapest plan of the space (each parameter at its cheapest value) is checked once
 (:meth:`BudgetFit.check_feasible`): when even it misses the budget, the search stops before any
@@ -35,7 +37,7 @@ trial with an error that gives its FLOPs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from searchskip.errors import ConfigError
 from searchskip.plan import Plan
@@ -71,11 +73,14 @@ class FitResult:
 class BudgetFit:
     """Repairs assignments of ``ctx.space`` onto ``ctx.budget`` (see the module docstring).
 
-    ``importance``: one weight per decoder layer (Block Influence), or ``None`` for equal weights.
+    ``importance``: one weight per decoder layer (Block Influence), or ``None`` for equal weights;
+    ``harm``: the measured harm of each value (:func:`searchskip.search.harm.measure_harm`), which
+    replaces the prior (and the importance) where given.
     """
 
     ctx: ObjectiveContext
     importance: Sequence[float] | None = None
+    harm: Mapping[str, Mapping[str, float]] | None = None
     _values: dict[str, tuple[Any, ...]] = field(init=False)
     _delta: dict[tuple[str, Any], float] = field(init=False)
     _harm: dict[tuple[str, Any], float] = field(init=False)
@@ -110,6 +115,19 @@ class BudgetFit:
                 if value != values[0] and removed <= 0 and layer is not None and value != "keep":
                     harm = weight * _REORDER_HARM
                 self._harm[name, value] = max(0.0, harm)
+        if self.harm:
+            self._use_measured(self.harm)
+
+    def _use_measured(self, harm: Mapping[str, Mapping[str, float]]) -> None:
+        """The measured harm in place of the prior; a value without a measurement (a space changed
+        since) takes the largest measured harm of its parameter."""
+        from searchskip.search.harm import harm_key
+
+        for name, values in self._values.items():
+            measured = harm.get(name, {})
+            worst = max((float(v) for v in measured.values()), default=0.0)
+            for value in values:
+                self._harm[name, value] = max(0.0, float(measured.get(harm_key(value), worst)))
 
     # ---- costs ----------------------------------------------------------------------------
     def _weights(self) -> list[float]:

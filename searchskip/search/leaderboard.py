@@ -151,7 +151,8 @@ def verdict(study: Any) -> list[str]:
     for family, description in BASELINES[:-1]:
         base = found[family]
         if base is None:
-            if family != "greedy":  # seeded only with search.seed_greedy
+            # greedy is seeded only with search.seed_greedy, Layer Contribution only where the space offers scope visual
+            if family != "greedy" and (family != "layer_contribution" or family in study.user_attrs):
                 lines.append(f"{description}: none fits the budget (or none was seeded)")
             continue
         theirs = f"trial {base['trial']}, {format_value(attr, base['value'])}"

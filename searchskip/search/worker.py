@@ -18,6 +18,7 @@ from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
 from searchskip.search.budget_fit import BudgetFit
 from searchskip.search.greedy_seed import greedy_seed
+from searchskip.search.harm import HARM_ATTR, HARM_SAMPLES, measure_harm
 from searchskip.search.leaderboard import OBJECTIVES_ATTR
 from searchskip.search.objective import ModelEvaluator, ObjectiveContext, budget_of
 from searchskip.search.preflight import check_budget_reachable
@@ -131,11 +132,25 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             if search.seed_plans:
                 enqueue_seeds(study, seed_plans(ctx, baseline_seeds(study, job, loaded, dataset, ctx)))
             study.set_user_attr("seeded", True)
-        # one fit per worker, with the Block Influence the seeding measured (seeds only fit plans, so none
-        # is enqueued when the space cannot meet the budget)
-        fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"))
+        if search.fit_budget and HARM_ATTR not in study.user_attrs and dataset is not None and len(dataset):
+            study.set_user_attr(HARM_ATTR, _measured_harm(job, loaded, dataset, ctx))
+        # one fit per worker, with the harm measured once per study (seeds only fit plans, so none is
+        # enqueued when the space cannot meet the budget)
+        fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"), harm=study.user_attrs.get(HARM_ATTR))
         fit.check_feasible(job.source_file or job.name)
     return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None, evaluator)
+
+
+def _measured_harm(job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> dict:
+    """The harm of every single change of the space (:mod:`searchskip.search.harm`), on
+    ``HARM_SAMPLES`` validation questions drawn with ``search.seed``."""
+    from searchskip.ops.calibration import calibration_batches
+
+    batches = calibration_batches(loaded, dataset, min(HARM_SAMPLES, len(dataset)), job.search.seed,
+                                  job.eval.batch_size)
+    _say(f"measuring the harm of each single change of the space on {sum(len(b['input_ids']) for b in batches)} "
+         "validation questions (once per study)")
+    return measure_harm(ctx.space, ctx.num_layers, loaded.model, batches)
 
 
 def _say(line: str) -> None:
@@ -189,5 +204,5 @@ def study_fit(job: Job, study: Any, space: Any, arch: Any) -> BudgetFit | None:
     ctx = ObjectiveContext(space=space, num_layers=int(attrs["num_layers"]), arch=arch,
                            workload=Workload.from_dict(attrs["workload"]), budget=budget_of(job.search.budget),
                            objectives=tuple(job.search.objectives))
-    return BudgetFit(ctx, importance=attrs.get("block_influence"))
+    return BudgetFit(ctx, importance=attrs.get("block_influence"), harm=attrs.get(HARM_ATTR))
 

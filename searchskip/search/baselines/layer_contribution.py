@@ -30,9 +30,7 @@ def layer_contribution(model: Any, batches: Iterable[dict], op: str = SKIP_BLOCK
         LC_i = E_x [ KL( p(. | x) || p_i(. | x) ) ]
 
     over the next-token distribution at the last prompt position of each calibration sample
-    ``x`` (the distribution of the first answer token; batches are left-padded, so it is every
-    row's last position), in float64, every sample weighing the same (a mean that rounding
-    takes below 0 is 0).
+    ``x`` (the distribution of the first answer token: :func:`searchskip.eval.shift.first_token_kl`).
     A layer whose image tokens can be frozen without moving the answer has an LC near 0 and is
     the first one ShortV freezes. ``batches`` are keyword arguments of ``model(**batch)``, e.g.
     from :func:`searchskip.ops.calibration.calibration_batches`; the model runs in eval mode
@@ -41,39 +39,14 @@ def layer_contribution(model: Any, batches: Iterable[dict], op: str = SKIP_BLOCK
     Costs ``num_layers + 1`` forward passes over the batches. Raises ``ValueError`` when there is
     no sample, or a batch's last position is padding in some row (right padding).
     """
-    import torch
-
-    from searchskip.apply import apply
     from searchskip.arch import get_adapter
+    from searchskip.eval.shift import first_token_kl
 
     n = get_adapter(model).num_layers(model)
-    batches = list(batches)
-    for batch in batches:
-        mask = batch.get("attention_mask")
-        if mask is not None and not bool(mask[:, -1].bool().all()):
-            raise ValueError("Layer Contribution reads every row's last position, but a batch is padded on the right; "
-                             "pad calibration batches on the left")
-
-    def last_log_probs(batch: dict) -> Any:
-        return torch.log_softmax(model(**batch, use_cache=False).logits[:, -1].double(), dim=-1)
-
-    was_training = model.training
-    sums = [0.0] * n
     try:
-        model.eval()
-        with torch.inference_mode():
-            reference = [last_log_probs(batch) for batch in batches]
-            rows = sum(r.shape[0] for r in reference)
-            if rows == 0:
-                raise ValueError("the calibration batches hold no sample; Layer Contribution needs at least one")
-            for i in range(n):
-                with apply(model, Plan(layers={i: LayerOp(op, SCOPE_VISUAL)})):
-                    for batch, ref in zip(batches, reference):
-                        kl = (ref.exp() * (ref - last_log_probs(batch))).sum(-1)
-                        sums[i] += float(kl.double().sum())
-    finally:
-        model.train(was_training)
-    return [max(0.0, s / rows) for s in sums]
+        return first_token_kl(model, batches, (Plan(layers={i: LayerOp(op, SCOPE_VISUAL)}) for i in range(n)))
+    except ValueError as err:
+        raise ValueError(f"Layer Contribution: {err}") from None
 
 
 def layer_contribution_plan(lc: Sequence[float], arch: Any, workload: Workload, budget: Budget, *,

@@ -235,11 +235,12 @@ def test_scoped_op_outside_the_model_call_needs_a_context():
     assert torch.equal(inner, outer.hidden_states[-1])
 
 
-def test_non_visual_needs_image_positions():
+@pytest.mark.parametrize("scope", [SCOPE_NON_VISUAL, "visual"])
+def test_image_scopes_need_image_positions(scope):
     model = tiny_model("llava-llama")
     inputs = tiny_inputs(model)
     ids = inputs["input_ids"]
-    with apply(model, Plan(layers={1: LayerOp("skip_ffn", SCOPE_NON_VISUAL)})), torch.no_grad():
+    with apply(model, Plan(layers={1: LayerOp("skip_ffn", scope)})), torch.no_grad():
         reference = model(**inputs).logits
         embeds = model.get_input_embeddings()(torch.where(ids == IMAGE_TOKEN_ID, 0, ids))
         features = model.get_image_features(pixel_values=inputs["pixel_values"])

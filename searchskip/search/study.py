@@ -274,7 +274,7 @@ def run_search(
                                 seconds=time.perf_counter() - start)
 
         setup = setup_worker(job, study, folder, space, loaded=loaded, dataset=dataset,
-                             need_dataset=evaluator is None, evaluator=evaluator)
+                             need_dataset=evaluator is None, evaluator=evaluator, progress=progress)
         loaded, dataset, ctx = setup.loaded, setup.dataset, setup.ctx
 
         # Concurrent workers must not replay one sampler sequence: offset the seed by the number

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
@@ -100,13 +100,15 @@ def study_done(study: Any, search: Any, trials: int | None) -> bool:
 
 
 def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any = None, dataset: Any = None,
-                 need_dataset: bool = True, evaluator: Any = None) -> WorkerSetup:
+                 need_dataset: bool = True, evaluator: Any = None, progress: bool = True) -> WorkerSetup:
     """Load the model and the validation subset (unless given), check the space against the model,
     and, under the study's lock, measure and store the workload, the unplanned FLOPs and the budget
     once, and enqueue the seeds once (study attr ``seeded``). Every backend's worker runs this.
     ``evaluator``: the worker's, for the greedy seed (``search.seed_greedy``); built here when it
-    needs one and none is given, and returned in :attr:`WorkerSetup.evaluator` for the trials."""
+    needs one and none is given, and returned in :attr:`WorkerSetup.evaluator` for the trials.
+    ``progress``: say on stderr what the seeding and the harm measurement do (``--no-progress``: nothing)."""
     search = job.search
+    say = _say if progress else _silent
     loaded, dataset = load_worker_inputs(job, loaded, dataset,
                                          need_dataset=need_dataset or _needs_workload(study.user_attrs))
     num_layers = num_layers_of(loaded.model)
@@ -128,12 +130,12 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             if search.seed_greedy:
                 if evaluator is None:
                     evaluator = make_evaluator(job, loaded, dataset)
-                greedy_seed(study, ctx, evaluator, say=_say)  # a COMPLETE trial already (no model run again)
+                greedy_seed(study, ctx, evaluator, say=say)  # a COMPLETE trial already (no model run again)
             if search.seed_plans:
                 enqueue_seeds(study, seed_plans(ctx, baseline_seeds(study, job, loaded, dataset, ctx)))
             study.set_user_attr("seeded", True)
         if search.fit_budget and HARM_ATTR not in study.user_attrs and dataset is not None and len(dataset):
-            study.set_user_attr(HARM_ATTR, _measured_harm(job, loaded, dataset, ctx))
+            study.set_user_attr(HARM_ATTR, _measured_harm(job, loaded, dataset, ctx, say))
         # one fit per worker, with the harm measured once per study (seeds only fit plans, so none is
         # enqueued when the space cannot meet the budget)
         fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"), harm=study.user_attrs.get(HARM_ATTR))
@@ -141,16 +143,20 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
     return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None, evaluator)
 
 
-def _measured_harm(job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> dict:
+def _measured_harm(job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext, say: Callable[[str], None]) -> dict:
     """The harm of every single change of the space (:mod:`searchskip.search.harm`), on
     ``HARM_SAMPLES`` validation questions drawn with ``search.seed``."""
     from searchskip.ops.calibration import calibration_batches
 
     batches = calibration_batches(loaded, dataset, min(HARM_SAMPLES, len(dataset)), job.search.seed,
                                   job.eval.batch_size)
-    _say(f"measuring the harm of each single change of the space on {sum(len(b['input_ids']) for b in batches)} "
+    say(f"measuring the harm of each single change of the space on {sum(len(b['input_ids']) for b in batches)} "
          "validation questions (once per study)")
     return measure_harm(ctx.space, ctx.num_layers, loaded.model, batches)
+
+
+def _silent(line: str) -> None:
+    """What ``--no-progress`` says."""
 
 
 def _say(line: str) -> None:

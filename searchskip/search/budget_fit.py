@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 from searchskip.errors import ConfigError
 from searchskip.plan import Plan
+from searchskip.search.harm import harm_key
 from searchskip.search.objective import ObjectiveContext
 
 __all__ = ["BudgetFit", "FitResult"]
@@ -93,10 +94,7 @@ class BudgetFit:
         self._values = {name: tuple(values) for name, values in ctx.space.grid(ctx.num_layers).items()}
         reference = {name: values[0] for name, values in self._values.items()}
         base_cost = self.cost(reference)
-        total = ctx.budget.cost(ctx.baseline)
-        layer_cost = total / max(1, ctx.num_layers)
-        weights = self._weights()
-        self._delta, self._harm = {}, {}
+        self._delta = {}
         for name, values in self._values.items():
             for value in values:
                 trial = {**reference, name: value}
@@ -105,29 +103,37 @@ class BudgetFit:
                 except ConfigError:  # a value that is invalid in the reference context
                     delta = 0.0
                 self._delta[name, value] = delta
+        self._harm = self._measured(self.harm) if self.harm else self._prior()
+
+    def _prior(self) -> dict[tuple[str, Any], float]:
+        """Harm without a measurement: the share of a layer's FLOPs a value removes, by layer importance."""
+        ctx = self.ctx
+        total = ctx.budget.cost(ctx.baseline)
+        layer_cost = total / max(1, ctx.num_layers)
+        weights = self._weights()
+        harm: dict[tuple[str, Any], float] = {}
         for name, values in self._values.items():
             layer = _layer_of(name)
             weight = weights[layer] if layer is not None and layer < len(weights) else 1.0
             most = max(self._delta[name, v] for v in values)  # the value that removes least
             for value in values:
                 removed = (most - self._delta[name, value]) / (layer_cost if layer is not None else total / ctx.num_layers)
-                harm = weight * removed
+                value_harm = weight * removed
                 if value != values[0] and removed <= 0 and layer is not None and value != "keep":
-                    harm = weight * _REORDER_HARM
-                self._harm[name, value] = max(0.0, harm)
-        if self.harm:
-            self._use_measured(self.harm)
+                    value_harm = weight * _REORDER_HARM
+                harm[name, value] = max(0.0, value_harm)
+        return harm
 
-    def _use_measured(self, harm: Mapping[str, Mapping[str, float]]) -> None:
-        """The measured harm in place of the prior; a value without a measurement (a space changed
-        since) takes the largest measured harm of its parameter."""
-        from searchskip.search.harm import harm_key
-
+    def _measured(self, measured: Mapping[str, Mapping[str, float]]) -> dict[tuple[str, Any], float]:
+        """The measured harm; a value without a measurement (a space changed since) takes the largest
+        measured harm of its parameter."""
+        harm: dict[tuple[str, Any], float] = {}
         for name, values in self._values.items():
-            measured = harm.get(name, {})
-            worst = max((float(v) for v in measured.values()), default=0.0)
+            by_value = measured.get(name, {})
+            worst = max((float(v) for v in by_value.values()), default=0.0)
             for value in values:
-                self._harm[name, value] = max(0.0, float(measured.get(harm_key(value), worst)))
+                harm[name, value] = max(0.0, float(by_value.get(harm_key(value), worst)))
+        return harm
 
     # ---- costs ----------------------------------------------------------------------------
     def _weights(self) -> list[float]:

@@ -221,10 +221,11 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
     from searchskip.data.splits import load_eval_split
     from searchskip.plan import Plan
     from searchskip.search.baselines import (
-        greedy_sublayer_removal, labelled_block_influence_plans, labelled_layer_contribution_plans, labelled_paper_plans,
+        block_influence, greedy_sublayer_removal, labelled_block_influence_plans, labelled_layer_contribution_plans,
+        labelled_paper_plans, layer_contribution,
     )
     from searchskip.search.objective import ModelEvaluator
-    from searchskip.search.seeds import measure_block_influence, measure_layer_contribution
+    from searchskip.search.seeds import calibration_questions
 
     job, say = bench.job, bench.console.print
     default = default_method(job.search)
@@ -235,8 +236,9 @@ def measure(bench: Bench, budgets: list[float], seeds: list[int], evaluations: i
                                      feature_cache=job.search.feature_cache,
                                      memory_limit_gb=job.search.cache_memory_gb, apply_fn=bench.evaluator.apply_fn))
     unplanned = {"validation": validation(Plan()), "test": on_test(Plan())}
-    bi = measure_block_influence(job, bench.loaded, bench.dataset)
-    lc = measure_layer_contribution(job, bench.loaded, bench.dataset)
+    calibration = calibration_questions(job, bench.loaded, bench.dataset)  # what a study measures them on
+    bi = block_influence(bench.loaded.model, calibration)
+    lc = layer_contribution(bench.loaded.model, calibration)
     greedy_s, greedy, greedy_evaluations = 0.0, [], 0
     if any("greedy" not in old.get(f"{r:g}", {}) for r in budgets):
         greedy_s, greedy = timed(lambda: greedy_sublayer_removal(

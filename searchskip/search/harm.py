@@ -7,7 +7,8 @@ skipping the layer for every token, though both remove similar FLOPs. So a worke
 per study, the harm of each value of each parameter **alone**: the plan of the space's reference
 assignment (every parameter at its first value) with that one parameter changed, scored by how far
 it moves the first answer token's distribution from the unplanned model's
-(:func:`searchskip.eval.shift.first_token_kl`, on :data:`HARM_SAMPLES` validation questions). A
+(:func:`searchskip.eval.shift.first_token_kl`, on the study's calibration questions,
+:func:`searchskip.search.seeds.calibration_questions`). A
 value whose plan is the reference plan has harm 0. The result is stored in the study
 (:data:`HARM_ATTR`), so every worker, the Ray driver and a resumed run read the same numbers.
 
@@ -23,14 +24,10 @@ from typing import Any, Sequence
 
 from searchskip.errors import ConfigError
 
-__all__ = ["HARM_ATTR", "HARM_SAMPLES", "harm_key", "single_change_plans", "measure_harm"]
+__all__ = ["HARM_ATTR", "harm_key", "single_change_plans", "measure_harm"]
 
 HARM_ATTR = "harm"
 """Study user attr holding ``{parameter: {harm_key(value): harm}}``."""
-
-HARM_SAMPLES = 64
-"""Validation questions the harm is measured on."""
-
 
 def harm_key(value: Any) -> str:
     """A parameter value as a key of the stored harm (JSON text: ``"skip_block@visual"``, ``0.25``)."""

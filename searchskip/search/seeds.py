@@ -12,7 +12,7 @@ first, in that order, and are enqueued once (optuna's ``skip_if_exists``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from searchskip.config.job import Job
 from searchskip.plan import SCOPE_VISUAL, LayerOp, Plan
@@ -22,8 +22,8 @@ from searchskip.search.baselines import (
 )
 from searchskip.search.objective import ObjectiveContext, plan_cost
 
-__all__ = ["seed_plans", "measure_block_influence", "measure_layer_contribution", "baseline_seeds", "enqueue_seeds",
-           "BI_SAMPLES"]
+__all__ = ["seed_plans", "calibration_questions", "offers_visual_scope", "baseline_seeds", "enqueue_seeds",
+           "CALIBRATION_SAMPLES"]
 
 
 def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = None) -> list[tuple[str, Plan, dict]]:
@@ -45,27 +45,18 @@ def seed_plans(ctx: ObjectiveContext, extra: list[tuple[str, Plan]] | None = Non
     return out
 
 
-BI_SAMPLES = 64
-"""Validation questions the Block Influence and Layer Contribution seeds are measured on (the first
-run only; stored)."""
+CALIBRATION_SAMPLES = 64
+"""Validation questions the Block Influence and Layer Contribution seeds and the budget fit's harm
+are measured on (the first run only; stored)."""
 
 
-def _calibration(job: Job, loaded: Any, dataset: Any) -> list[dict]:
-    """``BI_SAMPLES`` questions of ``dataset`` (the validation subset: the search's own split, never
-    the test split), drawn with ``search.seed``, as model inputs."""
+def calibration_questions(job: Job, loaded: Any, dataset: Any) -> list[dict]:
+    """``CALIBRATION_SAMPLES`` questions of ``dataset`` (the validation subset: the search's own split,
+    never the test split), drawn with ``search.seed``, as model inputs."""
     from searchskip.ops.calibration import calibration_batches
 
-    return calibration_batches(loaded, dataset, min(BI_SAMPLES, len(dataset)), job.search.seed, job.eval.batch_size)
-
-
-def measure_block_influence(job: Job, loaded: Any, dataset: Any) -> list[float]:
-    """ShortGPT's Block Influence of every decoder layer, on the calibration questions of :func:`_calibration`."""
-    return [float(v) for v in block_influence(loaded.model, _calibration(job, loaded, dataset))]
-
-
-def measure_layer_contribution(job: Job, loaded: Any, dataset: Any) -> list[float]:
-    """ShortV's Layer Contribution of every decoder layer, on the calibration questions of :func:`_calibration`."""
-    return [float(v) for v in layer_contribution(loaded.model, _calibration(job, loaded, dataset))]
+    return calibration_batches(loaded, dataset, min(CALIBRATION_SAMPLES, len(dataset)), job.search.seed,
+                               job.eval.batch_size)
 
 
 def offers_visual_scope(ctx: ObjectiveContext) -> bool:
@@ -87,20 +78,22 @@ def _stored(study: Any, attr: str, measure: Any, dataset: Any) -> list[float] | 
     return values
 
 
-def baseline_seeds(study: Any, job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext) -> list[tuple[str, Plan]]:
+def baseline_seeds(study: Any, loaded: Any, dataset: Any, ctx: ObjectiveContext,
+                   calibration: Callable[[], list[dict]]) -> list[tuple[str, Plan]]:
     """ShortGPT's Block Influence plans (:func:`~searchskip.search.baselines.labelled_block_influence_plans`:
     the least influential layers skipped until the budget fits) and, when the space offers scope
     ``visual`` (:func:`offers_visual_scope`), ShortV's Layer Contribution plans
     (:func:`~searchskip.search.baselines.labelled_layer_contribution_plans`: the image tokens of the
     least contributing layers frozen until the budget fits). Each score is measured once and stored
-    in the study (``block_influence``, ``layer_contribution``), so a resumed run reuses it. Returns
-    ``[]`` when nothing can be measured."""
+    in the study (``block_influence``, ``layer_contribution``), so a resumed run reuses it, on
+    ``calibration()`` (:func:`calibration_questions`, built once by the caller). Returns ``[]`` when
+    nothing can be measured."""
     out: list[tuple[str, Plan]] = []
-    bi = _stored(study, "block_influence", lambda: measure_block_influence(job, loaded, dataset), dataset)
+    bi = _stored(study, "block_influence", lambda: block_influence(loaded.model, calibration()), dataset)
     if bi is not None:
         out += labelled_block_influence_plans(bi, ctx.arch, ctx.workload, ctx.budget)
     if offers_visual_scope(ctx):
-        lc = _stored(study, "layer_contribution", lambda: measure_layer_contribution(job, loaded, dataset), dataset)
+        lc = _stored(study, "layer_contribution", lambda: layer_contribution(loaded.model, calibration()), dataset)
         if lc is not None:
             out += labelled_layer_contribution_plans(lc, ctx.arch, ctx.workload, ctx.budget)
     return out

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+import functools
+from typing import Any
 
 from searchskip.config.job import Job
 from searchskip.errors import SearchSkipError
 from searchskip.search.budget_fit import BudgetFit
 from searchskip.search.greedy_seed import greedy_seed
-from searchskip.search.harm import HARM_ATTR, HARM_SAMPLES, measure_harm
+from searchskip.search.harm import HARM_ATTR, measure_harm
 from searchskip.search.leaderboard import OBJECTIVES_ATTR
 from searchskip.search.objective import ModelEvaluator, ObjectiveContext, budget_of
 from searchskip.search.preflight import check_budget_reachable
-from searchskip.search.seeds import baseline_seeds, enqueue_seeds, seed_plans
+from searchskip.search.seeds import baseline_seeds, calibration_questions, enqueue_seeds, seed_plans
 from searchskip.search.storage import study_flock
 
 __all__ = ["WorkerSetup", "load_worker_inputs", "study_needs_setup", "study_done", "setup_worker", "make_evaluator", "num_layers_of",
@@ -126,33 +127,25 @@ def setup_worker(job: Job, study: Any, folder: Path, space: Any, *, loaded: Any 
             study.set_user_attr("num_layers", num_layers)
             study.set_user_attr("space", str(search.space))
             study.set_user_attr(OBJECTIVES_ATTR, list(search.objectives))
+        calibration = functools.cache(lambda: calibration_questions(job, loaded, dataset))  # built once, if at all
         if _needs_seeding(study.user_attrs, search):
             if search.seed_greedy:
                 if evaluator is None:
                     evaluator = make_evaluator(job, loaded, dataset)
                 greedy_seed(study, ctx, evaluator, say=say)  # a COMPLETE trial already (no model run again)
             if search.seed_plans:
-                enqueue_seeds(study, seed_plans(ctx, baseline_seeds(study, job, loaded, dataset, ctx)))
+                enqueue_seeds(study, seed_plans(ctx, baseline_seeds(study, loaded, dataset, ctx, calibration)))
             study.set_user_attr("seeded", True)
         if search.fit_budget and HARM_ATTR not in study.user_attrs and dataset is not None and len(dataset):
-            study.set_user_attr(HARM_ATTR, _measured_harm(job, loaded, dataset, ctx, say))
+            batches = calibration()
+            say(f"measuring the harm of each single change of the space on {sum(len(b['input_ids']) for b in batches)} "
+                "validation questions (once per study)")
+            study.set_user_attr(HARM_ATTR, measure_harm(ctx.space, ctx.num_layers, loaded.model, batches))
         # one fit per worker, with the harm measured once per study (seeds only fit plans, so none is
         # enqueued when the space cannot meet the budget)
         fit = BudgetFit(ctx, importance=study.user_attrs.get("block_influence"), harm=study.user_attrs.get(HARM_ATTR))
         fit.check_feasible(job.source_file or job.name)
     return WorkerSetup(loaded, dataset, ctx, fit if search.fit_budget else None, evaluator)
-
-
-def _measured_harm(job: Job, loaded: Any, dataset: Any, ctx: ObjectiveContext, say: Callable[[str], None]) -> dict:
-    """The harm of every single change of the space (:mod:`searchskip.search.harm`), on
-    ``HARM_SAMPLES`` validation questions drawn with ``search.seed``."""
-    from searchskip.ops.calibration import calibration_batches
-
-    batches = calibration_batches(loaded, dataset, min(HARM_SAMPLES, len(dataset)), job.search.seed,
-                                  job.eval.batch_size)
-    say(f"measuring the harm of each single change of the space on {sum(len(b['input_ids']) for b in batches)} "
-         "validation questions (once per study)")
-    return measure_harm(ctx.space, ctx.num_layers, loaded.model, batches)
 
 
 def _silent(line: str) -> None:

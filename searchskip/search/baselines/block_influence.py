@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 from searchskip.flops import Budget, Workload
 from searchskip.plan import PARALLEL_ATTN_FFN, PARALLEL_BLOCKS, SCOPE_ALL, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, Plan
-from searchskip.search.baselines.ordered import least_first_plan
+from searchskip.search.baselines.ordered import labelled_plans, least_first_plan
 
 __all__ = ["BI_OPS", "block_influence", "block_influence_plan", "labelled_block_influence_plans"]
 
@@ -136,9 +136,4 @@ def labelled_block_influence_plans(bi: Sequence[float], arch: Any, workload: Wor
     """``(block_influence:<op>, plan)`` of :func:`block_influence_plan` for every op of
     :data:`BI_OPS`, the ones that exist and change something (what the study seeds and the
     benchmarks compare with)."""
-    out: list[tuple[str, Plan]] = []
-    for op in BI_OPS:
-        plan = block_influence_plan(bi, arch, workload, budget, op=op)
-        if plan is not None and not plan.is_empty:
-            out.append((f"block_influence:{op}", plan))
-    return out
+    return labelled_plans("block_influence", BI_OPS, lambda op: block_influence_plan(bi, arch, workload, budget, op=op))

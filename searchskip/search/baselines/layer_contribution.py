@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 
 from searchskip.flops import Budget, Workload
 from searchskip.plan import SCOPE_VISUAL, SKIP_ATTN, SKIP_BLOCK, SKIP_FFN, LayerOp, Plan
-from searchskip.search.baselines.ordered import least_first_plan
+from searchskip.search.baselines.ordered import labelled_plans, least_first_plan
 
 __all__ = ["LC_OPS", "layer_contribution", "layer_contribution_plan", "labelled_layer_contribution_plans"]
 
@@ -67,9 +67,4 @@ def labelled_layer_contribution_plans(lc: Sequence[float], arch: Any, workload: 
     """``(layer_contribution:<op>, plan)`` of :func:`layer_contribution_plan` for every op of
     :data:`LC_OPS`, the ones that exist and change something (what the study seeds and the
     benchmarks compare with)."""
-    out: list[tuple[str, Plan]] = []
-    for op in LC_OPS:
-        plan = layer_contribution_plan(lc, arch, workload, budget, op=op)
-        if plan is not None and not plan.is_empty:
-            out.append((f"layer_contribution:{op}", plan))
-    return out
+    return labelled_plans("layer_contribution", LC_OPS, lambda op: layer_contribution_plan(lc, arch, workload, budget, op=op))

@@ -5,12 +5,12 @@ Layer Contribution turn their scores into plans this way."""
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from searchskip.flops import Budget, Workload, count_flops, geometry_of
 from searchskip.plan import LayerOp, Plan
 
-__all__ = ["least_first_plan"]
+__all__ = ["least_first_plan", "labelled_plans"]
 
 
 def least_first_plan(scores: Sequence[float], arch: Any, workload: Workload, budget: Budget, *, op: str,
@@ -47,3 +47,10 @@ def least_first_plan(scores: Sequence[float], arch: Any, workload: Workload, bud
         if fits(plan):
             return plan
     return None
+
+
+def labelled_plans(family: str, ops: Sequence[str], plan_for: Callable[[str], Plan | None]) -> list[tuple[str, Plan]]:
+    """``(family:op, plan_for(op))`` for every op of ``ops`` whose plan exists and changes something
+    (what the study seeds and the benchmarks compare with)."""
+    plans = ((op, plan_for(op)) for op in ops)
+    return [(f"{family}:{op}", plan) for op, plan in plans if plan is not None and not plan.is_empty]

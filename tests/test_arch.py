@@ -10,7 +10,7 @@ import torch
 from searchskip.arch import REGISTRY, AdapterRegistry, LlamaAdapter, get_adapter, register, supported_families
 from searchskip.arch.cache_api import CACHE_KWARG
 from searchskip.errors import ModelError
-from searchskip.testing import FAMILIES, LLAVA_FAMILIES, tiny_inputs, tiny_model
+from searchskip.testing import FAMILIES, LLAVA_FAMILIES, QWEN_VL_FAMILIES, tiny_inputs, tiny_model
 
 
 
@@ -27,7 +27,10 @@ EXPECTED = {
     "llava-mistral": ("llava-llama", "MistralModel", "MistralDecoderLayer"),
     "llava-qwen2": ("llava-llama", "Qwen2Model", "Qwen2DecoderLayer"),
     "llava-opt": ("llava-opt", "OPTDecoder", "OPTDecoderLayer"),
+    "qwen2-vl": ("qwen2-vl", "Qwen2VLTextModel", "Qwen2VLDecoderLayer"),
+    "qwen2.5-vl": ("qwen2.5-vl", "Qwen2_5_VLTextModel", "Qwen2_5_VLDecoderLayer"),
 }
+TEXT_MODEL_TYPES = {"qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text"}
 
 
 def test_expected_table_covers_every_family():
@@ -51,7 +54,7 @@ def test_adapter_found_and_locations(family):
     # the stack is really the one the model runs: its layers are model submodules
     model_modules = {id(m) for m in model.modules()}
     assert all(id(layer) in model_modules for layer in layers)
-    assert adapter.text_config(model).model_type == family.split("-")[-1]
+    assert adapter.text_config(model).model_type == TEXT_MODEL_TYPES.get(family, family.split("-")[-1])
     for i, layer in enumerate(layers):
         assert adapter.attention(layer).layer_idx == i
         assert isinstance(adapter.attn_norm(layer), torch.nn.Module)
@@ -62,6 +65,10 @@ def test_adapter_found_and_locations(family):
         assert adapter.projector(model) is model.model.multi_modal_projector
         assert adapter.image_token_id(model) == model.config.image_token_id == 99
         assert adapter.language_model(model) is not model.model.vision_tower
+    elif family in QWEN_VL_FAMILIES:
+        assert adapter.vision_tower(model) is model.model.visual
+        assert adapter.projector(model) is model.model.visual.merger
+        assert adapter.image_token_id(model) == model.config.image_token_id == 99
     else:
         assert adapter.vision_tower(model) is None
         assert adapter.projector(model) is None
@@ -333,5 +340,5 @@ def test_registry_refuses_duplicates():
 
 
 def test_registry_lists_each_family_once():
-    assert REGISTRY.names() == ["llava", "llama", "opt"]
-    assert len(supported_families()) == 3
+    assert REGISTRY.names() == ["llava", "qwen2.5-vl", "qwen2-vl", "llama", "opt"]
+    assert len(supported_families()) == 5

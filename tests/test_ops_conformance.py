@@ -47,7 +47,7 @@ from searchskip.plan import (
     LayerOp,
     Plan,
 )
-from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, tiny_inputs, tiny_model
+from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, QWEN_VL_FAMILIES, append_tokens, is_multimodal, row_inputs, tiny_inputs, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,13 +105,7 @@ def _with_generated(model, n_gen: int = 3, left_pad: bool = True) -> tuple[dict,
     """Prompt inputs (left-padded batch by default) with ``n_gen`` extra (generated-like) tokens
     appended, and the prompt length to declare."""
     inp = tiny_inputs(model, left_pad=left_pad)
-    n = inp["input_ids"].shape[1]
-    g = torch.Generator().manual_seed(1)
-    extra = torch.randint(3, IMAGE_TOKEN_ID, (inp["input_ids"].shape[0], n_gen), generator=g)
-    full = dict(inp)
-    full["input_ids"] = torch.cat([inp["input_ids"], extra], dim=1)
-    full["attention_mask"] = torch.cat([inp["attention_mask"], torch.ones_like(extra)], dim=1)
-    return full, n
+    return append_tokens(inp, n_gen), inp["input_ids"].shape[1]
 
 
 def _logits(model, inputs: dict, prompt_length: int | None = None, **kw) -> torch.Tensor:
@@ -307,10 +301,7 @@ def _check_cached_matches_recompute(model, plan: Plan, left_pad: bool) -> None:
     with apply(model, plan), torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN_ID, EOS_ID])
-        full = dict(inputs, input_ids=out.sequences)
-        full["attention_mask"] = torch.cat(
-            [inputs["attention_mask"], torch.ones(out.sequences.shape[0], out.sequences.shape[1] - n,
-                                                  dtype=torch.long)], dim=1)
+        full = append_tokens(inputs, out.sequences[:, n:])
         recomputed = _logits(model, full, n, use_cache=False)[:, n - 1:-1]
     steps = torch.stack(out.logits, dim=1)
     torch.testing.assert_close(steps, recomputed, rtol=1e-5, atol=1e-5)
@@ -507,13 +498,40 @@ def test_token_plan_rows_answer_as_alone(case, name):
     with apply(model, TOKEN_PLANS[name]):
         batch = _generate(model, inputs)
         for b in range(3):
-            real = inputs["attention_mask"][b].bool()
-            one = {k: (v[b:b + 1][:, real] if k in ("input_ids", "attention_mask") else v[b:b + 1])
-                   for k, v in inputs.items()}
-            alone = _generate(model, one)
+            alone = _generate(model, row_inputs(inputs, b))
             assert torch.equal(alone.sequences[0, -3:], batch.sequences[b, -3:])
             torch.testing.assert_close(torch.stack(alone.logits, 1)[0], torch.stack(batch.logits, 1)[b],
                                        rtol=1e-5, atol=1e-5)
+
+
+MIXED_SIZE_PLANS = {name: plan for name, plan in TOKEN_PLANS.items() if plan.visual_tokens is None}
+MIXED_SIZE_PLANS["scopes"] = Plan(layers={0: LayerOp(SKIP_ATTN, SCOPE_NON_VISUAL), 1: LayerOp(SKIP_BLOCK, SCOPE_VISUAL),
+                                          2: LayerOp(SKIP_FFN, SCOPE_PROMPT), 3: LayerOp(PARALLEL_ATTN_FFN, SCOPE_VISUAL)})
+
+
+@pytest.mark.parametrize("name", list(MIXED_SIZE_PLANS))
+@pytest.mark.parametrize("case", QWEN_VL_FAMILIES)
+def test_rows_with_different_image_sizes_answer_as_alone(case, name):
+    """Dynamic resolution: rows whose images give 4, 16 and 9 image tokens (so their image
+    positions and M-RoPE positions differ) generate in one padded batch what they generate alone."""
+    model = _token_model(case)
+    inputs = tiny_inputs(model, batch=3, image_sides=[16, 32, 24])
+    with apply(model, MIXED_SIZE_PLANS[name]):
+        batch = _generate(model, inputs)
+        for b in range(3):
+            alone = _generate(model, row_inputs(inputs, b))
+            assert torch.equal(alone.sequences[0, -3:], batch.sequences[b, -3:])
+            torch.testing.assert_close(torch.stack(alone.logits, 1)[0], torch.stack(batch.logits, 1)[b],
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", QWEN_VL_FAMILIES)
+def test_visual_tokens_refuse_a_batch_of_different_image_sizes(case):
+    model = _token_model(case)
+    inputs = tiny_inputs(model, batch=2, image_sides=[16, 32])
+    with apply(model, Plan(visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))):
+        with pytest.raises(RuntimeError, match="same number of image tokens in every row"):
+            _generate(model, inputs)
 
 
 @pytest.mark.parametrize("after_layer", [1, 3])
@@ -567,7 +585,7 @@ def _attention_scores(model, inputs: dict, layer: int, n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rank", ["uniform", "attention"])
-@pytest.mark.parametrize("case", [c for c in TOKEN_CASES if c.startswith("llava-")])
+@pytest.mark.parametrize("case", [c for c in TOKEN_CASES if is_multimodal(c.removesuffix("-sliding"))])
 def test_visual_tokens_equal_a_masked_dense_model(case, rank):
     """An independent reference: the dense model with the dropped image positions masked out of
     the attention of layers >= k gives the reduced model's logits at every kept real position;

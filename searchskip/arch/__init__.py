@@ -9,7 +9,8 @@ Use :func:`get_adapter`; never branch on a model's class elsewhere::
 
 Adding a family = one new module with an :class:`ArchAdapter` subclass + one ``register``
 line below. A new *decoder* family (with ``text_model_types`` and, if needed,
-``decoder_stack``) also works inside LLaVA with no further change.
+``decoder_stack``) also works inside LLaVA with no further change; a new vision-language
+wrapper is a :class:`WrapperAdapter` subclass (see ``arch/llava.py``, ``arch/qwen_vl.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from searchskip.arch.base import AdapterRegistry, ArchAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
 from searchskip.arch.opt import OPTAdapter
+from searchskip.arch.qwen_vl import Qwen2VLAdapter, Qwen25VLAdapter
+from searchskip.arch.wrapper import WrapperAdapter
 
 REGISTRY = AdapterRegistry()
 """Every supported family, in matching order."""
@@ -32,6 +35,8 @@ def register(adapter: ArchAdapter) -> ArchAdapter:
 
 # ---- the supported families: one line each -------------------------------------------
 register(LlavaAdapter())
+register(Qwen25VLAdapter())
+register(Qwen2VLAdapter())
 register(LlamaAdapter())
 register(OPTAdapter())
 # ----------------------------------------------------------------------------------------
@@ -55,8 +60,11 @@ __all__ = [
     "LlamaAdapter",
     "LlavaAdapter",
     "OPTAdapter",
+    "Qwen25VLAdapter",
+    "Qwen2VLAdapter",
     "REGISTRY",
     "get_adapter",
     "register",
     "supported_families",
+    "WrapperAdapter",
 ]

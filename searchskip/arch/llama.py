@@ -15,6 +15,9 @@ calls as a whole, so one adapter serves all three:
   model builds one sliding-window mask and a ``DynamicCache(config=...)`` of sliding layers.
 - Qwen2: q/k/v biased, o not; sliding window per layer from ``config.layer_types`` (only when
   ``use_sliding_window``), so the model passes a per-layer mask.
+- The decoders of Qwen2-VL / Qwen2.5-VL (``qwen2_vl_text``, ``qwen2_5_vl_text``; no causal-LM
+  class of their own): Qwen2's layers, with M-RoPE folded into the ``position_embeddings``
+  the text model passes (see :mod:`searchskip.arch.qwen_vl`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class LlamaAdapter(ArchAdapter):
 
     name = "llama"
     description = "LlamaForCausalLM (Llama, Vicuna), MistralForCausalLM, Qwen2ForCausalLM"
-    text_model_types = ("llama", "mistral", "qwen2")
+    text_model_types = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
     mlp_in_keys = ("gate", "up")
     mlp_out_key = "down"
 

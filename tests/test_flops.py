@@ -31,7 +31,7 @@ from searchskip.flops import (
 )
 from searchskip.flops.measure import flop_counter, measure_flops
 from searchskip.plan import SCOPES, DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
-from searchskip.testing import FAMILIES, tiny_inputs, tiny_model
+from searchskip.testing import FAMILIES, IMAGE_SIZE, QWEN_PATCH, QWEN_VL_FAMILIES, is_multimodal, tiny_inputs, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,10 +51,15 @@ def model_of(family: str):
     return _MODELS[family]
 
 
-def workload_of(family: str, generated: int = GENERATED) -> Workload:
-    llava = family.startswith("llava-")
-    return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=int(llava),
-                    text_before_image=BEFORE if llava else 0)
+def workload_of(family: str, generated: int = GENERATED, side: int = IMAGE_SIZE) -> Workload:
+    """What tiny_inputs(batch=1, seq=TEXT) holds; a Qwen-VL image is framed by two text tokens
+    (<vision_start>, <vision_end>) and is a (1, side/4, side/4) patch grid."""
+    if family in QWEN_VL_FAMILIES:
+        return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1,
+                        image_grid=(1, side // QWEN_PATCH, side // QWEN_PATCH))
+    image = is_multimodal(family)
+    return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=int(image),
+                    text_before_image=BEFORE if image else 0)
 
 
 def generate_flops(model, generated: int = GENERATED) -> int:

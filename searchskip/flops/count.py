@@ -243,7 +243,10 @@ def count_flops(
     geometry: ArchGeometry = geometry_of(arch)
     plan = Plan() if plan is None else plan
     vision = geometry.vision
-    workload = workload.resolve(vision.image_tokens if vision else None, vision is not None)
+    workload = workload.resolve(vision)
+    if workload.variants:  # samples differ (images at their own resolution): each counted exactly
+        parts = [(w, count_flops(geometry, plan, v, count=count, attention=attention)) for w, v in workload.variants]
+        return FlopReport.weighted(parts, workload)
     execs = layer_execution(plan, geometry.num_layers)
 
     n_img = workload.image_positions()
@@ -271,16 +274,8 @@ def count_flops(
 
     # ---- vision tower and projector (once per image) ----
     if vision is not None and workload.images:
-        k = workload.images
-        t = vision.tokens
-        patch = 2 * vision.channels * vision.patch_size ** 2 * vision.width  # the conv as a matmul, per patch
-        add("vision", None, "patch_embed", k * vision.patches * patch)
-        for j, vl in enumerate(vision.layers):
-            for lin in vl.linears:
-                add("vision", j, lin.name, k * t * lin.flops_per_token)
-            pairs = k * t * t  # bidirectional: every query sees every key, as computed
-            add("vision", j, "scores", 2 * vl.heads * vl.head_dim * pairs)
-            add("vision", j, "weighted_sum", 2 * vl.heads * vl.head_dim * pairs)
+        for j, part, flops in vision.entries(workload.images, workload.image_grid):
+            add("vision", j, part, flops)
         for lin in vision.projector:
             add("projector", None, lin.name, n_img * lin.flops_per_token)
 

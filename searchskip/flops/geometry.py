@@ -4,8 +4,8 @@
 memory is allocated; LLaVA-1.5-7B takes about half a second) and reads every shape through
 the architecture adapters of :mod:`searchskip.arch` -- the same code that skipping and
 pruning use -- so the count sees exactly the linears the implementation runs: q/k/v/o with
-their GQA widths, gate/up/down or fc1/fc2, OPT's project_in/out, the CLIP patch convolution,
-the projector's linears and ``lm_head``. Geometries are cached per config.
+their GQA widths, gate/up/down or fc1/fc2, OPT's project_in/out, the vision tower
+(:mod:`searchskip.flops.vision`), the projector's linears and ``lm_head``. Geometries are cached per config.
 
 :func:`resolve_config` finds the config of a job's model: the embedded model's folder, a
 local folder, the Hugging Face cache, the hub, and -- only when the hub cannot be reached --
@@ -21,13 +21,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from searchskip.errors import ModelError, OfflineError
+from searchskip.flops.linear import Linear
+from searchskip.flops.vision import GridVisionGeometry, VisionCount, VisionGeometry, VisionLayerGeometry, vision_geometry
 
 __all__ = [
     "KNOWN_CONFIGS",
     "ArchGeometry",
     "DecoderLayerGeometry",
+    "GridVisionGeometry",
     "Linear",
+    "VisionCount",
     "VisionGeometry",
+    "VisionLayerGeometry",
     "geometry_of",
     "known_config",
     "resolve_config",
@@ -41,29 +46,6 @@ KNOWN_CONFIGS: dict[str, str] = {
 }
 """Hub id -> config file in ``searchskip/arch/configs/``, transcribed from the public hub
 config; used only when the hub cannot be reached and the model is not cached."""
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One ``nn.Linear``: ``2 * in_features * out_features`` FLOPs per token (biases, like
-    every elementwise op, are not counted)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-
-    @property
-    def flops_per_token(self) -> int:
-        return 2 * self.in_features * self.out_features
-
-    @property
-    def weights(self) -> int:
-        return self.in_features * self.out_features
-
-    @property
-    def params(self) -> int:
-        return self.weights + (self.out_features if self.bias else 0)
 
 
 @dataclass(frozen=True)
@@ -98,37 +80,6 @@ class DecoderLayerGeometry:
 
 
 @dataclass(frozen=True)
-class VisionLayerGeometry:
-    linears: tuple[Linear, ...]
-    heads: int
-    head_dim: int
-
-
-@dataclass(frozen=True)
-class VisionGeometry:
-    """A CLIP vision tower and the multimodal projector of a LLaVA model."""
-
-    channels: int
-    patch_size: int
-    width: int
-    patches: int
-    """Patches per image (``(image_size // patch_size) ** 2``)."""
-    class_token: bool
-    layers: tuple[VisionLayerGeometry, ...]
-    """Every encoder layer that runs (all of them: HF runs the whole tower even when
-    ``vision_feature_layer`` selects an earlier hidden state)."""
-    image_tokens: int
-    """LLM positions (projector outputs) per image: the patches, plus the class token with
-    ``vision_feature_select_strategy: full``."""
-    projector: tuple[Linear, ...]
-
-    @property
-    def tokens(self) -> int:
-        """Sequence length inside the tower (patches + class token)."""
-        return self.patches + int(self.class_token)
-
-
-@dataclass(frozen=True)
 class ArchGeometry:
     """Everything :func:`searchskip.flops.count_flops` needs about a model."""
 
@@ -141,7 +92,8 @@ class ArchGeometry:
     extra_linears: tuple[Linear, ...]
     """Linears of the language model outside its layers that run at every position
     (OPT's ``project_in`` / ``project_out`` when the embedding width differs)."""
-    vision: VisionGeometry | None
+    vision: VisionCount | None
+    """The vision tower and projector (:mod:`searchskip.flops.vision`); ``None`` for a text-only model."""
     params_total: int
 
     @property
@@ -233,10 +185,6 @@ def _numel(module: Any) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def _linear(name: str, module: Any) -> Linear:
-    return Linear(name, int(module.in_features), int(module.out_features), module.bias is not None)
-
-
 def sliding_windows(text_config: Any, n: int) -> list[int | None]:
     """Keys a query of each of the ``n`` decoder layers sees at most (``None``: no window), from the
     decoder config as transformers reads it (Mistral: one window for all; Qwen2: per ``layer_types``)."""
@@ -265,8 +213,8 @@ def _build_geometry(config: Any) -> ArchGeometry:
         mlp = adapter.mlp_linears(layer)
         heads, kv_heads, head_dim = adapter.attn_geometry(layer)
         layers.append(DecoderLayerGeometry(
-            attn=tuple(_linear(k, attn[k]) for k in ("q", "k", "v", "o")),
-            mlp=tuple(_linear(k, m) for k, m in mlp.items()),
+            attn=tuple(Linear.of(k, attn[k]) for k in ("q", "k", "v", "o")),
+            mlp=tuple(Linear.of(k, m) for k, m in mlp.items()),
             mlp_in_keys=tuple(adapter.mlp_in_keys), mlp_out_key=adapter.mlp_out_key,
             heads=int(heads), kv_heads=int(kv_heads), head_dim=int(head_dim),
             sliding_window=windows[i], params=_numel(layer),
@@ -274,58 +222,18 @@ def _build_geometry(config: Any) -> ArchGeometry:
 
     lm = adapter.language_model(model)
     in_layers = {id(m) for layer in decoder for m in layer.modules()}
-    extra = tuple(_linear(name, m) for name, m in lm.named_modules()
+    extra = tuple(Linear.of(name, m) for name, m in lm.named_modules()
                   if isinstance(m, nn.Linear) and id(m) not in in_layers)
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         raise ModelError(f"{type(model).__name__}: the output embedding is not a linear layer")
 
-    vision = _vision_geometry(model, adapter, config) if adapter.vision_tower(model) is not None else None
+    vision = vision_geometry(model, adapter, config) if adapter.vision_tower(model) is not None else None
     total = _numel(model)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")
     return ArchGeometry(
-        name=name, family=adapter.name, layers=tuple(layers), lm_head=_linear("lm_head", head),
+        name=name, family=adapter.name, layers=tuple(layers), lm_head=Linear.of("lm_head", head),
         extra_linears=extra, vision=vision, params_total=total,
-    )
-
-
-def _vision_geometry(model: Any, adapter: Any, config: Any) -> VisionGeometry:
-    from torch import nn
-
-    tower = adapter.vision_tower(model)
-    projector = adapter.projector(model)
-    vc = config.vision_config
-    if getattr(vc, "model_type", None) != "clip_vision_model":
-        raise ModelError(f"FLOP counting knows CLIP vision towers only, but this model's is "
-                         f"'{getattr(vc, 'model_type', type(tower).__name__)}'")
-    layer_lists = [m for name, m in tower.named_modules()
-                   if name.endswith("encoder.layers") and isinstance(m, nn.ModuleList)]
-    convs = [m for m in tower.modules() if isinstance(m, nn.Conv2d)]
-    if len(layer_lists) != 1 or len(convs) != 1:
-        raise ModelError(f"{type(tower).__name__} is not laid out like a CLIP vision tower "
-                         "(one patch convolution, one encoder.layers list)")
-    in_layers = {id(m) for m in layer_lists[0].modules()}
-    stray = [name for name, m in tower.named_modules() if isinstance(m, nn.Linear) and id(m) not in in_layers]
-    if stray:
-        raise ModelError(f"{type(tower).__name__} has linears outside its encoder layers ({', '.join(stray)}) "
-                         "that FLOP counting does not know how to place")
-    layers = []
-    for layer in layer_lists[0]:
-        attn = layer.self_attn
-        linears = tuple(_linear(name, m) for name, m in layer.named_modules() if isinstance(m, nn.Linear))
-        layers.append(VisionLayerGeometry(linears=linears, heads=int(attn.num_heads), head_dim=int(attn.head_dim)))
-    conv = convs[0]
-    if tuple(conv.kernel_size) != tuple(conv.stride):
-        raise ModelError("the patch convolution's stride differs from its kernel size")
-    patch = int(conv.kernel_size[0])
-    patches = (int(vc.image_size) // patch) ** 2
-    class_token = any(hasattr(m, "class_embedding") for m in tower.modules())
-    strategy = getattr(config, "vision_feature_select_strategy", "default")
-    image_tokens = patches + (1 if (strategy == "full" and class_token) else 0)
-    proj = tuple(_linear(name, m) for name, m in projector.named_modules() if isinstance(m, nn.Linear))
-    return VisionGeometry(
-        channels=int(conv.in_channels), patch_size=patch, width=int(conv.out_channels), patches=patches,
-        class_token=class_token, layers=tuple(layers), image_tokens=image_tokens, projector=proj,
     )
 
 

@@ -120,6 +120,27 @@ class FlopReport:
     count: str = "dense"
     """The convention of :attr:`total_flops` (and so of a budget checked against it)."""
     attention: str = "causal"
+    variants: tuple[tuple[float, "FlopReport"], ...] = ()
+    """``(weight, report)`` per variant of a workload whose samples differ (its
+    :attr:`~searchskip.flops.Workload.variants`); this report is their weighted mean."""
+
+    @classmethod
+    def weighted(cls, parts: "list[tuple[float, FlopReport]]", workload: "Workload") -> "FlopReport":
+        """The weighted mean of the reports of a workload's variants (same plan and model):
+        entries summed part by part, the deepest variant's depth."""
+        first = parts[0][1]
+        merged: dict[tuple, list[float]] = {}
+        for weight, report in parts:
+            for e in report.entries:
+                acc = merged.setdefault((e.component, e.layer, e.part), [0.0, 0.0, 0.0])
+                acc[0] += weight * e.dense
+                acc[1] += weight * e.sparse
+                acc[2] += weight * e.kernel
+        entries = tuple(FlopEntry(c, layer, part, *values) for (c, layer, part), values in merged.items())
+        depth = Depth(prefill=max(r.depth.prefill for _, r in parts), decode=max(r.depth.decode for _, r in parts))
+        return cls(entries=entries, workload=workload, plan=first.plan, arch=first.arch, layer_ops=first.layer_ops,
+                   depth=depth, params=first.params, count=first.count, attention=first.attention,
+                   variants=tuple(parts))
 
     # ---- totals ---------------------------------------------------------------------------
     def _conv(self, count: str | None, attention: str | None) -> tuple[str, str]:
@@ -252,6 +273,13 @@ class FlopReport:
         if baseline is not None:
             data["unplanned"] = {"total_flops": baseline.total(self.count, self.attention),
                                  "depth": baseline.depth.to_dict()}
+        if self.variants:
+            bases = [b for _, b in baseline.variants] if baseline is not None and baseline.variants else None
+            data["variants"] = [
+                {"weight": w, "image_tokens": r.workload.image_tokens, "image_grid": list(r.workload.image_grid or ()),
+                 "total_flops": r.total_flops, "ratio": r.ratio(bases[i]) if bases else None}
+                for i, (w, r) in enumerate(self.variants)
+            ]
         return data
 
 
@@ -301,9 +329,16 @@ class Budget:
 
     def allows(self, report: FlopReport, baseline: FlopReport | None = None) -> bool:
         """Whether ``report`` fits the budget (within a relative 1e-9, so ``ratio: 1`` admits
-        the unplanned model)."""
-        limit = self.limit(baseline)
-        return self.cost(report) <= limit * (1 + 1e-9)
+        the unplanned model). A report of a workload whose samples differ fits when its mean
+        and every variant fit (a ratio against the unplanned model's same variant)."""
+        if self.cost(report) > self.limit(baseline) * (1 + 1e-9):
+            return False
+        if not report.variants:
+            return True
+        bases = [b for _, b in baseline.variants] if baseline is not None else [None] * len(report.variants)
+        if len(bases) != len(report.variants):
+            raise ValueError("the baseline was counted on another workload (its variants differ)")
+        return all(self.cost(r) <= self.limit(b) * (1 + 1e-9) for (_, r), b in zip(report.variants, bases))
 
     def describe(self) -> str:
         what = (f"{self.ratio:g} x the unplanned model" if self.ratio is not None

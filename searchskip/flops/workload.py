@@ -13,6 +13,15 @@ Positions of one sample, in order (``S`` = prompt length)::
 
 ``S = images * image_tokens + prompt_tokens``. Several images are counted as one block of
 image positions after ``text_before_image`` (exact for one image, LLaVA-1.5's case).
+
+**Images at their own resolution** (Qwen2-VL / Qwen2.5-VL): an image is a patch grid
+``image_grid = (t, h, w)`` and gives ``t * h * w / merge ** 2`` LLM positions, so samples of
+one dataset differ. Such a workload lists its **variants**: ``(weight, Workload)`` pairs,
+one per image grid met, each with the means of its own samples (``weight`` = their share of
+the samples). The FLOPs of the workload are the weighted mean of the variants' exact counts,
+and a budget must hold for every variant as well as for the mean
+(:meth:`~searchskip.flops.report.Budget.allows`). The workload's own numbers are then the
+means over all samples, for display.
 Token counts may be fractional (means over a dataset); every formula is a closed form that
 takes them as they are (the quadratic attention term at the mean length is then an
 approximation of the mean of the quadratic term, by ``var(S) * h * d`` per layer).
@@ -29,6 +38,8 @@ from searchskip.errors import ConfigError, Problem
 __all__ = ["WORKLOAD_VERSION", "Workload", "measure_workload"]
 
 WORKLOAD_VERSION = 1
+
+Grid = tuple[int, int, int]
 
 
 def _number(value: Any) -> bool:
@@ -51,9 +62,21 @@ class Workload:
     """Prompt text tokens before the first image (only the ``non_visual`` and ``visual`` scopes depend on it)."""
     source: str | None = None
     """Where the numbers come from, in words (e.g. ``measured on 500 validation questions``)."""
+    image_grid: Grid | None = None
+    """Patch grid ``(t, h, w)`` of each image, for vision towers that take images at their own
+    resolution (Qwen-VL); ``None`` for fixed-resolution towers (its tokens come from the config)."""
+    variants: tuple[tuple[float, "Workload"], ...] = ()
+    """``(weight, workload)`` per image grid when samples differ (see the module doc); weights sum to 1."""
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
+        if self.image_grid is not None:
+            grid = self.image_grid
+            if (not isinstance(grid, (tuple, list)) or len(grid) != 3
+                    or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in grid)):
+                raise ConfigError([Problem(None, "image_grid", f"must be three positive integers (t, h, w), but got {grid!r}")])
+            object.__setattr__(self, "image_grid", tuple(grid))
+        object.__setattr__(self, "variants", tuple(self._checked_variants()) if self.variants else ())
 
         def bad(key: str, rule: str) -> None:
             problems.append(Problem(None, key, rule))
@@ -85,6 +108,23 @@ class Workload:
         if problems:
             raise ConfigError(problems)
 
+    def _checked_variants(self) -> list[tuple[float, "Workload"]]:
+        out = []
+        for i, item in enumerate(self.variants):
+            if isinstance(item, Mapping):
+                item = dict(item)
+                item = (item.pop("weight", None), Workload.from_dict(item))
+            weight, variant = item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None)
+            if not _number(weight) or weight <= 0 or not isinstance(variant, Workload):
+                raise ConfigError([Problem(None, f"variants[{i}]", "must be a (weight > 0, workload) pair")])
+            if variant.variants:
+                raise ConfigError([Problem(None, f"variants[{i}]", "a variant cannot have variants of its own")])
+            out.append((float(weight), variant))
+        total = math.fsum(w for w, _ in out)
+        if abs(total - 1) > 1e-6:
+            raise ConfigError([Problem(None, "variants", f"the weights must sum to 1, but they sum to {total:g}")])
+        return out
+
     # ---- derived --------------------------------------------------------------------
     def image_positions(self) -> int:
         """LLM positions taken by images (needs :attr:`image_tokens`; see :meth:`resolve`)."""
@@ -103,26 +143,51 @@ class Workload:
         from the prefill's last position; the last token is never fed back)."""
         return self.generated_tokens - 1
 
-    def resolve(self, image_tokens: int | None, multimodal: bool) -> "Workload":
-        """This workload with :attr:`image_tokens` filled in from the model (``image_tokens``
-        is what its config gives); :class:`ConfigError` when the two disagree, or when a
-        text-only model is given images."""
-        if not multimodal:
+    def resolve(self, vision: Any) -> "Workload":
+        """This workload with :attr:`image_tokens` filled in from the model's vision tower
+        (``vision``: a :class:`~searchskip.flops.vision.VisionCount`, ``None`` for a text-only
+        model), variants included; :class:`ConfigError` when the two disagree, when a text-only
+        model is given images, or when a tower that takes images at their own resolution
+        gets no :attr:`image_grid`."""
+        if self.variants:
+            return replace(self, variants=tuple((w, v.resolve(vision)) for w, v in self.variants))
+        if vision is None:
             if self.images:
                 raise ConfigError(f"images: the model is text-only, so `images == 0` must hold, but got "
                                   f"images={self.images}")
             return self
+        image_tokens = vision.image_tokens
+        if image_tokens is None and self.images:
+            if self.image_grid is None:
+                raise ConfigError("image_grid: this model's vision tower takes each image at its own resolution, so "
+                                  "the workload needs the image's patch grid (t, h, w) (searchskip flops: --image-size)")
+            try:
+                image_tokens = vision.tokens_per_image(self.image_grid)
+            except ValueError as err:
+                raise ConfigError([Problem(None, "image_grid", str(err))]) from None
         if self.image_tokens is not None and image_tokens is not None and self.image_tokens != image_tokens:
-            raise ConfigError(f"image_tokens: the model's config gives {image_tokens} LLM positions per image, "
+            source = "image grid" if vision.image_tokens is None else "config"
+            raise ConfigError(f"image_tokens: the model's {source} gives {image_tokens} LLM positions per image, "
                               f"but the workload says image_tokens={self.image_tokens}")
         return self if self.image_tokens is not None else replace(self, image_tokens=image_tokens)
+
+    def image_token_range(self) -> tuple[int, int] | None:
+        """``(fewest, most)`` image tokens per image over the variants; ``None`` without variants."""
+        counts = [v.image_tokens for _, v in self.variants if v.image_tokens is not None]
+        return (min(counts), max(counts)) if counts else None
 
     def describe(self) -> str:
         def n(x: float) -> str:
             return f"{x:g}" if float(x).is_integer() else f"{x:.2f}"
 
         parts = []
-        if self.images:
+        spread = self.image_token_range()
+        if self.images and spread is not None:
+            low, high = spread
+            mean = math.fsum(w * (v.image_tokens or 0) for w, v in self.variants)
+            parts.append(f"{self.images} image{'s' if self.images != 1 else ''} x {low}-{high} tokens "
+                         f"(mean {n(mean)}, {len(self.variants)} image sizes)")
+        elif self.images:
             per = "?" if self.image_tokens is None else str(self.image_tokens)
             parts.append(f"{self.images} image{'s' if self.images != 1 else ''} x {per} tokens")
         parts.append(f"{n(self.prompt_tokens)} prompt text tokens")
@@ -131,7 +196,11 @@ class Workload:
 
     # ---- serialization ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": WORKLOAD_VERSION, **asdict(self)}
+        data = {"version": WORKLOAD_VERSION, **asdict(self)}
+        data["image_grid"] = list(self.image_grid) if self.image_grid is not None else None
+        data["variants"] = [{"weight": w, **{k: v for k, v in variant.to_dict().items() if k != "variants"}}
+                            for w, variant in self.variants]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Workload":

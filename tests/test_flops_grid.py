@@ -1,0 +1,125 @@
+"""FLOPs of models that take images at their own resolution (Qwen2-VL, Qwen2.5-VL).
+
+An image is a patch grid (t, h, w); its LLM positions, the tower's windows and the merger's
+work all follow it. Counted here against FlopCounterMode on the tower alone (grids whose
+windows are cut at the edges, non-square), on whole generations with images of different
+sizes, and as a workload of several image sizes (variants): the mean of exact counts, and a
+budget that must hold for every variant.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from searchskip.errors import ConfigError
+from searchskip.flops import Budget, Workload, count_flops, geometry_of
+from searchskip.flops.measure import measure_flops
+from searchskip.flops.vision import GridVisionGeometry
+from searchskip.plan import LayerOp, Plan, VisualTokensSpec
+from searchskip.testing import QWEN_PATCH, QWEN_VL_FAMILIES, qwen_vl_pixels, tiny_inputs, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXT, BEFORE, GENERATED = 12, 2, 3
+
+
+def _workload(side: int, generated: int = GENERATED) -> Workload:
+    # tiny_inputs(batch=1, seq=TEXT): 2 text tokens, <vision_start>, the image, <vision_end>, the rest
+    return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, text_before_image=BEFORE + 1,
+                    image_grid=(1, side // QWEN_PATCH, side // QWEN_PATCH))
+
+
+@pytest.mark.parametrize("grid", [(1, 8, 8), (1, 6, 10), (1, 2, 14), (2, 4, 6)])
+@pytest.mark.parametrize("family", QWEN_VL_FAMILIES)
+def test_vision_tower_matches_flop_counter(family, grid):
+    """Windows of 2 x 2 merged units (Qwen2.5-VL), cut short at the right and bottom edges."""
+    model = tiny_model(family)
+    vision = geometry_of(model.config).vision
+    assert isinstance(vision, GridVisionGeometry)
+    vc = model.config.vision_config
+    t, h, w = grid
+    pixels = torch.randn(t * h * w, vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2)
+    measured, out = measure_flops(lambda: model.model.visual(pixels, grid_thw=torch.tensor([grid])))
+    assert out.pooler_output.shape[0] == vision.tokens_per_image(grid) == t * h * w // 4
+    tower = sum(f for _, _, f in vision.entries(1, grid))
+    projector = sum(lin.flops_per_token for lin in vision.projector) * vision.tokens_per_image(grid)
+    assert tower + projector == measured
+
+
+@pytest.mark.parametrize("family", QWEN_VL_FAMILIES)
+@pytest.mark.parametrize("side", [16, 24, 40])
+def test_generation_at_each_image_size_matches_flop_counter(family, side):
+    model = tiny_model(family)
+    inputs = tiny_inputs(model, batch=1, seq=TEXT, image_sides=[side])
+    measured, _ = measure_flops(lambda: model.generate(**inputs, max_new_tokens=GENERATED,
+                                                       min_new_tokens=GENERATED, do_sample=False))
+    report = count_flops(model.config, None, _workload(side))
+    assert report.total(attention="kernel") == measured
+    assert report.workload.image_tokens == (side // QWEN_PATCH) ** 2 // 4
+
+
+def test_a_workload_of_several_image_sizes_is_the_mean_of_exact_counts():
+    model = tiny_model("qwen2.5-vl")
+    small, large = _workload(16), _workload(40)
+    mix = Workload(prompt_tokens=TEXT + 2, generated_tokens=GENERATED, text_before_image=BEFORE + 1,
+                   variants=((0.75, small), (0.25, large)))
+    plan = Plan(layers={1: LayerOp("skip_block", "visual"), 2: "skip_ffn"}, visual_tokens=VisualTokensSpec(3, 0.5))
+    for p in (None, plan):
+        got = count_flops(model.config, p, mix)
+        want = 0.75 * count_flops(model.config, p, small).total() + 0.25 * count_flops(model.config, p, large).total()
+        assert got.total() == pytest.approx(want, rel=1e-12)
+        assert [r.workload.image_tokens for _, r in got.variants] == [4, 25]
+    # measured on a real generation of each sample, the mean is the mean
+    measured = [measure_flops(lambda s=s: model.generate(**tiny_inputs(model, batch=1, seq=TEXT, image_sides=[s]),
+                                                         max_new_tokens=GENERATED, min_new_tokens=GENERATED,
+                                                         do_sample=False))[0] for s in (16, 40)]
+    kernel = count_flops(model.config, None, mix, attention="kernel").total()
+    assert kernel == pytest.approx(0.75 * measured[0] + 0.25 * measured[1], rel=1e-12)
+    assert mix.image_token_range() is None  # not resolved yet: the tower gives the counts
+    resolved = count_flops(model.config, None, mix).workload
+    assert resolved.image_token_range() == (4, 25)
+    assert "4-25 tokens" in resolved.describe()
+    assert Workload.from_dict(resolved.to_dict()) == resolved
+
+
+def test_the_budget_holds_for_every_image_size_not_only_the_mean():
+    """Dropping a fixed number of image tokens saves a larger share on the large image: a plan
+    can fit the mean ratio and still exceed it on the small images."""
+    model = tiny_model("qwen2.5-vl")
+    mix = Workload(prompt_tokens=TEXT + 2, generated_tokens=GENERATED, text_before_image=BEFORE + 1,
+                   variants=((0.5, _workload(16)), (0.5, _workload(64))))
+    base = count_flops(model.config, None, mix)
+    plan = Plan(visual_tokens=VisualTokensSpec(1, 0.25))
+    report = count_flops(model.config, plan, mix)
+    ratios = [r.ratio(b) for (_, r), (_, b) in zip(report.variants, base.variants)]
+    mean = report.ratio(base)
+    assert min(ratios) < mean < max(ratios)
+    between = Budget(ratio=(mean + max(ratios)) / 2)
+    assert between.cost(report) <= between.limit(base)  # the mean fits ...
+    assert not between.allows(report, base)  # ... one image size does not
+    assert Budget(ratio=max(ratios) * 1.001).allows(report, base)
+    assert report.to_dict(base)["variants"][1]["ratio"] == pytest.approx(min(ratios))
+
+
+def test_grid_towers_need_an_image_grid():
+    model = tiny_model("qwen2-vl")
+    with pytest.raises(ConfigError, match="image_grid.*own resolution"):
+        count_flops(model.config, None, Workload(prompt_tokens=10))
+    with pytest.raises(ConfigError, match="image_grid"):
+        count_flops(model.config, None, Workload(prompt_tokens=10, image_grid=(1, 3, 4)))
+    with pytest.raises(ConfigError, match="16 LLM positions per image"):
+        count_flops(model.config, None, Workload(prompt_tokens=10, image_grid=(1, 8, 8), image_tokens=9))
+    with pytest.raises(ConfigError, match="image_grid"):
+        Workload(prompt_tokens=10, image_grid=(1, 0, 4))
+    with pytest.raises(ConfigError, match="sum to 1"):
+        Workload(prompt_tokens=10, variants=((0.5, _workload(16)),))
+
+
+def test_grid_for_follows_the_processor_resize():
+    vision = geometry_of(tiny_model("qwen2-vl").config).vision
+    # sides rounded to multiples of patch * merge = 8 pixels, within the processor's pixel range
+    assert vision.grid_for(96, 64) == (1, 24, 16)
+    assert vision.tokens_per_image(vision.grid_for(96, 64)) == 96
+    # below min_pixels (56 * 56) the image is scaled up, keeping its aspect
+    assert vision.grid_for(30, 50) == (1, 12, 20)

@@ -1,0 +1,42 @@
+"""The families :func:`~searchskip.testing.tiny_model` builds, and the token ids every tiny model shares."""
+
+from __future__ import annotations
+
+FAMILIES: tuple[str, ...] = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "opt",
+    "llava-llama",
+    "llava-mistral",
+    "llava-qwen2",
+    "llava-opt",
+    "qwen2-vl",
+    "qwen2.5-vl",
+)
+"""Every family :func:`tiny_model` builds; text-only first, then LLaVA over each decoder, then
+the other vision-language families."""
+
+LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-"))
+QWEN_VL_FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl")
+MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES
+TEXT_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in MULTIMODAL_FAMILIES)
+
+VOCAB = 100
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+IMAGE_TOKEN_ID = 99
+VIDEO_TOKEN_ID, VISION_START_ID, VISION_END_ID = 98, 97, 96
+"""Qwen-VL's other special tokens (a Qwen-VL image is ``<vision_start> <image>*n <vision_end>``)."""
+SPECIAL_IDS = frozenset({PAD_ID, BOS_ID, EOS_ID, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_START_ID, VISION_END_ID})
+IMAGE_SIZE, PATCH_SIZE = 32, 8
+QWEN_PATCH, QWEN_TEMPORAL, QWEN_MERGE = 4, 2, 2
+
+
+def is_multimodal(family: str) -> bool:
+    """Whether ``family`` (one of :data:`FAMILIES`) has a vision tower."""
+    return family in MULTIMODAL_FAMILIES
+
+
+def is_qwen_vl_config(config) -> bool:
+    """Whether a model config is Qwen2-VL's or Qwen2.5-VL's."""
+    return getattr(config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl")

@@ -1,0 +1,146 @@
+"""Tiny random-weight models of every family, built offline from configs (see :mod:`searchskip.testing`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from searchskip.testing.families import (
+    BOS_ID,
+    EOS_ID,
+    FAMILIES,
+    IMAGE_SIZE,
+    IMAGE_TOKEN_ID,
+    PAD_ID,
+    PATCH_SIZE,
+    QWEN_MERGE,
+    QWEN_PATCH,
+    QWEN_TEMPORAL,
+    QWEN_VL_FAMILIES,
+    VIDEO_TOKEN_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    VOCAB,
+    is_multimodal,
+)
+
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=4,
+    max_position_embeddings=128,
+    pad_token_id=PAD_ID,
+    bos_token_id=BOS_ID,
+    eos_token_id=EOS_ID,
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+)
+
+
+def _text_config(decoder: str, num_layers: int, overrides: dict[str, Any]):
+    import transformers as tf
+
+    kw = dict(_COMMON, num_hidden_layers=num_layers)
+    if decoder == "llama":
+        kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=4)
+        cls = tf.LlamaConfig
+    elif decoder == "mistral":
+        kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=8)
+        cls = tf.MistralConfig
+    elif decoder == "qwen2":
+        kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+        cls = tf.Qwen2Config
+    elif decoder == "opt":
+        kw.update(ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, init_std=0.1)
+        cls = tf.OPTConfig
+    else:
+        raise ValueError(f"unknown decoder '{decoder}'; families: {', '.join(FAMILIES)}")
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any):
+    """A tiny random model of ``family`` (one of :data:`FAMILIES`), eval mode, float32.
+
+    ``overrides`` go to the decoder's config (e.g. ``do_layer_norm_before=False`` for OPT,
+    ``use_sliding_window=True, sliding_window=4, max_window_layers=2`` for Qwen2). For LLaVA
+    two dict-valued keys are special: ``vision_config`` (merged into the CLIP vision config)
+    and ``llava_config`` (merged into the ``LlavaConfig`` arguments). The global torch RNG
+    is left untouched; the same arguments give the same weights.
+    """
+    import transformers as tf
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family '{family}'; families: {', '.join(FAMILIES)}")
+    vision_overrides = overrides.pop("vision_config", None) or {}
+    llava_overrides = overrides.pop("llava_config", None) or {}
+    is_llava = family.startswith("llava-")
+    if not is_multimodal(family) and (vision_overrides or llava_overrides):
+        raise ValueError(f"vision_config / llava_config overrides only apply to vision-language families, not '{family}'")
+    if family in QWEN_VL_FAMILIES:
+        if llava_overrides:
+            raise ValueError(f"llava_config overrides only apply to LLaVA families, not '{family}'")
+        return _tiny_qwen_vl(family, seed, num_layers, vision_overrides, overrides)
+    decoder = family.split("-", 1)[1] if is_llava else family
+    text_config = _text_config(decoder, num_layers, overrides)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if not is_llava:
+            cls = {
+                "llama": tf.LlamaForCausalLM,
+                "mistral": tf.MistralForCausalLM,
+                "qwen2": tf.Qwen2ForCausalLM,
+                "opt": tf.OPTForCausalLM,
+            }[decoder]
+            model = cls(text_config)
+        else:
+            vision = dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=IMAGE_SIZE,
+                patch_size=PATCH_SIZE,
+                projection_dim=32,
+            )
+            vision.update(vision_overrides)
+            vision_config = tf.CLIPVisionConfig(**vision)
+            n_image = (vision_config.image_size // vision_config.patch_size) ** 2
+            llava = dict(
+                vision_config=vision_config,
+                text_config=text_config,
+                image_token_id=IMAGE_TOKEN_ID,
+                image_seq_length=n_image,
+                tie_word_embeddings=False,
+            )
+            llava.update(llava_overrides)
+            model = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**llava))
+    return model.to(torch.float32).eval()
+
+
+def _tiny_qwen_vl(family: str, seed: int, num_layers: int, vision_overrides: dict, overrides: dict):
+    import transformers as tf
+
+    text = dict(_COMMON, num_hidden_layers=num_layers, intermediate_size=64, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+    text.update(overrides)
+    vision = dict(depth=2, num_heads=2, patch_size=QWEN_PATCH, temporal_patch_size=QWEN_TEMPORAL,
+                  spatial_merge_size=QWEN_MERGE, initializer_range=0.1)
+    if family == "qwen2.5-vl":
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=32, window_size=16,
+                      fullatt_block_indexes=[1])
+        config_cls, model_cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
+    else:
+        vision.update(embed_dim=32, hidden_size=32, mlp_ratio=2)
+        config_cls, model_cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration
+    vision.update(vision_overrides)
+    config = config_cls(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN_ID,
+                        video_token_id=VIDEO_TOKEN_ID, vision_start_token_id=VISION_START_ID,
+                        vision_end_token_id=VISION_END_ID, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model.to(torch.float32).eval()

@@ -97,8 +97,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     when a hub model is neither cached nor reachable.
     """
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
+
+    from searchskip.processors import load_processor
 
     from searchskip.eval.prompts import resolve_template
     from searchskip.export.model import apply_runtime_plan
@@ -114,7 +116,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         model = AutoModelForImageTextToText.from_pretrained(
             source, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
         )
-        processor = AutoProcessor.from_pretrained(source, **kwargs)
+        processor = load_processor(source, **kwargs)
     except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) met a non-tensor object
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"model.id: '{source}' holds a pickled checkpoint with objects other than tensors; it was "

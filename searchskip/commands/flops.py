@@ -30,6 +30,10 @@ def register(subparsers) -> None:
                    help="prompt text tokens per sample (image tokens excluded); overrides the measured mean")
     p.add_argument("--generated-tokens", type=float, default=None, metavar="N",
                    help="generated tokens per sample (answer + end of sequence); overrides the measured mean")
+    p.add_argument("--image-size", default=None, metavar="HxW",
+                   help="one image of H x W pixels per sample, resized as the model's processor does (models whose "
+                        "vision tower takes images at their own resolution: Qwen2-VL, Qwen2.5-VL); overrides the "
+                        "measured image sizes")
     p.add_argument("--count", choices=("dense", "sparse"), default="dense",
                    help="which FLOPs the total and ratio use: dense (default) or sparse (pruned weights not counted)")
     p.add_argument("--attention", choices=("causal", "kernel"), default="causal",
@@ -44,9 +48,54 @@ def _positive(name: str, value: float | None, minimum: float) -> None:
         raise ConfigError(f"--{name}: must be >= {minimum:g}, but got {value:g}")
 
 
+def image_grid_flag(value: str | None, vision: Any, job: Any = None) -> tuple[int, int, int] | None:
+    """The patch grid of ``--image-size HxW`` for ``vision`` (``None`` when the flag is not given),
+    resized within the pixel range of ``job``'s processor when it can be read here (else the
+    image processor's defaults); :class:`ConfigError` for a malformed size or a
+    fixed-resolution tower."""
+    from searchskip.errors import ConfigError
+    from searchskip.flops.vision import GridVisionGeometry
+
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--image-size: must be HxW in pixels (e.g. 480x640), but got {value!r}")
+    if not isinstance(vision, GridVisionGeometry):
+        what = "the model is text-only" if vision is None else f"its vision tower takes {vision.image_tokens} tokens per image"
+        raise ConfigError(f"--image-size: applies to models that take images at their own resolution (Qwen2-VL, "
+                          f"Qwen2.5-VL); {what}")
+    size = _processor_pixel_range(job) if job is not None else {}
+    return vision.grid_for(int(parts[0]), int(parts[1]), size.get("shortest_edge"), size.get("longest_edge"))
+
+
+def _processor_pixel_range(job: Any) -> dict:
+    """The image processor's ``size`` (Qwen-VL: ``shortest_edge`` / ``longest_edge`` pixels) of
+    the job's model when its processor is local or cached; ``{}`` otherwise."""
+    from searchskip.models import resolve_source
+    from searchskip.processors import load_processor
+
+    try:
+        source, _ = resolve_source(job.model)
+        processor = load_processor(source, revision=job.model.revision, local_files_only=True)
+        return dict(getattr(processor.image_processor, "size", None) or {})
+    except Exception:  # noqa: BLE001 - no processor here: the defaults stand
+        return {}
+
+
 def job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float | None,
-                 generated_tokens: float | None) -> Any:
-    """The workload of ``job``: measured on its validation subset, with the given overrides."""
+                 generated_tokens: float | None, image_grid: tuple[int, int, int] | None = None) -> Any:
+    """The workload of ``job``: measured on its validation subset, with the given overrides
+    (``image_grid``: every image of that grid)."""
+    workload = _job_workload(job, config, multimodal, prompt_tokens, generated_tokens)
+    if image_grid is None:
+        return workload
+    return replace(workload, image_grid=image_grid, image_tokens=None, variants=(),
+                   source=f"{workload.source}; images of the --image-size grid {image_grid}")
+
+
+def _job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float | None,
+                  generated_tokens: float | None) -> Any:
     from searchskip.errors import ConfigError, DataError, ModelError, OfflineError
     from searchskip.flops import Workload
 
@@ -82,19 +131,17 @@ def job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float |
 
 
 def _measure(job: Any, config: Any) -> Any:
-    from transformers import AutoProcessor
-
     from searchskip.data.splits import load_eval_split
     from searchskip.errors import OfflineError
     from searchskip.eval.prompts import resolve_template
     from searchskip.flops import measure_workload
     from searchskip.models import resolve_source
+    from searchskip.processors import load_processor
 
     source, embedded_template = resolve_source(job.model)
     template = resolve_template(config.model_type, job.model.prompt_template, embedded_template)
     try:
-        processor = AutoProcessor.from_pretrained(source, revision=job.model.revision,
-                                                  trust_remote_code=job.model.trust_remote_code)
+        processor = load_processor(source, revision=job.model.revision, trust_remote_code=job.model.trust_remote_code)
     except OSError:
         raise OfflineError(f"the processor of '{source}' is not in the local Hugging Face cache and the hub "
                            "could not be reached") from None
@@ -129,8 +176,9 @@ def run(args) -> int:
             raise in_job(args.job, e, "model.id") from None
     plan = Plan() if args.plan is None else Plan.load(args.plan)
     plan.validate(geometry.num_layers, file=args.plan)
+    grid = image_grid_flag(args.image_size, geometry.vision, job)
     with err.status("measuring the workload"):
-        workload = job_workload(job, config, geometry.is_multimodal, args.prompt_tokens, args.generated_tokens)
+        workload = job_workload(job, config, geometry.is_multimodal, args.prompt_tokens, args.generated_tokens, grid)
     report = count_flops(geometry, plan, workload, count=args.count, attention=args.attention)
     baseline = count_flops(geometry, None, workload, count=args.count, attention=args.attention)
     dtype = job.model.dtype
@@ -183,10 +231,16 @@ def token_lines(report) -> list[str]:
     plan, w = report.plan, report.workload
     if plan.visual_tokens is not None:
         v = plan.visual_tokens
-        n_img = w.image_positions()
-        kept = kept_visual_tokens(n_img, v.keep)
-        text = (f"visual tokens: {kept} of {n_img} image tokens kept from layer {v.after_layer} on "
-                f"(prompt {w.prompt_length:g} -> {w.prompt_length - (n_img - kept):g} positions), rank {v.rank}")
+        if report.variants:
+            kept_of = ", ".join(f"{kept_visual_tokens(r.workload.image_positions(), v.keep)} of "
+                                f"{r.workload.image_positions()}" for _, r in report.variants)
+            text = f"visual tokens: image tokens kept from layer {v.after_layer} on, per image size: {kept_of}; rank {v.rank}"
+            n_img = 1
+        else:
+            n_img = w.image_positions()
+            kept = kept_visual_tokens(n_img, v.keep)
+            text = (f"visual tokens: {kept} of {n_img} image tokens kept from layer {v.after_layer} on "
+                    f"(prompt {w.prompt_length:g} -> {w.prompt_length - (n_img - kept):g} positions), rank {v.rank}")
         if n_img == 0:
             text += " (no image tokens: nothing is dropped)"
         rank = report.by_part("llm_prefill").get(RANK_SCORES, 0.0)
@@ -199,6 +253,20 @@ def token_lines(report) -> list[str]:
         out.append(f"early exit: {e.scope} tokens leave after layer {e.layer}; layers {e.layer + 1}.. run for the "
                    "prompt only")
     return out
+
+
+def variants_table(report, baseline, factor: float, unit: str):
+    """One row per image size of a workload whose samples differ: grid, image tokens, share of
+    the samples, FLOPs and ratio to the unplanned model on the same images."""
+    from rich.table import Table
+
+    table = Table(title=f"per image size ({unit} per sample; the budget holds for every row and for the mean)")
+    for col in ("image grid (t, h, w)", "image tokens", "share", "FLOPs", "unplanned", "ratio"):
+        table.add_column(col, justify="right")
+    for (weight, r), (_, b) in zip(report.variants, baseline.variants):
+        table.add_row(str(r.workload.image_grid), str(r.workload.image_tokens), f"{100 * weight:.1f}%",
+                      f"{r.total() / factor:,.3f}", f"{b.total() / factor:,.3f}", f"{r.ratio(b):.4f}")
+    return table
 
 
 def print_report(console, job, config_source: str, plan_file: str | None, report, baseline) -> None:
@@ -266,6 +334,8 @@ def print_report(console, job, config_source: str, plan_file: str | None, report
     line(Text("q.k: attention scores; att.v: weighted sum of values; '-': not computed"))
     for text in token_lines(report):
         line(Text(text))
+    if report.variants:
+        console.print(variants_table(report, baseline, factor, unit))
 
     ratio = report.ratio(baseline)
     line(Text(f"total: {total / factor:,.4f} {unit} per sample ({count}, {attention} attention) = "

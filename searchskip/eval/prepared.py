@@ -80,7 +80,8 @@ class PreparedBatch:
     def generate_inputs(self) -> dict:
         """The keyword arguments for ``model.generate``: the cached features instead of
         ``pixel_values`` when there are any (a fresh ``mm_encoder_outputs`` dict per call,
-        since ``generate`` fills it in place)."""
+        since ``generate`` fills it in place); ``image_grid_thw`` stays (Qwen-VL's M-RoPE
+        positions follow it)."""
         features = self._features()
         if features is None:
             return dict(self.inputs)
@@ -122,7 +123,7 @@ def _image_features(model: Any, inputs: dict) -> list:
     """What ``generate`` computes before prefill: ``get_image_features(...).pooler_output``, one tensor per image."""
     import torch
 
-    kwargs = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+    kwargs = {k: inputs[k] for k in ("pixel_values", "image_sizes", "image_grid_thw") if k in inputs}
     with torch.inference_mode():
         out = model.base_model.get_image_features(**kwargs, return_dict=True)
     return [t.detach() for t in out.pooler_output]

@@ -1,7 +1,9 @@
 """Prompt templates: one per model family, overridable per job.
 
-A template is a string with ``<image>`` where the image goes and ``{question}``
-where the question goes; the processor expands ``<image>`` into the image tokens.
+A template is a string with the processor's image placeholder where the image goes
+(``<image>`` for LLaVA, ``<|vision_start|><|image_pad|><|vision_end|>`` for Qwen-VL) and
+``{question}`` where the question goes; the processor expands the placeholder into the
+image tokens.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from searchskip.errors import ModelError
 LLAVA_15 = "USER: <image>\n{question} Answer the question using a single word or phrase. ASSISTANT:"
 """LLaVA-1.5's short-answer VQA prompt (the one its paper evaluates VQAv2 with)."""
 
-FAMILY_TEMPLATES = {"llava": LLAVA_15}
+QWEN_VL = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+           "<|vision_start|><|image_pad|><|vision_end|>{question}\nAnswer the question using a single word or phrase."
+           "<|im_end|>\n<|im_start|>assistant\n")
+"""Qwen2-VL / Qwen2.5-VL's chat format with the short-answer VQA instruction (lmms-eval's VQAv2 prompt)."""
+
+FAMILY_TEMPLATES = {"llava": LLAVA_15, "qwen2_vl": QWEN_VL, "qwen2_5_vl": QWEN_VL}
 """``config.model_type`` -> template."""
 
 
@@ -27,5 +34,5 @@ def resolve_template(model_type: str, override: str | None = None, stored: str |
     except KeyError:
         raise ModelError(
             f"no prompt template is known for model_type '{model_type}' (known: {', '.join(sorted(FAMILY_TEMPLATES))}); "
-            "set model.prompt_template in the job, with <image> and {question} in it"
+            "set model.prompt_template in the job, with the image placeholder and {question} in it"
         ) from None

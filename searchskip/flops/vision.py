@@ -141,14 +141,15 @@ class GridVisionGeometry(VisionCount):
                              f"spatial_merge_size {self.merge}")
         return t, h, w
 
-    def grid_for(self, height: int, width: int) -> Grid:
+    def grid_for(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> Grid:
         """The grid of a ``height x width`` image after the image processor's resize (Qwen-VL's
         ``smart_resize``: sides rounded to multiples of ``patch_size * merge``, pixels kept
-        within ``[min_pixels, max_pixels]``, the processor's defaults)."""
+        within ``[min_pixels, max_pixels]``: the model's processor's, default the image
+        processor class's defaults)."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         h, w = smart_resize(int(height), int(width), factor=self.patch_size * self.merge,
-                            min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+                            min_pixels=min_pixels or self.min_pixels, max_pixels=max_pixels or self.max_pixels)
         return 1, h // self.patch_size, w // self.patch_size
 
     def entries(self, images: int, grid: Grid | None) -> Iterator[tuple[int | None, str, float]]:

@@ -244,7 +244,10 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
       and ``image_tokens``), the rest are ``prompt_tokens``;
     * generated tokens: the first reference answer tokenized (no special tokens) plus the
       end-of-sequence token, capped at ``max_new_tokens``;
-    * ``text_before_image``: text tokens before the first image token.
+    * ``text_before_image``: text tokens before the first image token;
+    * for a processor that takes images at their own resolution (it returns
+      ``image_grid_thw``: Qwen-VL), each row's image grid; rows of one grid make one variant
+      (see the module doc), or the workload's :attr:`~Workload.image_grid` when all share one.
 
     The processor runs on the first row (with its image) to learn how many tokens an image
     expands to; the other rows only need the tokenizer, which is checked to give the same
@@ -266,39 +269,60 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
 
     first = dataset[0]
     expanded_per_image = 0
+    grids: list[Grid | None] = [None] * n_rows
     if images_per_prompt:
-        full = processor(images=[first["image"]] * images_per_prompt, text=[prompt(first["question"])],
-                         return_tensors="pt")["input_ids"][0].tolist()
+        full_out = processor(images=[first["image"]] * images_per_prompt, text=[prompt(first["question"])],
+                             return_tensors="pt")
+        full = full_out["input_ids"][0].tolist()
         expanded_per_image = full.count(image_id) // images_per_prompt
         short = tokenizer(prompt(first["question"]))["input_ids"]
         fast = (short.count(image_id) == images_per_prompt
                 and len(short) - images_per_prompt == len(full) - full.count(image_id))
+        if "image_grid_thw" in full_out:  # images at their own resolution: each row's grid
+            grids = [_image_grid(processor, dataset[i]["image"]) for i in range(n_rows)]
     else:
         fast = True
 
     rows = dataset.select_columns(["question", "answers"]) if hasattr(dataset, "select_columns") else dataset
     eos = 1 if tokenizer.eos_token_id is not None else 0
-    text_total = before_total = answer_total = 0.0
+    per_grid: dict[Grid | None, list[float]] = {}  # grid -> [rows, text, before, answer]
     for i in range(n_rows):
         row = rows[i]
         text = prompt(row["question"])
         if fast:
             ids = tokenizer(text)["input_ids"]
-            n_text = len(ids) - ids.count(image_id)
         else:
             ids = processor(images=[dataset[i]["image"]] * images_per_prompt, text=[text],
                             return_tensors="pt")["input_ids"][0].tolist()
-            n_text = len(ids) - ids.count(image_id)
-        text_total += n_text
-        before_total += ids.index(image_id) if image_id in ids else 0
         answers = row["answers"] or [""]
         answer_ids = tokenizer(answers[0], add_special_tokens=False)["input_ids"]
-        answer_total += min(len(answer_ids) + eos, max_new_tokens)
-    return Workload(
-        prompt_tokens=text_total / n_rows,
-        generated_tokens=max(1.0, answer_total / n_rows),
-        images=images_per_prompt,
-        image_tokens=expanded_per_image if images_per_prompt else None,
-        text_before_image=before_total / n_rows,
-        source=f"measured on {n_rows} question{'s' if n_rows != 1 else ''}",
-    )
+        acc = per_grid.setdefault(grids[i], [0.0, 0.0, 0.0, 0.0])
+        acc[0] += 1
+        acc[1] += len(ids) - ids.count(image_id)
+        acc[2] += ids.index(image_id) if image_id in ids else 0
+        acc[3] += min(len(answer_ids) + eos, max_new_tokens)
+
+    def shape(acc: list[float], grid: Grid | None, source: str) -> Workload:
+        count = acc[0]
+        return Workload(prompt_tokens=acc[1] / count, generated_tokens=max(1.0, acc[3] / count),
+                        images=images_per_prompt,
+                        image_tokens=expanded_per_image if images_per_prompt and grid is None else None,
+                        text_before_image=acc[2] / count, source=source, image_grid=grid)
+
+    source = f"measured on {n_rows} question{'s' if n_rows != 1 else ''}"
+    totals = [math.fsum(acc[k] for acc in per_grid.values()) for k in range(4)]
+    if len(per_grid) == 1:
+        return shape(totals, next(iter(per_grid)), source)
+    variants = tuple((acc[0] / n_rows, shape(acc, grid, f"{int(acc[0])} of the {source}"))
+                     for grid, acc in sorted(per_grid.items(), key=lambda item: _grid_size(item[0])))
+    return replace(shape(totals, None, f"{source}, {len(variants)} image sizes"), variants=variants)
+
+
+def _image_grid(processor: Any, image: Any) -> Grid:
+    """The patch grid the processor gives one image (one row of ``image_grid_thw``)."""
+    grid = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
+    return tuple(int(x) for x in grid.tolist())
+
+
+def _grid_size(grid: Grid | None) -> int:
+    return math.prod(grid) if grid else 0

@@ -1,0 +1,82 @@
+"""Load a model's processor, also where transformers cannot build it whole.
+
+``AutoProcessor.from_pretrained`` builds every part a processor class declares. In
+transformers 5.x Qwen2-VL's and Qwen2.5-VL's processors declare a *video* processor, which
+needs torchvision; on a machine without it the processor cannot be built at all, not even
+for images (transformers fails while checking the video processor's class). searchskip only
+feeds images, so :func:`load_processor` then (and where a folder has no video processor
+config) builds the same processor class with its image
+processor (``AutoImageProcessor``: the PIL backend), its tokenizer and chat template, and no
+video processor. It answers, batches and saves (``save_pretrained`` writes the image
+processor and the tokenizer under the original processor class) as the full one does for
+images; a video input is refused by the processor itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+__all__ = ["image_only_processor", "load_processor"]
+
+
+def _needs_video_stack(err: BaseException) -> bool:
+    text = f"{type(err).__name__}: {err}".lower()
+    return any(sign in text for sign in ("video_processor_mapping", "torchvision", "video processor"))
+
+
+def load_processor(source: str, **kwargs: Any) -> Any:
+    """The processor of ``source`` (a folder or hub id; ``kwargs`` go to ``from_pretrained``):
+    ``AutoProcessor``'s, or, where that needs torchvision for a video processor this machine
+    cannot build, :func:`image_only_processor`'s."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(source, **kwargs)
+    except (AttributeError, ImportError, ValueError, OSError) as err:
+        if not _needs_video_stack(err):
+            raise
+        return image_only_processor(source, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _image_only_class(base: type) -> type:
+    """``base`` without its video processor among its parts (so it is neither checked, built nor
+    saved); same name, so saved files name ``base``."""
+
+    @classmethod
+    def get_attributes(cls):
+        return [a for a in base.get_attributes() if a != "video_processor"]
+
+    return type(base.__name__, (base,), {"get_attributes": get_attributes, "__module__": base.__module__,
+                                         "__doc__": f"{base.__name__} for images only (no video processor)."})
+
+
+def image_only_processor(source: str, **kwargs: Any) -> Any:
+    """The processor class ``source`` names, built from its image processor and tokenizer
+    alone (see the module doc)."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    name = (getattr(image_processor, "processor_class", None) or getattr(tokenizer, "processor_class", None)
+            or _processor_class_of_config(source, **kwargs))
+    base = getattr(transformers, name, None) if name else None
+    if base is None:
+        raise ValueError(f"cannot tell which processor class '{source}' uses (no processor_class in its files)")
+    attributes = base.get_attributes()
+    if set(attributes) - {"image_processor", "tokenizer", "video_processor"}:
+        raise ValueError(f"{name} needs parts besides an image processor, a tokenizer and a video processor "
+                         f"({', '.join(attributes)}); it cannot be built for images only")
+    return _image_only_class(base)(image_processor=image_processor, tokenizer=tokenizer,
+                                   chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def _processor_class_of_config(source: str, **kwargs: Any) -> str | None:
+    """The processor class for the model type of ``source``'s config (transformers' auto map)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    model_type = AutoConfig.from_pretrained(source, **kwargs).model_type
+    return PROCESSOR_MAPPING_NAMES.get(model_type)

@@ -6,11 +6,10 @@ finetune`` (:mod:`searchskip.finetune`)::
     data = TrainingTensors(ds, loaded.processor, loaded.template)     # left padding
     b = data.batch(torch.arange(16))
     with plan_context(model, prompt_length=b.prompt_length):
-        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
-                     pixel_values=b.pixel_values, labels=b.labels, use_cache=False).loss
+        loss = model(**b.model_inputs(), use_cache=False).loss
 
 Each row is ``prompt + answer + eos``: the prompt is the model's template filled with the
-question (``<image>`` expanded to the model's number of image tokens, as the processor
+question (the image placeholder expanded to the image's number of tokens, as the processor
 does), the answer is the first reference answer (``answers[0]``), tokenised on its own
 without special tokens. ``labels`` hold the answer and eos tokens and ``-100`` elsewhere,
 so the LM loss covers the answer only (transformers shifts the labels inside the model).
@@ -26,6 +25,12 @@ every row at column 0 (the embedded model was trained that way; ``prompt_length`
 only meaningful for a batch whose prompts have one length).
 
 Images are preprocessed once per unique ``image_id`` and shared by the questions on them.
+
+**Images at their own resolution** (Qwen-VL: the image processor returns ``image_grid_thw``):
+each image keeps its patches and grid, its placeholder expands to ``t * h * w / merge ** 2``
+tokens, so prompts differ in length with their images; a batch holds the patches of its rows'
+images, their ``image_grid_thw`` and ``mm_token_type_ids``, and no ``position_ids`` (the model
+computes its 3-D M-RoPE positions from those, left padding included).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Batch(NamedTuple):
     """Column where every prompt of the batch ends (left padding); the longest prompt (right padding)."""
     answer_pos: Any
     """Per row: column of the first answer token (its logits are read at ``answer_pos - 1``)."""
+    image_inputs: dict = {}
+    """Further image inputs of the model's forward (Qwen-VL: ``image_grid_thw``, ``mm_token_type_ids``)."""
 
     def to(self, device: Any, dtype: Any = None) -> "Batch":
         """The batch with its tensors on ``device`` (``pixel_values`` also cast to ``dtype``)."""
@@ -55,7 +62,16 @@ class Batch(NamedTuple):
             pixels = pixels.to(dtype)
         return self._replace(input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
                              labels=self.labels.to(device), pixel_values=pixels,
-                             position_ids=self.position_ids.to(device))
+                             position_ids=None if self.position_ids is None else self.position_ids.to(device),
+                             image_inputs={k: v.to(device) for k, v in self.image_inputs.items()})
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of the model's forward for this batch (labels included)."""
+        out = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, pixel_values=self.pixel_values,
+                   labels=self.labels, **self.image_inputs)
+        if self.position_ids is not None:
+            out["position_ids"] = self.position_ids
+        return out
 
 
 class TrainingTensors:
@@ -67,7 +83,7 @@ class TrainingTensors:
                  padding_side: Literal["left", "right"] = "left", add_special_tokens: bool = True):
         """``ds``: a schema dataset (``image``, ``image_id``, ``question``, ``answers``);
         ``processor``: the model's processor (its ``tokenizer`` and ``image_processor``);
-        ``template``: the prompt template (``<image>`` and ``{question}``);
+        ``template``: the prompt template (the image placeholder and ``{question}``);
         ``n_image_tokens``: tokens one ``<image>`` expands to (``None``: ask the processor);
         ``add_special_tokens``: whether the prompt gets the tokenizer's special tokens (BOS),
         as the processor adds them when the model answers."""
@@ -85,14 +101,28 @@ class TrainingTensors:
         self.image_ids = order
         self.image_row = {img: r for r, img in enumerate(order)}
         pil = list(ds.select([first[img] for img in order])["image"])
-        self.pixels = processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+        images = processor.image_processor(pil, return_tensors="pt")
+        self.pixels = images["pixel_values"]
         self.sample_image = torch.tensor([self.image_row[i] for i in image_ids])
 
         image_token = getattr(processor, "image_token", None) or "<image>"
-        if n_image_tokens is None:
-            n_image_tokens = _count_image_tokens(processor, template, image_token, pil[0])
-        expanded = template.replace("<image>", image_token * n_image_tokens)
-        prompts = tokenizer([expanded.format(question=q) for q in list(ds["question"])],
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.grids = images.get("image_grid_thw")
+        """Per unique image: its patch grid (images at their own resolution), else ``None``."""
+        if self.grids is not None:
+            counts = self.grids.prod(-1)
+            self.patch_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+            per_image = (counts // processor.image_processor.merge_size ** 2).tolist()
+            tokens = [per_image[self.image_row[i]] for i in image_ids]
+        else:
+            if n_image_tokens is None:
+                n_image_tokens = _count_image_tokens(processor, template, image_token, pil[0])
+            tokens = [n_image_tokens] * len(image_ids)
+        self.image_tokens = tokens
+        """Per question: the image tokens its prompt holds."""
+        placeholder = image_token if image_token in template else "<image>"
+        prompts = tokenizer([template.replace(placeholder, image_token * n).format(question=q)
+                             for q, n in zip(list(ds["question"]), tokens)],
                             add_special_tokens=add_special_tokens)["input_ids"]
         answers = tokenizer([a[0] for a in list(ds["answers"])], add_special_tokens=False)["input_ids"]
         tails = [a + [tokenizer.eos_token_id] for a in answers]
@@ -118,6 +148,30 @@ class TrainingTensors:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def epoch_batches(self, order, batch_size: int) -> list:
+        """The questions of ``order`` (a 1-d index tensor, e.g. an epoch's permutation) in batches
+        of at most ``batch_size``: consecutive chunks, except that questions whose images give
+        different numbers of image tokens never share a batch (``visual_tokens`` needs one count
+        per batch): each count's questions are chunked in ``order``, and the batches follow the
+        position of their first question in ``order``. :meth:`batches_per_epoch` of them."""
+        import torch
+
+        if len(set(self.image_tokens)) <= 1:
+            return list(order.split(batch_size))
+        groups: dict[int, list[int]] = {}
+        for i in order.tolist():
+            groups.setdefault(self.image_tokens[i], []).append(i)
+        position = {i: p for p, i in enumerate(order.tolist())}
+        batches = [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+        return [torch.tensor(b) for b in sorted(batches, key=lambda b: position[b[0]])]
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """How many batches :meth:`epoch_batches` makes of all the questions (any order)."""
+        counts: dict[int, int] = {}
+        for n in self.image_tokens:
+            counts[n] = counts.get(n, 0) + 1
+        return sum(-(-c // batch_size) for c in counts.values())
+
     def batch(self, idx) -> Batch:
         """The rows ``idx`` (a 1-d index tensor), trimmed to the columns they use."""
         if self.padding_side == "left":
@@ -131,14 +185,28 @@ class TrainingTensors:
             prompt_end = int(self.prompt_len[idx].max())
             answer_pos = self.prompt_len[idx]
         attention = self.attention[idx, start:end]
+        input_ids = self.input_ids[idx, start:end]
+        rows = self.sample_image[idx]
+        if self.grids is None:
+            pixels, image_inputs = self.pixels[rows], {}
+            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        else:  # each row's own patches, in row order, with their grids; the model computes M-RoPE
+            import torch
+
+            counts = self.grids[rows].prod(-1)
+            pixels = torch.cat([self.pixels[int(s):int(s) + int(n)] for s, n in zip(self.patch_start[rows], counts)])
+            image_inputs = {"image_grid_thw": self.grids[rows],
+                            "mm_token_type_ids": (input_ids == self.image_token_id).long()}
+            position_ids = None
         return Batch(
-            input_ids=self.input_ids[idx, start:end],
+            input_ids=input_ids,
             attention_mask=attention,
             labels=self.labels[idx, start:end],
-            pixel_values=self.pixels[self.sample_image[idx]],
-            position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+            pixel_values=pixels,
+            position_ids=position_ids,
             prompt_length=prompt_end - start,
             answer_pos=answer_pos,
+            image_inputs=image_inputs,
         )
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from searchskip.eval.batching import batch_spans, image_keys
 from searchskip.eval.generate import prompt_inputs
 
 __all__ = ["FEATURE_CACHES", "PreparedBatch", "PreparedSubset", "prepare_subset", "encodes_images_once"]
@@ -133,12 +134,14 @@ def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache:
                    memory_limit_gb: float = 2.0, folder: str | Path | None = None) -> PreparedSubset:
     """Tokenize and batch ``dataset`` once and (``feature_cache`` other than ``none``, on a model
     that takes ``mm_encoder_outputs``) compute its image features once (see the module doc).
+    Batches are consecutive rows, cut also where the image grid changes
+    (:mod:`searchskip.eval.batching`: order the dataset with ``sorted_by_image`` first).
     ``folder``: where a disk cache makes its temporary folder (default: the system's temp dir)."""
     if feature_cache not in FEATURE_CACHES:
         raise ValueError(f"feature_cache must be one of {', '.join(FEATURE_CACHES)}, but got {feature_cache!r}")
     batches: list[PreparedBatch] = []
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start:start + batch_size]
+    for start, stop in batch_spans(image_keys(loaded, dataset["image"]), batch_size):
+        rows = dataset[start:stop]
         batches.append(PreparedBatch(prompt_inputs(loaded, rows["image"], rows["question"]), device=loaded.device))
     with_images = [b for b in batches if "pixel_values" in b.inputs]
     if feature_cache == "none" or not with_images or not encodes_images_once(loaded.model):

@@ -321,7 +321,7 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
     params = [p for _, p in trainable]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
-    per_epoch = math.ceil(len(data) / spec.batch_size)
+    per_epoch = data.batches_per_epoch(spec.batch_size)
     total = spec.epochs * per_epoch
     warmup = math.ceil(spec.warmup_ratio * total) if spec.warmup_ratio > 0 else 0
     pinned = _pinned(job, spec, plan)
@@ -386,17 +386,16 @@ def run_finetune(job: Job, *, progress: bool = True, loaded: Any = None, restart
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.seed * 100_003 + epoch))
+            batches = data.epoch_batches(perm, spec.batch_size)
             for b in range(offset, per_epoch):
-                idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
+                idx = batches[b]
                 batch = data.batch(idx).to(device, model.dtype)
                 lr = lr_at(step, total, warmup, spec.lr, spec.schedule)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 with plan_context(model, prompt_length=batch.prompt_length):
-                    loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, pixel_values=batch.pixel_values,
-                                 labels=batch.labels, use_cache=False).loss
+                    loss = model(**batch.model_inputs(), use_cache=False).loss
                 loss.backward()
                 if spec.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)

@@ -327,18 +327,28 @@ class Budget:
     def cost(self, report: FlopReport) -> float:
         return report.total(self.count, self.attention)
 
+    def usage(self, report: FlopReport, baseline: FlopReport | None = None) -> float:
+        """The largest share of the budget ``report`` uses: its cost over the limit, for the mean
+        and, for a workload whose samples differ, for every variant (a ratio against the
+        unplanned model's same variant). At most 1 (within a relative 1e-9) fits."""
+        shares = [self.cost(report) / self.limit(baseline)]
+        if report.variants:
+            bases = [b for _, b in baseline.variants] if baseline is not None else [None] * len(report.variants)
+            if len(bases) != len(report.variants):
+                raise ValueError("the baseline was counted on another workload (its variants differ)")
+            shares += [self.cost(r) / self.limit(b) for (_, r), b in zip(report.variants, bases)]
+        return max(shares)
+
+    def binding_cost(self, report: FlopReport, baseline: FlopReport | None = None) -> float:
+        """:meth:`usage` in FLOPs of the mean's limit: the cost itself for a workload of one sample
+        shape, more where some variant is tighter than the mean (what a search fits to the limit)."""
+        return self.usage(report, baseline) * self.limit(baseline)
+
     def allows(self, report: FlopReport, baseline: FlopReport | None = None) -> bool:
         """Whether ``report`` fits the budget (within a relative 1e-9, so ``ratio: 1`` admits
         the unplanned model). A report of a workload whose samples differ fits when its mean
-        and every variant fit (a ratio against the unplanned model's same variant)."""
-        if self.cost(report) > self.limit(baseline) * (1 + 1e-9):
-            return False
-        if not report.variants:
-            return True
-        bases = [b for _, b in baseline.variants] if baseline is not None else [None] * len(report.variants)
-        if len(bases) != len(report.variants):
-            raise ValueError("the baseline was counted on another workload (its variants differ)")
-        return all(self.cost(r) <= self.limit(b) * (1 + 1e-9) for (_, r), b in zip(report.variants, bases))
+        and every variant fit (:meth:`usage`)."""
+        return self.usage(report, baseline) <= 1 + 1e-9
 
     def describe(self) -> str:
         what = (f"{self.ratio:g} x the unplanned model" if self.ratio is not None

@@ -196,10 +196,14 @@ class Workload:
 
     # ---- serialization ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``image_grid`` and ``variants`` only when set (so a workload of a
+        fixed-resolution model reads as before)."""
         data = {"version": WORKLOAD_VERSION, **asdict(self)}
-        data["image_grid"] = list(self.image_grid) if self.image_grid is not None else None
-        data["variants"] = [{"weight": w, **{k: v for k, v in variant.to_dict().items() if k != "variants"}}
-                            for w, variant in self.variants]
+        del data["image_grid"], data["variants"]
+        if self.image_grid is not None:
+            data["image_grid"] = list(self.image_grid)
+        if self.variants:
+            data["variants"] = [{"weight": w, **variant.to_dict()} for w, variant in self.variants]
         return data
 
     @classmethod

@@ -9,7 +9,8 @@ activations wanda measures cover image and text tokens.
 
 The rows are drawn with ``random.Random`` seeded from SHA-256 of ``(seed, "calibration")``
 (:func:`searchskip.data.subset.stream_seed`), so the choice is the same on every process
-and machine; the chosen rows are taken in dataset order.
+and machine; the chosen rows are taken in dataset order (grouped by image grid for models
+that size images individually: :mod:`searchskip.eval.batching`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 from typing import Any
 
 from searchskip.errors import DataError
+from searchskip.eval.batching import batch_spans, image_keys, sorted_by_image
 from searchskip.eval.generate import prompt_inputs
 
 __all__ = ["calibration_indices", "calibration_batches"]
@@ -44,9 +46,9 @@ def calibration_batches(loaded: Any, dataset: Any, samples: int, seed: int, batc
     missing = [c for c in ("image", "question") if c not in dataset.column_names]
     if missing:
         raise DataError(f"calibration data lacks the column(s) {', '.join(missing)} (map it onto the VQA schema first)")
-    rows = dataset.select(calibration_indices(len(dataset), samples, seed))
+    rows = sorted_by_image(loaded, dataset.select(calibration_indices(len(dataset), samples, seed)))
     batches: list[dict] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    for start, stop in batch_spans(image_keys(loaded, rows["image"]), batch_size):
+        chunk = rows[start:stop]
         batches.append(prompt_inputs(loaded, chunk["image"], chunk["question"]))
     return batches

@@ -157,14 +157,17 @@ class BudgetFit:
         return plan, dict(trial.params)
 
     def cost(self, params: dict[str, Any]) -> float:
-        """Exact FLOPs per sample (the budget's convention) of a full assignment's plan."""
+        """Exact FLOPs per sample (the budget's convention) of a full assignment's plan: its
+        :meth:`~searchskip.flops.Budget.binding_cost`, so that fitting it to the limit fits every
+        image size of a workload whose samples differ."""
         from searchskip.search.objective import plan_cost
 
         plan, _ = self.plan_of(params)
         key = plan.key()
         if key not in self._costs:
             report, _, _ = plan_cost(self.ctx, plan)
-            self._costs[key] = self.ctx.budget.cost(report)
+            # the mean's cost, or more where an image size of the workload is tighter than the mean
+            self._costs[key] = self.ctx.budget.binding_cost(report, self.ctx.baseline)
         return self._costs[key]
 
     def fits(self, cost: float) -> bool:

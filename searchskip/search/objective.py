@@ -119,8 +119,10 @@ class ModelEvaluator:
                  report_every: int = 1, apply_fn: Callable[[Plan], Any] | None = None,
                  feature_cache: str = "auto", memory_limit_gb: float = 2.0, cache_folder: Any = None,
                  objective: str = "accuracy"):
+        from searchskip.eval.batching import sorted_by_image
         from searchskip.eval.prepared import prepare_subset
 
+        dataset = sorted_by_image(loaded, dataset)  # one image grid per batch (visual_tokens needs it)
         self.loaded = loaded
         self.dataset = dataset
         self.batch_size = batch_size

@@ -80,12 +80,19 @@ def check_budget_reachable(budget: Any, baseline: Any, job_file: str | None = No
     (:meth:`~searchskip.flops.FlopReport.fixed_total` of the unplanned ``baseline``): every trial would be
     recorded as over budget. The message gives the smallest budget any plan could meet."""
     total = budget.cost(baseline)
-    floor = baseline.fixed_total(budget.count, budget.attention)
-    if budget.limit(baseline) >= floor * (1 - 1e-9) or not total:
+    shapes = [baseline] + [b for _, b in baseline.variants]  # the mean, and every image size
+    fixed = [(b.fixed_total(budget.count, budget.attention), budget.cost(b)) for b in shapes]
+    if all(budget.limit(b) >= f * (1 - 1e-9) for b, (f, _) in zip(shapes, fixed)) or not total:
         return
+    if budget.ratio is not None:
+        floor, total = max(fixed, key=lambda ft: ft[0] / ft[1] if ft[1] else 0.0)
+    else:
+        floor = max(f for f, _ in fixed)
+    floor = floor if len(shapes) > 1 else fixed[0][0]
+    which = "on this workload" if len(shapes) == 1 else "on the workload's most demanding image size"
     why = ("no plan can cost less than what no plan changes (vision tower, projector, lm_head: "
-           f"{floor / total:.4f}x the unplanned model's FLOPs, {floor / 1e9:.4g} GFLOPs per sample on this "
-           "workload), so every trial would be recorded as over budget")
+           f"{floor / total:.4f}x the unplanned model's FLOPs, {floor / 1e9:.4g} GFLOPs per sample {which}), "
+           "so every trial would be recorded as over budget")
     if budget.ratio is not None:
         key, rule = "flops_ratio", (f"`flops_ratio >= {_round_up(floor / total)}` must hold: {why}; but got "
                                     f"flops_ratio={budget.ratio!r}")

@@ -79,6 +79,19 @@ def check_safety(spec: ModelSpec, source: str) -> None:
             )
 
 
+def check_family(spec: ModelSpec) -> None:
+    """:class:`ModelError` when the model of ``spec`` is of a family searchskip does not support,
+    judged from its ``config.json`` alone (no weights, no processor): every verb runs this before
+    loading anything, ``searchskip validate`` included, so all refuse it with one message. Only
+    local (and embedded) folders are checked; a hub id is checked once its config is loaded."""
+    source, _ = resolve_source(spec)
+    if not (Path(source) / "config.json").is_file():
+        return
+    from searchskip.flops import geometry_of, resolve_config
+
+    geometry_of(resolve_config(spec)[0])
+
+
 def _device(requested: str) -> str:
     import torch
 
@@ -110,6 +123,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     check_safety(spec, source)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise ModelError(f"model.id: '{source}' is not a loadable model folder: it has no config.json")
+    check_family(spec)
     hf_logging.disable_progress_bar()  # searchskip shows its own progress
     kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     try:

@@ -193,3 +193,35 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
         alone = plain.generate(**row_inputs(inputs, 1), max_new_tokens=3, do_sample=False)
     assert torch.equal(got, want)
     assert torch.equal(alone[0, -3:], got[1, -3:])
+
+
+def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_folder, capsys):
+    """A family searchskip has no adapter for (LLaVA-NeXT here) is refused from its config.json alone,
+    before any weight, processor or data is loaded, with the same message by every verb; nothing is written."""
+    import transformers as tf
+
+    config = tf.LlavaNextConfig(
+        text_config=dict(model_type="llama", vocab_size=100, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
+        image_token_id=99, image_grid_pinpoints=[[32, 32], [32, 64]])
+    tf.LlavaNextForConditionalGeneration(config).save_pretrained(tmp_path / "model")  # weights only: no processor
+    job = _job(tmp_path, tmp_path / "model", vqa_folder)
+    job.write_text(job.read_text() + "finetune:\n  method: projector\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\nlayers:\n  1: skip_block\n")
+    verbs = {"validate": [str(job)], "flops": [str(job)], "eval": [str(job)], "search": [str(job), "--no-progress"],
+             "export": ["--job", str(job), "--plan", str(plan), "--out", str(tmp_path / "exp"), "--no-progress"],
+             "finetune": [str(job), "--no-progress"]}
+    first_lines = set()
+    for verb, argv in verbs.items():
+        capsys.readouterr()
+        assert cli.main([verb, *argv]) == 2, verb
+        captured = capsys.readouterr()
+        text = (captured.err or captured.out).strip()
+        line = next(x for x in text.splitlines() if "LlavaNextForConditionalGeneration" in x)
+        first_lines.add(line.removeprefix("error: "))
+        assert "Qwen2_5_VLForConditionalGeneration" in text  # the supported families are listed
+    assert len(first_lines) == 1 and f"{job}: model.id:" in first_lines.pop()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "exp").exists()

@@ -123,3 +123,41 @@ def test_grid_for_follows_the_processor_resize():
     assert vision.tokens_per_image(vision.grid_for(96, 64)) == 96
     # below min_pixels (56 * 56) the image is scaled up, keeping its aspect
     assert vision.grid_for(30, 50) == (1, 12, 20)
+
+
+def test_qwen2_5_vl_7b_shipped_config_is_counted_as_by_hand():
+    """Qwen2.5-VL-7B-Instruct (config shipped in the package) on a 480 x 640 image: resized to
+    476 x 644, a 34 x 46 patch grid, 391 LLM positions; the ViT by hand."""
+    from searchskip.flops import known_config
+
+    config = known_config("Qwen/Qwen2.5-VL-7B-Instruct")
+    g = geometry_of(config)
+    assert (g.family, g.num_layers, round(g.params_total / 1e9, 2)) == ("qwen2.5-vl", 28, 8.29)
+    vision = g.vision
+    grid = vision.grid_for(480, 640)
+    assert grid == (1, 34, 46) and vision.tokens_per_image(grid) == 391
+    patches = 34 * 46
+    per_patch = 2 * (1280 * 3840 + 1280 * 1280 + 3 * 1280 * 3420)  # qkv, proj, gate/up/down
+    units_h, units_w = [4, 4, 4, 4, 1], [4, 4, 4, 4, 4, 3]  # 17 x 23 merged units in windows of 4 x 4
+    window_pairs = 16 * sum(r * r for r in units_h) * sum(c * c for c in units_w)
+    attention = 4 * 1280 * (4 * patches ** 2 + 28 * window_pairs)  # 4 full blocks, 28 windowed
+    embed = 2 * 3 * 2 * 14 * 14 * 1280 * patches
+    tower = sum(f for _, _, f in vision.entries(1, grid))
+    assert tower == 32 * patches * per_patch + attention + embed
+    report = count_flops(config, None, Workload(prompt_tokens=45, generated_tokens=2, image_grid=grid))
+    assert report.by_component()["projector"] == 391 * 2 * (5120 * 5120 + 5120 * 3584)
+    assert round(report.total() / 1e12, 3) == 7.817
+
+
+@pytest.mark.parametrize(("name", "ratio"), [("paper-every-2nd", 0.7115), ("paper-every-2nd-generated", 0.9993),
+                                             ("image-tokens-frozen", 0.6075)])
+def test_qwen2_5_vl_7b_shipped_plans_cost_what_the_readme_says(name, ratio):
+    from pathlib import Path
+
+    from searchskip.flops import known_config
+
+    config = known_config("Qwen/Qwen2.5-VL-7B-Instruct")
+    plan = Plan.load(Path(__file__).resolve().parents[1] / "spaces/plans/qwen2.5-vl-7b" / f"{name}.yaml")
+    plan.validate(28)
+    w = Workload(prompt_tokens=45, generated_tokens=2, image_grid=(1, 34, 46))
+    assert round(count_flops(config, plan, w).ratio(count_flops(config, None, w)), 4) == ratio

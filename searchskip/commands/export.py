@@ -75,6 +75,7 @@ def run(args) -> int:
     from searchskip.errors import ConfigError
     from searchskip.export.writer import ExportSource, check_export_target, export_plan
     from searchskip.plan import Plan
+    from searchskip.search.preflight import check_model_family
 
     exports: list[tuple[Any, Plan, Path, ExportSource, str | None]] = []
     if args.job or args.plan:
@@ -104,6 +105,7 @@ def run(args) -> int:
                             info.get("cwd")))
     for job, plan, out, _source, cwd in exports:  # refuse a bad target before the first export's scoring
         with in_dir(cwd):
+            check_model_family(job)  # an unsupported family: the message every verb gives
             check_export_target(out.absolute(), job, plan)
     console = Console()
     dataset = None  # the validation split, loaded once: every export here is of the same job

@@ -26,8 +26,10 @@ def run(args) -> int:
 
     from searchskip.config.loader import load_job
     from searchskip.finetune import run_finetune
+    from searchskip.search.preflight import check_model_family
 
     job = load_job(args.job)
+    check_model_family(job)  # an unsupported family: the message every verb gives
     # a job without a `finetune:` section: run_finetune's ConfigError (exit 2) says what to do
     result = run_finetune(job, progress=not args.no_progress, restart=args.restart)
     if args.json:

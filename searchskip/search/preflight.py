@@ -12,7 +12,6 @@ Every failure is a :class:`~searchskip.errors.SearchSkipError` naming the job fi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from searchskip.config.job import Job
@@ -31,17 +30,12 @@ def check_model_family(job: Job) -> None:
     are checked: the embedded models are supported, and a hub id would need the network (its family
     is checked when it is loaded)."""
     from searchskip.config.job import EMBEDDED_PREFIX
-    from searchskip.models import resolve_source
+    from searchskip.models import check_family
 
     if job.model.id.startswith(EMBEDDED_PREFIX):
         return
-    source, _ = resolve_source(job.model)
-    if not (Path(source) / "config.json").is_file():
-        return
-    from searchskip.flops import geometry_of, resolve_config
-
     try:
-        geometry_of(resolve_config(job.model)[0])
+        check_family(job.model)
     except SearchSkipError as e:
         raise in_job(_where(job), e, "model.id") from None
 

@@ -13,7 +13,7 @@ from searchskip.arch import get_adapter
 from searchskip.errors import ConfigError
 from searchskip.ops import prune
 from searchskip.plan import SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT, DropSpec, LayerOp, Plan, PruneSpec
-from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, LLAVA_FAMILIES, tiny_inputs, tiny_model
+from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, MULTIMODAL_FAMILIES, append_tokens, tiny_inputs, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,9 +31,7 @@ def _logits(model, inputs, **kw):
 def _recompute(model, inputs, sequences):
     """Logits of a no-cache recompute of ``sequences`` (prompt = ``inputs``), under plan_context."""
     n = inputs["input_ids"].shape[1]
-    full = dict(inputs, input_ids=sequences)
-    full["attention_mask"] = torch.cat(
-        [inputs["attention_mask"], torch.ones(sequences.shape[0], sequences.shape[1] - n, dtype=torch.long)], 1)
+    full = append_tokens(inputs, sequences[:, n:])
     with plan_context(model, prompt_length=n):
         return _logits(model, full, use_cache=False)[:, n - 1:-1]
 
@@ -336,7 +334,7 @@ def test_prune_failure_leaves_model_untouched():
     assert torch.equal(_logits(model, tiny_inputs(model)), before)
 
 
-@pytest.mark.parametrize("family", LLAVA_FAMILIES)
+@pytest.mark.parametrize("family", MULTIMODAL_FAMILIES)
 def test_drop_and_scopes_together(family):
     model = tiny_model(family)
     inputs = tiny_inputs(model)

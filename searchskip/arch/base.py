@@ -160,6 +160,16 @@ class ArchAdapter(ABC):
     def attn_geometry(self, layer: "nn.Module") -> tuple[int, int, int]:
         """``(num_heads, num_kv_heads, head_dim)`` of ``layer``'s attention."""
 
+    def query_norm(self, layer: "nn.Module", q: "torch.Tensor") -> "torch.Tensor":
+        """Queries (batch x heads x positions x head_dim, projected, before rotary embeddings) as
+        the attention normalizes them per head (Qwen3's ``q_norm``); default: unchanged. Code
+        that computes attention for selected positions itself (token scopes, ranking) calls it."""
+        return q
+
+    def key_norm(self, layer: "nn.Module", k: "torch.Tensor") -> "torch.Tensor":
+        """Keys, as :meth:`query_norm` (Qwen3's ``k_norm``); default: unchanged."""
+        return k
+
     # ---------------------------------------------------------------- decomposition
     @abstractmethod
     def attn_delta(self, layer: "nn.Module", hidden_states: "torch.Tensor", **layer_kwargs: Any) -> "torch.Tensor":

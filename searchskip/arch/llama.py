@@ -1,4 +1,4 @@
-"""Llama-style pre-norm decoders: Llama (and Vicuna), Mistral, Qwen2.
+"""Llama-style pre-norm decoders: Llama (and Vicuna), Mistral, Qwen2, Qwen3.
 
 In transformers 5.x the three decoder layers are line-for-line the same::
 
@@ -15,6 +15,8 @@ calls as a whole, so one adapter serves all three:
   model builds one sliding-window mask and a ``DynamicCache(config=...)`` of sliding layers.
 - Qwen2: q/k/v biased, o not; sliding window per layer from ``config.layer_types`` (only when
   ``use_sliding_window``), so the model passes a per-layer mask.
+- Qwen3: Qwen2's layer with per-head RMSNorms of the queries and keys (``q_norm``, ``k_norm``,
+  before the rotary embeddings; :meth:`LlamaAdapter.query_norm`), no q/k/v biases.
 - The decoders of Qwen2-VL / Qwen2.5-VL (``qwen2_vl_text``, ``qwen2_5_vl_text``; no causal-LM
   class of their own): Qwen2's layers, with M-RoPE folded into the ``position_embeddings``
   the text model passes (see :mod:`searchskip.arch.qwen_vl`).
@@ -27,16 +29,16 @@ from typing import Any
 from searchskip.arch.base import ArchAdapter, class_names
 from searchskip.errors import ModelError
 
-_CAUSAL_LMS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_CAUSAL_LMS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 
 
 class LlamaAdapter(ArchAdapter):
-    """Pre-norm RMSNorm decoders with a gated (SwiGLU) FFN: Llama/Vicuna, Mistral, Qwen2."""
+    """Pre-norm RMSNorm decoders with a gated (SwiGLU) FFN: Llama/Vicuna, Mistral, Qwen2, Qwen3."""
 
     name = "llama"
-    description = "LlamaForCausalLM (Llama, Vicuna), MistralForCausalLM, Qwen2ForCausalLM"
-    text_model_types = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
+    description = "LlamaForCausalLM (Llama, Vicuna), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+    text_model_types = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text")
     mlp_in_keys = ("gate", "up")
     mlp_out_key = "down"
 
@@ -78,6 +80,14 @@ class LlamaAdapter(ArchAdapter):
         heads = a.q_proj.out_features // a.head_dim
         kv_heads = a.k_proj.out_features // a.head_dim
         return heads, kv_heads, a.head_dim
+
+    def query_norm(self, layer, q):
+        norm = getattr(layer.self_attn, "q_norm", None)
+        return q if norm is None else norm(q)
+
+    def key_norm(self, layer, k):
+        norm = getattr(layer.self_attn, "k_norm", None)
+        return k if norm is None else norm(k)
 
     def attn_delta(self, layer, hidden_states, use_cache=False, **kwargs):
         # Mirrors {Llama,Mistral,Qwen2}DecoderLayer.forward: the layer's keyword arguments go to

@@ -17,7 +17,7 @@ from searchskip.arch.wrapper import WrapperAdapter
 class LlavaAdapter(WrapperAdapter):
     """LLaVA-1.5-style models: CLIP vision tower + projector + a supported decoder."""
 
-    description = "LlavaForConditionalGeneration over any decoder family listed here (Llama/Vicuna, Mistral, Qwen2, OPT)"
+    description = "LlavaForConditionalGeneration over any decoder family listed here (Llama/Vicuna, Mistral, Qwen2, Qwen3, OPT)"
     model_type = "llava"
     class_name = "LlavaForConditionalGeneration"
     family = "llava"

@@ -120,6 +120,12 @@ class WrapperAdapter(ArchAdapter):
     def attn_geometry(self, layer):
         return self._decoder().attn_geometry(layer)
 
+    def query_norm(self, layer, q):
+        return self._decoder().query_norm(layer, q)
+
+    def key_norm(self, layer, k):
+        return self._decoder().key_norm(layer, k)
+
     def attn_delta(self, layer, hidden_states, **layer_kwargs):
         return self._decoder().attn_delta(layer, hidden_states, **layer_kwargs)
 

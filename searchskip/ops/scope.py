@@ -562,7 +562,7 @@ def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor
     heads, kv_heads, head_dim = adapter.attn_geometry(layer)
     batch = h.shape[0]
     x = adapter.attn_norm(layer)(h[:, :kv_stop])
-    k = to_heads(lin["k"](x), kv_heads, head_dim)
+    k = adapter.key_norm(layer, to_heads(lin["k"](x), kv_heads, head_dim))
     v = to_heads(lin["v"](x), kv_heads, head_dim)
     rope = layer_kwargs.get("position_embeddings")
     if rope is not None:
@@ -575,7 +575,7 @@ def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor
 
     xq = queries.take(x)
     n = xq.shape[1]
-    q = to_heads(lin["q"](xq), heads, head_dim)
+    q = adapter.query_norm(layer, to_heads(lin["q"](xq), heads, head_dim))
     if rope is not None:
         q = _rotate(q, queries.take(cos), queries.take(sin))
     mask = _slice_mask(layer_kwargs.get("attention_mask"), queries, kv_stop, length, k.shape[2], h.device)

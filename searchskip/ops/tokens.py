@@ -404,7 +404,8 @@ class _Capture:
             raise RuntimeError("visual_tokens rank 'attention' needs the ranking layer's attention over the whole prompt, "
                                "but its q/k projections did not run for every prompt position")
         heads, kv_heads, head_dim = self.adapter.attn_geometry(self.layer)
-        q, k = to_heads(q_out[:, n - 1: n], heads, head_dim), to_heads(k_out[:, :n], kv_heads, head_dim)
+        q = self.adapter.query_norm(self.layer, to_heads(q_out[:, n - 1: n], heads, head_dim))
+        k = self.adapter.key_norm(self.layer, to_heads(k_out[:, :n], kv_heads, head_dim))
         rope = kwargs.get("position_embeddings")
         if rope is not None:
             cos, sin = rope

@@ -10,6 +10,7 @@ hundredths of a second.
 ``llama``       LlamaForCausalLM, 4 heads (MHA), no sliding window
 ``mistral``     MistralForCausalLM, 4 heads / 2 KV heads (GQA), sliding window 8
 ``qwen2``       Qwen2ForCausalLM, 4 heads / 2 KV heads (GQA), q/k/v biases, no sliding window
+``qwen3``       Qwen3ForCausalLM, 4 heads / 2 KV heads, per-head q/k RMSNorms
 ``opt``         OPTForCausalLM, pre-norm, 4 heads, dropout 0.1 (inactive in eval)
 ``llava-*``     LlavaForConditionalGeneration: CLIP ViT (32x32 image, patch 8, 2 layers)
                 -> 16 image tokens, 2-layer projector, and the decoder above

@@ -51,6 +51,9 @@ def _text_config(decoder: str, num_layers: int, overrides: dict[str, Any]):
     elif decoder == "qwen2":
         kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
         cls = tf.Qwen2Config
+    elif decoder == "qwen3":
+        kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        cls = tf.Qwen3Config
     elif decoder == "opt":
         kw.update(ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, init_std=0.1)
         cls = tf.OPTConfig
@@ -92,6 +95,7 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 "llama": tf.LlamaForCausalLM,
                 "mistral": tf.MistralForCausalLM,
                 "qwen2": tf.Qwen2ForCausalLM,
+                "qwen3": tf.Qwen3ForCausalLM,
                 "opt": tf.OPTForCausalLM,
             }[decoder]
             model = cls(text_config)

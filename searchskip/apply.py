@@ -195,7 +195,8 @@ def apply(model: Any, plan: Plan, *, calibration: Sequence[Mapping[str, Any]] | 
         for i, handler, op in sites:
             for offset, use in handler.attention_use(op).items():
                 uses[i + offset] = use
-            built = handler.build(LayerSite(index=i, op=op, layers=layers, adapter=adapter, runtime=runtime))
+            built = handler.build(LayerSite(index=i, op=op, layers=layers, adapter=adapter, runtime=runtime,
+                                            injected=adapter.injected_layers(model)))
             for j, forward in built.items():
                 if j in forwards:
                     raise RuntimeError(f"layer {j} would get two forwards (ops at layer {i} and an earlier one)")

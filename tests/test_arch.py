@@ -31,8 +31,9 @@ EXPECTED = {
     "llava-opt": ("llava-opt", "OPTDecoder", "OPTDecoderLayer"),
     "qwen2-vl": ("qwen2-vl", "Qwen2VLTextModel", "Qwen2VLDecoderLayer"),
     "qwen2.5-vl": ("qwen2.5-vl", "Qwen2_5_VLTextModel", "Qwen2_5_VLDecoderLayer"),
+    "qwen3-vl": ("qwen3-vl", "Qwen3VLTextModel", "Qwen3VLTextDecoderLayer"),
 }
-TEXT_MODEL_TYPES = {"qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text"}
+TEXT_MODEL_TYPES = {"qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
 
 
 def test_expected_table_covers_every_family():
@@ -69,7 +70,13 @@ def test_adapter_found_and_locations(family):
         assert adapter.language_model(model) is not model.model.vision_tower
     elif family in QWEN_VL_FAMILIES:
         assert adapter.vision_tower(model) is model.model.visual
-        assert adapter.projector(model) is model.model.visual.merger
+        projector = adapter.projector(model)
+        if family == "qwen3-vl":  # the merger and the DeepStack mergers, after whose features layer 0 ... adds
+            assert list(projector) == [model.model.visual.merger, *model.model.visual.deepstack_merger_list]
+            assert adapter.injected_layers(model) == frozenset({0})
+        else:
+            assert projector is model.model.visual.merger
+            assert adapter.injected_layers(model) == frozenset()
         assert adapter.image_token_id(model) == model.config.image_token_id == 99
     else:
         assert adapter.vision_tower(model) is None
@@ -342,5 +349,5 @@ def test_registry_refuses_duplicates():
 
 
 def test_registry_lists_each_family_once():
-    assert REGISTRY.names() == ["llava", "qwen2.5-vl", "qwen2-vl", "llama", "opt"]
-    assert len(supported_families()) == 5
+    assert REGISTRY.names() == ["llava", "qwen2.5-vl", "qwen2-vl", "qwen3-vl", "llama", "opt"]
+    assert len(supported_families()) == 6

@@ -198,8 +198,24 @@ def _ref_parallel_attn_ffn(adapter, layers, i, inside, average):
     return {i: forward}
 
 
-def _ref_parallel_blocks(adapter, layers, i, inside, average):
+def _ref_parallel_blocks(adapter, layers, i, inside, average, injected=False):
     first, second = layers[i], layers[i + 1]
+    if injected:  # the model adds features after layer i (DeepStack): both layers read x, the features join the sum
+        kept = {}
+
+        def first_forward(x, **kw):
+            a = type(first).forward(first, x, **kw)
+            kept.update(x=x, a=a, returned=torch.where(inside, x, a))
+            return kept["returned"]
+
+        def second_forward(y, **kw):  # one stream, as without the features: x in the pair, y outside it
+            x, a = kept["x"], kept["a"]
+            added = y - kept["returned"]
+            b = type(second).forward(second, torch.where(inside, x, y), **kw)
+            pair = x + ((a - x) + (b - x)) / 2 if average else x + (a - x) + (b - x)
+            return torch.where(inside, pair + added, b)
+
+        return {i: first_forward, i + 1: second_forward}
 
     def forward(x, **kw):  # layers i and i+1 share one mask type in the cases used here
         a = type(first).forward(first, x, **kw)
@@ -231,7 +247,8 @@ def _reference_logits(model, op, scope, average, inputs, n) -> torch.Tensor:
     adapter = get_adapter(ref)
     layers = adapter.layers(ref)
     inside = _scope_masks(inputs, n, scope if op != DROP else SCOPE_ALL)
-    for j, forward in REFERENCES[op](adapter, layers, LAYER, inside, average).items():
+    extra = {"injected": True} if op == PARALLEL_BLOCKS and LAYER in adapter.injected_layers(ref) else {}
+    for j, forward in REFERENCES[op](adapter, layers, LAYER, inside, average, **extra).items():
         layers[j].forward = forward
     return _logits(ref, inputs, use_cache=False)
 
@@ -253,9 +270,14 @@ def test_matches_reference(case, left_pad, op, scope, average):
 
 
 def _deleted_layer_model(model, i: int):
+    """The model without layer ``i``; where the model adds features after layer ``i`` by index
+    (Qwen3-VL's DeepStack), deleting it would move them, so layer ``i`` passes its input instead."""
     ref = copy.deepcopy(model)
     adapter = get_adapter(ref)
     layers = adapter.layers(ref)
+    if i in adapter.injected_layers(ref):
+        layers[i].forward = lambda h, *args, **kw: h
+        return ref
     del layers[i]
     for j, layer in enumerate(layers):
         adapter.attention(layer).layer_idx = j
@@ -274,6 +296,10 @@ def test_skip_block_equals_deleted_layer(case, layer, op):
     inputs = tiny_inputs(model)
     ref = _deleted_layer_model(model, layer)
     expected = _logits(ref, inputs, use_cache=False)
+    if layer in get_adapter(model).injected_layers(model):  # the passing copy has no cache slot of its own to decode with
+        with apply(model, _plan(op, SCOPE_ALL, False, layer)):
+            torch.testing.assert_close(_logits(model, inputs, use_cache=False), expected, rtol=1e-5, atol=1e-5)
+        return
     gen_kw = dict(max_new_tokens=4, do_sample=False, suppress_tokens=[IMAGE_TOKEN_ID, EOS_ID])
     with torch.no_grad():
         expected_tokens = ref.generate(**inputs, **gen_kw)

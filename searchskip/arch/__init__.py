@@ -21,7 +21,7 @@ from searchskip.arch.base import AdapterRegistry, ArchAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
 from searchskip.arch.opt import OPTAdapter
-from searchskip.arch.qwen_vl import Qwen2VLAdapter, Qwen25VLAdapter
+from searchskip.arch.qwen_vl import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 from searchskip.arch.wrapper import WrapperAdapter
 
 REGISTRY = AdapterRegistry()
@@ -37,6 +37,7 @@ def register(adapter: ArchAdapter) -> ArchAdapter:
 register(LlavaAdapter())
 register(Qwen25VLAdapter())
 register(Qwen2VLAdapter())
+register(Qwen3VLAdapter())
 register(LlamaAdapter())
 register(OPTAdapter())
 # ----------------------------------------------------------------------------------------
@@ -62,6 +63,7 @@ __all__ = [
     "OPTAdapter",
     "Qwen25VLAdapter",
     "Qwen2VLAdapter",
+    "Qwen3VLAdapter",
     "REGISTRY",
     "get_adapter",
     "register",

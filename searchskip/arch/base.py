@@ -115,6 +115,13 @@ class ArchAdapter(ABC):
         """Id of the placeholder token that image features replace; ``None`` for text-only."""
         return None
 
+    def injected_layers(self, model: Any) -> frozenset[int]:
+        """Decoder layers after which the model adds something by layer index (Qwen3-VL's DeepStack
+        adds vision features after layers ``0 .. k-1``): skipping them at runtime keeps the
+        injection right, but an export cannot remove them physically (the layers after would be
+        renumbered into their place). Default: none."""
+        return frozenset()
+
     # ---------------------------------------------------------------- per-layer locations
     @abstractmethod
     def attention(self, layer: "nn.Module") -> "nn.Module":

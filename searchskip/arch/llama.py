@@ -17,8 +17,8 @@ calls as a whole, so one adapter serves all three:
   ``use_sliding_window``), so the model passes a per-layer mask.
 - Qwen3: Qwen2's layer with per-head RMSNorms of the queries and keys (``q_norm``, ``k_norm``,
   before the rotary embeddings; :meth:`LlamaAdapter.query_norm`), no q/k/v biases.
-- The decoders of Qwen2-VL / Qwen2.5-VL (``qwen2_vl_text``, ``qwen2_5_vl_text``; no causal-LM
-  class of their own): Qwen2's layers, with M-RoPE folded into the ``position_embeddings``
+- The decoders of Qwen2-VL / Qwen2.5-VL / Qwen3-VL (``qwen2_vl_text``, ``qwen2_5_vl_text``,
+  ``qwen3_vl_text``; no causal-LM class of their own): Qwen2's (Qwen3's) layers, with M-RoPE folded into the ``position_embeddings``
   the text model passes (see :mod:`searchskip.arch.qwen_vl`).
 """
 
@@ -38,7 +38,7 @@ class LlamaAdapter(ArchAdapter):
 
     name = "llama"
     description = "LlamaForCausalLM (Llama, Vicuna), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
-    text_model_types = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text")
+    text_model_types = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
     mlp_in_keys = ("gate", "up")
     mlp_out_key = "down"
 

@@ -12,9 +12,10 @@ What is done once, not per trial:
 * **The vision tower and the projector**: no plan touches them (plans act on the decoder), so
   their output for the subset is the same in every trial. Where the model's ``forward`` takes
   ``mm_encoder_outputs`` (transformers 5.x VLMs, LLaVA included), the image features
-  (``get_image_features(...).pooler_output``, exactly what ``generate`` itself would compute
-  before prefill) are computed once and handed to ``generate`` instead of ``pixel_values``:
-  the answers are the same tokens (tested), the vision tower does not run again.
+  (``get_image_features(...)``, exactly what ``generate`` itself would compute before
+  prefill: ``pooler_output``, and Qwen3-VL's ``deepstack_features``) are computed once and
+  handed to ``generate`` instead of ``pixel_values``: the answers are the same tokens
+  (tested), the vision tower does not run again.
 
 Where the features live (``feature_cache``):
 
@@ -62,21 +63,22 @@ class PreparedBatch:
 
     inputs: dict
     """``input_ids``, ``attention_mask`` and ``pixel_values`` (on the model's device)."""
-    features: list | None = None
-    """Per-image feature tensors held in memory (``memory`` cache)."""
+    features: dict | None = None
+    """The image features as named tensors (:func:`_flatten`) held in memory (``memory`` cache)."""
     feature_file: Path | None = None
     """The safetensors file holding them (``disk`` cache)."""
     device: Any = None
+    output_class: Any = None
+    """The class of ``get_image_features``' output, rebuilt around the features."""
 
-    def _features(self) -> list | None:
+    def _features(self) -> dict | None:
         if self.features is not None:
             return self.features
         if self.feature_file is None:
             return None
         from safetensors.torch import load_file
 
-        stored = load_file(str(self.feature_file), device=str(self.device))
-        return [stored[str(i)] for i in range(len(stored))]
+        return load_file(str(self.feature_file), device=str(self.device))
 
     def generate_inputs(self) -> dict:
         """The keyword arguments for ``model.generate``: the cached features instead of
@@ -86,10 +88,8 @@ class PreparedBatch:
         features = self._features()
         if features is None:
             return dict(self.inputs)
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         inputs = {k: v for k, v in self.inputs.items() if k not in ("pixel_values", "image_sizes")}
-        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        inputs["mm_encoder_outputs"] = {"image": self.output_class(**_unflatten(features))}
         return inputs
 
 
@@ -120,14 +120,51 @@ class PreparedSubset:
         self.close()
 
 
-def _image_features(model: Any, inputs: dict) -> list:
-    """What ``generate`` computes before prefill: ``get_image_features(...).pooler_output``, one tensor per image."""
+_FEATURE_FIELDS = ("pooler_output", "deepstack_features")
+"""Fields of ``get_image_features``' output that the decoder reads (one tensor per image; Qwen3-VL's
+``deepstack_features``: per DeepStack level, one tensor per image)."""
+
+
+def _image_features(model: Any, inputs: dict) -> tuple[Any, dict]:
+    """What ``generate`` computes before prefill: ``(output class, named feature tensors)`` of
+    ``get_image_features(...)``."""
     import torch
 
     kwargs = {k: inputs[k] for k in ("pixel_values", "image_sizes", "image_grid_thw") if k in inputs}
     with torch.inference_mode():
         out = model.base_model.get_image_features(**kwargs, return_dict=True)
-    return [t.detach() for t in out.pooler_output]
+    return type(out), _flatten(out)
+
+
+def _flatten(out: Any) -> dict:
+    """``{"pooler_output.<image>": t, "deepstack_features.<level>.<image>": t}`` of an encoder output."""
+    flat: dict = {}
+    for name in _FEATURE_FIELDS:
+        value = getattr(out, name, None)
+        if value is None:
+            continue
+        if name == "pooler_output":
+            flat.update({f"{name}.{i}": t.detach() for i, t in enumerate(value)})
+        else:
+            flat.update({f"{name}.{level}.{i}": t.detach() for level, per_image in enumerate(value)
+                         for i, t in enumerate(per_image)})
+    return flat
+
+
+def _unflatten(flat: dict) -> dict:
+    """The output fields of :func:`_flatten`'s tensors (lists in image / level order)."""
+    fields: dict = {}
+    for key in sorted(flat, key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")]):
+        name, *index = key.split(".")
+        if name == "pooler_output":
+            fields.setdefault(name, []).append(flat[key])
+        else:
+            levels = fields.setdefault(name, [])
+            level = int(index[0])
+            while len(levels) <= level:
+                levels.append([])
+            levels[level].append(flat[key])
+    return fields
 
 
 def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache: FeatureCache = "auto",
@@ -152,8 +189,9 @@ def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache:
     total = 0
     out_folder: Path | None = None
     for index, batch in enumerate(with_images):
-        features = _image_features(loaded.model, batch.inputs)
-        size = sum(t.numel() * t.element_size() for t in features)
+        output_class, features = _image_features(loaded.model, batch.inputs)
+        batch.output_class = output_class
+        size = sum(t.numel() * t.element_size() for t in features.values())
         if mode == "auto":  # estimated from the first batch: every batch holds as many images per row
             mode = "memory" if size * len(with_images) <= limit else "disk"
         total += size
@@ -165,5 +203,5 @@ def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache:
         if out_folder is None:
             out_folder = Path(tempfile.mkdtemp(prefix="searchskip-features-", dir=folder))
         batch.feature_file = out_folder / f"batch-{index:05d}.safetensors"
-        save_file({str(i): t.contiguous().cpu() for i, t in enumerate(features)}, str(batch.feature_file))
+        save_file({k: t.contiguous().cpu() for k, t in features.items()}, str(batch.feature_file))
     return PreparedSubset(batches, cache=mode, feature_bytes=total, folder=out_folder)

@@ -7,7 +7,9 @@ plan part                                 in the export
 ========================================  =====================================================
 ``drop``, ``skip_block`` with scope all   the layers are **removed**; the others are renumbered
                                           (``num_hidden_layers``, ``layer_types``, each
-                                          attention's ``layer_idx``)
+                                          attention's ``layer_idx``); layers the model
+                                          injects features after by index (Qwen3-VL's
+                                          DeepStack) stay, skipped at runtime
 ``prune`` unstructured / ``"2:4"``        the zeros are baked into the weights (dense tensors)
 ``prune`` ``ffn_channels``                the channels are **removed**; transformers' configs
                                           have one FFN size for all layers, so layers keeping
@@ -46,20 +48,31 @@ FFN_SIZE_KEYS = ("intermediate_size", "ffn_dim")
 """Config attributes that hold the FFN width (Llama/Mistral/Qwen2; OPT)."""
 
 
-def removed_layers(plan: Plan, num_layers: int) -> list[int]:
-    """Layers the export removes: ``drop`` and ``skip_block`` for all tokens."""
+def _skipped_whole(plan: Plan, num_layers: int) -> set[int]:
+    """Layers ``plan`` runs for no position: ``drop`` and ``skip_block`` for all tokens."""
     gone = set(plan.dropped_layers())
     gone |= {i for i in range(num_layers) if plan.op_for(i).op == "skip_block" and plan.op_for(i).scope == "all"}
-    return sorted(gone)
+    return gone
 
 
-def runtime_plan(plan: Plan, num_layers: int) -> tuple[Plan | None, list[int]]:
-    """``(plan of the ops left as runtime hooks, renumbered; or None, kept original layer indices)``."""
-    gone = set(removed_layers(plan, num_layers))
+def removed_layers(plan: Plan, num_layers: int, pinned: frozenset[int] = frozenset()) -> list[int]:
+    """Layers the export removes: ``drop`` and ``skip_block`` for all tokens, except the
+    ``pinned`` ones (:meth:`~searchskip.arch.base.ArchAdapter.injected_layers`), which stay and
+    are skipped at runtime."""
+    return sorted(_skipped_whole(plan, num_layers) - set(pinned))
+
+
+def runtime_plan(plan: Plan, num_layers: int,
+                 pinned: frozenset[int] = frozenset()) -> tuple[Plan | None, list[int]]:
+    """``(plan of the ops left as runtime hooks, renumbered; or None, kept original layer indices)``;
+    a ``pinned`` layer the plan skips whole stays, as ``skip_block`` at runtime."""
+    gone = set(removed_layers(plan, num_layers, pinned))
     kept = [i for i in range(num_layers) if i not in gone]
     new_index = {old: new for new, old in enumerate(kept)}
     data = plan.to_dict()
     layers = {new_index[i]: entry for i, entry in (data.get("layers") or {}).items() if i in new_index}
+    for i in sorted(_skipped_whole(plan, num_layers) & set(pinned)):
+        layers[new_index[i]] = "skip_block"
     rest = {"version": data["version"], "scope": data.get("scope", "all"), "layers": layers}
     visual, early = plan.visual_tokens, plan.early_exit
     if visual is not None and any(i >= visual.after_layer for i in kept):
@@ -101,7 +114,7 @@ def compress(loaded: Any, plan: Plan, *, calibration: Any = None) -> CompressedM
     layers = adapter.layers(model)
     n = len(layers)
     plan.validate(n)
-    residual, kept = runtime_plan(plan, n)
+    residual, kept = runtime_plan(plan, n, adapter.injected_layers(model))
     if plan.prune is not None:
         from searchskip.ops.prune import apply_pruning
 

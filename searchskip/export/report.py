@@ -177,7 +177,7 @@ def _pct(fraction: float) -> str:
     return f"{100.0 * fraction:.3g}%"
 
 
-def layer_map_rows(plan: Plan, num_layers: int) -> list[dict]:
+def layer_map_rows(plan: Plan, num_layers: int, pinned: frozenset[int] = frozenset()) -> list[dict]:
     """One row per original decoder layer ``0 .. num_layers - 1`` of what ``plan`` does to it.
 
     Row keys: ``layer``; ``attention`` and ``ffn``: ``kept``, ``skipped``, ``parallel`` or
@@ -193,19 +193,21 @@ def layer_map_rows(plan: Plan, num_layers: int) -> list[dict]:
     from searchskip.export.model import removed_layers
 
     dropped = plan.dropped_layers()
-    gone = set(removed_layers(plan, num_layers))
+    gone = set(removed_layers(plan, num_layers, pinned))
     rows = []
     for i in range(num_layers):
         row = {"layer": i, "attention": "kept", "ffn": "kept", "scope": "", "pruned": "", "note": ""}
+        kept_whole = "skipped (kept: the model injects features after it)"  # a pinned layer skipped whole
         if i in dropped:
-            row.update(attention="removed", ffn="removed", note="dropped")
+            state = kept_whole if i in pinned else "removed"
+            row.update(attention=state, ffn=state, note="dropped")
             rows.append(row)
             continue
         op = plan.op_for(i)
         scope = op.scope
         partner = plan.op_for(i - 1) if i > 0 else None
         if op.op == SKIP_BLOCK:
-            state = "removed" if scope == SCOPE_ALL else _scoped("skipped", scope)
+            state = (kept_whole if i in pinned else "removed") if scope == SCOPE_ALL else _scoped("skipped", scope)
             row.update(attention=state, ffn=state, scope=scope, note=SKIP_BLOCK)
         elif op.op == SKIP_ATTN:
             row.update(attention=_scoped("skipped", scope), scope=scope, note=SKIP_ATTN)
@@ -272,7 +274,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: 
     return out
 
 
-def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str, float] | None,
+def render_report(*, title: str, plan: Plan, num_layers: int, pinned: frozenset[int] = frozenset(), flops: Mapping[str, float] | None,
                   flops_ratio: float | None, accuracy: float | None,
                   llm_flops_ratio: float | None = None,
                   per_question_type: Mapping[str, float] | None,
@@ -313,7 +315,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
         summary.append(("GFLOPs per sample", _gflops(sum(flops.values()))))
     from searchskip.export.model import removed_layers
 
-    removed = len(removed_layers(plan, num_layers))
+    removed = len(removed_layers(plan, num_layers, pinned))
     summary.append(("decoder layers kept", f"{num_layers - removed} of {num_layers}"))
     out += ["## Summary", ""] + markdown_table(("measure", "value"), summary, ("l", "r")) + [""]
 
@@ -342,7 +344,7 @@ def render_report(*, title: str, plan: Plan, num_layers: int, flops: Mapping[str
     # ---- layer map ----
     out += ["## Layer map", ""]
     rows = [(r["layer"], r["attention"], r["ffn"], r["scope"], r["pruned"], r["note"])
-            for r in layer_map_rows(plan, num_layers)]
+            for r in layer_map_rows(plan, num_layers, pinned)]
     out += markdown_table(("layer", "attention", "FFN", "scope", "pruned", "note"), rows, ("r", "l", "l", "l", "l", "l"))
     out.append("")
 

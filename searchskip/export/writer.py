@@ -164,6 +164,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
             dataset = load_eval_split(job.data, "validation")
         loaded = load_model(job.model)
         num_layers = get_adapter(loaded.model).num_layers(loaded.model)
+        pinned = get_adapter(loaded.model).injected_layers(loaded.model)
         plan = plan.validate(num_layers, file=source.plan_file)
         study = source.study
         stored = study.user_attrs.get("workload") if study is not None else None
@@ -229,7 +230,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             _write_recipe(job, tmp, out, plan)
             _write_report(tmp, job, plan, num_layers, report, ratio, llm, planned, unplanned_acc, unplanned_pqt,
-                          source, budget.ratio if budget is not None else None)
+                          source, budget.ratio if budget is not None else None, pinned)
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     metrics["seconds"] = time.perf_counter() - start
     kept = [name for name in KEEP if (out / name).exists()]
@@ -244,12 +245,12 @@ def _write_recipe(job: Job, tmp: Path, out: Path, plan: Plan) -> None:
 
 def _write_report(tmp: Path, job: Job, plan: Plan, num_layers: int, report: Any, ratio: float, llm: float,
                   planned: Any, unplanned_acc: float, unplanned_pqt: dict, source: ExportSource,
-                  budget_ratio: float | None) -> None:
+                  budget_ratio: float | None, pinned: frozenset[int] = frozenset()) -> None:
     """``report.md`` (and, for a study's trial, ``pareto.png`` of the study's points: :func:`write_report`
     derives them from ``study``)."""
     from searchskip.export.report import write_report
 
-    write_report(tmp, title=f"{job.name}: {source.label}", plan=plan, num_layers=num_layers,
+    write_report(tmp, title=f"{job.name}: {source.label}", plan=plan, num_layers=num_layers, pinned=pinned,
                  flops=report.by_component(), flops_ratio=ratio, llm_flops_ratio=llm, accuracy=planned.accuracy,
                  per_question_type=dict(planned.per_question_type), unplanned_per_question_type=unplanned_pqt,
                  unplanned_accuracy=unplanned_acc,

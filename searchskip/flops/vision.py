@@ -5,14 +5,15 @@ Two kinds of tower, one class each, with the same interface (:class:`VisionCount
 * :class:`VisionGeometry` -- a CLIP (or SigLIP-like) ViT at a fixed resolution: every image
   is ``patches`` patches (plus a class token), the tower's attention is bidirectional over
   all of them, and it gives a fixed number of LLM positions per image;
-* :class:`GridVisionGeometry` -- the Qwen2-VL / Qwen2.5-VL ViT, which takes every image at its
+* :class:`GridVisionGeometry` -- the Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT, which takes every image at its
   own resolution: an image is a grid ``(t, h, w)`` of patches (``t`` temporal patches of
   ``temporal_patch_size`` frames; a still image is ``t = 1``), embedded by a Conv3d; each
   block attends within a frame (Qwen2-VL; Qwen2.5-VL's ``fullatt_block_indexes``) or within
   windows of ``window x window`` merged units (Qwen2.5-VL's other blocks; windows at the
   right and bottom edges are cut short), one SDPA call per frame / window; the patch merger
   joins ``merge x merge`` patches into one LLM position, so an image gives
-  ``t * h * w / merge ** 2`` positions.
+  ``t * h * w / merge ** 2`` positions (Qwen3-VL: each DeepStack merger does the same for
+  the features of one block, so they count with the projector).
 
 :meth:`VisionCount.entries` lists ``(layer, part, flops)`` of the tower for ``images``
 images of one grid (``None`` for fixed-resolution towers); the projector's linears run once
@@ -177,7 +178,7 @@ def vision_geometry(model: Any, adapter: Any, config: Any) -> VisionCount:
     kind = getattr(vc, "model_type", None)
     if kind == "clip_vision_model":
         return _clip(model, adapter, config)
-    if kind in ("qwen2_vl_vision", "qwen2_5_vl_vision"):
+    if kind in ("qwen2_vl_vision", "qwen2_5_vl_vision", "qwen3_vl_vision"):
         return _qwen(model, adapter, config)
     raise ModelError(f"FLOP counting knows CLIP and Qwen-VL vision towers, but this model's is "
                      f"'{kind or type(adapter.vision_tower(model)).__name__}'")
@@ -224,7 +225,8 @@ def _qwen(model: Any, adapter: Any, config: Any) -> GridVisionGeometry:
     conv = tower.patch_embed.proj
     if not isinstance(conv, nn.Conv3d) or tuple(conv.kernel_size) != tuple(conv.stride):
         raise ModelError(f"{type(tower).__name__}'s patch embedding is not a Conv3d with stride = kernel")
-    in_blocks = {id(m) for m in tower.blocks.modules()} | {id(m) for m in tower.merger.modules()}
+    projector = adapter.projector(model)  # the merger (Qwen3-VL: and its DeepStack mergers)
+    in_blocks = {id(m) for m in tower.blocks.modules()} | {id(m) for m in projector.modules()}
     stray = [name for name, m in tower.named_modules() if isinstance(m, nn.Linear) and id(m) not in in_blocks]
     if stray:
         raise ModelError(f"{type(tower).__name__} has linears outside its blocks and merger ({', '.join(stray)}) "
@@ -242,6 +244,6 @@ def _qwen(model: Any, adapter: Any, config: Any) -> GridVisionGeometry:
     return GridVisionGeometry(
         channels=int(conv.in_channels), temporal_patch=int(conv.kernel_size[0]), patch_size=patch,
         width=int(conv.out_channels), merge=merge, layers=layers, window=window, full_layers=full,
-        projector=_linears(adapter.projector(model)),
+        projector=_linears(projector),
         min_pixels=int(defaults["shortest_edge"]), max_pixels=int(defaults["longest_edge"]),
     )

@@ -16,6 +16,11 @@ with its own keyword arguments (its own mask type on Qwen2 sliding/full mixes) a
 With a scope, positions outside it run the original sequential layers: there layer ``i + 1``
 reads ``L_i(x)`` and the pair's output is ``L_{i+1}(L_i(x))``; ``parallel_attn_ffn``'s FFN
 reads ``x + attn(x)``.
+
+A model that adds features after layer ``i`` by index (Qwen3-VL's DeepStack, ``inj``) keeps
+them: in the pair both layers still read ``x`` and ``inj`` is added to the pair's output
+(``x + (L_i(x) - x) + (L_{i+1}(x) - x) + inj``); outside the scope layer ``i + 1`` reads
+``L_i(x) + inj`` as in the model.
 """
 
 from __future__ import annotations
@@ -55,24 +60,31 @@ def _build_parallel_blocks(site: LayerSite) -> dict:
     first_forward = type(first).forward
     second_forward = type(second).forward
     key = ("parallel_blocks", id(first))
+    injected = i in site.injected  # the model adds features between the two layers
 
     def forward_first(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         x = hidden_states
         a = first_forward(first, x, *args, **kwargs)
         inside = None if scope == SCOPE_ALL else runtime.positions(x).in_scope(scope, x.device)
-        runtime.stash[key] = (x, a, inside)
-        return x if inside is None else torch.where(inside, x, a)
+        returned = x if inside is None else torch.where(inside, x, a)
+        runtime.stash[key] = (x, a, inside, returned)
+        return returned
 
     def forward_second(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if key not in runtime.stash:
             raise RuntimeError(f"parallel_blocks: layer {i + 1} ran without layer {i} running first in the same call")
-        x, a, inside = runtime.stash.pop(key)
+        x, a, inside, returned = runtime.stash.pop(key)
         y = hidden_states
+        if injected:  # the pair reads x; what the model added after layer i joins the pair's output
+            added = y - returned
+            y = x if inside is None else torch.where(inside, x, y)
         b = second_forward(second, y, *args, **kwargs)
         if average:
             both = x + ((a - x) + (b - x)) / 2
         else:
             both = x + (a - x) + (b - x)
+        if injected:
+            both = both + added
         return both if inside is None else torch.where(inside, both, b)
 
     return {i: forward_first, i + 1: forward_second}

@@ -62,6 +62,8 @@ class LayerSite:
     adapter: "ArchAdapter"
     runtime: "PlanRuntime"
     """Token positions of the current forward call (see :mod:`searchskip.ops.scope`)."""
+    injected: frozenset[int] = frozenset()
+    """Layers after which the model adds features by index (:meth:`ArchAdapter.injected_layers`)."""
 
     @property
     def layer(self) -> "nn.Module":

@@ -18,6 +18,8 @@ hundredths of a second.
                 2 blocks, merge 2x2), Qwen2 decoder with M-RoPE (sections 1/1/2)
 ``qwen2.5-vl``  Qwen2_5_VLForConditionalGeneration: as Qwen2-VL, with a gated ViT MLP and
                 window attention (16-pixel windows) in block 0, full attention in block 1
+``qwen3-vl``    Qwen3VLForConditionalGeneration: learned 4x4 ViT position grid, Qwen3 decoder
+                with interleaved M-RoPE, DeepStack features of ViT block 0 added after layer 0
 ============== =========================================================================
 
 Qwen-VL images are 32x32 by default (8x8 patches -> 16 image tokens); ``tiny_inputs`` takes

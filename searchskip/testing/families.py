@@ -15,12 +15,13 @@ FAMILIES: tuple[str, ...] = (
     "llava-opt",
     "qwen2-vl",
     "qwen2.5-vl",
+    "qwen3-vl",
 )
 """Every family :func:`tiny_model` builds; text-only first, then LLaVA over each decoder, then
 the other vision-language families."""
 
 LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-"))
-QWEN_VL_FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl")
+QWEN_VL_FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES
 TEXT_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in MULTIMODAL_FAMILIES)
 
@@ -41,4 +42,4 @@ def is_multimodal(family: str) -> bool:
 
 def is_qwen_vl_config(config) -> bool:
     """Whether a model config is Qwen2-VL's or Qwen2.5-VL's."""
-    return getattr(config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl")
+    return getattr(config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")

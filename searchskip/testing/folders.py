@@ -102,7 +102,8 @@ def _processor(family: str, tokenizer):
         images = Qwen2VLImageProcessorPil(patch_size=QWEN_PATCH, temporal_patch_size=QWEN_TEMPORAL,
                                           merge_size=QWEN_MERGE,
                                           size={"shortest_edge": (2 * unit) ** 2, "longest_edge": (6 * unit) ** 2})
-        base = transformers.Qwen2_5_VLProcessor if family == "qwen2.5-vl" else transformers.Qwen2VLProcessor
+        base = {"qwen2-vl": transformers.Qwen2VLProcessor, "qwen2.5-vl": transformers.Qwen2_5_VLProcessor,
+                "qwen3-vl": transformers.Qwen3VLProcessor}[family]
         # images only: the video processor needs torchvision (see searchskip.processors)
         return _image_only_class(base)(image_processor=images, tokenizer=tokenizer)
     from transformers import CLIPImageProcessorPil, LlavaProcessor

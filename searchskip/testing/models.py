@@ -137,6 +137,12 @@ def _tiny_qwen_vl(family: str, seed: int, num_layers: int, vision_overrides: dic
         vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=32, window_size=16,
                       fullatt_block_indexes=[1])
         config_cls, model_cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
+    elif family == "qwen3-vl":  # DeepStack features of ViT block 0 added after decoder layer 0
+        text.update(head_dim=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                 "mrope_section": [1, 1, 2], "mrope_interleaved": True})
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=32, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0])
+        config_cls, model_cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
     else:
         vision.update(embed_dim=32, hidden_size=32, mlp_ratio=2)
         config_cls, model_cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration

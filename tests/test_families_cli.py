@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from searchskip import cli
-from searchskip.testing import QWEN_VL_FAMILIES, row_inputs, tiny_inputs
+from searchskip.testing import NEXT_FAMILIES, QWEN_VL_FAMILIES, row_inputs, tiny_inputs
 from searchskip.testing.folders import save_tiny_model
 
 from helpers import load_study  # noqa: E402
@@ -25,8 +25,11 @@ from helpers import load_study  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES_CLI = QWEN_VL_FAMILIES
-SIDES = (16, 32, 48)  # Qwen-VL's tiny processor: 4, 16 and 36 image tokens
+FAMILIES_CLI = QWEN_VL_FAMILIES + NEXT_FAMILIES
+SIDES = (16, 32, 48)  # Qwen-VL's tiny processor: 4, 16 and 36 image tokens; LLaVA-NeXT's: 36, 36 and 88
+SHAPES = {"llava-next": ([[16, 16], [32, 32], [48, 48]], [36, 36, 88])}
+"""Per family: the image shapes the processor gives the three sizes, and their image tokens."""
+QWEN_SHAPES = ([[1, 4, 4], [1, 8, 8], [1, 12, 12]], [4, 16, 36])
 
 
 def _image(side: int, color: str):
@@ -95,14 +98,15 @@ def test_validate_and_flops_per_image_size(family_job, capsys):
     assert cli.main(["flops", str(job), "--json"]) == 0
     data = _json_out(capsys)
     variants = data["workload"]["variants"]
-    assert [v["image_grid"] for v in variants] == [[1, 4, 4], [1, 8, 8], [1, 12, 12]]
+    shapes, tokens = SHAPES.get(family, QWEN_SHAPES)
+    assert [v["image_shape"] for v in variants] == shapes
     assert [round(v["weight"], 6) for v in variants] == [round(1 / 3, 6)] * 3
-    assert [v["image_tokens"] for v in data["variants"]] == [4, 16, 36]
+    assert [v["image_tokens"] for v in data["variants"]] == tokens
     assert data["total_flops"] == pytest.approx(sum(v["total_flops"] for v in data["variants"]) / 3)
     capsys.readouterr()
     assert cli.main(["flops", str(job), "--image-size", "100x20"]) == 0
     out = capsys.readouterr().out
-    assert "images of the --image-size grid" in out and "per image size" not in out
+    assert "images of the --image-size shape" in out and "per image size" not in out
     assert cli.main(["flops", str(job)]) == 0
     assert "per image size" in capsys.readouterr().out
 
@@ -140,7 +144,7 @@ def test_eval_search_export_and_finetune(family_job, tmp_path, capsys):
     assert cli.main(["export", str(study), "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "identical answers" in text
-    assert type(load_compressed(out / "model").model).__name__.startswith("Qwen")
+    assert type(load_compressed(out / "model").model).__name__.startswith(("Qwen", "LlavaNext"))
 
     # a projector fine-tune of an export whose layers still read the image (visual scope and token dropping)
     plan = Plan(layers={1: LayerOp("skip_block", "visual"), 3: "skip_ffn"}, visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))
@@ -160,8 +164,11 @@ def test_eval_search_export_and_finetune(family_job, tmp_path, capsys):
     tuned = load_compressed(out / "finetune" / "model")
     before = dict(loaded.model.named_parameters())
     changed = {n for n, p in tuned.model.named_parameters() if not torch.equal(p, before[n])}
-    # only the projector trained: Qwen-VL's patch merger (Qwen3-VL: and its DeepStack mergers)
-    assert changed and all(".merger." in n or ".deepstack_merger_list." in n for n in changed)
+    # only the projector trained (Qwen-VL: the patch merger, Qwen3-VL: and its DeepStack mergers)
+    from searchskip.arch import get_adapter
+
+    projector = {id(p) for p in get_adapter(tuned.model).projector(tuned.model).parameters()}
+    assert changed and all(id(p) in projector for n, p in tuned.model.named_parameters() if n in changed)
 
 
 def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
@@ -186,7 +193,7 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
     planned = load_model(load_job(job).model).model
     plain = AutoModelForImageTextToText.from_pretrained(out / "model").eval()
     assert not hasattr(plain, "_searchskip_applied")
-    inputs = tiny_inputs(planned, batch=3, image_sides=[16, 32, 24])
+    inputs = tiny_inputs(planned, batch=3, image_sides=[32, 64, 32] if family in NEXT_FAMILIES else [16, 32, 24])
     with torch.no_grad(), apply(planned, plan):
         want = planned.generate(**inputs, max_new_tokens=3, do_sample=False)
     with torch.no_grad():
@@ -197,17 +204,13 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
 
 
 def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_folder, capsys):
-    """A family searchskip has no adapter for (LLaVA-NeXT here) is refused from its config.json alone,
+    """A family searchskip has no adapter for (Gemma 3 here) is refused from its config.json alone,
     before any weight, processor or data is loaded, with the same message by every verb; nothing is written."""
     import transformers as tf
 
-    config = tf.LlavaNextConfig(
-        text_config=dict(model_type="llama", vocab_size=100, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
-        image_token_id=99, image_grid_pinpoints=[[32, 32], [32, 64]])
-    tf.LlavaNextForConditionalGeneration(config).save_pretrained(tmp_path / "model")  # weights only: no processor
+    config = tf.Gemma3TextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    tf.Gemma3ForCausalLM(config).save_pretrained(tmp_path / "model")  # weights only: no processor
     job = _job(tmp_path, tmp_path / "model", vqa_folder)
     job.write_text(job.read_text() + "finetune:\n  method: projector\n")
     plan = tmp_path / "plan.yaml"
@@ -221,7 +224,7 @@ def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_fo
         assert cli.main([verb, *argv]) == 2, verb
         captured = capsys.readouterr()
         text = (captured.err or captured.out).strip()
-        line = next(x for x in text.splitlines() if "LlavaNextForConditionalGeneration" in x)
+        line = next(x for x in text.splitlines() if "Gemma3ForCausalLM" in x)
         first_lines.add(line.removeprefix("error: "))
         assert "Qwen2_5_VLForConditionalGeneration" in text  # the supported families are listed
     assert len(first_lines) == 1 and f"{job}: model.id:" in first_lines.pop()

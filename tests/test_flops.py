@@ -31,7 +31,8 @@ from searchskip.flops import (
 )
 from searchskip.flops.measure import flop_counter, measure_flops
 from searchskip.plan import SCOPES, DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
-from searchskip.testing import FAMILIES, IMAGE_SIZE, QWEN_PATCH, QWEN_VL_FAMILIES, is_multimodal, tiny_inputs, tiny_model
+from searchskip.testing import (FAMILIES, IMAGE_SIZE, NEXT_FAMILIES, QWEN_PATCH, QWEN_VL_FAMILIES, is_multimodal, tiny_inputs,
+                                tiny_model)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,7 +57,10 @@ def workload_of(family: str, generated: int = GENERATED, side: int = IMAGE_SIZE)
     (<vision_start>, <vision_end>) and is a (1, side/4, side/4) patch grid."""
     if family in QWEN_VL_FAMILIES:
         return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1,
-                        image_grid=(1, side // QWEN_PATCH, side // QWEN_PATCH))
+                        image_shape=(1, side // QWEN_PATCH, side // QWEN_PATCH))
+    if family in NEXT_FAMILIES:  # anyres: the image's size in pixels
+        return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=1, text_before_image=BEFORE,
+                        image_shape=(side, side))
     image = is_multimodal(family)
     return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=int(image),
                     text_before_image=BEFORE if image else 0)

@@ -27,7 +27,7 @@ TEXT, BEFORE, GENERATED = 12, 2, 3
 def _workload(side: int, generated: int = GENERATED) -> Workload:
     # tiny_inputs(batch=1, seq=TEXT): 2 text tokens, <vision_start>, the image, <vision_end>, the rest
     return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, text_before_image=BEFORE + 1,
-                    image_grid=(1, side // QWEN_PATCH, side // QWEN_PATCH))
+                    image_shape=(1, side // QWEN_PATCH, side // QWEN_PATCH))
 
 
 @pytest.mark.parametrize("grid", [(1, 8, 8), (1, 6, 10), (1, 2, 14), (2, 4, 6)])
@@ -104,14 +104,14 @@ def test_the_budget_holds_for_every_image_size_not_only_the_mean():
 
 def test_grid_towers_need_an_image_grid():
     model = tiny_model("qwen2-vl")
-    with pytest.raises(ConfigError, match="image_grid.*own resolution"):
+    with pytest.raises(ConfigError, match="image_shape.*own resolution"):
         count_flops(model.config, None, Workload(prompt_tokens=10))
-    with pytest.raises(ConfigError, match="image_grid"):
-        count_flops(model.config, None, Workload(prompt_tokens=10, image_grid=(1, 3, 4)))
+    with pytest.raises(ConfigError, match="image_shape"):
+        count_flops(model.config, None, Workload(prompt_tokens=10, image_shape=(1, 3, 4)))
     with pytest.raises(ConfigError, match="16 LLM positions per image"):
-        count_flops(model.config, None, Workload(prompt_tokens=10, image_grid=(1, 8, 8), image_tokens=9))
-    with pytest.raises(ConfigError, match="image_grid"):
-        Workload(prompt_tokens=10, image_grid=(1, 0, 4))
+        count_flops(model.config, None, Workload(prompt_tokens=10, image_shape=(1, 8, 8), image_tokens=9))
+    with pytest.raises(ConfigError, match="image_shape"):
+        Workload(prompt_tokens=10, image_shape=(1, 0, 4))
     with pytest.raises(ConfigError, match="sum to 1"):
         Workload(prompt_tokens=10, variants=((0.5, _workload(16)),))
 
@@ -119,10 +119,10 @@ def test_grid_towers_need_an_image_grid():
 def test_grid_for_follows_the_processor_resize():
     vision = geometry_of(tiny_model("qwen2-vl").config).vision
     # sides rounded to multiples of patch * merge = 8 pixels, within the processor's pixel range
-    assert vision.grid_for(96, 64) == (1, 24, 16)
-    assert vision.tokens_per_image(vision.grid_for(96, 64)) == 96
+    assert vision.shape_for(96, 64) == (1, 24, 16)
+    assert vision.tokens_per_image(vision.shape_for(96, 64)) == 96
     # below min_pixels (56 * 56) the image is scaled up, keeping its aspect
-    assert vision.grid_for(30, 50) == (1, 12, 20)
+    assert vision.shape_for(30, 50) == (1, 12, 20)
 
 
 def test_qwen2_5_vl_7b_shipped_config_is_counted_as_by_hand():
@@ -134,7 +134,7 @@ def test_qwen2_5_vl_7b_shipped_config_is_counted_as_by_hand():
     g = geometry_of(config)
     assert (g.family, g.num_layers, round(g.params_total / 1e9, 2)) == ("qwen2.5-vl", 28, 8.29)
     vision = g.vision
-    grid = vision.grid_for(480, 640)
+    grid = vision.shape_for(480, 640)
     assert grid == (1, 34, 46) and vision.tokens_per_image(grid) == 391
     patches = 34 * 46
     per_patch = 2 * (1280 * 3840 + 1280 * 1280 + 3 * 1280 * 3420)  # qkv, proj, gate/up/down
@@ -144,7 +144,7 @@ def test_qwen2_5_vl_7b_shipped_config_is_counted_as_by_hand():
     embed = 2 * 3 * 2 * 14 * 14 * 1280 * patches
     tower = sum(f for _, _, f in vision.entries(1, grid))
     assert tower == 32 * patches * per_patch + attention + embed
-    report = count_flops(config, None, Workload(prompt_tokens=45, generated_tokens=2, image_grid=grid))
+    report = count_flops(config, None, Workload(prompt_tokens=45, generated_tokens=2, image_shape=grid))
     assert report.by_component()["projector"] == 391 * 2 * (5120 * 5120 + 5120 * 3584)
     assert round(report.total() / 1e12, 3) == 7.817
 
@@ -159,5 +159,41 @@ def test_qwen2_5_vl_7b_shipped_plans_cost_what_the_readme_says(name, ratio):
     config = known_config("Qwen/Qwen2.5-VL-7B-Instruct")
     plan = Plan.load(Path(__file__).resolve().parents[1] / "spaces/plans/qwen2.5-vl-7b" / f"{name}.yaml")
     plan.validate(28)
-    w = Workload(prompt_tokens=45, generated_tokens=2, image_grid=(1, 34, 46))
+    w = Workload(prompt_tokens=45, generated_tokens=2, image_shape=(1, 34, 46))
     assert round(count_flops(config, plan, w).ratio(count_flops(config, None, w)), 4) == ratio
+
+
+# --------------------------------------------------------------------------------------
+# LLaVA-NeXT's anyres: crops of the best-fitting resolution, letterbox padding unpadded
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 100), (100, 48), (64, 64), (20, 70)])
+def test_anyres_tower_and_tokens_match_the_model(size):
+    """The tower and projector run on every crop (FlopCounterMode), and the model packs exactly
+    ``tokens_per_image`` features (base crop, unpadded tiles, a newline a row)."""
+    from searchskip.flops.vision import AnyresVisionGeometry
+
+    model = tiny_model("llava-next")
+    vision = geometry_of(model.config).vision
+    assert isinstance(vision, AnyresVisionGeometry)
+    crops = vision.crops(size)
+    vc = model.config.vision_config
+    pixels = torch.randn(1, crops, 3, vc.image_size, vc.image_size)
+    measured, out = measure_flops(lambda: model.model.get_image_features(pixels, torch.tensor([list(size)]),
+                                                                         return_dict=True))
+    assert out.pooler_output[0].shape[0] == vision.tokens_per_image(size)
+    tower = sum(f for _, _, f in vision.entries(1, size))
+    projector = sum(lin.flops_per_token for lin in vision.projector) * vision.projector_tokens(size)
+    assert tower + projector == measured
+    assert vision.projector_tokens(size) == crops * 16  # every crop's 4 x 4 patches, class token dropped
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_anyres_generation_matches_flop_counter(side):
+    model = tiny_model("llava-next")
+    inputs = tiny_inputs(model, batch=1, seq=TEXT, image_sides=[side])
+    measured, _ = measure_flops(lambda: model.generate(**inputs, max_new_tokens=GENERATED,
+                                                       min_new_tokens=GENERATED, do_sample=False))
+    w = Workload(prompt_tokens=TEXT, generated_tokens=GENERATED, text_before_image=BEFORE, image_shape=(side, side))
+    assert count_flops(model.config, None, w).total(attention="kernel") == measured

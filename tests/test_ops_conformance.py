@@ -47,7 +47,7 @@ from searchskip.plan import (
     LayerOp,
     Plan,
 )
-from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, QWEN_VL_FAMILIES, append_tokens, is_multimodal, row_inputs, tiny_inputs, tiny_model
+from searchskip.testing import EOS_ID, FAMILIES, IMAGE_TOKEN_ID, RESOLUTION_FAMILIES, append_tokens, is_multimodal, row_inputs, tiny_inputs, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -535,13 +535,18 @@ MIXED_SIZE_PLANS["scopes"] = Plan(layers={0: LayerOp(SKIP_ATTN, SCOPE_NON_VISUAL
                                           2: LayerOp(SKIP_FFN, SCOPE_PROMPT), 3: LayerOp(PARALLEL_ATTN_FFN, SCOPE_VISUAL)})
 
 
+MIXED_SIDES = {"llava-next": [32, 64, 32]}
+"""Image sides per row (default: Qwen-VL's 16, 32, 24 pixels: 4, 16 and 9 image tokens; LLaVA-NeXT: 36, 88, 36)."""
+
+
 @pytest.mark.parametrize("name", list(MIXED_SIZE_PLANS))
-@pytest.mark.parametrize("case", QWEN_VL_FAMILIES)
+@pytest.mark.parametrize("case", RESOLUTION_FAMILIES)
 def test_rows_with_different_image_sizes_answer_as_alone(case, name):
-    """Dynamic resolution: rows whose images give 4, 16 and 9 image tokens (so their image
-    positions and M-RoPE positions differ) generate in one padded batch what they generate alone."""
+    """Images at their own resolution: rows whose images give different numbers of image tokens
+    (so their image positions, and Qwen-VL's M-RoPE positions, differ) generate in one padded
+    batch what they generate alone."""
     model = _token_model(case)
-    inputs = tiny_inputs(model, batch=3, image_sides=[16, 32, 24])
+    inputs = tiny_inputs(model, batch=3, image_sides=MIXED_SIDES.get(case, [16, 32, 24]))
     with apply(model, MIXED_SIZE_PLANS[name]):
         batch = _generate(model, inputs)
         for b in range(3):
@@ -551,10 +556,10 @@ def test_rows_with_different_image_sizes_answer_as_alone(case, name):
                                        rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", QWEN_VL_FAMILIES)
+@pytest.mark.parametrize("case", RESOLUTION_FAMILIES)
 def test_visual_tokens_refuse_a_batch_of_different_image_sizes(case):
     model = _token_model(case)
-    inputs = tiny_inputs(model, batch=2, image_sides=[16, 32])
+    inputs = tiny_inputs(model, batch=2, image_sides=MIXED_SIDES.get(case, [16, 32, 24])[:2])
     with apply(model, Plan(visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))):
         with pytest.raises(RuntimeError, match="same number of image tokens in every row"):
             _generate(model, inputs)

@@ -20,6 +20,7 @@ from typing import Any
 from searchskip.arch.base import AdapterRegistry, ArchAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
+from searchskip.arch.llava_next import LlavaNextAdapter
 from searchskip.arch.opt import OPTAdapter
 from searchskip.arch.qwen_vl import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 from searchskip.arch.wrapper import WrapperAdapter
@@ -35,6 +36,7 @@ def register(adapter: ArchAdapter) -> ArchAdapter:
 
 # ---- the supported families: one line each -------------------------------------------
 register(LlavaAdapter())
+register(LlavaNextAdapter())
 register(Qwen25VLAdapter())
 register(Qwen2VLAdapter())
 register(Qwen3VLAdapter())
@@ -60,6 +62,7 @@ __all__ = [
     "ArchAdapter",
     "LlamaAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
     "OPTAdapter",
     "Qwen25VLAdapter",
     "Qwen2VLAdapter",

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                    help="generated tokens per sample (answer + end of sequence); overrides the measured mean")
     p.add_argument("--image-size", default=None, metavar="HxW",
                    help="one image of H x W pixels per sample, resized as the model's processor does (models whose "
-                        "vision tower takes images at their own resolution: Qwen2-VL, Qwen2.5-VL); overrides the "
+                        "vision tower takes images at their own resolution: Qwen-VL, LLaVA-NeXT); overrides the "
                         "measured image sizes")
     p.add_argument("--count", choices=("dense", "sparse"), default="dense",
                    help="which FLOPs the total and ratio use: dense (default) or sparse (pruned weights not counted)")
@@ -54,19 +54,22 @@ def image_grid_flag(value: str | None, vision: Any, job: Any = None) -> tuple[in
     image processor's defaults); :class:`ConfigError` for a malformed size or a
     fixed-resolution tower."""
     from searchskip.errors import ConfigError
-    from searchskip.flops.vision import GridVisionGeometry
 
     if value is None:
         return None
     parts = value.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ConfigError(f"--image-size: must be HxW in pixels (e.g. 480x640), but got {value!r}")
-    if not isinstance(vision, GridVisionGeometry):
+    if not hasattr(vision, "shape_for"):
         what = "the model is text-only" if vision is None else f"its vision tower takes {vision.image_tokens} tokens per image"
-        raise ConfigError(f"--image-size: applies to models that take images at their own resolution (Qwen2-VL, "
-                          f"Qwen2.5-VL); {what}")
-    size = _processor_pixel_range(job) if job is not None else {}
-    return vision.grid_for(int(parts[0]), int(parts[1]), size.get("shortest_edge"), size.get("longest_edge"))
+        raise ConfigError(f"--image-size: applies to models that take images at their own resolution (Qwen-VL, "
+                          f"LLaVA-NeXT); {what}")
+    from searchskip.flops.vision import GridVisionGeometry
+
+    size = _processor_pixel_range(job) if job is not None and isinstance(vision, GridVisionGeometry) else {}
+    if isinstance(vision, GridVisionGeometry):
+        return vision.shape_for(int(parts[0]), int(parts[1]), size.get("shortest_edge"), size.get("longest_edge"))
+    return vision.shape_for(int(parts[0]), int(parts[1]))
 
 
 def _processor_pixel_range(job: Any) -> dict:
@@ -84,14 +87,14 @@ def _processor_pixel_range(job: Any) -> dict:
 
 
 def job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float | None,
-                 generated_tokens: float | None, image_grid: tuple[int, int, int] | None = None) -> Any:
+                 generated_tokens: float | None, image_shape: tuple[int, int, int] | None = None) -> Any:
     """The workload of ``job``: measured on its validation subset, with the given overrides
-    (``image_grid``: every image of that grid)."""
+    (``image_shape``: every image of that grid)."""
     workload = _job_workload(job, config, multimodal, prompt_tokens, generated_tokens)
-    if image_grid is None:
+    if image_shape is None:
         return workload
-    return replace(workload, image_grid=image_grid, image_tokens=None, variants=(),
-                   source=f"{workload.source}; images of the --image-size grid {image_grid}")
+    return replace(workload, image_shape=image_shape, image_tokens=None, variants=(),
+                   source=f"{workload.source}; images of the --image-size shape {image_shape}")
 
 
 def _job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float | None,
@@ -261,10 +264,10 @@ def variants_table(report, baseline, factor: float, unit: str):
     from rich.table import Table
 
     table = Table(title=f"per image size ({unit} per sample; the budget holds for every row and for the mean)")
-    for col in ("image grid (t, h, w)", "image tokens", "share", "FLOPs", "unplanned", "ratio"):
+    for col in ("image shape", "image tokens", "share", "FLOPs", "unplanned", "ratio"):
         table.add_column(col, justify="right")
     for (weight, r), (_, b) in zip(report.variants, baseline.variants):
-        table.add_row(str(r.workload.image_grid), str(r.workload.image_tokens), f"{100 * weight:.1f}%",
+        table.add_row(str(r.workload.image_shape), str(r.workload.image_tokens), f"{100 * weight:.1f}%",
                       f"{r.total() / factor:,.3f}", f"{b.total() / factor:,.3f}", f"{r.ratio(b):.4f}")
     return table
 

@@ -26,7 +26,10 @@ only meaningful for a batch whose prompts have one length).
 
 Images are preprocessed once per unique ``image_id`` and shared by the questions on them.
 
-**Images at their own resolution** (Qwen-VL: the image processor returns ``image_grid_thw``):
+**Images at their own resolution** (LLaVA-NeXT: the image processor returns ``image_sizes``,
+each image's crops padded to the most any image has, and its placeholder expands to the count
+the processor gives its size; the batch holds its rows' ``image_sizes``). Qwen-VL (the image
+processor returns ``image_grid_thw``):
 each image keeps its patches and grid, its placeholder expands to ``t * h * w / merge ** 2``
 tokens, so prompts differ in length with their images; a batch holds the patches of its rows'
 images, their ``image_grid_thw`` and ``mm_token_type_ids``, and no ``position_ids`` (the model
@@ -108,11 +111,20 @@ class TrainingTensors:
         image_token = getattr(processor, "image_token", None) or "<image>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.grids = images.get("image_grid_thw")
-        """Per unique image: its patch grid (images at their own resolution), else ``None``."""
+        """Per unique image: its patch grid (Qwen-VL), else ``None``."""
+        self.sizes = images.get("image_sizes")
+        """Per unique image: its original size (LLaVA-NeXT's anyres), else ``None``."""
         if self.grids is not None:
             counts = self.grids.prod(-1)
             self.patch_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
             per_image = (counts // processor.image_processor.merge_size ** 2).tolist()
+            tokens = [per_image[self.image_row[i]] for i in image_ids]
+        elif self.sizes is not None:  # anyres: the count follows the size; asked of the processor once a size
+            per_size: dict[tuple, int] = {}
+            for image, size in zip(pil, self.sizes.tolist()):
+                if tuple(size) not in per_size:
+                    per_size[tuple(size)] = _count_image_tokens(processor, template, image_token, image)
+            per_image = [per_size[tuple(size)] for size in self.sizes.tolist()]
             tokens = [per_image[self.image_row[i]] for i in image_ids]
         else:
             if n_image_tokens is None:
@@ -188,7 +200,8 @@ class TrainingTensors:
         input_ids = self.input_ids[idx, start:end]
         rows = self.sample_image[idx]
         if self.grids is None:
-            pixels, image_inputs = self.pixels[rows], {}
+            pixels = self.pixels[rows]
+            image_inputs = {} if self.sizes is None else {"image_sizes": self.sizes[rows]}
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         else:  # each row's own patches, in row order, with their grids; the model computes M-RoPE
             import torch

@@ -3,8 +3,8 @@
 A model that takes images at their own resolution (Qwen-VL) gives each image its own number
 of image tokens. A batch may mix them for plain generation and for layer ops, but
 ``visual_tokens`` keeps a share of *each row's* image tokens and needs one count per batch. So
-evaluation batches questions by their image's grid: :func:`image_keys` reads each image's grid
-from the processor (``None`` for every row of a fixed-resolution model, whose batches stay the
+evaluation batches questions by their image's shape: :func:`image_keys` reads each image's
+shape from the processor (``None`` for every row of a fixed-resolution model, whose batches stay the
 plain consecutive chunks), :func:`sorted_by_image` orders a dataset by it (stably: the order
 within one grid is kept), and :func:`batch_spans` cuts consecutive rows into batches of at most
 ``batch_size`` that never straddle a change of grid.
@@ -14,26 +14,33 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Sequence
 
-__all__ = ["batch_spans", "image_keys", "sorted_by_image"]
+__all__ = ["batch_spans", "image_keys", "image_shape", "sorted_by_image"]
+
+
+def image_shape(image_processor: Any, image: Any) -> tuple[int, ...] | None:
+    """What a model that takes images at their own resolution needs to know of ``image``, as its
+    image processor gives it: Qwen-VL's patch grid ``(t, h, w)`` (``image_grid_thw``),
+    LLaVA-NeXT's original ``(height, width)`` (``image_sizes``); ``None`` for a fixed-resolution
+    processor (see :attr:`searchskip.flops.Workload.image_shape`)."""
+    out = image_processor(images=[image], return_tensors="pt")
+    for key in ("image_grid_thw", "image_sizes"):
+        if key in out:
+            return tuple(int(x) for x in out[key][0].tolist())
+    return None
 
 
 def image_keys(loaded: Any, images: Sequence) -> list[Hashable]:
-    """Per image: its patch grid ``(t, h, w)`` when ``loaded``'s processor sizes images
-    individually (it returns ``image_grid_thw``), else ``None``."""
+    """Per image: its :func:`image_shape` under ``loaded``'s processor (all ``None`` for a
+    fixed-resolution processor, read from the first image)."""
     if not len(images):
         return []
     image_processor = getattr(loaded.processor, "image_processor", None)
     if image_processor is None:
         return [None] * len(images)
-
-    def grid(image: Any) -> Hashable:
-        out = image_processor(images=[image], return_tensors="pt")
-        return tuple(int(x) for x in out["image_grid_thw"][0].tolist()) if "image_grid_thw" in out else None
-
-    first = grid(images[0])
+    first = image_shape(image_processor, images[0])
     if first is None:
         return [None] * len(images)
-    return [first] + [grid(image) for image in images[1:]]
+    return [first] + [image_shape(image_processor, image) for image in images[1:]]
 
 
 def sorted_by_image(loaded: Any, dataset: Any) -> Any:

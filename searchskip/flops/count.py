@@ -274,10 +274,11 @@ def count_flops(
 
     # ---- vision tower and projector (once per image) ----
     if vision is not None and workload.images:
-        for j, part, flops in vision.entries(workload.images, workload.image_grid):
+        for j, part, flops in vision.entries(workload.images, workload.image_shape):
             add("vision", j, part, flops)
+        projected = workload.images * vision.projector_tokens(workload.image_shape)
         for lin in vision.projector:
-            add("projector", None, lin.name, n_img * lin.flops_per_token)
+            add("projector", None, lin.name, projected * lin.flops_per_token)
 
     # ---- decoder layers ----
     removed_params = zeroed_weights = 0

@@ -276,7 +276,7 @@ class FlopReport:
         if self.variants:
             bases = [b for _, b in baseline.variants] if baseline is not None and baseline.variants else None
             data["variants"] = [
-                {"weight": w, "image_tokens": r.workload.image_tokens, "image_grid": list(r.workload.image_grid or ()),
+                {"weight": w, "image_tokens": r.workload.image_tokens, "image_shape": list(r.workload.image_shape or ()),
                  "total_flops": r.total_flops, "ratio": r.ratio(bases[i]) if bases else None}
                 for i, (w, r) in enumerate(self.variants)
             ]

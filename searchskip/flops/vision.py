@@ -29,7 +29,7 @@ from typing import Any, Iterator
 from searchskip.errors import ModelError
 from searchskip.flops.linear import Linear
 
-__all__ = ["GridVisionGeometry", "VisionGeometry", "VisionLayerGeometry", "vision_geometry"]
+__all__ = ["AnyresVisionGeometry", "GridVisionGeometry", "VisionGeometry", "VisionLayerGeometry", "vision_geometry"]
 
 Grid = tuple[int, int, int]
 
@@ -60,6 +60,11 @@ class VisionCount:
     def tokens_per_image(self, grid: Grid | None) -> int:
         """LLM positions of one image (of ``grid``, for towers that take it)."""
         raise NotImplementedError
+
+    def projector_tokens(self, grid: Grid | None) -> int:
+        """Positions the projector runs on for one image: its LLM positions, unless the model
+        packs the projected features differently (LLaVA-NeXT projects every crop's patches)."""
+        return self.tokens_per_image(grid)
 
     def entries(self, images: int, grid: Grid | None) -> Iterator[tuple[int | None, str, float]]:
         """``(layer, part, flops)`` of the tower for ``images`` images (of ``grid``)."""
@@ -135,14 +140,14 @@ class GridVisionGeometry(VisionCount):
 
     def _check(self, grid: Grid | None) -> Grid:
         if grid is None:
-            raise ValueError("this vision tower takes images at their own resolution: the workload needs image_grid")
+            raise ValueError("this vision tower takes images at their own resolution: the workload needs image_shape")
         t, h, w = (int(x) for x in grid)
         if min(t, h, w) < 1 or h % self.merge or w % self.merge:
-            raise ValueError(f"image_grid {tuple(grid)}: (t, h, w) must be positive with h and w multiples of "
+            raise ValueError(f"image_shape {tuple(grid)}: (t, h, w) must be positive with h and w multiples of "
                              f"spatial_merge_size {self.merge}")
         return t, h, w
 
-    def grid_for(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> Grid:
+    def shape_for(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> Grid:
         """The grid of a ``height x width`` image after the image processor's resize (Qwen-VL's
         ``smart_resize``: sides rounded to multiples of ``patch_size * merge``, pixels kept
         within ``[min_pixels, max_pixels]``: the model's processor's, default the image
@@ -171,11 +176,64 @@ class GridVisionGeometry(VisionCount):
             yield j, "weighted_sum", 2 * layer.heads * layer.head_dim * images * pairs
 
 
+@dataclass(frozen=True)
+class AnyresVisionGeometry(VisionCount):
+    """LLaVA-NeXT's "anyres": the CLIP tower (:attr:`crop`) runs on the image resized to one crop
+    and on the crops of the image at the best-fitting resolution of ``pinpoints`` (``rows x
+    cols`` crops); the projector runs on every crop's patches; the LLM gets the base crop's
+    patches, then the tiles' patches with the padding rows (or columns) of the letterboxed
+    image removed, each row ended by a newline embedding. An image's shape is its original
+    ``(height, width)`` in pixels (what the processor returns as ``image_sizes``)."""
+
+    crop: VisionGeometry
+    pinpoints: tuple[tuple[int, int], ...]
+    crop_size: int
+    projector: tuple[Linear, ...]
+    image_tokens: None = None
+
+    def _layout(self, shape: Grid | None) -> tuple[int, int, int]:
+        """``(rows, cols, patches per crop side)``."""
+        if shape is None or len(shape) != 2 or min(int(x) for x in shape) < 1:
+            raise ValueError("this vision tower takes images at their own resolution: the workload needs "
+                             f"image_shape (height, width) in pixels, but got {shape!r}")
+        from transformers.image_processing_utils import select_best_resolution
+
+        height, width = select_best_resolution([int(shape[0]), int(shape[1])], [list(p) for p in self.pinpoints])
+        return height // self.crop_size, width // self.crop_size, self.crop_size // self.crop.patch_size
+
+    def crops(self, shape: Grid | None) -> int:
+        """Tower passes for one image: the base crop and the ``rows x cols`` tiles."""
+        rows, cols, _ = self._layout(shape)
+        return 1 + rows * cols
+
+    def tokens_per_image(self, shape: Grid | None) -> int:
+        rows, cols, side = self._layout(shape)
+        height, width = int(shape[0]), int(shape[1])
+        current_h, current_w = rows * side, cols * side
+        if width / height > current_w / current_h:  # letterboxed top and bottom: padding rows go
+            current_h -= 2 * ((current_h - int(round(height * (current_w / width), 7))) // 2)
+        else:
+            current_w -= 2 * ((current_w - int(round(width * (current_h / height), 7))) // 2)
+        return side * side + current_h * current_w + current_h  # base, unpadded tiles, one newline a row
+
+    def projector_tokens(self, shape: Grid | None) -> int:
+        return self.crops(shape) * self.crop.patches
+
+    def shape_for(self, height: int, width: int) -> Grid:
+        """The shape of a ``height x width`` image: its size (the processor resizes it per crop)."""
+        return int(height), int(width)
+
+    def entries(self, images: int, shape: Grid | None) -> Iterator[tuple[int | None, str, float]]:
+        yield from self.crop.entries(images * self.crops(shape))
+
+
 def vision_geometry(model: Any, adapter: Any, config: Any) -> VisionCount:
     """The vision geometry of a meta-device ``model`` (its tower and projector, found through
     ``adapter``); :class:`ModelError` for a tower FLOP counting does not know."""
     vc = config.vision_config
     kind = getattr(vc, "model_type", None)
+    if kind == "clip_vision_model" and getattr(config, "image_grid_pinpoints", None):
+        return _anyres(model, adapter, config)
     if kind == "clip_vision_model":
         return _clip(model, adapter, config)
     if kind in ("qwen2_vl_vision", "qwen2_5_vl_vision", "qwen3_vl_vision"):
@@ -215,6 +273,15 @@ def _clip(model: Any, adapter: Any, config: Any) -> VisionGeometry:
         channels=int(conv.in_channels), patch_size=patch, width=int(conv.out_channels), patches=patches,
         class_token=class_token, layers=layers, image_tokens=image_tokens, projector=_linears(projector),
     )
+
+
+def _anyres(model: Any, adapter: Any, config: Any) -> AnyresVisionGeometry:
+    if getattr(config, "vision_feature_select_strategy", "default") != "default":
+        raise ModelError("FLOP counting knows LLaVA-NeXT with vision_feature_select_strategy 'default' only "
+                         "(the class token dropped from every crop)")
+    crop = _clip(model, adapter, config)
+    return AnyresVisionGeometry(crop=crop, pinpoints=tuple(tuple(int(x) for x in p) for p in config.image_grid_pinpoints),
+                                crop_size=int(config.vision_config.image_size), projector=crop.projector)
 
 
 def _qwen(model: Any, adapter: Any, config: Any) -> GridVisionGeometry:

@@ -14,9 +14,10 @@ Positions of one sample, in order (``S`` = prompt length)::
 ``S = images * image_tokens + prompt_tokens``. Several images are counted as one block of
 image positions after ``text_before_image`` (exact for one image, LLaVA-1.5's case).
 
-**Images at their own resolution** (Qwen2-VL / Qwen2.5-VL): an image is a patch grid
-``image_grid = (t, h, w)`` and gives ``t * h * w / merge ** 2`` LLM positions, so samples of
-one dataset differ. Such a workload lists its **variants**: ``(weight, Workload)`` pairs,
+**Images at their own resolution** (Qwen-VL, LLaVA-NeXT): an image has a shape
+(``image_shape``: Qwen-VL's patch grid ``(t, h, w)``, giving ``t * h * w / merge ** 2`` LLM
+positions; LLaVA-NeXT's original size, giving its crops and tokens), so samples of one dataset
+differ. Such a workload lists its **variants**: ``(weight, Workload)`` pairs,
 one per image grid met, each with the means of its own samples (``weight`` = their share of
 the samples). The FLOPs of the workload are the weighted mean of the variants' exact counts,
 and a budget must hold for every variant as well as for the mean
@@ -62,20 +63,22 @@ class Workload:
     """Prompt text tokens before the first image (only the ``non_visual`` and ``visual`` scopes depend on it)."""
     source: str | None = None
     """Where the numbers come from, in words (e.g. ``measured on 500 validation questions``)."""
-    image_grid: Grid | None = None
-    """Patch grid ``(t, h, w)`` of each image, for vision towers that take images at their own
-    resolution (Qwen-VL); ``None`` for fixed-resolution towers (its tokens come from the config)."""
+    image_shape: Grid | None = None
+    """What the vision tower needs to know of each image when it takes images at their own
+    resolution: Qwen-VL's patch grid ``(t, h, w)``, LLaVA-NeXT's original ``(height, width)``
+    in pixels; ``None`` for fixed-resolution towers (the tokens come from the config)."""
     variants: tuple[tuple[float, "Workload"], ...] = ()
     """``(weight, workload)`` per image grid when samples differ (see the module doc); weights sum to 1."""
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
-        if self.image_grid is not None:
-            grid = self.image_grid
-            if (not isinstance(grid, (tuple, list)) or len(grid) != 3
-                    or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in grid)):
-                raise ConfigError([Problem(None, "image_grid", f"must be three positive integers (t, h, w), but got {grid!r}")])
-            object.__setattr__(self, "image_grid", tuple(grid))
+        if self.image_shape is not None:
+            shape = self.image_shape
+            if (not isinstance(shape, (tuple, list)) or len(shape) not in (2, 3)
+                    or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in shape)):
+                raise ConfigError([Problem(None, "image_shape", "must be two or three positive integers (Qwen-VL's "
+                                                                f"patch grid t, h, w; LLaVA-NeXT's height, width), but got {shape!r}")])
+            object.__setattr__(self, "image_shape", tuple(shape))
         object.__setattr__(self, "variants", tuple(self._checked_variants()) if self.variants else ())
 
         def bad(key: str, rule: str) -> None:
@@ -148,7 +151,7 @@ class Workload:
         (``vision``: a :class:`~searchskip.flops.vision.VisionCount`, ``None`` for a text-only
         model), variants included; :class:`ConfigError` when the two disagree, when a text-only
         model is given images, or when a tower that takes images at their own resolution
-        gets no :attr:`image_grid`."""
+        gets no :attr:`image_shape`."""
         if self.variants:
             return replace(self, variants=tuple((w, v.resolve(vision)) for w, v in self.variants))
         if vision is None:
@@ -158,13 +161,13 @@ class Workload:
             return self
         image_tokens = vision.image_tokens
         if image_tokens is None and self.images:
-            if self.image_grid is None:
-                raise ConfigError("image_grid: this model's vision tower takes each image at its own resolution, so "
+            if self.image_shape is None:
+                raise ConfigError("image_shape: this model's vision tower takes each image at its own resolution, so "
                                   "the workload needs the image's patch grid (t, h, w) (searchskip flops: --image-size)")
             try:
-                image_tokens = vision.tokens_per_image(self.image_grid)
+                image_tokens = vision.tokens_per_image(self.image_shape)
             except ValueError as err:
-                raise ConfigError([Problem(None, "image_grid", str(err))]) from None
+                raise ConfigError([Problem(None, "image_shape", str(err))]) from None
         if self.image_tokens is not None and image_tokens is not None and self.image_tokens != image_tokens:
             source = "image grid" if vision.image_tokens is None else "config"
             raise ConfigError(f"image_tokens: the model's {source} gives {image_tokens} LLM positions per image, "
@@ -196,12 +199,12 @@ class Workload:
 
     # ---- serialization ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``image_grid`` and ``variants`` only when set (so a workload of a
+        """A JSON-ready dict; ``image_shape`` and ``variants`` only when set (so a workload of a
         fixed-resolution model reads as before)."""
         data = {"version": WORKLOAD_VERSION, **asdict(self)}
-        del data["image_grid"], data["variants"]
-        if self.image_grid is not None:
-            data["image_grid"] = list(self.image_grid)
+        del data["image_shape"], data["variants"]
+        if self.image_shape is not None:
+            data["image_shape"] = list(self.image_shape)
         if self.variants:
             data["variants"] = [{"weight": w, **variant.to_dict()} for w, variant in self.variants]
         return data
@@ -249,9 +252,9 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     * generated tokens: the first reference answer tokenized (no special tokens) plus the
       end-of-sequence token, capped at ``max_new_tokens``;
     * ``text_before_image``: text tokens before the first image token;
-    * for a processor that takes images at their own resolution (it returns
-      ``image_grid_thw``: Qwen-VL), each row's image grid; rows of one grid make one variant
-      (see the module doc), or the workload's :attr:`~Workload.image_grid` when all share one.
+    * for a processor that takes images at their own resolution (it returns ``image_grid_thw``:
+      Qwen-VL, or ``image_sizes``: LLaVA-NeXT), each row's image shape; rows of one shape make one
+      variant (see the module doc), or the workload's :attr:`~Workload.image_shape` when all share one.
 
     The processor runs on the first row (with its image) to learn how many tokens an image
     expands to; the other rows only need the tokenizer, which is checked to give the same
@@ -282,8 +285,10 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
         short = tokenizer(prompt(first["question"]))["input_ids"]
         fast = (short.count(image_id) == images_per_prompt
                 and len(short) - images_per_prompt == len(full) - full.count(image_id))
-        if "image_grid_thw" in full_out:  # images at their own resolution: each row's grid
-            grids = [_image_grid(processor, dataset[i]["image"]) for i in range(n_rows)]
+        if "image_grid_thw" in full_out or "image_sizes" in full_out:  # images at their own resolution
+            from searchskip.eval.batching import image_shape
+
+            grids = [image_shape(processor.image_processor, dataset[i]["image"]) for i in range(n_rows)]
     else:
         fast = True
 
@@ -311,7 +316,7 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
         return Workload(prompt_tokens=acc[1] / count, generated_tokens=max(1.0, acc[3] / count),
                         images=images_per_prompt,
                         image_tokens=expanded_per_image if images_per_prompt and grid is None else None,
-                        text_before_image=acc[2] / count, source=source, image_grid=grid)
+                        text_before_image=acc[2] / count, source=source, image_shape=grid)
 
     source = f"measured on {n_rows} question{'s' if n_rows != 1 else ''}"
     totals = [math.fsum(acc[k] for acc in per_grid.values()) for k in range(4)]
@@ -320,12 +325,6 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     variants = tuple((acc[0] / n_rows, shape(acc, grid, f"{int(acc[0])} of the {source}"))
                      for grid, acc in sorted(per_grid.items(), key=lambda item: _grid_size(item[0])))
     return replace(shape(totals, None, f"{source}, {len(variants)} image sizes"), variants=variants)
-
-
-def _image_grid(processor: Any, image: Any) -> Grid:
-    """The patch grid the processor gives one image (one row of ``image_grid_thw``)."""
-    grid = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-    return tuple(int(x) for x in grid.tolist())
 
 
 def _grid_size(grid: Grid | None) -> int:

@@ -18,6 +18,9 @@ hundredths of a second.
                 2 blocks, merge 2x2), Qwen2 decoder with M-RoPE (sections 1/1/2)
 ``qwen2.5-vl``  Qwen2_5_VLForConditionalGeneration: as Qwen2-VL, with a gated ViT MLP and
                 window attention (16-pixel windows) in block 0, full attention in block 1
+``llava-next``  LlavaNextForConditionalGeneration (Llama decoder): anyres over 32-pixel CLIP
+                crops, resolutions 32x32, 32x64, 64x32, 64x64 (a 32x32 image: 2 crops, 36
+                image tokens; 64x64: 5 crops, 88 tokens)
 ``qwen3-vl``    Qwen3VLForConditionalGeneration: learned 4x4 ViT position grid, Qwen3 decoder
                 with interleaved M-RoPE, DeepStack features of ViT block 0 added after layer 0
 ============== =========================================================================
@@ -38,12 +41,14 @@ from searchskip.testing.families import (
     IMAGE_TOKEN_ID,
     LLAVA_FAMILIES,
     MULTIMODAL_FAMILIES,
+    NEXT_FAMILIES,
     PAD_ID,
     PATCH_SIZE,
     QWEN_MERGE,
     QWEN_PATCH,
     QWEN_TEMPORAL,
     QWEN_VL_FAMILIES,
+    RESOLUTION_FAMILIES,
     SPECIAL_IDS,
     TEXT_FAMILIES,
     VIDEO_TOKEN_ID,
@@ -52,7 +57,14 @@ from searchskip.testing.families import (
     VOCAB,
     is_multimodal,
 )
-from searchskip.testing.inputs import append_tokens, image_tokens_per_image, qwen_vl_pixels, row_inputs, tiny_inputs
+from searchskip.testing.inputs import (
+    append_tokens,
+    image_tokens_per_image,
+    next_pixels,
+    qwen_vl_pixels,
+    row_inputs,
+    tiny_inputs,
+)
 from searchskip.testing.models import tiny_model
 
 __all__ = [
@@ -73,11 +85,14 @@ __all__ = [
     "VOCAB",
     "LLAVA_FAMILIES",
     "MULTIMODAL_FAMILIES",
+    "NEXT_FAMILIES",
     "QWEN_VL_FAMILIES",
+    "RESOLUTION_FAMILIES",
     "TEXT_FAMILIES",
     "append_tokens",
     "image_tokens_per_image",
     "is_multimodal",
+    "next_pixels",
     "qwen_vl_pixels",
     "row_inputs",
     "tiny_inputs",

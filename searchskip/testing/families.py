@@ -16,13 +16,19 @@ FAMILIES: tuple[str, ...] = (
     "qwen2-vl",
     "qwen2.5-vl",
     "qwen3-vl",
+    "llava-next",
 )
 """Every family :func:`tiny_model` builds; text-only first, then LLaVA over each decoder, then
 the other vision-language families."""
 
-LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-"))
+NEXT_FAMILIES: tuple[str, ...] = ("llava-next",)
+LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-") and f not in NEXT_FAMILIES)
 QWEN_VL_FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
-MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES
+MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES + NEXT_FAMILIES
+RESOLUTION_FAMILIES: tuple[str, ...] = QWEN_VL_FAMILIES + NEXT_FAMILIES
+"""Families whose image-token count follows each image's size (``tiny_inputs(image_sides=...)``)."""
+NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+"""LLaVA-NeXT's tiny resolutions (crops of :data:`IMAGE_SIZE`)."""
 TEXT_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in MULTIMODAL_FAMILIES)
 
 VOCAB = 100
@@ -38,6 +44,11 @@ QWEN_PATCH, QWEN_TEMPORAL, QWEN_MERGE = 4, 2, 2
 def is_multimodal(family: str) -> bool:
     """Whether ``family`` (one of :data:`FAMILIES`) has a vision tower."""
     return family in MULTIMODAL_FAMILIES
+
+
+def is_next_config(config) -> bool:
+    """Whether a model config is LLaVA-NeXT's."""
+    return getattr(config, "model_type", None) == "llava_next"
 
 
 def is_qwen_vl_config(config) -> bool:

@@ -2,7 +2,7 @@
 
 ``save_tiny_model("qwen2.5-vl", folder)`` writes what a hub checkpoint holds: ``config.json``,
 safetensors weights, a word-level tokenizer over the easy-VQA words (so answers decode to
-words) and the family's own processor (``LlavaProcessor``; ``Qwen2VLProcessor`` with Qwen-VL's
+words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``Qwen2VLProcessor`` with Qwen-VL's
 image processor, PIL backend, at a tiny pixel range so that images of different sizes give
 different image-token counts). A job pointing ``model.id`` at the folder runs every verb
 (``flops``, ``search``, ``eval``, ``export``, ``finetune``) as it would on the real model.
@@ -23,6 +23,8 @@ from searchskip.testing.families import (
     IMAGE_SIZE,
     IMAGE_TOKEN_ID,
     LLAVA_FAMILIES,
+    NEXT_FAMILIES,
+    NEXT_PINPOINTS,
     PAD_ID,
     PATCH_SIZE,
     QWEN_MERGE,
@@ -106,6 +108,15 @@ def _processor(family: str, tokenizer):
                 "qwen3-vl": transformers.Qwen3VLProcessor}[family]
         # images only: the video processor needs torchvision (see searchskip.processors)
         return _image_only_class(base)(image_processor=images, tokenizer=tokenizer)
+    if family in NEXT_FAMILIES:
+        from transformers import LlavaNextProcessor
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        images = LlavaNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                            image_grid_pinpoints=NEXT_PINPOINTS)
+        return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+                                  vision_feature_select_strategy="default", num_additional_image_tokens=1)
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
@@ -119,7 +130,7 @@ def save_tiny_model(family: str, folder: str | Path, texts: list[str] | None = N
     """Save a tiny ``family`` model (:func:`~searchskip.testing.tiny_model`; a vision-language
     family) with its tokenizer and processor into ``folder``; ``texts`` give the tokenizer's
     words (default: the easy-VQA words of the embedded model's tokenizer)."""
-    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES:
+    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + NEXT_FAMILIES:
         raise ValueError(f"save_tiny_model builds vision-language families only, not '{family}'")
     if texts is None:
         texts = _easy_vqa_texts()

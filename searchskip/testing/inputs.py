@@ -12,6 +12,7 @@ from searchskip.testing.families import (
     SPECIAL_IDS,
     VISION_END_ID,
     VISION_START_ID,
+    is_next_config,
     is_qwen_vl_config,
 )
 
@@ -20,6 +21,11 @@ def image_tokens_per_image(model, side: int | None = None) -> int:
     (a Qwen-VL image of ``side`` x ``side`` pixels; default :data:`IMAGE_SIZE`)."""
     config = model.config
     vc = config.vision_config
+    if is_next_config(config):
+        from searchskip.flops import geometry_of
+
+        side = side or IMAGE_SIZE
+        return geometry_of(config).vision.tokens_per_image((side, side))
     if is_qwen_vl_config(config):
         patches = (side or IMAGE_SIZE) // vc.patch_size
         return patches * patches // vc.spatial_merge_size ** 2
@@ -41,6 +47,21 @@ def qwen_vl_pixels(model, sides: list[int], generator: torch.Generator) -> dict[
         grids.append([1, n, n])
         pixels.append(torch.randn(n * n, per_patch, generator=generator))
     return {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.tensor(grids)}
+
+
+def next_pixels(model, sides: list[int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random ``pixel_values`` (images x crops x channels x crop x crop, zero crops padding the
+    images with fewer) and ``image_sizes`` of one square image per entry of ``sides``, as
+    LLaVA-NeXT's image processor lays them out."""
+    from searchskip.flops import geometry_of
+
+    vision = geometry_of(model.config).vision
+    vc = model.config.vision_config
+    crops = [vision.crops((side, side)) for side in sides]
+    pixels = torch.zeros(len(sides), max(crops), vc.num_channels, vc.image_size, vc.image_size)
+    for row, n in enumerate(crops):
+        pixels[row, :n] = torch.randn(n, vc.num_channels, vc.image_size, vc.image_size, generator=generator)
+    return {"pixel_values": pixels, "image_sizes": torch.tensor([[side, side] for side in sides])}
 
 
 def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: bool = True,
@@ -68,8 +89,9 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
         raise ValueError("vision-language inputs need seq >= 4 text tokens (2 before the image, at least 1 after, padding)")
     if seq < 2:
         raise ValueError("seq must be at least 2")
-    if image_sides is not None and (not qwen or len(image_sides) != batch):
-        raise ValueError("image_sides: one side per row, for Qwen-VL models only")
+    nxt = is_next_config(config)
+    if image_sides is not None and (not (qwen or nxt) or len(image_sides) != batch):
+        raise ValueError("image_sides: one side per row, for Qwen-VL and LLaVA-NeXT models only")
     sides = list(image_sides) if image_sides is not None else [IMAGE_SIZE] * batch
 
     g = torch.Generator().manual_seed(seed)
@@ -103,6 +125,8 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
     if qwen:  # what Qwen-VL's processor returns beside the ids: 1 marks an image token (M-RoPE reads it)
         out["mm_token_type_ids"] = (out["input_ids"] == image_id).long()
         out.update(qwen_vl_pixels(model, sides, g))
+    elif nxt:
+        out.update(next_pixels(model, sides, g))
     elif is_llava:
         vc = config.vision_config
         out["pixel_values"] = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=g)

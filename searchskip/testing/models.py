@@ -12,6 +12,8 @@ from searchskip.testing.families import (
     FAMILIES,
     IMAGE_SIZE,
     IMAGE_TOKEN_ID,
+    NEXT_FAMILIES,
+    NEXT_PINPOINTS,
     PAD_ID,
     PATCH_SIZE,
     QWEN_MERGE,
@@ -85,7 +87,7 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
         if llava_overrides:
             raise ValueError(f"llava_config overrides only apply to LLaVA families, not '{family}'")
         return _tiny_qwen_vl(family, seed, num_layers, vision_overrides, overrides)
-    decoder = family.split("-", 1)[1] if is_llava else family
+    decoder = "llama" if family in NEXT_FAMILIES else (family.split("-", 1)[1] if is_llava else family)
     text_config = _text_config(decoder, num_layers, overrides)
 
     with torch.random.fork_rng(devices=[]):
@@ -120,7 +122,12 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 tie_word_embeddings=False,
             )
             llava.update(llava_overrides)
-            model = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**llava))
+            if family in NEXT_FAMILIES:  # anyres: a base crop and the tiles of the best of NEXT_PINPOINTS
+                del llava["image_seq_length"]
+                llava.setdefault("image_grid_pinpoints", NEXT_PINPOINTS)
+                model = tf.LlavaNextForConditionalGeneration(tf.LlavaNextConfig(**llava))
+            else:
+                model = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**llava))
     return model.to(torch.float32).eval()
 
 

@@ -17,7 +17,7 @@ from searchskip.flops import Budget, Workload, count_flops, geometry_of
 from searchskip.flops.measure import measure_flops
 from searchskip.flops.vision import GridVisionGeometry
 from searchskip.plan import LayerOp, Plan, VisualTokensSpec
-from searchskip.testing import QWEN_PATCH, QWEN_VL_FAMILIES, qwen_vl_pixels, tiny_inputs, tiny_model
+from searchskip.testing import QWEN_PATCH, QWEN_VL_FAMILIES, tiny_inputs, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -197,3 +197,22 @@ def test_anyres_generation_matches_flop_counter(side):
                                                        min_new_tokens=GENERATED, do_sample=False))
     w = Workload(prompt_tokens=TEXT, generated_tokens=GENERATED, text_before_image=BEFORE, image_shape=(side, side))
     assert count_flops(model.config, None, w).total(attention="kernel") == measured
+
+
+def test_llava_next_7b_shipped_config_on_a_480_by_640_image():
+    """672 x 672 is the best fit: 5 CLIP-L/336 crops; 576 base tokens + 36 rows x (48 + newline)."""
+    from pathlib import Path
+
+    from searchskip.flops import known_config
+
+    config = known_config("llava-hf/llava-v1.6-vicuna-7b-hf")
+    vision = geometry_of(config).vision
+    shape = vision.shape_for(480, 640)
+    assert vision.crops(shape) == 5 and vision.tokens_per_image(shape) == 576 + 36 * 49
+    llava = geometry_of(known_config("llava-hf/llava-1.5-7b-hf")).vision
+    assert sum(f for _, _, f in vision.entries(1, shape)) == 5 * sum(f for _, _, f in llava.entries(1, None))
+    w = Workload(prompt_tokens=40, generated_tokens=2, image_shape=shape)
+    base = count_flops(config, None, w)
+    assert round(base.total() / 1e12, 3) == 34.356
+    frozen = Plan.load(Path(__file__).resolve().parents[1] / "spaces/plans/llava-1.5-7b/image-tokens-frozen.yaml")
+    assert round(count_flops(config, frozen, w).ratio(base), 4) == 0.5382

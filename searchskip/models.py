@@ -89,7 +89,10 @@ def check_family(spec: ModelSpec) -> None:
         return
     from searchskip.flops import geometry_of, resolve_config
 
-    geometry_of(resolve_config(spec)[0])
+    try:
+        geometry_of(resolve_config(spec)[0])
+    except ModelError as err:  # name the folder the user wrote
+        raise ModelError(f"'{spec.id}': {err}") from None
 
 
 def _device(requested: str) -> str:

@@ -54,5 +54,5 @@ def test_unsupported_text_only_model(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
-    with pytest.raises(ModelError, match="cannot load .* as an image-text-to-text model"):
-        load_model(ModelSpec(id=str(tmp_path)))
+    with pytest.raises(ModelError, match=r"GPT2LMHeadModel \(model_type 'gpt2'\) is not a supported architecture"):
+        load_model(ModelSpec(id=str(tmp_path)))  # refused from config.json, before weights or processor load

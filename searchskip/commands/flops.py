@@ -165,6 +165,7 @@ def run(args) -> int:
     from searchskip.config.loader import load_job
     from searchskip.errors import SearchSkipError
     from searchskip.flops import count_flops, geometry_of, resolve_config
+    from searchskip.models import check_family
     from searchskip.plan import Plan
 
     _positive("prompt-tokens", args.prompt_tokens, 0)
@@ -173,6 +174,7 @@ def run(args) -> int:
     err = Console(stderr=True)
     with err.status("reading the model's config"):
         try:
+            check_family(job.model)  # an unsupported family: the message every verb gives
             config, config_source = resolve_config(job.model)
             geometry = geometry_of(config)
         except SearchSkipError as e:  # name the job file and the key (an unsupported family, no config)

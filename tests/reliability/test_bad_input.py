@@ -413,7 +413,7 @@ CASES: list[Case] = [
          ["jobs/job.yaml", "model.id", "PaliGemma", "is not a supported architecture"],
          setup=lambda t: paligemma_folder(t / "m")),
     Case("model-text-only", "model", J(parquet_job(model="model: {id: ./m}\n")), EVAL,
-         ["jobs/job.yaml", "model.id", "./m", "image-text-to-text"],
+         ["jobs/job.yaml", "model.id", "./m", "GPT2LMHeadModel", "not a supported architecture"],
          setup=lambda t: (good_data(t), gpt2_folder(t / "m"))),
     Case("model-pickles-only", "model", J(parquet_job(model="model: {id: ./m}\n")), EVAL,
          ["jobs/job.yaml", "model.id", "pytorch_model.bin", "allow_pickle"],

@@ -85,12 +85,19 @@ def check_family(spec: ModelSpec) -> None:
     loading anything, ``searchskip validate`` included, so all refuse it with one message. Only
     local (and embedded) folders are checked; a hub id is checked once its config is loaded."""
     source, _ = resolve_source(spec)
-    if not (Path(source) / "config.json").is_file():
-        return
+    if (Path(source) / "config.json").is_file():
+        model_geometry(spec)
+
+
+def model_geometry(spec: ModelSpec) -> tuple[Any, str, Any]:
+    """``(config, where it came from, ArchGeometry)`` of ``spec``'s model (see
+    :func:`searchskip.flops.resolve_config`); an unsupported family's :class:`ModelError` names
+    the model as the job wrote it."""
     from searchskip.flops import geometry_of, resolve_config
 
+    config, where = resolve_config(spec)
     try:
-        geometry_of(resolve_config(spec)[0])
+        return config, where, geometry_of(config)
     except ModelError as err:  # name the folder the user wrote
         raise ModelError(f"'{spec.id}': {err}") from None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["image_only_processor", "load_processor"]
+__all__ = ["image_only_class", "image_only_processor", "load_processor"]
 
 
 def _needs_video_stack(err: BaseException) -> bool:
@@ -40,7 +40,7 @@ def load_processor(source: str, **kwargs: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _image_only_class(base: type) -> type:
+def image_only_class(base: type) -> type:
     """``base`` without its video processor among its parts (so it is neither checked, built nor
     saved); same name, so saved files name ``base``."""
 
@@ -69,7 +69,7 @@ def image_only_processor(source: str, **kwargs: Any) -> Any:
     if set(attributes) - {"image_processor", "tokenizer", "video_processor"}:
         raise ValueError(f"{name} needs parts besides an image processor, a tokenizer and a video processor "
                          f"({', '.join(attributes)}); it cannot be built for images only")
-    return _image_only_class(base)(image_processor=image_processor, tokenizer=tokenizer,
+    return image_only_class(base)(image_processor=image_processor, tokenizer=tokenizer,
                                    chat_template=getattr(tokenizer, "chat_template", None))
 
 

@@ -21,10 +21,3 @@ class LlavaAdapter(WrapperAdapter):
     model_type = "llava"
     class_name = "LlavaForConditionalGeneration"
     family = "llava"
-    image_input_keys = ("pixel_values", "image_sizes")
-
-    def vision_tower(self, model):
-        return model.model.vision_tower
-
-    def projector(self, model):
-        return model.model.multi_modal_projector

@@ -23,10 +23,3 @@ class LlavaNextAdapter(WrapperAdapter):
     model_type = "llava_next"
     class_name = "LlavaNextForConditionalGeneration"
     family = "llava-next"
-    image_input_keys = ("pixel_values", "image_sizes")
-
-    def vision_tower(self, model):
-        return model.model.vision_tower
-
-    def projector(self, model):
-        return model.model.multi_modal_projector

@@ -24,8 +24,6 @@ the main merger plus the DeepStack mergers, and those ``k`` layers are
 
 from __future__ import annotations
 
-from torch import nn
-
 from searchskip.arch.wrapper import WrapperAdapter
 
 
@@ -33,7 +31,6 @@ class QwenVLAdapter(WrapperAdapter):
     """Qwen ViT + patch merger + a Qwen2-style decoder with M-RoPE."""
 
     name_with_decoder = False
-    image_input_keys = ("pixel_values", "image_grid_thw")
 
     def vision_tower(self, model):
         return model.model.visual
@@ -63,6 +60,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
     family = "qwen3-vl"
 
     def projector(self, model):
+        from torch import nn
+
         visual = model.model.visual
         return nn.ModuleList([visual.merger, *visual.deepstack_merger_list])
 

@@ -2,12 +2,13 @@
 
 transformers 5.x lays its image-text-to-text models out alike: ``model.model.language_model``
 is the base text model (``LlamaModel``, ``Qwen2_5_VLTextModel``, ...), the vision tower and
-the projector sit beside it in ``model.model``, and ``model.lm_head`` is the output head.
+the projector sit beside it in ``model.model`` (``vision_tower`` and ``multi_modal_projector``
+unless a family names them otherwise), and ``model.lm_head`` is the output head.
 A :class:`WrapperAdapter` is registered unbound; :meth:`WrapperAdapter.resolve` finds the
 decoder family whose ``text_model_types`` holds the text config's ``model_type`` and returns
 a copy bound to it, which answers every per-layer question by that decoder adapter. A new
-wrapper family is a subclass naming its ``model_type``, its class and where its vision tower
-and projector are.
+wrapper family is a subclass naming its ``model_type`` and its class (and, when they sit
+elsewhere, its vision tower and projector).
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ class WrapperAdapter(ArchAdapter):
     name_with_decoder: bool = True
     """Whether the bound adapter's name carries its decoder's (``llava-mistral``); families with
     one decoder (Qwen2.5-VL) keep their own name."""
-    image_input_keys: tuple[str, ...] = ("pixel_values",)
-    """Processor outputs that describe the images (what ``get_image_features`` takes)."""
 
     def __init__(self, inner: ArchAdapter | None = None):
         self.inner = inner
@@ -81,6 +80,14 @@ class WrapperAdapter(ArchAdapter):
 
     def image_token_id(self, model):
         return model.config.image_token_id
+
+    def vision_tower(self, model):
+        """``model.model.vision_tower`` (the LLaVA layout); families laid out otherwise override it."""
+        return model.model.vision_tower
+
+    def projector(self, model):
+        """``model.model.multi_modal_projector`` (the LLaVA layout); families laid out otherwise override it."""
+        return model.model.multi_modal_projector
 
     # per layer: delegated -------------------------------------------------
     @property

@@ -48,10 +48,10 @@ def _positive(name: str, value: float | None, minimum: float) -> None:
         raise ConfigError(f"--{name}: must be >= {minimum:g}, but got {value:g}")
 
 
-def image_grid_flag(value: str | None, vision: Any, job: Any = None) -> tuple[int, int, int] | None:
-    """The patch grid of ``--image-size HxW`` for ``vision`` (``None`` when the flag is not given),
-    resized within the pixel range of ``job``'s processor when it can be read here (else the
-    image processor's defaults); :class:`ConfigError` for a malformed size or a
+def image_shape_flag(value: str | None, vision: Any, job: Any = None) -> tuple[int, ...] | None:
+    """The image shape of ``--image-size HxW`` for ``vision`` (``None`` when the flag is not given),
+    resized within the bounds of ``job``'s image processor when it can be read here (else the
+    image processor class's defaults); :class:`ConfigError` for a malformed size or a
     fixed-resolution tower."""
     from searchskip.errors import ConfigError
 
@@ -60,19 +60,14 @@ def image_grid_flag(value: str | None, vision: Any, job: Any = None) -> tuple[in
     parts = value.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ConfigError(f"--image-size: must be HxW in pixels (e.g. 480x640), but got {value!r}")
-    if not hasattr(vision, "shape_for"):
+    if vision is None or vision.image_tokens is not None:
         what = "the model is text-only" if vision is None else f"its vision tower takes {vision.image_tokens} tokens per image"
         raise ConfigError(f"--image-size: applies to models that take images at their own resolution (Qwen-VL, "
                           f"LLaVA-NeXT); {what}")
-    from searchskip.flops.vision import GridVisionGeometry
-
-    size = _processor_pixel_range(job) if job is not None and isinstance(vision, GridVisionGeometry) else {}
-    if isinstance(vision, GridVisionGeometry):
-        return vision.shape_for(int(parts[0]), int(parts[1]), size.get("shortest_edge"), size.get("longest_edge"))
-    return vision.shape_for(int(parts[0]), int(parts[1]))
+    return vision.shape_for(int(parts[0]), int(parts[1]), _processor_size(job) if job is not None else None)
 
 
-def _processor_pixel_range(job: Any) -> dict:
+def _processor_size(job: Any) -> dict:
     """The image processor's ``size`` (Qwen-VL: ``shortest_edge`` / ``longest_edge`` pixels) of
     the job's model when its processor is local or cached; ``{}`` otherwise."""
     from searchskip.models import resolve_source
@@ -87,9 +82,9 @@ def _processor_pixel_range(job: Any) -> dict:
 
 
 def job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float | None,
-                 generated_tokens: float | None, image_shape: tuple[int, int, int] | None = None) -> Any:
+                 generated_tokens: float | None, image_shape: tuple[int, ...] | None = None) -> Any:
     """The workload of ``job``: measured on its validation subset, with the given overrides
-    (``image_shape``: every image of that grid)."""
+    (``image_shape``: every image of that shape)."""
     workload = _job_workload(job, config, multimodal, prompt_tokens, generated_tokens)
     if image_shape is None:
         return workload
@@ -164,8 +159,8 @@ def run(args) -> int:
     from searchskip.errors import in_job
     from searchskip.config.loader import load_job
     from searchskip.errors import SearchSkipError
-    from searchskip.flops import count_flops, geometry_of, resolve_config
-    from searchskip.models import check_family
+    from searchskip.flops import count_flops
+    from searchskip.models import model_geometry
     from searchskip.plan import Plan
 
     _positive("prompt-tokens", args.prompt_tokens, 0)
@@ -174,16 +169,14 @@ def run(args) -> int:
     err = Console(stderr=True)
     with err.status("reading the model's config"):
         try:
-            check_family(job.model)  # an unsupported family: the message every verb gives
-            config, config_source = resolve_config(job.model)
-            geometry = geometry_of(config)
+            config, config_source, geometry = model_geometry(job.model)
         except SearchSkipError as e:  # name the job file and the key (an unsupported family, no config)
             raise in_job(args.job, e, "model.id") from None
     plan = Plan() if args.plan is None else Plan.load(args.plan)
     plan.validate(geometry.num_layers, file=args.plan)
-    grid = image_grid_flag(args.image_size, geometry.vision, job)
+    shape = image_shape_flag(args.image_size, geometry.vision, job)
     with err.status("measuring the workload"):
-        workload = job_workload(job, config, geometry.is_multimodal, args.prompt_tokens, args.generated_tokens, grid)
+        workload = job_workload(job, config, geometry.is_multimodal, args.prompt_tokens, args.generated_tokens, shape)
     report = count_flops(geometry, plan, workload, count=args.count, attention=args.attention)
     baseline = count_flops(geometry, None, workload, count=args.count, attention=args.attention)
     dtype = job.model.dtype
@@ -236,13 +229,12 @@ def token_lines(report) -> list[str]:
     plan, w = report.plan, report.workload
     if plan.visual_tokens is not None:
         v = plan.visual_tokens
+        sizes = [r.workload.image_positions() for _, r in report.variants] or [w.image_positions()]
+        n_img = max(sizes)
         if report.variants:
-            kept_of = ", ".join(f"{kept_visual_tokens(r.workload.image_positions(), v.keep)} of "
-                                f"{r.workload.image_positions()}" for _, r in report.variants)
+            kept_of = ", ".join(f"{kept_visual_tokens(n, v.keep)} of {n}" for n in sizes)
             text = f"visual tokens: image tokens kept from layer {v.after_layer} on, per image size: {kept_of}; rank {v.rank}"
-            n_img = 1
         else:
-            n_img = w.image_positions()
             kept = kept_visual_tokens(n_img, v.keep)
             text = (f"visual tokens: {kept} of {n_img} image tokens kept from layer {v.after_layer} on "
                     f"(prompt {w.prompt_length:g} -> {w.prompt_length - (n_img - kept):g} positions), rank {v.rank}")

@@ -1,20 +1,21 @@
 """Batches of questions whose images give the same number of image tokens.
 
-A model that takes images at their own resolution (Qwen-VL) gives each image its own number
-of image tokens. A batch may mix them for plain generation and for layer ops, but
+A model that takes images at their own resolution (Qwen-VL, LLaVA-NeXT) gives each image its
+own number of image tokens. A batch may mix them for plain generation and for layer ops, but
 ``visual_tokens`` keeps a share of *each row's* image tokens and needs one count per batch. So
-evaluation batches questions by their image's shape: :func:`image_keys` reads each image's
-shape from the processor (``None`` for every row of a fixed-resolution model, whose batches stay the
-plain consecutive chunks), :func:`sorted_by_image` orders a dataset by it (stably: the order
-within one grid is kept), and :func:`batch_spans` cuts consecutive rows into batches of at most
-``batch_size`` that never straddle a change of grid.
+evaluation batches questions by their image's shape: :func:`image_keys` reads each row's image
+shape from the processor (``None`` for every row of a fixed-resolution model, read from the first
+image only, whose batches stay the plain consecutive chunks), :func:`sorted_by_image` orders a
+dataset by it (stably: the order within one shape is kept), and :func:`batch_spans` cuts
+consecutive rows into batches of at most ``batch_size`` that never straddle a change of shape.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+import math
+from typing import Any, Hashable, NamedTuple, Sequence
 
-__all__ = ["batch_spans", "image_keys", "image_shape", "sorted_by_image"]
+__all__ = ["ImageOrder", "batch_spans", "image_keys", "image_shape", "shape_size", "sorted_by_image"]
 
 
 def image_shape(image_processor: Any, image: Any) -> tuple[int, ...] | None:
@@ -29,28 +30,42 @@ def image_shape(image_processor: Any, image: Any) -> tuple[int, ...] | None:
     return None
 
 
-def image_keys(loaded: Any, images: Sequence) -> list[Hashable]:
-    """Per image: its :func:`image_shape` under ``loaded``'s processor (all ``None`` for a
-    fixed-resolution processor, read from the first image)."""
-    if not len(images):
-        return []
+def shape_size(shape: Hashable) -> int:
+    """The product of an image shape's numbers (0 for ``None``): what orders shapes small to large."""
+    return math.prod(shape) if shape else 0  # type: ignore[arg-type]
+
+
+def image_keys(loaded: Any, dataset: Any) -> list[Hashable]:
+    """Per row of ``dataset`` (schema rows, read one at a time): its image's :func:`image_shape`
+    under ``loaded``'s processor; all ``None`` for a fixed-resolution processor, which only the
+    first image is read for."""
+    n = len(dataset)
     image_processor = getattr(loaded.processor, "image_processor", None)
-    if image_processor is None:
-        return [None] * len(images)
-    first = image_shape(image_processor, images[0])
+    if n == 0 or image_processor is None:
+        return [None] * n
+    first = image_shape(image_processor, dataset[0]["image"])
     if first is None:
-        return [None] * len(images)
-    return [first] + [image_shape(image_processor, image) for image in images[1:]]
+        return [None] * n
+    return [first] + [image_shape(image_processor, dataset[i]["image"]) for i in range(1, n)]
 
 
-def sorted_by_image(loaded: Any, dataset: Any) -> Any:
-    """``dataset`` with its rows stably ordered by :func:`image_keys` (the same object when that
-    changes nothing, e.g. for a fixed-resolution model or a dataset of one image size)."""
-    keys = image_keys(loaded, dataset["image"]) if len(dataset) else []
-    if len(set(keys)) <= 1:
-        return dataset
-    order = sorted(range(len(keys)), key=lambda i: (_size(keys[i]), i))
-    return dataset.select(order)
+class ImageOrder(NamedTuple):
+    """A dataset ordered by image shape: the ordered rows, their keys, and ``order[i]``, the
+    original index of row ``i``."""
+
+    dataset: Any
+    keys: list
+    order: list[int]
+
+
+def sorted_by_image(loaded: Any, dataset: Any) -> ImageOrder:
+    """``dataset`` with its rows stably ordered by :func:`image_keys`, small shapes first (the same
+    object when that moves nothing, e.g. for a fixed-resolution model or one image size)."""
+    keys = image_keys(loaded, dataset)
+    order = sorted(range(len(keys)), key=lambda i: (shape_size(keys[i]), i))
+    if order == list(range(len(keys))):
+        return ImageOrder(dataset, keys, order)
+    return ImageOrder(dataset.select(order), [keys[i] for i in order], order)
 
 
 def batch_spans(keys: Sequence[Hashable], batch_size: int) -> list[tuple[int, int]]:
@@ -63,12 +78,3 @@ def batch_spans(keys: Sequence[Hashable], batch_size: int) -> list[tuple[int, in
             spans.append((start, i))
             start = i
     return spans
-
-
-def _size(key: Hashable) -> int:
-    if key is None:
-        return 0
-    total = 1
-    for x in key:  # type: ignore[union-attr]
-        total *= int(x)
-    return total

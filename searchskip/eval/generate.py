@@ -50,17 +50,16 @@ def answer_batch(loaded, images: Sequence, questions: Sequence[str], max_new_tok
 def answer_all(loaded, dataset, batch_size: int, max_new_tokens: int,
                on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Answers for every row of a schema dataset, in order; ``on_batch(n)`` after each batch.
-    Rows are batched by image grid (:mod:`searchskip.eval.batching`), answers returned in the
+    Rows are batched by image shape (:mod:`searchskip.eval.batching`), answers returned in the
     dataset's order."""
-    from searchskip.eval.batching import batch_spans, image_keys
+    from searchskip.eval.batching import batch_spans, sorted_by_image
 
-    keys = image_keys(loaded, dataset["image"])
-    order = sorted(range(len(keys)), key=lambda i: (str(keys[i]), i)) if len(set(keys)) > 1 else list(range(len(keys)))
-    rows_in_order = dataset.select(order) if order != list(range(len(keys))) else dataset
-    answers: list[str] = [""] * len(keys)
-    for start, stop in batch_spans([keys[i] for i in order], batch_size):
-        rows = rows_in_order[start:stop]
-        for i, answer in zip(order[start:stop], answer_batch(loaded, rows["image"], rows["question"], max_new_tokens)):
+    ordered = sorted_by_image(loaded, dataset)
+    answers: list[str] = [""] * len(ordered.keys)
+    for start, stop in batch_spans(ordered.keys, batch_size):
+        rows = ordered.dataset[start:stop]
+        for i, answer in zip(ordered.order[start:stop], answer_batch(loaded, rows["image"], rows["question"],
+                                                                      max_new_tokens)):
             answers[i] = answer
         if on_batch:
             on_batch(stop - start)

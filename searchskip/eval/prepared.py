@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 from searchskip.eval.batching import batch_spans, image_keys
 from searchskip.eval.generate import prompt_inputs
@@ -64,7 +64,8 @@ class PreparedBatch:
     inputs: dict
     """``input_ids``, ``attention_mask`` and ``pixel_values`` (on the model's device)."""
     features: dict | None = None
-    """The image features as named tensors (:func:`_flatten`) held in memory (``memory`` cache)."""
+    """The output fields of the image features (``{"pooler_output": [...], ...}``) held in memory
+    (``memory`` cache)."""
     feature_file: Path | None = None
     """The safetensors file holding them (``disk`` cache)."""
     device: Any = None
@@ -78,7 +79,7 @@ class PreparedBatch:
             return None
         from safetensors.torch import load_file
 
-        return load_file(str(self.feature_file), device=str(self.device))
+        return _unflatten(load_file(str(self.feature_file), device=str(self.device)))
 
     def generate_inputs(self) -> dict:
         """The keyword arguments for ``model.generate``: the cached features instead of
@@ -89,7 +90,7 @@ class PreparedBatch:
         if features is None:
             return dict(self.inputs)
         inputs = {k: v for k, v in self.inputs.items() if k not in ("pixel_values", "image_sizes")}
-        inputs["mm_encoder_outputs"] = {"image": self.output_class(**_unflatten(features))}
+        inputs["mm_encoder_outputs"] = {"image": self.output_class(**features)}
         return inputs
 
 
@@ -168,16 +169,18 @@ def _unflatten(flat: dict) -> dict:
 
 
 def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache: FeatureCache = "auto",
-                   memory_limit_gb: float = 2.0, folder: str | Path | None = None) -> PreparedSubset:
+                   memory_limit_gb: float = 2.0, folder: str | Path | None = None,
+                   keys: Sequence | None = None) -> PreparedSubset:
     """Tokenize and batch ``dataset`` once and (``feature_cache`` other than ``none``, on a model
     that takes ``mm_encoder_outputs``) compute its image features once (see the module doc).
-    Batches are consecutive rows, cut also where the image grid changes
-    (:mod:`searchskip.eval.batching`: order the dataset with ``sorted_by_image`` first).
+    Batches are consecutive rows, cut also where the image shape changes
+    (:mod:`searchskip.eval.batching`: order the dataset with ``sorted_by_image`` first, and pass
+    its ``keys`` so the images are not read again).
     ``folder``: where a disk cache makes its temporary folder (default: the system's temp dir)."""
     if feature_cache not in FEATURE_CACHES:
         raise ValueError(f"feature_cache must be one of {', '.join(FEATURE_CACHES)}, but got {feature_cache!r}")
     batches: list[PreparedBatch] = []
-    for start, stop in batch_spans(image_keys(loaded, dataset["image"]), batch_size):
+    for start, stop in batch_spans(keys if keys is not None else image_keys(loaded, dataset), batch_size):
         rows = dataset[start:stop]
         batches.append(PreparedBatch(prompt_inputs(loaded, rows["image"], rows["question"]), device=loaded.device))
     with_images = [b for b in batches if "pixel_values" in b.inputs]
@@ -196,7 +199,7 @@ def prepare_subset(loaded: Any, dataset: Any, batch_size: int, *, feature_cache:
             mode = "memory" if size * len(with_images) <= limit else "disk"
         total += size
         if mode == "memory":
-            batch.features = features
+            batch.features = _unflatten(features)  # once, not every trial
             continue
         from safetensors.torch import save_file
 

@@ -24,7 +24,7 @@ real forward (tested), as the module doc of :mod:`searchskip.flops` describes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from searchskip.errors import ModelError
 from searchskip.flops.linear import Linear
@@ -65,6 +65,12 @@ class VisionCount:
         """Positions the projector runs on for one image: its LLM positions, unless the model
         packs the projected features differently (LLaVA-NeXT projects every crop's patches)."""
         return self.tokens_per_image(grid)
+
+    def shape_for(self, height: int, width: int, processor_size: Mapping | None = None) -> Grid:
+        """The image shape of a ``height x width`` image, for towers that take images at their own
+        resolution (:attr:`image_tokens` is ``None``); ``processor_size``: the model's image
+        processor's ``size`` where it bounds the resize."""
+        raise ValueError("this vision tower takes every image at one resolution: images have no shape")
 
     def entries(self, images: int, grid: Grid | None) -> Iterator[tuple[int | None, str, float]]:
         """``(layer, part, flops)`` of the tower for ``images`` images (of ``grid``)."""
@@ -147,15 +153,17 @@ class GridVisionGeometry(VisionCount):
                              f"spatial_merge_size {self.merge}")
         return t, h, w
 
-    def shape_for(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> Grid:
+    def shape_for(self, height: int, width: int, processor_size: Mapping | None = None) -> Grid:
         """The grid of a ``height x width`` image after the image processor's resize (Qwen-VL's
         ``smart_resize``: sides rounded to multiples of ``patch_size * merge``, pixels kept
-        within ``[min_pixels, max_pixels]``: the model's processor's, default the image
-        processor class's defaults)."""
+        within ``[shortest_edge, longest_edge]`` of ``processor_size``, default the image
+        processor class's range)."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+        size = processor_size or {}
         h, w = smart_resize(int(height), int(width), factor=self.patch_size * self.merge,
-                            min_pixels=min_pixels or self.min_pixels, max_pixels=max_pixels or self.max_pixels)
+                            min_pixels=size.get("shortest_edge") or self.min_pixels,
+                            max_pixels=size.get("longest_edge") or self.max_pixels)
         return 1, h // self.patch_size, w // self.patch_size
 
     def entries(self, images: int, grid: Grid | None) -> Iterator[tuple[int | None, str, float]]:
@@ -219,7 +227,7 @@ class AnyresVisionGeometry(VisionCount):
     def projector_tokens(self, shape: Grid | None) -> int:
         return self.crops(shape) * self.crop.patches
 
-    def shape_for(self, height: int, width: int) -> Grid:
+    def shape_for(self, height: int, width: int, processor_size: Mapping | None = None) -> Grid:
         """The shape of a ``height x width`` image: its size (the processor resizes it per crop)."""
         return int(height), int(width)
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from searchskip.errors import ConfigError, Problem
+from searchskip.eval.batching import image_keys, shape_size
 
 __all__ = ["WORKLOAD_VERSION", "Workload", "measure_workload"]
 
@@ -286,9 +287,7 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
         fast = (short.count(image_id) == images_per_prompt
                 and len(short) - images_per_prompt == len(full) - full.count(image_id))
         if "image_grid_thw" in full_out or "image_sizes" in full_out:  # images at their own resolution
-            from searchskip.eval.batching import image_shape
-
-            grids = [image_shape(processor.image_processor, dataset[i]["image"]) for i in range(n_rows)]
+            grids = image_keys(loaded, dataset.select(range(n_rows)) if hasattr(dataset, "select") else dataset[:n_rows])
     else:
         fast = True
 
@@ -323,9 +322,5 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     if len(per_grid) == 1:
         return shape(totals, next(iter(per_grid)), source)
     variants = tuple((acc[0] / n_rows, shape(acc, grid, f"{int(acc[0])} of the {source}"))
-                     for grid, acc in sorted(per_grid.items(), key=lambda item: _grid_size(item[0])))
+                     for grid, acc in sorted(per_grid.items(), key=lambda item: shape_size(item[0])))
     return replace(shape(totals, None, f"{source}, {len(variants)} image sizes"), variants=variants)
-
-
-def _grid_size(grid: Grid | None) -> int:
-    return math.prod(grid) if grid else 0

@@ -19,7 +19,7 @@ import random
 from typing import Any
 
 from searchskip.errors import DataError
-from searchskip.eval.batching import batch_spans, image_keys, sorted_by_image
+from searchskip.eval.batching import batch_spans, sorted_by_image
 from searchskip.eval.generate import prompt_inputs
 
 __all__ = ["calibration_indices", "calibration_batches"]
@@ -46,9 +46,9 @@ def calibration_batches(loaded: Any, dataset: Any, samples: int, seed: int, batc
     missing = [c for c in ("image", "question") if c not in dataset.column_names]
     if missing:
         raise DataError(f"calibration data lacks the column(s) {', '.join(missing)} (map it onto the VQA schema first)")
-    rows = sorted_by_image(loaded, dataset.select(calibration_indices(len(dataset), samples, seed)))
+    rows, keys, _ = sorted_by_image(loaded, dataset.select(calibration_indices(len(dataset), samples, seed)))
     batches: list[dict] = []
-    for start, stop in batch_spans(image_keys(loaded, rows["image"]), batch_size):
+    for start, stop in batch_spans(keys, batch_size):
         chunk = rows[start:stop]
         batches.append(prompt_inputs(loaded, chunk["image"], chunk["question"]))
     return batches

@@ -122,7 +122,7 @@ class ModelEvaluator:
         from searchskip.eval.batching import sorted_by_image
         from searchskip.eval.prepared import prepare_subset
 
-        dataset = sorted_by_image(loaded, dataset)  # one image grid per batch (visual_tokens needs it)
+        dataset, keys, _ = sorted_by_image(loaded, dataset)  # one image shape per batch (visual_tokens needs it)
         self.loaded = loaded
         self.dataset = dataset
         self.batch_size = batch_size
@@ -134,7 +134,7 @@ class ModelEvaluator:
         self.question_types = columns["question_type"]
         self.answer_types = columns["answer_type"]
         self.prepared = prepare_subset(loaded, dataset, batch_size, feature_cache=feature_cache,
-                                       memory_limit_gb=memory_limit_gb, folder=cache_folder)
+                                       memory_limit_gb=memory_limit_gb, folder=cache_folder, keys=keys)
         self.objective = objective
         """What the running value passed to ``report`` is: ``accuracy``, ``agreement`` or ``kl``."""
         self.reference = None

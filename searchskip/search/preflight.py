@@ -78,11 +78,9 @@ def check_budget_reachable(budget: Any, baseline: Any, job_file: str | None = No
     fixed = [(b.fixed_total(budget.count, budget.attention), budget.cost(b)) for b in shapes]
     if all(budget.limit(b) >= f * (1 - 1e-9) for b, (f, _) in zip(shapes, fixed)) or not total:
         return
-    if budget.ratio is not None:
-        floor, total = max(fixed, key=lambda ft: ft[0] / ft[1] if ft[1] else 0.0)
-    else:
-        floor = max(f for f, _ in fixed)
-    floor = floor if len(shapes) > 1 else fixed[0][0]
+    # the shape (the mean, or an image size) that needs the largest budget: by share or by FLOPs
+    floor, total = max(fixed, key=(lambda ft: ft[0] / ft[1] if ft[1] else 0.0) if budget.ratio is not None
+                       else (lambda ft: ft[0]))
     which = "on this workload" if len(shapes) == 1 else "on the workload's most demanding image size"
     why = ("no plan can cost less than what no plan changes (vision tower, projector, lm_head: "
            f"{floor / total:.4f}x the unplanned model's FLOPs, {floor / 1e9:.4g} GFLOPs per sample {which}), "

@@ -98,7 +98,7 @@ def _processor(family: str, tokenizer):
         import transformers
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from searchskip.processors import _image_only_class
+        from searchskip.processors import image_only_class
 
         unit = QWEN_PATCH * QWEN_MERGE  # pixels per LLM position along a side
         images = Qwen2VLImageProcessorPil(patch_size=QWEN_PATCH, temporal_patch_size=QWEN_TEMPORAL,
@@ -107,7 +107,7 @@ def _processor(family: str, tokenizer):
         base = {"qwen2-vl": transformers.Qwen2VLProcessor, "qwen2.5-vl": transformers.Qwen2_5_VLProcessor,
                 "qwen3-vl": transformers.Qwen3VLProcessor}[family]
         # images only: the video processor needs torchvision (see searchskip.processors)
-        return _image_only_class(base)(image_processor=images, tokenizer=tokenizer)
+        return image_only_class(base)(image_processor=images, tokenizer=tokenizer)
     if family in NEXT_FAMILIES:
         from transformers import LlavaNextProcessor
         from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil

@@ -8,7 +8,7 @@ transformers 5.x layout, as LLaVA's: ``model.model.vision_tower`` (CLIP),
 ``config.image_grid_pinpoints`` plus one crop of the whole image; the tower and projector run
 on every crop, and the LLM gets the whole-image crop's patches and the tiles' patches with the
 letterbox padding removed, a newline after each row. Image-token counts therefore follow each
-image's size (the processor's ``image_sizes``); FLOPs: :class:`searchskip.flops.vision.AnyresVisionGeometry`.
+image's size (the processor's ``image_sizes``); FLOPs: :class:`searchskip.flops.vision.anyres.AnyresVisionGeometry`.
 """
 
 from __future__ import annotations

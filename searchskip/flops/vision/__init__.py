@@ -1,0 +1,50 @@
+"""Vision towers and projectors, as FLOP counting sees them: read from a meta-device model.
+
+Two kinds of tower, one class each, with the same interface (:class:`VisionCount`):
+
+* :class:`VisionGeometry` -- a CLIP (or SigLIP-like) ViT at a fixed resolution: every image
+  is ``patches`` patches (plus a class token), the tower's attention is bidirectional over
+  all of them, and it gives a fixed number of LLM positions per image;
+* :class:`GridVisionGeometry` -- the Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT, which takes every image at its
+  own resolution: an image is a grid ``(t, h, w)`` of patches (``t`` temporal patches of
+  ``temporal_patch_size`` frames; a still image is ``t = 1``), embedded by a Conv3d; each
+  block attends within a frame (Qwen2-VL; Qwen2.5-VL's ``fullatt_block_indexes``) or within
+  windows of ``window x window`` merged units (Qwen2.5-VL's other blocks; windows at the
+  right and bottom edges are cut short), one SDPA call per frame / window; the patch merger
+  joins ``merge x merge`` patches into one LLM position, so an image gives
+  ``t * h * w / merge ** 2`` positions (Qwen3-VL: each DeepStack merger does the same for
+  the features of one block, so they count with the projector).
+
+:meth:`VisionCount.entries` lists ``(layer, part, flops)`` of the tower for ``images``
+images of one grid (``None`` for fixed-resolution towers); the projector's linears run once
+per LLM position (:attr:`VisionCount.projector`). Counts equal ``FlopCounterMode``'s on a
+real forward (tested), as the module doc of :mod:`searchskip.flops` describes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from searchskip.errors import ModelError
+from searchskip.flops.vision.anyres import AnyresVisionGeometry, anyres_tower
+from searchskip.flops.vision.base import Grid, VisionCount, VisionLayerGeometry
+from searchskip.flops.vision.fixed import VisionGeometry, fixed_tower
+from searchskip.flops.vision.grid import GridVisionGeometry, grid_tower
+
+__all__ = ["AnyresVisionGeometry", "Grid", "GridVisionGeometry", "VisionCount", "VisionGeometry",
+           "VisionLayerGeometry", "vision_geometry"]
+
+
+def vision_geometry(model: Any, adapter: Any, config: Any) -> VisionCount:
+    """The vision geometry of a meta-device ``model`` (its tower and projector, found through
+    ``adapter``); :class:`ModelError` for a tower FLOP counting does not know."""
+    vc = config.vision_config
+    kind = getattr(vc, "model_type", None)
+    if kind == "clip_vision_model" and getattr(config, "image_grid_pinpoints", None):
+        return anyres_tower(model, adapter, config)
+    if kind == "clip_vision_model":
+        return fixed_tower(model, adapter, config)
+    if kind in ("qwen2_vl_vision", "qwen2_5_vl_vision", "qwen3_vl_vision"):
+        return grid_tower(model, adapter, config)
+    raise ModelError(f"FLOP counting knows CLIP and Qwen-VL vision towers, but this model's is "
+                     f"'{kind or type(adapter.vision_tower(model)).__name__}'")

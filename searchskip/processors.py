@@ -53,15 +53,12 @@ def image_only_class(base: type) -> type:
 
 
 def image_only_processor(source: str, **kwargs: Any) -> Any:
-    """The processor class ``source`` names, built from its image processor and tokenizer
-    alone (see the module doc)."""
+    """The processor class ``source`` names, built from its image processor, its tokenizer and
+    its own saved settings (``processor_config.json``: LLaVA-OneVision's ``num_image_tokens``
+    and ``vision_aspect_ratio``, ...) alone (see the module doc)."""
     import transformers
-    from transformers import AutoImageProcessor, AutoTokenizer
 
-    image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    name = (getattr(image_processor, "processor_class", None) or getattr(tokenizer, "processor_class", None)
-            or _processor_class_of_config(source, **kwargs))
+    name = _saved_processor_class(source, **kwargs) or _processor_class_of_config(source, **kwargs)
     base = getattr(transformers, name, None) if name else None
     if base is None:
         raise ValueError(f"cannot tell which processor class '{source}' uses (no processor_class in its files)")
@@ -69,8 +66,28 @@ def image_only_processor(source: str, **kwargs: Any) -> Any:
     if set(attributes) - {"image_processor", "tokenizer", "video_processor"}:
         raise ValueError(f"{name} needs parts besides an image processor, a tokenizer and a video processor "
                          f"({', '.join(attributes)}); it cannot be built for images only")
-    return image_only_class(base)(image_processor=image_processor, tokenizer=tokenizer,
-                                   chat_template=getattr(tokenizer, "chat_template", None))
+    return image_only_class(base).from_pretrained(source, **kwargs)
+
+
+def _saved_processor_class(source: str, **kwargs: Any) -> str | None:
+    """The ``processor_class`` ``source``'s processor files name (processor, image processor or
+    tokenizer config), if any."""
+    from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+
+    try:
+        saved, _ = ProcessorMixin.get_processor_dict(source, **kwargs)
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("processor_class"):
+        return saved["processor_class"]
+    for auto in (AutoImageProcessor, AutoTokenizer):
+        try:
+            name = getattr(auto.from_pretrained(source, **kwargs), "processor_class", None)
+        except (OSError, ValueError, ImportError):
+            continue
+        if name:
+            return name
+    return None
 
 
 def _processor_class_of_config(source: str, **kwargs: Any) -> str | None:

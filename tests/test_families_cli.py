@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from searchskip import cli
-from searchskip.testing import NEXT_FAMILIES, QWEN_VL_FAMILIES, row_inputs, tiny_inputs
+from searchskip.testing import ANYRES_FAMILIES, QWEN_VL_FAMILIES, row_inputs, tiny_inputs
 from searchskip.testing.folders import save_tiny_model
 
 from helpers import load_study  # noqa: E402
@@ -25,9 +25,10 @@ from helpers import load_study  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES_CLI = QWEN_VL_FAMILIES + NEXT_FAMILIES
+FAMILIES_CLI = QWEN_VL_FAMILIES + ANYRES_FAMILIES
 SIDES = (16, 32, 48)  # Qwen-VL's tiny processor: 4, 16 and 36 image tokens; LLaVA-NeXT's: 36, 36 and 88
-SHAPES = {"llava-next": ([[16, 16], [32, 32], [48, 48]], [36, 36, 88])}
+SHAPES = {"llava-next": ([[16, 16], [32, 32], [48, 48]], [36, 36, 88]),
+          "llava-onevision": ([[16, 16], [32, 32], [48, 48]], [36, 36, 46])}  # 48 x 48: 2 x 2 tiles shrunk to 5 x 5
 """Per family: the image shapes the processor gives the three sizes, and their image tokens."""
 QWEN_SHAPES = ([[1, 4, 4], [1, 8, 8], [1, 12, 12]], [4, 16, 36])
 
@@ -144,7 +145,8 @@ def test_eval_search_export_and_finetune(family_job, tmp_path, capsys):
     assert cli.main(["export", str(study), "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "identical answers" in text
-    assert type(load_compressed(out / "model").model).__name__.startswith(("Qwen", "LlavaNext"))
+    source_class = json.loads((config / "config.json").read_text())["architectures"][0]
+    assert type(load_compressed(out / "model").model).__name__ == source_class
 
     # a projector fine-tune of an export whose layers still read the image (visual scope and token dropping)
     plan = Plan(layers={1: LayerOp("skip_block", "visual"), 3: "skip_ffn"}, visual_tokens=VisualTokensSpec(2, 0.5, "uniform"))
@@ -193,7 +195,7 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
     planned = load_model(load_job(job).model).model
     plain = AutoModelForImageTextToText.from_pretrained(out / "model").eval()
     assert not hasattr(plain, "_searchskip_applied")
-    inputs = tiny_inputs(planned, batch=3, image_sides=[32, 64, 32] if family in NEXT_FAMILIES else [16, 32, 24])
+    inputs = tiny_inputs(planned, batch=3, image_sides=[32, 64, 32] if family in ANYRES_FAMILIES else [16, 32, 24])
     with torch.no_grad(), apply(planned, plan):
         want = planned.generate(**inputs, max_new_tokens=3, do_sample=False)
     with torch.no_grad():

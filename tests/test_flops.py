@@ -31,7 +31,7 @@ from searchskip.flops import (
 )
 from searchskip.flops.measure import flop_counter, measure_flops
 from searchskip.plan import SCOPES, DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
-from searchskip.testing import (FAMILIES, IMAGE_SIZE, NEXT_FAMILIES, QWEN_PATCH, QWEN_VL_FAMILIES, is_multimodal, tiny_inputs,
+from searchskip.testing import (ANYRES_FAMILIES, FAMILIES, IMAGE_SIZE, QWEN_PATCH, QWEN_VL_FAMILIES, is_multimodal, tiny_inputs,
                                 tiny_model)
 
 
@@ -58,7 +58,7 @@ def workload_of(family: str, generated: int = GENERATED, side: int = IMAGE_SIZE)
     if family in QWEN_VL_FAMILIES:
         return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1,
                         image_shape=(1, side // QWEN_PATCH, side // QWEN_PATCH))
-    if family in NEXT_FAMILIES:  # anyres: the image's size in pixels
+    if family in ANYRES_FAMILIES:  # anyres: the image's size in pixels
         return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=1, text_before_image=BEFORE,
                         image_shape=(side, side))
     image = is_multimodal(family)

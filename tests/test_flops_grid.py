@@ -17,7 +17,7 @@ from searchskip.flops import Budget, Workload, count_flops, geometry_of
 from searchskip.flops.measure import measure_flops
 from searchskip.flops.vision import GridVisionGeometry
 from searchskip.plan import LayerOp, Plan, VisualTokensSpec
-from searchskip.testing import QWEN_PATCH, QWEN_VL_FAMILIES, tiny_inputs, tiny_model
+from searchskip.testing import ANYRES_FAMILIES, QWEN_PATCH, QWEN_VL_FAMILIES, tiny_inputs, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,13 +168,19 @@ def test_qwen2_5_vl_7b_shipped_plans_cost_what_the_readme_says(name, ratio):
 # --------------------------------------------------------------------------------------
 
 
+ANYRES_TOKENS = {"llava-next": {(32, 32): 36, (64, 64): 88}, "llava-onevision": {(32, 32): 36, (64, 64): 46}}
+"""A 64 x 64 image: 2 x 2 tiles of 4 x 4 patches; OneVision (anyres_max_2) shrinks their 8 x 8 to 5 x 5."""
+
+
+@pytest.mark.parametrize("family", ANYRES_FAMILIES)
 @pytest.mark.parametrize("size", [(32, 32), (48, 100), (100, 48), (64, 64), (20, 70)])
-def test_anyres_tower_and_tokens_match_the_model(size):
+def test_anyres_tower_and_tokens_match_the_model(family, size):
     """The tower and projector run on every crop (FlopCounterMode), and the model packs exactly
-    ``tokens_per_image`` features (base crop, unpadded tiles, a newline a row)."""
+    ``tokens_per_image`` features (base crop, unpadded tiles, shrunk past ``anyres_max_N``,
+    a newline a row)."""
     from searchskip.flops.vision import AnyresVisionGeometry
 
-    model = tiny_model("llava-next")
+    model = tiny_model(family)
     vision = geometry_of(model.config).vision
     assert isinstance(vision, AnyresVisionGeometry)
     crops = vision.crops(size)
@@ -186,12 +192,15 @@ def test_anyres_tower_and_tokens_match_the_model(size):
     tower = sum(f for _, _, f in vision.entries(1, size))
     projector = sum(lin.flops_per_token for lin in vision.projector) * vision.projector_tokens(size)
     assert tower + projector == measured
-    assert vision.projector_tokens(size) == crops * 16  # every crop's 4 x 4 patches, class token dropped
+    assert vision.projector_tokens(size) == crops * 16  # every crop's 4 x 4 patches (CLIP: class token dropped)
+    if size in ANYRES_TOKENS[family]:
+        assert vision.tokens_per_image(size) == ANYRES_TOKENS[family][size]
 
 
+@pytest.mark.parametrize("family", ANYRES_FAMILIES)
 @pytest.mark.parametrize("side", [32, 64])
-def test_anyres_generation_matches_flop_counter(side):
-    model = tiny_model("llava-next")
+def test_anyres_generation_matches_flop_counter(family, side):
+    model = tiny_model(family)
     inputs = tiny_inputs(model, batch=1, seq=TEXT, image_sides=[side])
     measured, _ = measure_flops(lambda: model.generate(**inputs, max_new_tokens=GENERATED,
                                                        min_new_tokens=GENERATED, do_sample=False))
@@ -216,3 +225,73 @@ def test_llava_next_7b_shipped_config_on_a_480_by_640_image():
     assert round(base.total() / 1e12, 3) == 34.356
     frozen = Plan.load(Path(__file__).resolve().parents[1] / "spaces/plans/llava-1.5-7b/image-tokens-frozen.yaml")
     assert round(count_flops(config, frozen, w).ratio(base), 4) == 0.5382
+
+
+# --------------------------------------------------------------------------------------
+# SigLIP: no class token; its attention-pooling head runs (and is counted) where it is on
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy,tokens", [("default", 15), ("full", 16)])
+@pytest.mark.parametrize("use_head", [True, False])
+def test_a_llava_over_siglip_is_counted_with_its_pooling_head(use_head, strategy, tokens):
+    """SigLIP has no class token: ``default`` drops a patch (as LLaVA's code does), ``full`` keeps
+    all 16; with ``vision_use_head`` the head's probe attends to every patch."""
+    from searchskip.testing import tiny_inputs as inputs_of
+
+    model = tiny_model("llava-llama", vision_config={"model_type": "siglip_vision_model", "vision_use_head": use_head},
+                       llava_config={"vision_feature_select_strategy": strategy})
+    vision = geometry_of(model.config).vision
+    assert (vision.head is not None) == use_head and not vision.class_token
+    assert vision.image_tokens == tokens
+    pixels = torch.randn(2, 3, 32, 32)
+    measured, _ = measure_flops(lambda: model.model.vision_tower(pixels))
+    assert sum(f for _, _, f in vision.entries(2)) == measured
+    batch = inputs_of(model, batch=1, seq=TEXT)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == tokens
+    measured, _ = measure_flops(lambda: model.generate(**batch, max_new_tokens=GENERATED, min_new_tokens=GENERATED,
+                                                       do_sample=False))
+    w = Workload(prompt_tokens=TEXT, generated_tokens=GENERATED, text_before_image=BEFORE)
+    assert count_flops(model.config, None, w).total(attention="kernel") == measured
+
+
+@pytest.mark.parametrize("aspect", ["anyres", "anyres_max_0", "anyres_max_x", "max_9"])
+def test_an_unknown_onevision_aspect_ratio_is_refused_by_name(aspect):
+    from searchskip.errors import ModelError
+
+    model = tiny_model("llava-onevision", llava_config={"vision_aspect_ratio": aspect})
+    with pytest.raises(ModelError, match=f"vision_aspect_ratio '{aspect}'.*anyres_max_N"):
+        geometry_of(model.config)
+
+
+def test_an_anyres_model_whose_crops_keep_a_class_token_is_refused():
+    from searchskip.errors import ModelError
+
+    model = tiny_model("llava-next", llava_config={"vision_feature_select_strategy": "full"})
+    with pytest.raises(ModelError, match="anyres packs each crop's patches.*'full'.*17 features for 16 patches"):
+        geometry_of(model.config)
+
+
+def test_llava_onevision_7b_shipped_config_on_a_480_by_640_image():
+    """768 x 768 is the best fit: 5 SigLIP-so400m/384 crops (26 layers, 729 patches, no head);
+    the 2 x 2 tiles' 54 x 54 features lose 7 letterbox rows top and bottom (40 x 54, under
+    anyres_max_9's 9 crops, so not shrunk), plus a newline a row."""
+    from pathlib import Path
+
+    from searchskip.flops import known_config
+
+    config = known_config("llava-hf/llava-onevision-qwen2-7b-ov-hf")
+    vision = geometry_of(config).vision
+    shape = vision.shape_for(480, 640)
+    assert vision.crops(shape) == 5 and vision.tokens_per_image(shape) == 729 + 40 * 54 + 40
+    assert vision.crop.head is None and vision.max_crops == 9
+    d, ffn, t = 1152, 4304, 729
+    per_crop = 2 * 3 * 14 * 14 * d * t + 26 * (t * 2 * (4 * d * d + 2 * d * ffn) + 2 * 2 * d * t * t)
+    assert sum(f for _, _, f in vision.entries(1, shape)) == 5 * per_crop
+    w = Workload(prompt_tokens=45, generated_tokens=2, image_shape=shape)
+    base = count_flops(config, None, w)
+    assert round(base.total() / 1e12, 3) == 43.937
+    plans = Path(__file__).resolve().parents[1] / "spaces/plans"
+    for name, ratio in [("qwen2.5-vl-7b/paper-every-2nd.yaml", 0.6370), ("visual_tokens.yaml", 0.5681),
+                        ("qwen2.5-vl-7b/image-tokens-frozen.yaml", 0.4563)]:
+        assert round(count_flops(config, Plan.load(plans / name), w).ratio(base), 4) == ratio, name

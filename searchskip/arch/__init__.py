@@ -21,6 +21,7 @@ from searchskip.arch.base import AdapterRegistry, ArchAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
 from searchskip.arch.llava_next import LlavaNextAdapter
+from searchskip.arch.llava_onevision import LlavaOnevisionAdapter
 from searchskip.arch.opt import OPTAdapter
 from searchskip.arch.qwen_vl import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 from searchskip.arch.wrapper import WrapperAdapter
@@ -37,6 +38,7 @@ def register(adapter: ArchAdapter) -> ArchAdapter:
 # ---- the supported families: one line each -------------------------------------------
 register(LlavaAdapter())
 register(LlavaNextAdapter())
+register(LlavaOnevisionAdapter())
 register(Qwen25VLAdapter())
 register(Qwen2VLAdapter())
 register(Qwen3VLAdapter())
@@ -63,6 +65,7 @@ __all__ = [
     "LlamaAdapter",
     "LlavaAdapter",
     "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "OPTAdapter",
     "Qwen25VLAdapter",
     "Qwen2VLAdapter",

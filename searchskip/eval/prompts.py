@@ -18,7 +18,12 @@ QWEN_VL = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_sta
            "<|im_end|>\n<|im_start|>assistant\n")
 """Qwen2-VL / Qwen2.5-VL / Qwen3-VL's chat format with the short-answer VQA instruction (lmms-eval's VQAv2 prompt)."""
 
-FAMILY_TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_15, "qwen2_vl": QWEN_VL, "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
+ONEVISION = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+             "<image>\n{question}\nAnswer the question using a single word or phrase.<|im_end|>\n<|im_start|>assistant\n")
+"""LLaVA-OneVision's Qwen2 chat format (lmms-eval's ``qwen_1_5`` conversation) with the short-answer VQA instruction."""
+
+FAMILY_TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_15, "llava_onevision": ONEVISION, "qwen2_vl": QWEN_VL,
+                    "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
 """``config.model_type`` -> template."""
 
 

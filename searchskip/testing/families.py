@@ -17,18 +17,24 @@ FAMILIES: tuple[str, ...] = (
     "qwen2.5-vl",
     "qwen3-vl",
     "llava-next",
+    "llava-onevision",
 )
 """Every family :func:`tiny_model` builds; text-only first, then LLaVA over each decoder, then
 the other vision-language families."""
 
-NEXT_FAMILIES: tuple[str, ...] = ("llava-next",)
-LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-") and f not in NEXT_FAMILIES)
+ANYRES_DECODERS: dict[str, str] = {"llava-next": "llama", "llava-onevision": "qwen2"}
+"""The anyres families and the decoder each is built over."""
+ANYRES_FAMILIES: tuple[str, ...] = tuple(ANYRES_DECODERS)
+LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-") and f not in ANYRES_FAMILIES)
 QWEN_VL_FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
-MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES + NEXT_FAMILIES
-RESOLUTION_FAMILIES: tuple[str, ...] = QWEN_VL_FAMILIES + NEXT_FAMILIES
+MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES
+RESOLUTION_FAMILIES: tuple[str, ...] = QWEN_VL_FAMILIES + ANYRES_FAMILIES
 """Families whose image-token count follows each image's size (``tiny_inputs(image_sides=...)``)."""
-NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
-"""LLaVA-NeXT's tiny resolutions (crops of :data:`IMAGE_SIZE`)."""
+ANYRES_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+"""LLaVA-NeXT's and LLaVA-OneVision's tiny resolutions (crops of :data:`IMAGE_SIZE`)."""
+ONEVISION_ASPECT = "anyres_max_2"
+"""The tiny LLaVA-OneVision's ``vision_aspect_ratio``: a 64x64 image's 2x2 tiles (8x8 features)
+are shrunk to 5x5, a 32x64 image's 1x2 tiles are not."""
 TEXT_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in MULTIMODAL_FAMILIES)
 
 VOCAB = 100
@@ -46,9 +52,9 @@ def is_multimodal(family: str) -> bool:
     return family in MULTIMODAL_FAMILIES
 
 
-def is_next_config(config) -> bool:
-    """Whether a model config is LLaVA-NeXT's."""
-    return getattr(config, "model_type", None) == "llava_next"
+def is_anyres_config(config) -> bool:
+    """Whether a model config is LLaVA-NeXT's or LLaVA-OneVision's (anyres)."""
+    return getattr(config, "model_type", None) in ("llava_next", "llava_onevision")
 
 
 def is_qwen_vl_config(config) -> bool:

@@ -2,7 +2,7 @@
 
 ``save_tiny_model("qwen2.5-vl", folder)`` writes what a hub checkpoint holds: ``config.json``,
 safetensors weights, a word-level tokenizer over the easy-VQA words (so answers decode to
-words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``Qwen2VLProcessor`` with Qwen-VL's
+words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``LlavaOnevisionProcessor`` (images only); ``Qwen2VLProcessor`` with Qwen-VL's
 image processor, PIL backend, at a tiny pixel range so that images of different sizes give
 different image-token counts). A job pointing ``model.id`` at the folder runs every verb
 (``flops``, ``search``, ``eval``, ``export``, ``finetune``) as it would on the real model.
@@ -22,9 +22,10 @@ from searchskip.testing.families import (
     EOS_ID,
     IMAGE_SIZE,
     IMAGE_TOKEN_ID,
+    ONEVISION_ASPECT,
     LLAVA_FAMILIES,
-    NEXT_FAMILIES,
-    NEXT_PINPOINTS,
+    ANYRES_FAMILIES,
+    ANYRES_PINPOINTS,
     PAD_ID,
     PATCH_SIZE,
     QWEN_MERGE,
@@ -52,6 +53,8 @@ def _specials(family: str) -> dict[int, str]:
                     4: "<|im_start|>", 5: "<|im_end|>"})
     else:
         out[IMAGE_TOKEN_ID] = "<image>"
+    if family == "llava-onevision":  # its processor counts video tokens in every text
+        out.update({VIDEO_TOKEN_ID: "<video>", 4: "<|im_start|>", 5: "<|im_end|>"})
     return out
 
 
@@ -88,6 +91,8 @@ def _tokenizer(family: str, vocab: list[str]):
     extra = ({"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
               "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
              if family in QWEN_VL_FAMILIES else {"image_token": "<image>"})
+    if family == "llava-onevision":
+        extra["video_token"] = "<video>"
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", extra_special_tokens=extra, padding_side="left",
                                    model_max_length=256)
@@ -108,13 +113,27 @@ def _processor(family: str, tokenizer):
                 "qwen3-vl": transformers.Qwen3VLProcessor}[family]
         # images only: the video processor needs torchvision (see searchskip.processors)
         return image_only_class(base)(image_processor=images, tokenizer=tokenizer)
-    if family in NEXT_FAMILIES:
+    if family == "llava-onevision":
+        import transformers
+        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+            LlavaOnevisionImageProcessorPil,
+        )
+
+        from searchskip.processors import image_only_class
+
+        images = LlavaOnevisionImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                                 image_grid_pinpoints=ANYRES_PINPOINTS)
+        # images only: the video processor needs torchvision (see searchskip.processors)
+        return image_only_class(transformers.LlavaOnevisionProcessor)(
+            image_processor=images, tokenizer=tokenizer, num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+            vision_feature_select_strategy="full", vision_aspect_ratio=ONEVISION_ASPECT)
+    if family == "llava-next":
         from transformers import LlavaNextProcessor
         from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
         images = LlavaNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                            image_grid_pinpoints=NEXT_PINPOINTS)
+                                            image_grid_pinpoints=ANYRES_PINPOINTS)
         return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH_SIZE,
                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
     from transformers import CLIPImageProcessorPil, LlavaProcessor
@@ -130,7 +149,7 @@ def save_tiny_model(family: str, folder: str | Path, texts: list[str] | None = N
     """Save a tiny ``family`` model (:func:`~searchskip.testing.tiny_model`; a vision-language
     family) with its tokenizer and processor into ``folder``; ``texts`` give the tokenizer's
     words (default: the easy-VQA words of the embedded model's tokenizer)."""
-    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + NEXT_FAMILIES:
+    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES:
         raise ValueError(f"save_tiny_model builds vision-language families only, not '{family}'")
     if texts is None:
         texts = _easy_vqa_texts()

@@ -12,25 +12,23 @@ from searchskip.testing.families import (
     SPECIAL_IDS,
     VISION_END_ID,
     VISION_START_ID,
-    is_next_config,
+    is_anyres_config,
     is_qwen_vl_config,
 )
 
 def image_tokens_per_image(model, side: int | None = None) -> int:
     """How many placeholder tokens one image expands to in a vision-language ``model``
-    (a Qwen-VL image of ``side`` x ``side`` pixels; default :data:`IMAGE_SIZE`)."""
+    (a Qwen-VL or anyres image of ``side`` x ``side`` pixels; default :data:`IMAGE_SIZE`)."""
+    from searchskip.flops import geometry_of
+
     config = model.config
     vc = config.vision_config
-    if is_next_config(config):
-        from searchskip.flops import geometry_of
-
-        side = side or IMAGE_SIZE
-        return geometry_of(config).vision.tokens_per_image((side, side))
+    side = side or IMAGE_SIZE
     if is_qwen_vl_config(config):
-        patches = (side or IMAGE_SIZE) // vc.patch_size
+        patches = side // vc.patch_size
         return patches * patches // vc.spatial_merge_size ** 2
-    n = (vc.image_size // vc.patch_size) ** 2
-    return n + (1 if config.vision_feature_select_strategy == "full" else 0)
+    vision = geometry_of(config).vision
+    return vision.tokens_per_image((side, side) if is_anyres_config(config) else None)
 
 
 def qwen_vl_pixels(model, sides: list[int], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -49,7 +47,7 @@ def qwen_vl_pixels(model, sides: list[int], generator: torch.Generator) -> dict[
     return {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.tensor(grids)}
 
 
-def next_pixels(model, sides: list[int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+def anyres_pixels(model, sides: list[int], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random ``pixel_values`` (images x crops x channels x crop x crop, zero crops padding the
     images with fewer) and ``image_sizes`` of one square image per entry of ``sides``, as
     LLaVA-NeXT's image processor lays them out."""
@@ -89,7 +87,7 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
         raise ValueError("vision-language inputs need seq >= 4 text tokens (2 before the image, at least 1 after, padding)")
     if seq < 2:
         raise ValueError("seq must be at least 2")
-    nxt = is_next_config(config)
+    nxt = is_anyres_config(config)
     if image_sides is not None and (not (qwen or nxt) or len(image_sides) != batch):
         raise ValueError("image_sides: one side per row, for Qwen-VL and LLaVA-NeXT models only")
     sides = list(image_sides) if image_sides is not None else [IMAGE_SIZE] * batch
@@ -126,7 +124,7 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
         out["mm_token_type_ids"] = (out["input_ids"] == image_id).long()
         out.update(qwen_vl_pixels(model, sides, g))
     elif nxt:
-        out.update(next_pixels(model, sides, g))
+        out.update(anyres_pixels(model, sides, g))
     elif is_llava:
         vc = config.vision_config
         out["pixel_values"] = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=g)

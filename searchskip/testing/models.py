@@ -7,13 +7,14 @@ from typing import Any
 import torch
 
 from searchskip.testing.families import (
+    ANYRES_DECODERS,
+    ANYRES_PINPOINTS,
     BOS_ID,
     EOS_ID,
     FAMILIES,
     IMAGE_SIZE,
     IMAGE_TOKEN_ID,
-    NEXT_FAMILIES,
-    NEXT_PINPOINTS,
+    ONEVISION_ASPECT,
     PAD_ID,
     PATCH_SIZE,
     QWEN_MERGE,
@@ -87,7 +88,7 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
         if llava_overrides:
             raise ValueError(f"llava_config overrides only apply to LLaVA families, not '{family}'")
         return _tiny_qwen_vl(family, seed, num_layers, vision_overrides, overrides)
-    decoder = "llama" if family in NEXT_FAMILIES else (family.split("-", 1)[1] if is_llava else family)
+    decoder = ANYRES_DECODERS.get(family) or (family.split("-", 1)[1] if is_llava else family)
     text_config = _text_config(decoder, num_layers, overrides)
 
     with torch.random.fork_rng(devices=[]):
@@ -111,8 +112,12 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 patch_size=PATCH_SIZE,
                 projection_dim=32,
             )
-            vision.update(vision_overrides)
-            vision_config = tf.CLIPVisionConfig(**vision)
+            siglip = family == "llava-onevision" or vision_overrides.get("model_type") == "siglip_vision_model"
+            if siglip:  # no class token, and (unless OneVision turns it off) an attention-pooling head
+                vision.pop("projection_dim")
+                vision["vision_use_head"] = family != "llava-onevision"
+            vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})
+            vision_config = (tf.SiglipVisionConfig if siglip else tf.CLIPVisionConfig)(**vision)
             n_image = (vision_config.image_size // vision_config.patch_size) ** 2
             llava = dict(
                 vision_config=vision_config,
@@ -122,10 +127,16 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 tie_word_embeddings=False,
             )
             llava.update(llava_overrides)
-            if family in NEXT_FAMILIES:  # anyres: a base crop and the tiles of the best of NEXT_PINPOINTS
+            if family == "llava-next":  # anyres: a base crop and the tiles of the best of ANYRES_PINPOINTS
                 del llava["image_seq_length"]
-                llava.setdefault("image_grid_pinpoints", NEXT_PINPOINTS)
+                llava.setdefault("image_grid_pinpoints", ANYRES_PINPOINTS)
                 model = tf.LlavaNextForConditionalGeneration(tf.LlavaNextConfig(**llava))
+            elif family == "llava-onevision":  # anyres over SigLIP crops, tiles shrunk past 2 crops' worth
+                del llava["image_seq_length"]
+                llava.update(video_token_id=VIDEO_TOKEN_ID, vision_feature_select_strategy="full")
+                llava.setdefault("image_grid_pinpoints", ANYRES_PINPOINTS)
+                llava.setdefault("vision_aspect_ratio", ONEVISION_ASPECT)
+                model = tf.LlavaOnevisionForConditionalGeneration(tf.LlavaOnevisionConfig(**llava))
             else:
                 model = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**llava))
     return model.to(torch.float32).eval()

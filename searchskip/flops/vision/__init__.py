@@ -1,11 +1,15 @@
 """Vision towers and projectors, as FLOP counting sees them: read from a meta-device model.
 
-Two kinds of tower, one class each, with the same interface (:class:`VisionCount`):
+Three kinds of tower, one class (and module) each, with the same interface (:class:`VisionCount`):
 
-* :class:`VisionGeometry` -- a CLIP (or SigLIP-like) ViT at a fixed resolution: every image
-  is ``patches`` patches (plus a class token), the tower's attention is bidirectional over
-  all of them, and it gives a fixed number of LLM positions per image;
-* :class:`GridVisionGeometry` -- the Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT, which takes every image at its
+* :class:`VisionGeometry` (``fixed.py``) -- a CLIP or SigLIP ViT at a fixed resolution: every
+  image is ``patches`` patches (plus CLIP's class token), the tower's attention is
+  bidirectional over all of them, SigLIP may add an attention-pooling head, and it gives a
+  fixed number of LLM positions per image;
+* :class:`AnyresVisionGeometry` (``anyres.py``) -- LLaVA-NeXT / LLaVA-OneVision: such a tower
+  run on a base crop and on the tiles of the best-fitting resolution, the LLM positions
+  following each image's size;
+* :class:`GridVisionGeometry` (``grid.py``) -- the Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT, which takes every image at its
   own resolution: an image is a grid ``(t, h, w)`` of patches (``t`` temporal patches of
   ``temporal_patch_size`` frames; a still image is ``t = 1``), embedded by a Conv3d; each
   block attends within a frame (Qwen2-VL; Qwen2.5-VL's ``fullatt_block_indexes``) or within
@@ -34,17 +38,20 @@ from searchskip.flops.vision.grid import GridVisionGeometry, grid_tower
 __all__ = ["AnyresVisionGeometry", "Grid", "GridVisionGeometry", "VisionCount", "VisionGeometry",
            "VisionLayerGeometry", "vision_geometry"]
 
+FIXED_TOWERS = ("clip_vision_model", "siglip_vision_model")
+"""``vision_config.model_type`` of the fixed-resolution towers :func:`fixed_tower` reads."""
+
 
 def vision_geometry(model: Any, adapter: Any, config: Any) -> VisionCount:
     """The vision geometry of a meta-device ``model`` (its tower and projector, found through
     ``adapter``); :class:`ModelError` for a tower FLOP counting does not know."""
     vc = config.vision_config
     kind = getattr(vc, "model_type", None)
-    if kind == "clip_vision_model" and getattr(config, "image_grid_pinpoints", None):
+    if kind in FIXED_TOWERS and getattr(config, "image_grid_pinpoints", None):
         return anyres_tower(model, adapter, config)
-    if kind == "clip_vision_model":
+    if kind in FIXED_TOWERS:
         return fixed_tower(model, adapter, config)
     if kind in ("qwen2_vl_vision", "qwen2_5_vl_vision", "qwen3_vl_vision"):
         return grid_tower(model, adapter, config)
-    raise ModelError(f"FLOP counting knows CLIP and Qwen-VL vision towers, but this model's is "
+    raise ModelError(f"FLOP counting knows CLIP, SigLIP and Qwen-VL vision towers, but this model's is "
                      f"'{kind or type(adapter.vision_tower(model)).__name__}'")

@@ -1,6 +1,9 @@
-"""LLaVA-NeXT's "anyres": a fixed-resolution tower run on a base crop and the tiles of an image."""
+"""LLaVA-NeXT's and LLaVA-OneVision's "anyres": a fixed-resolution tower run on a base crop and
+the tiles of an image."""
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -15,17 +18,22 @@ __all__ = ["AnyresVisionGeometry", "anyres_tower"]
 
 @dataclass(frozen=True)
 class AnyresVisionGeometry(VisionCount):
-    """LLaVA-NeXT's "anyres": the CLIP tower (:attr:`crop`) runs on the image resized to one crop
-    and on the crops of the image at the best-fitting resolution of ``pinpoints`` (``rows x
-    cols`` crops); the projector runs on every crop's patches; the LLM gets the base crop's
-    patches, then the tiles' patches with the padding rows (or columns) of the letterboxed
-    image removed, each row ended by a newline embedding. An image's shape is its original
+    """"anyres": the tower (:attr:`crop`: CLIP in LLaVA-NeXT, SigLIP in LLaVA-OneVision) runs on
+    the image resized to one crop and on the crops of the image at the best-fitting resolution
+    of ``pinpoints`` (``rows x cols`` crops); the projector runs on every crop's patches; the
+    LLM gets the base crop's patches, then the tiles' patches with the padding rows (or
+    columns) of the letterboxed image removed, each row ended by a newline embedding.
+    LLaVA-OneVision (``vision_aspect_ratio: anyres_max_N``) first shrinks the unpadded tile
+    features (bilinear, uncounted like every elementwise op) to about ``N`` crops' worth when
+    they are over 1.1 times the side of that. An image's shape is its original
     ``(height, width)`` in pixels (what the processor returns as ``image_sizes``)."""
 
     crop: VisionGeometry
     pinpoints: tuple[tuple[int, int], ...]
     crop_size: int
     projector: tuple[Linear, ...]
+    max_crops: int | None = None
+    """``N`` of ``anyres_max_N`` (LLaVA-OneVision); ``None``: tile features are never shrunk."""
     image_tokens: None = None
 
     def _layout(self, shape: Grid | None) -> tuple[int, int, int]:
@@ -51,6 +59,10 @@ class AnyresVisionGeometry(VisionCount):
             current_h -= 2 * ((current_h - int(round(height * (current_w / width), 7))) // 2)
         else:
             current_w -= 2 * ((current_w - int(round(width * (current_h / height), 7))) // 2)
+        if self.max_crops is not None:
+            ratio = math.sqrt(current_h * current_w / (self.max_crops * side ** 2))
+            if ratio > 1.1:  # as the model computes it: floor of a float division
+                current_h, current_w = int(current_h // ratio), int(current_w // ratio)
         return side * side + current_h * current_w + current_h  # base, unpadded tiles, one newline a row
 
     def projector_tokens(self, shape: Grid | None) -> int:
@@ -64,10 +76,26 @@ class AnyresVisionGeometry(VisionCount):
         yield from self.crop.entries(images * self.crops(shape))
 
 
+def _max_crops(config: Any) -> int | None:
+    """``N`` of LLaVA-OneVision's ``vision_aspect_ratio: anyres_max_N``; ``None`` without one."""
+    aspect = getattr(config, "vision_aspect_ratio", None)
+    if aspect is None:
+        return None
+    text = str(aspect)
+    if not text.startswith("anyres_max_") or not text[len("anyres_max_"):].isdigit() or int(text[11:]) < 1:
+        raise ModelError(f"vision_aspect_ratio '{aspect}': FLOP counting knows 'anyres_max_N' (N a positive whole "
+                         "number of crops) only")
+    return int(text[len("anyres_max_"):])
+
+
 def anyres_tower(model: Any, adapter: Any, config: Any) -> AnyresVisionGeometry:
-    if getattr(config, "vision_feature_select_strategy", "default") != "default":
-        raise ModelError("FLOP counting knows LLaVA-NeXT with vision_feature_select_strategy 'default' only "
-                         "(the class token dropped from every crop)")
+    """The :class:`AnyresVisionGeometry` of a LLaVA-NeXT or LLaVA-OneVision model."""
     crop = fixed_tower(model, adapter, config)
+    if crop.image_tokens != crop.patches:
+        raise ModelError(f"anyres packs each crop's patches, but with vision_feature_select_strategy "
+                         f"'{getattr(config, 'vision_feature_select_strategy', 'default')}' this tower gives "
+                         f"{crop.image_tokens} features for {crop.patches} patches (CLIP needs 'default', which drops "
+                         "its class token; SigLIP needs 'full')")
     return AnyresVisionGeometry(crop=crop, pinpoints=tuple(tuple(int(x) for x in p) for p in config.image_grid_pinpoints),
-                                crop_size=int(config.vision_config.image_size), projector=crop.projector)
+                                crop_size=int(config.vision_config.image_size), projector=crop.projector,
+                                max_crops=_max_crops(config))

@@ -1,4 +1,10 @@
-"""Fixed-resolution towers (CLIP): every image is the same patches, one LLM position each."""
+"""Fixed-resolution towers (CLIP, SigLIP): every image is the same patches, one LLM position each.
+
+CLIP prepends a class token; SigLIP has none, and (``vision_use_head``, SigLIP's default, off
+in LLaVA-OneVision and Gemma 3) runs an attention-pooling head after its encoder: one learned
+probe attends to every patch (``nn.MultiheadAttention``: the probe's query, every patch's key
+and value, the output projection) and an MLP runs on the pooled vector. The wrapper models
+discard the head's output, but HF runs it, so it is counted (part ``head``)."""
 
 from __future__ import annotations
 
@@ -9,12 +15,30 @@ from searchskip.errors import ModelError
 from searchskip.flops.linear import Linear
 from searchskip.flops.vision.base import Grid, VisionCount, VisionLayerGeometry, linears_of
 
-__all__ = ["VisionGeometry", "fixed_tower"]
+__all__ = ["PoolingHead", "VisionGeometry", "fixed_tower"]
+
+
+@dataclass(frozen=True)
+class PoolingHead:
+    """SigLIP's attention-pooling head: ``probes`` learned queries over a tower's tokens."""
+
+    width: int
+    """``embed_dim`` of its attention (queries, keys and values alike)."""
+    probes: int
+    linears: tuple[Linear, ...]
+    """Its linears (the attention's output projection and the MLP), each run once per probe."""
+
+    def flops(self, tokens: int) -> int:
+        """FLOPs of the head over ``tokens`` tower tokens of one image."""
+        d = self.width
+        projections = 2 * d * d * (self.probes + 2 * tokens)  # q of the probes; k and v of every token
+        attention = 2 * 2 * d * self.probes * tokens  # scores and weighted sum over all heads
+        return projections + attention + self.probes * sum(lin.flops_per_token for lin in self.linears)
 
 
 @dataclass(frozen=True)
 class VisionGeometry(VisionCount):
-    """A CLIP vision tower (fixed resolution) and the multimodal projector of a LLaVA model."""
+    """A CLIP or SigLIP vision tower (fixed resolution) and the multimodal projector of a LLaVA model."""
 
     channels: int
     patch_size: int
@@ -26,9 +50,11 @@ class VisionGeometry(VisionCount):
     """Every encoder layer that runs (all of them: HF runs the whole tower even when
     ``vision_feature_layer`` selects an earlier hidden state)."""
     image_tokens: int
-    """LLM positions (projector outputs) per image: the patches, plus the class token with
-    ``vision_feature_select_strategy: full``."""
+    """LLM positions (projector outputs) per image: the tower's tokens, less the first with
+    ``vision_feature_select_strategy: default`` (CLIP's class token; a patch of SigLIP's)."""
     projector: tuple[Linear, ...]
+    head: PoolingHead | None = None
+    """SigLIP's attention-pooling head where the tower runs it."""
 
     @property
     def tokens(self) -> int:
@@ -48,9 +74,30 @@ class VisionGeometry(VisionCount):
             pairs = images * t * t  # bidirectional: every query sees every key, as computed
             yield j, "scores", 2 * layer.heads * layer.head_dim * pairs
             yield j, "weighted_sum", 2 * layer.heads * layer.head_dim * pairs
+        if self.head is not None:
+            yield None, "head", images * self.head.flops(t)
+
+
+def _pooling_head(tower: Any) -> tuple[PoolingHead | None, set[int]]:
+    """SigLIP's pooling head in ``tower`` (``None`` where it has none) and its modules' ids."""
+    from torch import nn
+
+    heads = [m for m in tower.modules()
+             if hasattr(m, "probe") and isinstance(getattr(m, "attention", None), nn.MultiheadAttention)]
+    if not heads:
+        return None, set()
+    if len(heads) > 1:
+        raise ModelError(f"{type(tower).__name__} has {len(heads)} attention-pooling heads; FLOP counting knows one")
+    head = heads[0]
+    attention = head.attention
+    if not attention._qkv_same_embed_dim:
+        raise ModelError(f"{type(tower).__name__}'s pooling head projects keys and values from another width")
+    return (PoolingHead(width=int(attention.embed_dim), probes=int(head.probe.shape[1]), linears=linears_of(head)),
+            {id(m) for m in head.modules()})
 
 
 def fixed_tower(model: Any, adapter: Any, config: Any) -> VisionGeometry:
+    """The :class:`VisionGeometry` of a CLIP or SigLIP tower and its projector, read from ``model``."""
     from torch import nn
 
     tower = adapter.vision_tower(model)
@@ -60,9 +107,10 @@ def fixed_tower(model: Any, adapter: Any, config: Any) -> VisionGeometry:
                    if name.endswith("encoder.layers") and isinstance(m, nn.ModuleList)]
     convs = [m for m in tower.modules() if isinstance(m, nn.Conv2d)]
     if len(layer_lists) != 1 or len(convs) != 1:
-        raise ModelError(f"{type(tower).__name__} is not laid out like a CLIP vision tower "
+        raise ModelError(f"{type(tower).__name__} is not laid out like a CLIP or SigLIP vision tower "
                          "(one patch convolution, one encoder.layers list)")
-    in_layers = {id(m) for m in layer_lists[0].modules()}
+    head, in_head = _pooling_head(tower)
+    in_layers = {id(m) for m in layer_lists[0].modules()} | in_head
     stray = [name for name, m in tower.named_modules() if isinstance(m, nn.Linear) and id(m) not in in_layers]
     if stray:
         raise ModelError(f"{type(tower).__name__} has linears outside its encoder layers ({', '.join(stray)}) "
@@ -76,8 +124,9 @@ def fixed_tower(model: Any, adapter: Any, config: Any) -> VisionGeometry:
     patches = (int(vc.image_size) // patch) ** 2
     class_token = any(hasattr(m, "class_embedding") for m in tower.modules())
     strategy = getattr(config, "vision_feature_select_strategy", "default")
-    image_tokens = patches + (1 if (strategy == "full" and class_token) else 0)
+    image_tokens = patches + int(class_token) - (1 if strategy == "default" else 0)
     return VisionGeometry(
         channels=int(conv.in_channels), patch_size=patch, width=int(conv.out_channels), patches=patches,
         class_token=class_token, layers=layers, image_tokens=image_tokens, projector=linears_of(projector),
+        head=head,
     )

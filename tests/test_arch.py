@@ -10,7 +10,8 @@ import torch
 from searchskip.arch import REGISTRY, AdapterRegistry, LlamaAdapter, get_adapter, register, supported_families
 from searchskip.arch.cache_api import CACHE_KWARG
 from searchskip.errors import ModelError
-from searchskip.testing import ANYRES_FAMILIES, FAMILIES, LLAVA_FAMILIES, QWEN_VL_FAMILIES, tiny_inputs, tiny_model
+from searchskip.testing import (ANYRES_FAMILIES, FAMILIES, LLAVA_FAMILIES, QWEN_VL_FAMILIES, TILED_FAMILIES, tiny_inputs,
+                                tiny_model)
 
 
 
@@ -34,8 +35,9 @@ EXPECTED = {
     "qwen3-vl": ("qwen3-vl", "Qwen3VLTextModel", "Qwen3VLTextDecoderLayer"),
     "llava-next": ("llava-next-llama", "LlamaModel", "LlamaDecoderLayer"),
     "llava-onevision": ("llava-onevision-llama", "Qwen2Model", "Qwen2DecoderLayer"),
+    "internvl": ("internvl-llama", "Qwen2Model", "Qwen2DecoderLayer"),
 }
-TEXT_MODEL_TYPES = {"llava-next": "llama", "llava-onevision": "qwen2", "qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
+TEXT_MODEL_TYPES = {"llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2", "qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
 
 
 def test_expected_table_covers_every_family():
@@ -65,7 +67,7 @@ def test_adapter_found_and_locations(family):
         assert isinstance(adapter.attn_norm(layer), torch.nn.Module)
         assert adapter.attn_norm(layer) is not adapter.mlp_norm(layer)
 
-    if family in LLAVA_FAMILIES + ANYRES_FAMILIES:
+    if family in LLAVA_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES:
         assert adapter.vision_tower(model) is model.model.vision_tower
         assert adapter.projector(model) is model.model.multi_modal_projector
         assert adapter.image_token_id(model) == model.config.image_token_id == 99
@@ -351,6 +353,6 @@ def test_registry_refuses_duplicates():
 
 
 def test_registry_lists_each_family_once():
-    assert REGISTRY.names() == ["llava", "llava-next", "llava-onevision", "qwen2.5-vl", "qwen2-vl", "qwen3-vl",
-                                "llama", "opt"]
-    assert len(supported_families()) == 8
+    assert REGISTRY.names() == ["llava", "llava-next", "llava-onevision", "internvl", "qwen2.5-vl", "qwen2-vl",
+                                "qwen3-vl", "llama", "opt"]
+    assert len(supported_families()) == 9

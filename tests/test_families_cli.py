@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from searchskip import cli
-from searchskip.testing import ANYRES_FAMILIES, QWEN_VL_FAMILIES, row_inputs, tiny_inputs
+from searchskip.testing import ANYRES_FAMILIES, QWEN_VL_FAMILIES, TILED_FAMILIES, row_inputs, tiny_inputs
 from searchskip.testing.folders import save_tiny_model
 
 from helpers import load_study  # noqa: E402
@@ -25,10 +25,11 @@ from helpers import load_study  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES_CLI = QWEN_VL_FAMILIES + ANYRES_FAMILIES
+FAMILIES_CLI = QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES
 SIDES = (16, 32, 48)  # Qwen-VL's tiny processor: 4, 16 and 36 image tokens; LLaVA-NeXT's: 36, 36 and 88
 SHAPES = {"llava-next": ([[16, 16], [32, 32], [48, 48]], [36, 36, 88]),
-          "llava-onevision": ([[16, 16], [32, 32], [48, 48]], [36, 36, 46])}  # 48 x 48: 2 x 2 tiles shrunk to 5 x 5
+          "llava-onevision": ([[16, 16], [32, 32], [48, 48]], [36, 36, 46]),  # 48 x 48: 2 x 2 tiles shrunk to 5 x 5
+          "internvl": ([[1], [5], [10]], [16, 80, 160])}  # 16-pixel tiles: 1, 2 x 2 + thumbnail, 3 x 3 + thumbnail
 """Per family: the image shapes the processor gives the three sizes, and their image tokens."""
 QWEN_SHAPES = ([[1, 4, 4], [1, 8, 8], [1, 12, 12]], [4, 16, 36])
 
@@ -195,7 +196,8 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
     planned = load_model(load_job(job).model).model
     plain = AutoModelForImageTextToText.from_pretrained(out / "model").eval()
     assert not hasattr(plain, "_searchskip_applied")
-    inputs = tiny_inputs(planned, batch=3, image_sides=[32, 64, 32] if family in ANYRES_FAMILIES else [16, 32, 24])
+    sides = [32, 64, 32] if family in ANYRES_FAMILIES else [16, 32, 16] if family in TILED_FAMILIES else [16, 32, 24]
+    inputs = tiny_inputs(planned, batch=3, image_sides=sides)
     with torch.no_grad(), apply(planned, plan):
         want = planned.generate(**inputs, max_new_tokens=3, do_sample=False)
     with torch.no_grad():

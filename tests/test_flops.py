@@ -31,8 +31,9 @@ from searchskip.flops import (
 )
 from searchskip.flops.measure import flop_counter, measure_flops
 from searchskip.plan import SCOPES, DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
-from searchskip.testing import (ANYRES_FAMILIES, FAMILIES, IMAGE_SIZE, QWEN_PATCH, QWEN_VL_FAMILIES, is_multimodal, tiny_inputs,
-                                tiny_model)
+from searchskip.testing import (ANYRES_FAMILIES, FAMILIES, IMAGE_SIZE, QWEN_PATCH, QWEN_VL_FAMILIES, TILED_FAMILIES,
+                                is_multimodal, tiny_inputs, tiny_model)
+from searchskip.testing.families import default_side
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,15 +53,20 @@ def model_of(family: str):
     return _MODELS[family]
 
 
-def workload_of(family: str, generated: int = GENERATED, side: int = IMAGE_SIZE) -> Workload:
+def workload_of(family: str, generated: int = GENERATED, side: int | None = None) -> Workload:
     """What tiny_inputs(batch=1, seq=TEXT) holds; a Qwen-VL image is framed by two text tokens
     (<vision_start>, <vision_end>) and is a (1, side/4, side/4) patch grid."""
+    if side is None:
+        side = default_side(model_of(family).config) if is_multimodal(family) else IMAGE_SIZE
     if family in QWEN_VL_FAMILIES:
         return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1,
                         image_shape=(1, side // QWEN_PATCH, side // QWEN_PATCH))
     if family in ANYRES_FAMILIES:  # anyres: the image's size in pixels
         return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=1, text_before_image=BEFORE,
                         image_shape=(side, side))
+    if family in TILED_FAMILIES:  # InternVL: the image's tiles, framed by <img> ... </img>
+        return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1,
+                        image_shape=geometry_of(model_of(family).config).vision.shape_for(side, side))
     image = is_multimodal(family)
     return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=int(image),
                     text_before_image=BEFORE if image else 0)

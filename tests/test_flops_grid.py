@@ -295,3 +295,76 @@ def test_llava_onevision_7b_shipped_config_on_a_480_by_640_image():
     for name, ratio in [("qwen2.5-vl-7b/paper-every-2nd.yaml", 0.6370), ("visual_tokens.yaml", 0.5681),
                         ("qwen2.5-vl-7b/image-tokens-frozen.yaml", 0.4563)]:
         assert round(count_flops(config, Plan.load(plans / name), w).ratio(base), 4) == ratio, name
+
+
+# --------------------------------------------------------------------------------------
+# InternVL: InternViT on each tile (class token dropped), pixel shuffle, projector
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tiles", [1, 3, 5, 10])
+def test_tiled_tower_matches_the_model(tiles):
+    from searchskip.flops.vision import TiledVisionGeometry
+
+    model = tiny_model("internvl")
+    vision = geometry_of(model.config).vision
+    assert isinstance(vision, TiledVisionGeometry) and vision.tile.class_token
+    vc = model.config.vision_config
+    pixels = torch.randn(tiles, 3, *vc.image_size)
+    measured, out = measure_flops(lambda: model.model.get_image_features(pixels, return_dict=True))
+    assert out.pooler_output.shape[:2] == (tiles, vision.tile_tokens) and vision.tile_tokens == 16
+    tower = sum(f for _, _, f in vision.entries(1, (tiles,)))
+    projector = sum(lin.flops_per_token for lin in vision.projector) * vision.projector_tokens((tiles,))
+    assert tower + projector == measured
+
+
+@pytest.mark.parametrize("size,tiles", [((16, 16), 1), ((32, 32), 5), ((48, 48), 10), ((16, 60), 5), ((100, 30), 4)])
+def test_tiles_follow_the_image_processor(size, tiles):
+    """The tile count of an image is the one InternVL's image processor cuts (its grid closest
+    to the image's aspect ratio, plus a thumbnail when there is more than one tile)."""
+    from PIL import Image
+
+    from searchskip.processors import image_inputs
+    from searchskip.testing.folders import _processor, _tokenizer, tiny_vocabulary
+
+    vision = geometry_of(tiny_model("internvl").config).vision
+    processor = _processor("internvl", _tokenizer("internvl", tiny_vocabulary("internvl", ["a"])))
+    settings = {**dict(processor.image_processor.size), "max_patches": processor.image_processor.max_patches}
+    assert vision.shape_for(*size, settings) == (tiles,)
+    image = Image.new("RGB", (size[1], size[0]))
+    assert int(image_inputs(processor, [image])["num_patches"][0]) == tiles
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_tiled_generation_matches_flop_counter(side):
+    model = tiny_model("internvl")
+    vision = geometry_of(model.config).vision
+    inputs = tiny_inputs(model, batch=1, seq=TEXT, image_sides=[side])
+    measured, _ = measure_flops(lambda: model.generate(**inputs, max_new_tokens=GENERATED,
+                                                       min_new_tokens=GENERATED, do_sample=False))
+    w = Workload(prompt_tokens=TEXT + 2, generated_tokens=GENERATED, text_before_image=BEFORE + 1,
+                 image_shape=vision.shape_for(side, side))
+    assert count_flops(model.config, None, w).total(attention="kernel") == measured
+
+
+def test_internvl3_8b_shipped_config_on_a_480_by_640_image():
+    """A 4 x 3 grid of 448-pixel tiles matches 640 x 480 exactly: 12 tiles + a thumbnail, each
+    InternViT-300M (24 layers, 1,024 patches + a class token) and 256 tokens after the shuffle."""
+    from pathlib import Path
+
+    from searchskip.flops import known_config
+
+    config = known_config("OpenGVLab/InternVL3-8B-hf")
+    vision = geometry_of(config).vision
+    shape = vision.shape_for(480, 640)
+    assert shape == (13,) and vision.tokens_per_image(shape) == 13 * 256
+    d, ffn, t = 1024, 4096, 1025
+    per_tile = 2 * 3 * 14 * 14 * d * 1024 + 24 * (t * 2 * (4 * d * d + 2 * d * ffn) + 2 * 2 * d * t * t)
+    assert sum(f for _, _, f in vision.entries(1, shape)) == 13 * per_tile
+    w = Workload(prompt_tokens=45, generated_tokens=2, image_shape=shape)
+    base = count_flops(config, None, w)
+    assert round(base.total() / 1e12, 3) == 55.910
+    plans = Path(__file__).resolve().parents[1] / "spaces/plans"
+    for name, ratio in [("qwen2.5-vl-7b/paper-every-2nd.yaml", 0.6745), ("visual_tokens.yaml", 0.6111),
+                        ("qwen2.5-vl-7b/image-tokens-frozen.yaml", 0.5116)]:
+        assert round(count_flops(config, Plan.load(plans / name), w).ratio(base), 4) == ratio, name

@@ -535,9 +535,9 @@ MIXED_SIZE_PLANS["scopes"] = Plan(layers={0: LayerOp(SKIP_ATTN, SCOPE_NON_VISUAL
                                           2: LayerOp(SKIP_FFN, SCOPE_PROMPT), 3: LayerOp(PARALLEL_ATTN_FFN, SCOPE_VISUAL)})
 
 
-MIXED_SIDES = {"llava-next": [32, 64, 32], "llava-onevision": [32, 64, 32]}
+MIXED_SIDES = {"llava-next": [32, 64, 32], "llava-onevision": [32, 64, 32], "internvl": [16, 32, 16]}
 """Image sides per row (default: Qwen-VL's 16, 32, 24 pixels: 4, 16 and 9 image tokens; LLaVA-NeXT: 36, 88, 36;
-LLaVA-OneVision: 36, 46 (tiles shrunk), 36)."""
+LLaVA-OneVision: 36, 46 (tiles shrunk), 36; InternVL: 1, 5 and 1 tiles, 16, 80 and 16 tokens)."""
 
 
 @pytest.mark.parametrize("name", list(MIXED_SIZE_PLANS))

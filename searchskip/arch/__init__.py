@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from searchskip.arch.base import AdapterRegistry, ArchAdapter
+from searchskip.arch.internvl import InternVLAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
 from searchskip.arch.llava_next import LlavaNextAdapter
@@ -39,6 +40,7 @@ def register(adapter: ArchAdapter) -> ArchAdapter:
 register(LlavaAdapter())
 register(LlavaNextAdapter())
 register(LlavaOnevisionAdapter())
+register(InternVLAdapter())
 register(Qwen25VLAdapter())
 register(Qwen2VLAdapter())
 register(Qwen3VLAdapter())
@@ -62,6 +64,7 @@ def supported_families() -> list[str]:
 __all__ = [
     "AdapterRegistry",
     "ArchAdapter",
+    "InternVLAdapter",
     "LlamaAdapter",
     "LlavaAdapter",
     "LlavaNextAdapter",

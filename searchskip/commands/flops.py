@@ -63,20 +63,28 @@ def image_shape_flag(value: str | None, vision: Any, job: Any = None) -> tuple[i
     if vision is None or vision.image_tokens is not None:
         what = "the model is text-only" if vision is None else f"its vision tower takes {vision.image_tokens} tokens per image"
         raise ConfigError(f"--image-size: applies to models that take images at their own resolution (Qwen-VL, "
-                          f"LLaVA-NeXT); {what}")
+                          f"LLaVA-NeXT / OneVision, InternVL); {what}")
     return vision.shape_for(int(parts[0]), int(parts[1]), _processor_size(job) if job is not None else None)
 
 
 def _processor_size(job: Any) -> dict:
-    """The image processor's ``size`` (Qwen-VL: ``shortest_edge`` / ``longest_edge`` pixels) of
-    the job's model when its processor is local or cached; ``{}`` otherwise."""
+    """The image processor's ``size`` (Qwen-VL: ``shortest_edge`` / ``longest_edge`` pixels;
+    InternVL: the tile's ``height`` / ``width``, with its tiling: ``min_patches``,
+    ``max_patches``, ``crop_to_patches`` as the processor calls it) of the job's model when its
+    processor is local or cached; ``{}`` otherwise."""
     from searchskip.models import resolve_source
     from searchskip.processors import load_processor
 
     try:
         source, _ = resolve_source(job.model)
         processor = load_processor(source, revision=job.model.revision, local_files_only=True)
-        return dict(getattr(processor.image_processor, "size", None) or {})
+        image_processor = processor.image_processor
+        settings = dict(getattr(image_processor, "size", None) or {})
+        for key in ("min_patches", "max_patches", "crop_to_patches"):
+            if getattr(image_processor, key, None) is not None:
+                settings[key] = getattr(image_processor, key)
+        settings.update(getattr(type(processor), "images_kwargs", None) or {})
+        return settings
     except Exception:  # noqa: BLE001 - no processor here: the defaults stand
         return {}
 

@@ -33,12 +33,17 @@ processor returns ``image_grid_thw``):
 each image keeps its patches and grid, its placeholder expands to ``t * h * w / merge ** 2``
 tokens, so prompts differ in length with their images; a batch holds the patches of its rows'
 images, their ``image_grid_thw`` and ``mm_token_type_ids``, and no ``position_ids`` (the model
-computes its 3-D M-RoPE positions from those, left padding included).
+computes its 3-D M-RoPE positions from those, left padding included). InternVL (the image
+processor returns ``num_patches``): each image keeps its tiles, a batch holds its rows' tiles.
+A placeholder becomes what the processor puts in its place for that image shape (its image
+tokens and any frame around them, InternVL's ``<img>`` ... ``</img>``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
+
+from searchskip.processors import expanded_image_text, image_inputs
 
 __all__ = ["Batch", "TrainingTensors"]
 
@@ -104,7 +109,7 @@ class TrainingTensors:
         self.image_ids = order
         self.image_row = {img: r for r, img in enumerate(order)}
         pil = list(ds.select([first[img] for img in order])["image"])
-        images = processor.image_processor(pil, return_tensors="pt")
+        images = image_inputs(processor, pil)
         self.pixels = images["pixel_values"]
         self.sample_image = torch.tensor([self.image_row[i] for i in image_ids])
 
@@ -114,27 +119,34 @@ class TrainingTensors:
         """Per unique image: its patch grid (Qwen-VL), else ``None``."""
         self.sizes = images.get("image_sizes")
         """Per unique image: its original size (LLaVA-NeXT's anyres), else ``None``."""
-        if self.grids is not None:
-            counts = self.grids.prod(-1)
-            self.patch_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-            per_image = (counts // processor.image_processor.merge_size ** 2).tolist()
-            tokens = [per_image[self.image_row[i]] for i in image_ids]
-        elif self.sizes is not None:  # anyres: the count follows the size; asked of the processor once a size
-            per_size: dict[tuple, int] = {}
-            for image, size in zip(pil, self.sizes.tolist()):
-                if tuple(size) not in per_size:
-                    per_size[tuple(size)] = _count_image_tokens(processor, template, image_token, image)
-            per_image = [per_size[tuple(size)] for size in self.sizes.tolist()]
-            tokens = [per_image[self.image_row[i]] for i in image_ids]
+        tiles = images.get("num_patches")
+        self.pixel_rows = (self.grids.prod(-1) if self.grids is not None
+                           else torch.as_tensor(tiles).reshape(-1) if tiles is not None else None)
+        """Per unique image: its rows of ``pixels`` when images have different numbers of them
+        (Qwen-VL's patches, InternVL's tiles); ``None`` when ``pixels`` has a row per image."""
+        if self.pixel_rows is not None:
+            self.patch_start = torch.cat([self.pixel_rows.new_zeros(1), self.pixel_rows.cumsum(0)[:-1]])
+        # what one placeholder becomes, asked of the processor once per image shape
+        if self.grids is not None or self.sizes is not None:
+            keys = [tuple(k) for k in (self.grids if self.grids is not None else self.sizes).tolist()]
+        elif self.pixel_rows is not None:
+            keys = [(int(n),) for n in self.pixel_rows.tolist()]
         else:
-            if n_image_tokens is None:
-                n_image_tokens = _count_image_tokens(processor, template, image_token, pil[0])
-            tokens = [n_image_tokens] * len(image_ids)
-        self.image_tokens = tokens
+            keys = [None] * len(pil)
+        expansion: dict = {}
+        for image, key in zip(pil, keys):
+            if key not in expansion:
+                text = None if (key is None and n_image_tokens is not None) else expanded_image_text(processor, image)
+                if text is None:
+                    count = n_image_tokens or _count_image_tokens(processor, template, image_token, image)
+                    text = image_token * count
+                expansion[key] = text
+        per_question = [expansion[keys[self.image_row[i]]] for i in image_ids]
+        self.image_tokens = [text.count(image_token) for text in per_question]
         """Per question: the image tokens its prompt holds."""
         placeholder = image_token if image_token in template else "<image>"
-        prompts = tokenizer([template.replace(placeholder, image_token * n).format(question=q)
-                             for q, n in zip(list(ds["question"]), tokens)],
+        prompts = tokenizer([template.replace(placeholder, text).format(question=q)
+                             for q, text in zip(list(ds["question"]), per_question)],
                             add_special_tokens=add_special_tokens)["input_ids"]
         answers = tokenizer([a[0] for a in list(ds["answers"])], add_special_tokens=False)["input_ids"]
         tails = [a + [tokenizer.eos_token_id] for a in answers]
@@ -199,15 +211,17 @@ class TrainingTensors:
         attention = self.attention[idx, start:end]
         input_ids = self.input_ids[idx, start:end]
         rows = self.sample_image[idx]
-        if self.grids is None:
+        if self.pixel_rows is None:
             pixels = self.pixels[rows]
-            image_inputs = {} if self.sizes is None else {"image_sizes": self.sizes[rows]}
-            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        else:  # each row's own patches, in row order, with their grids; the model computes M-RoPE
+        else:  # each row's own patches (Qwen-VL) or tiles (InternVL), in row order
             import torch
 
-            counts = self.grids[rows].prod(-1)
-            pixels = torch.cat([self.pixels[int(s):int(s) + int(n)] for s, n in zip(self.patch_start[rows], counts)])
+            pixels = torch.cat([self.pixels[int(s):int(s) + int(n)]
+                                for s, n in zip(self.patch_start[rows], self.pixel_rows[rows])])
+        if self.grids is None:
+            image_inputs = {} if self.sizes is None else {"image_sizes": self.sizes[rows]}
+            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        else:  # with their grids; the model computes M-RoPE
             image_inputs = {"image_grid_thw": self.grids[rows],
                             "mm_token_type_ids": (input_ids == self.image_token_id).long()}
             position_ids = None

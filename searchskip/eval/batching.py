@@ -18,15 +18,23 @@ from typing import Any, Hashable, NamedTuple, Sequence
 __all__ = ["ImageOrder", "batch_spans", "image_keys", "image_shape", "shape_size", "sorted_by_image"]
 
 
-def image_shape(image_processor: Any, image: Any) -> tuple[int, ...] | None:
+SHAPE_KEYS = ("image_grid_thw", "image_sizes", "num_patches")
+"""Image-processor outputs that give each image's shape (see :func:`image_shape`)."""
+
+
+def image_shape(processor: Any, image: Any) -> tuple[int, ...] | None:
     """What a model that takes images at their own resolution needs to know of ``image``, as its
-    image processor gives it: Qwen-VL's patch grid ``(t, h, w)`` (``image_grid_thw``),
-    LLaVA-NeXT's original ``(height, width)`` (``image_sizes``); ``None`` for a fixed-resolution
-    processor (see :attr:`searchskip.flops.Workload.image_shape`)."""
-    out = image_processor(images=[image], return_tensors="pt")
-    for key in ("image_grid_thw", "image_sizes"):
+    processor's image processor gives it: Qwen-VL's patch grid ``(t, h, w)``
+    (``image_grid_thw``), LLaVA-NeXT's and LLaVA-OneVision's original ``(height, width)``
+    (``image_sizes``), InternVL's tile count ``(tiles,)`` (``num_patches``); ``None`` for a
+    fixed-resolution processor (see :attr:`searchskip.flops.Workload.image_shape`)."""
+    from searchskip.processors import image_inputs
+
+    out = image_inputs(processor, [image])
+    for key in SHAPE_KEYS:
         if key in out:
-            return tuple(int(x) for x in out[key][0].tolist())
+            value = out[key][0]
+            return tuple(int(x) for x in (value.tolist() if value.dim() else [int(value)]))
     return None
 
 
@@ -40,13 +48,13 @@ def image_keys(loaded: Any, dataset: Any) -> list[Hashable]:
     under ``loaded``'s processor; all ``None`` for a fixed-resolution processor, which only the
     first image is read for."""
     n = len(dataset)
-    image_processor = getattr(loaded.processor, "image_processor", None)
-    if n == 0 or image_processor is None:
+    processor = loaded.processor
+    if n == 0 or getattr(processor, "image_processor", None) is None:
         return [None] * n
-    first = image_shape(image_processor, dataset[0]["image"])
+    first = image_shape(processor, dataset[0]["image"])
     if first is None:
         return [None] * n
-    return [first] + [image_shape(image_processor, dataset[i]["image"]) for i in range(1, n)]
+    return [first] + [image_shape(processor, dataset[i]["image"]) for i in range(1, n)]
 
 
 class ImageOrder(NamedTuple):

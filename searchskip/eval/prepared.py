@@ -138,13 +138,18 @@ def _image_features(model: Any, inputs: dict) -> tuple[Any, dict]:
 
 
 def _flatten(out: Any) -> dict:
-    """``{"pooler_output.<image>": t, "deepstack_features.<level>.<image>": t}`` of an encoder output."""
+    """``{"pooler_output.<image>": t, "deepstack_features.<level>.<image>": t}`` of an encoder output
+    (``{"pooler_output": t}`` where the model gives one tensor for all images, as InternVL does)."""
+    import torch
+
     flat: dict = {}
     for name in _FEATURE_FIELDS:
         value = getattr(out, name, None)
         if value is None:
             continue
-        if name == "pooler_output":
+        if isinstance(value, torch.Tensor):
+            flat[name] = value.detach()
+        elif name == "pooler_output":
             flat.update({f"{name}.{i}": t.detach() for i, t in enumerate(value)})
         else:
             flat.update({f"{name}.{level}.{i}": t.detach() for level, per_image in enumerate(value)
@@ -157,7 +162,9 @@ def _unflatten(flat: dict) -> dict:
     fields: dict = {}
     for key in sorted(flat, key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")]):
         name, *index = key.split(".")
-        if name == "pooler_output":
+        if not index:  # one tensor for all images
+            fields[name] = flat[key]
+        elif name == "pooler_output":
             fields.setdefault(name, []).append(flat[key])
         else:
             levels = fields.setdefault(name, [])

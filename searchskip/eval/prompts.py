@@ -1,7 +1,8 @@
 """Prompt templates: one per model family, overridable per job.
 
 A template is a string with the processor's image placeholder where the image goes
-(``<image>`` for LLaVA, ``<|vision_start|><|image_pad|><|vision_end|>`` for Qwen-VL) and
+(``<image>`` for LLaVA, ``<|vision_start|><|image_pad|><|vision_end|>`` for Qwen-VL,
+``<IMG_CONTEXT>`` for InternVL) and
 ``{question}`` where the question goes; the processor expands the placeholder into the
 image tokens.
 """
@@ -22,8 +23,13 @@ ONEVISION = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_s
              "<image>\n{question}\nAnswer the question using a single word or phrase.<|im_end|>\n<|im_start|>assistant\n")
 """LLaVA-OneVision's Qwen2 chat format (lmms-eval's ``qwen_1_5`` conversation) with the short-answer VQA instruction."""
 
-FAMILY_TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_15, "llava_onevision": ONEVISION, "qwen2_vl": QWEN_VL,
-                    "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
+INTERNVL = ("<|im_start|>user\n<IMG_CONTEXT>\n{question}\nAnswer the question using a single word or phrase."
+            "<|im_end|>\n<|im_start|>assistant\n")
+"""InternVL (-hf)'s chat format: its processor expands ``<IMG_CONTEXT>`` into ``<img>``, the image's
+tokens (256 a tile) and ``</img>``."""
+
+FAMILY_TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_15, "llava_onevision": ONEVISION, "internvl": INTERNVL,
+                    "qwen2_vl": QWEN_VL, "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
 """``config.model_type`` -> template."""
 
 

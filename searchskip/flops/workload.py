@@ -66,8 +66,9 @@ class Workload:
     """Where the numbers come from, in words (e.g. ``measured on 500 validation questions``)."""
     image_shape: Grid | None = None
     """What the vision tower needs to know of each image when it takes images at their own
-    resolution: Qwen-VL's patch grid ``(t, h, w)``, LLaVA-NeXT's original ``(height, width)``
-    in pixels; ``None`` for fixed-resolution towers (the tokens come from the config)."""
+    resolution: Qwen-VL's patch grid ``(t, h, w)``, LLaVA-NeXT's / OneVision's original
+    ``(height, width)`` in pixels, InternVL's tile count ``(tiles,)``; ``None`` for
+    fixed-resolution towers (the tokens come from the config)."""
     variants: tuple[tuple[float, "Workload"], ...] = ()
     """``(weight, workload)`` per image grid when samples differ (see the module doc); weights sum to 1."""
 
@@ -75,10 +76,11 @@ class Workload:
         problems: list[Problem] = []
         if self.image_shape is not None:
             shape = self.image_shape
-            if (not isinstance(shape, (tuple, list)) or len(shape) not in (2, 3)
+            if (not isinstance(shape, (tuple, list)) or len(shape) not in (1, 2, 3)
                     or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in shape)):
-                raise ConfigError([Problem(None, "image_shape", "must be two or three positive integers (Qwen-VL's "
-                                                                f"patch grid t, h, w; LLaVA-NeXT's height, width), but got {shape!r}")])
+                raise ConfigError([Problem(None, "image_shape", "must be one to three positive integers (Qwen-VL's "
+                                                                "patch grid t, h, w; LLaVA-NeXT's height, width; "
+                                                                f"InternVL's tiles), but got {shape!r}")])
             object.__setattr__(self, "image_shape", tuple(shape))
         object.__setattr__(self, "variants", tuple(self._checked_variants()) if self.variants else ())
 
@@ -253,8 +255,9 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     * generated tokens: the first reference answer tokenized (no special tokens) plus the
       end-of-sequence token, capped at ``max_new_tokens``;
     * ``text_before_image``: text tokens before the first image token;
-    * for a processor that takes images at their own resolution (it returns ``image_grid_thw``:
-      Qwen-VL, or ``image_sizes``: LLaVA-NeXT), each row's image shape; rows of one shape make one
+    * for a processor that takes images at their own resolution (its image processor returns
+      ``image_grid_thw``: Qwen-VL, ``image_sizes``: LLaVA-NeXT / OneVision, or ``num_patches``:
+      InternVL's tiles), each row's image shape; rows of one shape make one
       variant (see the module doc), or the workload's :attr:`~Workload.image_shape` when all share one.
 
     The processor runs on the first row (with its image) to learn how many tokens an image
@@ -286,8 +289,8 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
         short = tokenizer(prompt(first["question"]))["input_ids"]
         fast = (short.count(image_id) == images_per_prompt
                 and len(short) - images_per_prompt == len(full) - full.count(image_id))
-        if "image_grid_thw" in full_out or "image_sizes" in full_out:  # images at their own resolution
-            grids = image_keys(loaded, dataset.select(range(n_rows)) if hasattr(dataset, "select") else dataset[:n_rows])
+        # images at their own resolution: each row's shape (a fixed-resolution processor reads one image)
+        grids = image_keys(loaded, dataset.select(range(n_rows)) if hasattr(dataset, "select") else dataset[:n_rows])
     else:
         fast = True
 

@@ -2,7 +2,7 @@
 
 ``save_tiny_model("qwen2.5-vl", folder)`` writes what a hub checkpoint holds: ``config.json``,
 safetensors weights, a word-level tokenizer over the easy-VQA words (so answers decode to
-words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``LlavaOnevisionProcessor`` (images only); ``Qwen2VLProcessor`` with Qwen-VL's
+words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``LlavaOnevisionProcessor`` and ``InternVLProcessor`` (images only); ``Qwen2VLProcessor`` with Qwen-VL's
 image processor, PIL backend, at a tiny pixel range so that images of different sizes give
 different image-token counts). A job pointing ``model.id`` at the folder runs every verb
 (``flops``, ``search``, ``eval``, ``export``, ``finetune``) as it would on the real model.
@@ -22,6 +22,8 @@ from searchskip.testing.families import (
     EOS_ID,
     IMAGE_SIZE,
     IMAGE_TOKEN_ID,
+    INTERNVL_PATCH,
+    INTERNVL_TILE,
     ONEVISION_ASPECT,
     LLAVA_FAMILIES,
     ANYRES_FAMILIES,
@@ -32,6 +34,7 @@ from searchskip.testing.families import (
     QWEN_PATCH,
     QWEN_TEMPORAL,
     QWEN_VL_FAMILIES,
+    TILED_FAMILIES,
     VIDEO_TOKEN_ID,
     VISION_END_ID,
     VISION_START_ID,
@@ -51,6 +54,9 @@ def _specials(family: str) -> dict[int, str]:
         out.update({IMAGE_TOKEN_ID: "<|image_pad|>", VIDEO_TOKEN_ID: "<|video_pad|>",
                     VISION_START_ID: "<|vision_start|>", VISION_END_ID: "<|vision_end|>",
                     4: "<|im_start|>", 5: "<|im_end|>"})
+    elif family in TILED_FAMILIES:
+        out.update({IMAGE_TOKEN_ID: "<IMG_CONTEXT>", VIDEO_TOKEN_ID: "<video>", VISION_START_ID: "<img>",
+                    VISION_END_ID: "</img>", 4: "<|im_start|>", 5: "<|im_end|>"})
     else:
         out[IMAGE_TOKEN_ID] = "<image>"
     if family == "llava-onevision":  # its processor counts video tokens in every text
@@ -93,6 +99,9 @@ def _tokenizer(family: str, vocab: list[str]):
              if family in QWEN_VL_FAMILIES else {"image_token": "<image>"})
     if family == "llava-onevision":
         extra["video_token"] = "<video>"
+    if family in TILED_FAMILIES:
+        extra = {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>", "end_image_token": "</img>",
+                 "video_token": "<video>"}
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", extra_special_tokens=extra, padding_side="left",
                                    model_max_length=256)
@@ -113,6 +122,15 @@ def _processor(family: str, tokenizer):
                 "qwen3-vl": transformers.Qwen3VLProcessor}[family]
         # images only: the video processor needs torchvision (see searchskip.processors)
         return image_only_class(base)(image_processor=images, tokenizer=tokenizer)
+    if family in TILED_FAMILIES:
+        import transformers
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        from searchskip.processors import image_only_class
+
+        images = GotOcr2ImageProcessorPil(size={"height": INTERNVL_TILE, "width": INTERNVL_TILE}, max_patches=9)
+        return image_only_class(transformers.InternVLProcessor)(
+            image_processor=images, tokenizer=tokenizer, image_seq_length=(INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2)
     if family == "llava-onevision":
         import transformers
         from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
@@ -149,7 +167,7 @@ def save_tiny_model(family: str, folder: str | Path, texts: list[str] | None = N
     """Save a tiny ``family`` model (:func:`~searchskip.testing.tiny_model`; a vision-language
     family) with its tokenizer and processor into ``folder``; ``texts`` give the tokenizer's
     words (default: the easy-VQA words of the embedded model's tokenizer)."""
-    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES:
+    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES:
         raise ValueError(f"save_tiny_model builds vision-language families only, not '{family}'")
     if texts is None:
         texts = _easy_vqa_texts()

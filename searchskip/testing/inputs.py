@@ -7,27 +7,32 @@ import torch
 from searchskip.testing.families import (
     BOS_ID,
     EOS_ID,
-    IMAGE_SIZE,
     PAD_ID,
     SPECIAL_IDS,
     VISION_END_ID,
     VISION_START_ID,
+    IMAGE_TOKEN_ID,
+    default_side,
     is_anyres_config,
     is_qwen_vl_config,
+    is_tiled_config,
 )
 
 def image_tokens_per_image(model, side: int | None = None) -> int:
     """How many placeholder tokens one image expands to in a vision-language ``model``
-    (a Qwen-VL or anyres image of ``side`` x ``side`` pixels; default :data:`IMAGE_SIZE`)."""
+    (a Qwen-VL, anyres or InternVL image of ``side`` x ``side`` pixels; default
+    :func:`~searchskip.testing.families.default_side`)."""
     from searchskip.flops import geometry_of
 
     config = model.config
     vc = config.vision_config
-    side = side or IMAGE_SIZE
+    side = side or default_side(config)
     if is_qwen_vl_config(config):
         patches = side // vc.patch_size
         return patches * patches // vc.spatial_merge_size ** 2
     vision = geometry_of(config).vision
+    if is_tiled_config(config):
+        return vision.tokens_per_image(vision.shape_for(side, side))
     return vision.tokens_per_image((side, side) if is_anyres_config(config) else None)
 
 
@@ -62,6 +67,19 @@ def anyres_pixels(model, sides: list[int], generator: torch.Generator) -> dict[s
     return {"pixel_values": pixels, "image_sizes": torch.tensor([[side, side] for side in sides])}
 
 
+def tiled_pixels(model, sides: list[int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random ``pixel_values`` (all images' tiles, concatenated) of one square image per entry of
+    ``sides``, as InternVL's processor lays them out: one tile, or the tiles of the best grid
+    plus a thumbnail."""
+    from searchskip.flops import geometry_of
+
+    vision = geometry_of(model.config).vision
+    vc = model.config.vision_config
+    tiles = sum(vision.tiles(vision.shape_for(side, side)) for side in sides)
+    height, width = vc.image_size
+    return {"pixel_values": torch.randn(tiles, vc.num_channels, height, width, generator=generator)}
+
+
 def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: bool = True,
                 image_sides: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Keyword arguments for ``model(**kw)`` / ``model.generate(**kw)``.
@@ -71,8 +89,10 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
     ``seq + n`` long) and ``pixel_values`` holds one random image per row. A Qwen-VL row is
     ``t t <vision_start> <image>*n <vision_end> t ...`` with ``pixel_values`` and
     ``image_grid_thw`` of one image per row, ``image_sides[b]`` pixels square (default
-    :data:`IMAGE_SIZE` for every row) and ``mm_token_type_ids`` (1 at image tokens: M-RoPE
-    needs it); rows with fewer image tokens than the longest are left-padded to its length. With ``left_pad`` and ``batch > 1`` the last row starts with
+    :func:`~searchskip.testing.families.default_side` for every row) and ``mm_token_type_ids`` (1 at image tokens: M-RoPE
+    needs it); an InternVL row frames its image tokens the same way (``<img>`` ... ``</img>``)
+    and ``pixel_values`` holds every row's tiles; rows with fewer image tokens than the longest
+    are left-padded to its length. With ``left_pad`` and ``batch > 1`` the last row starts with
     ``max(1, seq // 4)`` pad tokens (masked out in ``attention_mask``) in place of its first
     text tokens.
     """
@@ -88,9 +108,10 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
     if seq < 2:
         raise ValueError("seq must be at least 2")
     nxt = is_anyres_config(config)
-    if image_sides is not None and (not (qwen or nxt) or len(image_sides) != batch):
-        raise ValueError("image_sides: one side per row, for Qwen-VL and LLaVA-NeXT models only")
-    sides = list(image_sides) if image_sides is not None else [IMAGE_SIZE] * batch
+    tiled = is_tiled_config(config)
+    if image_sides is not None and (not (qwen or nxt or tiled) or len(image_sides) != batch):
+        raise ValueError("image_sides: one side per row, for Qwen-VL, LLaVA-NeXT / OneVision and InternVL models only")
+    sides = list(image_sides) if image_sides is not None else [default_side(config)] * batch
 
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(3, vocab, (batch, seq), generator=g)
@@ -109,7 +130,7 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
             # padding replaces the first text tokens; then 2 text tokens, the image, the rest
             n_img = image_tokens_per_image(model, sides[b])
             image = torch.full((n_img,), image_id)
-            if qwen:
+            if qwen or tiled:  # framed: <vision_start> ... <vision_end>, InternVL's <img> ... </img>
                 image = torch.cat([torch.tensor([VISION_START_ID]), image, torch.tensor([VISION_END_ID])])
             body, body_mask = toks[p:], mask[p:]
             toks = torch.cat([toks[:p], body[:2], image, body[2:]])
@@ -125,6 +146,8 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
         out.update(qwen_vl_pixels(model, sides, g))
     elif nxt:
         out.update(anyres_pixels(model, sides, g))
+    elif tiled:
+        out.update(tiled_pixels(model, sides, g))
     elif is_llava:
         vc = config.vision_config
         out["pixel_values"] = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=g)
@@ -162,6 +185,12 @@ def row_inputs(inputs: dict[str, torch.Tensor], row: int) -> dict[str, torch.Ten
             counts = inputs["image_grid_thw"].prod(-1).tolist()
             start = sum(counts[:row])
             out[key] = value[start:start + counts[row]]
+        elif key == "pixel_values" and value.dim() == 4 and value.shape[0] != inputs["input_ids"].shape[0]:
+            # InternVL: every image's tiles, concatenated; a row's share follows its image tokens
+            tokens = (inputs["input_ids"] == IMAGE_TOKEN_ID).sum(-1).tolist()
+            per_token = value.shape[0] / sum(tokens)
+            start = round(sum(tokens[:row]) * per_token)
+            out[key] = value[start:start + round(tokens[row] * per_token)]
         else:
             out[key] = value[row:row + 1]
     return out

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from searchskip.testing.families import (
-    ANYRES_DECODERS,
     ANYRES_PINPOINTS,
     BOS_ID,
+    INTERNVL_PATCH,
+    INTERNVL_TILE,
     EOS_ID,
     FAMILIES,
     IMAGE_SIZE,
@@ -25,6 +26,7 @@ from searchskip.testing.families import (
     VISION_END_ID,
     VISION_START_ID,
     VOCAB,
+    WRAPPER_DECODERS,
     is_multimodal,
 )
 
@@ -81,14 +83,14 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
         raise ValueError(f"unknown family '{family}'; families: {', '.join(FAMILIES)}")
     vision_overrides = overrides.pop("vision_config", None) or {}
     llava_overrides = overrides.pop("llava_config", None) or {}
-    is_llava = family.startswith("llava-")
+    is_llava = family.startswith("llava-") or family in WRAPPER_DECODERS  # a CLIP-like tower beside a decoder
     if not is_multimodal(family) and (vision_overrides or llava_overrides):
         raise ValueError(f"vision_config / llava_config overrides only apply to vision-language families, not '{family}'")
     if family in QWEN_VL_FAMILIES:
         if llava_overrides:
             raise ValueError(f"llava_config overrides only apply to LLaVA families, not '{family}'")
         return _tiny_qwen_vl(family, seed, num_layers, vision_overrides, overrides)
-    decoder = ANYRES_DECODERS.get(family) or (family.split("-", 1)[1] if is_llava else family)
+    decoder = WRAPPER_DECODERS.get(family) or (family.split("-", 1)[1] if is_llava else family)
     text_config = _text_config(decoder, num_layers, overrides)
 
     with torch.random.fork_rng(devices=[]):
@@ -127,7 +129,15 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 tie_word_embeddings=False,
             )
             llava.update(llava_overrides)
-            if family == "llava-next":  # anyres: a base crop and the tiles of the best of ANYRES_PINPOINTS
+            if family == "internvl":  # InternViT tiles, pixel shuffle 0.5, Qwen2 decoder
+                vision.pop("projection_dim")
+                vision.update(image_size=INTERNVL_TILE, patch_size=INTERNVL_PATCH)
+                vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})
+                del llava["image_seq_length"], llava["vision_config"]
+                tile_tokens = (INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2
+                model = tf.InternVLForConditionalGeneration(tf.InternVLConfig(
+                    vision_config=tf.InternVLVisionConfig(**vision), image_seq_length=tile_tokens, **llava))
+            elif family == "llava-next":  # anyres: a base crop and the tiles of the best of ANYRES_PINPOINTS
                 del llava["image_seq_length"]
                 llava.setdefault("image_grid_pinpoints", ANYRES_PINPOINTS)
                 model = tf.LlavaNextForConditionalGeneration(tf.LlavaNextConfig(**llava))

@@ -1,6 +1,6 @@
 """Vision towers and projectors, as FLOP counting sees them: read from a meta-device model.
 
-Three kinds of tower, one class (and module) each, with the same interface (:class:`VisionCount`):
+Four kinds of tower, one class (and module) each, with the same interface (:class:`VisionCount`):
 
 * :class:`VisionGeometry` (``fixed.py``) -- a CLIP or SigLIP ViT at a fixed resolution: every
   image is ``patches`` patches (plus CLIP's class token), the tower's attention is
@@ -9,6 +9,8 @@ Three kinds of tower, one class (and module) each, with the same interface (:cla
 * :class:`AnyresVisionGeometry` (``anyres.py``) -- LLaVA-NeXT / LLaVA-OneVision: such a tower
   run on a base crop and on the tiles of the best-fitting resolution, the LLM positions
   following each image's size;
+* :class:`TiledVisionGeometry` (``tiled.py``) -- InternVL: InternViT run on each tile of an
+  image (plus a thumbnail), its patch features merged by a pixel shuffle;
 * :class:`GridVisionGeometry` (``grid.py``) -- the Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT, which takes every image at its
   own resolution: an image is a grid ``(t, h, w)`` of patches (``t`` temporal patches of
   ``temporal_patch_size`` frames; a still image is ``t = 1``), embedded by a Conv3d; each
@@ -34,9 +36,10 @@ from searchskip.flops.vision.anyres import AnyresVisionGeometry, anyres_tower
 from searchskip.flops.vision.base import Grid, VisionCount, VisionLayerGeometry
 from searchskip.flops.vision.fixed import VisionGeometry, fixed_tower
 from searchskip.flops.vision.grid import GridVisionGeometry, grid_tower
+from searchskip.flops.vision.tiled import TiledVisionGeometry, tiled_tower
 
-__all__ = ["AnyresVisionGeometry", "Grid", "GridVisionGeometry", "VisionCount", "VisionGeometry",
-           "VisionLayerGeometry", "vision_geometry"]
+__all__ = ["AnyresVisionGeometry", "Grid", "GridVisionGeometry", "TiledVisionGeometry", "VisionCount",
+           "VisionGeometry", "VisionLayerGeometry", "vision_geometry"]
 
 FIXED_TOWERS = ("clip_vision_model", "siglip_vision_model")
 """``vision_config.model_type`` of the fixed-resolution towers :func:`fixed_tower` reads."""
@@ -51,7 +54,9 @@ def vision_geometry(model: Any, adapter: Any, config: Any) -> VisionCount:
         return anyres_tower(model, adapter, config)
     if kind in FIXED_TOWERS:
         return fixed_tower(model, adapter, config)
+    if kind == "internvl_vision":
+        return tiled_tower(model, adapter, config)
     if kind in ("qwen2_vl_vision", "qwen2_5_vl_vision", "qwen3_vl_vision"):
         return grid_tower(model, adapter, config)
-    raise ModelError(f"FLOP counting knows CLIP, SigLIP and Qwen-VL vision towers, but this model's is "
+    raise ModelError(f"FLOP counting knows CLIP, SigLIP, InternViT and Qwen-VL vision towers, but this model's is "
                      f"'{kind or type(adapter.vision_tower(model)).__name__}'")

@@ -1,6 +1,7 @@
-"""Fixed-resolution towers (CLIP, SigLIP): every image is the same patches, one LLM position each.
+"""Fixed-resolution towers (CLIP, SigLIP, InternViT): every image is the same patches, one LLM
+position each (InternVL then merges them, see ``tiled.py``).
 
-CLIP prepends a class token; SigLIP has none, and (``vision_use_head``, SigLIP's default, off
+CLIP and InternViT prepend a class token; SigLIP has none, and (``vision_use_head``, SigLIP's default, off
 in LLaVA-OneVision and Gemma 3) runs an attention-pooling head after its encoder: one learned
 probe attends to every patch (``nn.MultiheadAttention``: the probe's query, every patch's key
 and value, the output projection) and an MLP runs on the pooled vector. The wrapper models
@@ -96,6 +97,15 @@ def _pooling_head(tower: Any) -> tuple[PoolingHead | None, set[int]]:
             {id(m) for m in head.modules()})
 
 
+def _attention(layer: Any) -> Any:
+    """An encoder layer's self-attention (``self_attn``: CLIP, SigLIP; ``attention``: InternViT)."""
+    attention = getattr(layer, "self_attn", None) or getattr(layer, "attention", None)
+    if attention is None or not hasattr(attention, "num_heads"):
+        raise ModelError(f"{type(layer).__name__} has no self-attention FLOP counting can read (self_attn / attention "
+                         "with num_heads and head_dim)")
+    return attention
+
+
 def fixed_tower(model: Any, adapter: Any, config: Any) -> VisionGeometry:
     """The :class:`VisionGeometry` of a CLIP or SigLIP tower and its projector, read from ``model``."""
     from torch import nn
@@ -104,10 +114,10 @@ def fixed_tower(model: Any, adapter: Any, config: Any) -> VisionGeometry:
     projector = adapter.projector(model)
     vc = config.vision_config
     layer_lists = [m for name, m in tower.named_modules()
-                   if name.endswith("encoder.layers") and isinstance(m, nn.ModuleList)]
+                   if name.endswith(("encoder.layers", "encoder.layer")) and isinstance(m, nn.ModuleList)]
     convs = [m for m in tower.modules() if isinstance(m, nn.Conv2d)]
     if len(layer_lists) != 1 or len(convs) != 1:
-        raise ModelError(f"{type(tower).__name__} is not laid out like a CLIP or SigLIP vision tower "
+        raise ModelError(f"{type(tower).__name__} is not laid out like a CLIP, SigLIP or InternViT vision tower "
                          "(one patch convolution, one encoder.layers list)")
     head, in_head = _pooling_head(tower)
     in_layers = {id(m) for m in layer_lists[0].modules()} | in_head
@@ -115,14 +125,18 @@ def fixed_tower(model: Any, adapter: Any, config: Any) -> VisionGeometry:
     if stray:
         raise ModelError(f"{type(tower).__name__} has linears outside its encoder layers ({', '.join(stray)}) "
                          "that FLOP counting does not know how to place")
-    layers = tuple(VisionLayerGeometry(linears=linears_of(layer), heads=int(layer.self_attn.num_heads),
-                                       head_dim=int(layer.self_attn.head_dim)) for layer in layer_lists[0])
+    layers = tuple(VisionLayerGeometry(linears=linears_of(layer), heads=int(_attention(layer).num_heads),
+                                       head_dim=int(_attention(layer).head_dim)) for layer in layer_lists[0])
     conv = convs[0]
     if tuple(conv.kernel_size) != tuple(conv.stride):
         raise ModelError("the patch convolution's stride differs from its kernel size")
+    if conv.kernel_size[0] != conv.kernel_size[1]:
+        raise ModelError("the patch convolution is not square")
     patch = int(conv.kernel_size[0])
-    patches = (int(vc.image_size) // patch) ** 2
-    class_token = any(hasattr(m, "class_embedding") for m in tower.modules())
+    side = vc.image_size
+    height, width = (side, side) if isinstance(side, int) else (int(side[0]), int(side[1]))
+    patches = (height // patch) * (width // patch)
+    class_token = any(hasattr(m, "class_embedding") or hasattr(m, "cls_token") for m in tower.modules())
     strategy = getattr(config, "vision_feature_select_strategy", "default")
     image_tokens = patches + int(class_token) - (1 if strategy == "default" else 0)
     return VisionGeometry(

@@ -24,6 +24,8 @@ EXPECTED = {
     "mistral": ("llama", "MistralModel", "MistralDecoderLayer"),
     "qwen2": ("llama", "Qwen2Model", "Qwen2DecoderLayer"),
     "qwen3": ("llama", "Qwen3Model", "Qwen3DecoderLayer"),
+    "gemma2": ("gemma", "Gemma2Model", "Gemma2DecoderLayer"),
+    "gemma3": ("gemma", "Gemma3TextModel", "Gemma3DecoderLayer"),
     "opt": ("opt", "OPTDecoder", "OPTDecoderLayer"),
     "llava-llama": ("llava-llama", "LlamaModel", "LlamaDecoderLayer"),
     "llava-mistral": ("llava-llama", "MistralModel", "MistralDecoderLayer"),
@@ -37,7 +39,7 @@ EXPECTED = {
     "llava-onevision": ("llava-onevision-llama", "Qwen2Model", "Qwen2DecoderLayer"),
     "internvl": ("internvl-llama", "Qwen2Model", "Qwen2DecoderLayer"),
 }
-TEXT_MODEL_TYPES = {"llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2", "qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
+TEXT_MODEL_TYPES = {"gemma3": "gemma3_text", "llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2", "qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
 
 
 def test_expected_table_covers_every_family():
@@ -354,5 +356,5 @@ def test_registry_refuses_duplicates():
 
 def test_registry_lists_each_family_once():
     assert REGISTRY.names() == ["llava", "llava-next", "llava-onevision", "internvl", "qwen2.5-vl", "qwen2-vl",
-                                "qwen3-vl", "llama", "opt"]
-    assert len(supported_families()) == 9
+                                "qwen3-vl", "llama", "gemma", "opt"]
+    assert len(supported_families()) == 10

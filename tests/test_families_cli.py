@@ -208,13 +208,13 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
 
 
 def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_folder, capsys):
-    """A family searchskip has no adapter for (Gemma 3 here) is refused from its config.json alone,
+    """A family searchskip has no adapter for (Phi-3 here) is refused from its config.json alone,
     before any weight, processor or data is loaded, with the same message by every verb; nothing is written."""
     import transformers as tf
 
-    config = tf.Gemma3TextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    tf.Gemma3ForCausalLM(config).save_pretrained(tmp_path / "model")  # weights only: no processor
+    config = tf.Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    tf.Phi3ForCausalLM(config).save_pretrained(tmp_path / "model")  # weights only: no processor
     job = _job(tmp_path, tmp_path / "model", vqa_folder)
     job.write_text(job.read_text() + "finetune:\n  method: projector\n")
     plan = tmp_path / "plan.yaml"
@@ -228,7 +228,7 @@ def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_fo
         assert cli.main([verb, *argv]) == 2, verb
         captured = capsys.readouterr()
         text = (captured.err or captured.out).strip()
-        line = next(x for x in text.splitlines() if "Gemma3ForCausalLM" in x)
+        line = next(x for x in text.splitlines() if "Phi3ForCausalLM" in x)
         first_lines.add(line.removeprefix("error: "))
         assert "Qwen2_5_VLForConditionalGeneration" in text  # the supported families are listed
     assert len(first_lines) == 1 and f"{job}: model.id:" in first_lines.pop()

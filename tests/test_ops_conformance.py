@@ -109,8 +109,12 @@ def _with_generated(model, n_gen: int = 3, left_pad: bool = True) -> tuple[dict,
 
 
 def _logits(model, inputs: dict, prompt_length: int | None = None, **kw) -> torch.Tensor:
+    """The logits at every real position; zeros at left padding, whose output no attention defines
+    (its query sees no key: SDPA gives zeros, eager attention the mean of every value it is given,
+    so a plan that gives a padding query fewer keys changes it, and nothing reads it)."""
     with torch.no_grad(), plan_context(model, prompt_length=prompt_length):
-        return model(**inputs, **kw).logits
+        logits = model(**inputs, **kw).logits
+    return logits * inputs["attention_mask"][:, -logits.shape[1]:, None].to(logits.dtype)
 
 
 # --------------------------------------------------------------------------- bit identity
@@ -199,32 +203,25 @@ def _ref_parallel_attn_ffn(adapter, layers, i, inside, average):
 
 
 def _ref_parallel_blocks(adapter, layers, i, inside, average, injected=False):
+    """Both layers read x (in scope), each with the keyword arguments the model hands it (its own
+    mask and rotary embedding where layer types differ, as Gemma's sliding / full layers do);
+    features the model adds after layer i (Qwen3-VL's DeepStack, ``injected``) join the sum."""
     first, second = layers[i], layers[i + 1]
-    if injected:  # the model adds features after layer i (DeepStack): both layers read x, the features join the sum
-        kept = {}
+    kept = {}
 
-        def first_forward(x, **kw):
-            a = type(first).forward(first, x, **kw)
-            kept.update(x=x, a=a, returned=torch.where(inside, x, a))
-            return kept["returned"]
-
-        def second_forward(y, **kw):  # one stream, as without the features: x in the pair, y outside it
-            x, a = kept["x"], kept["a"]
-            added = y - kept["returned"]
-            b = type(second).forward(second, torch.where(inside, x, y), **kw)
-            pair = x + ((a - x) + (b - x)) / 2 if average else x + (a - x) + (b - x)
-            return torch.where(inside, pair + added, b)
-
-        return {i: first_forward, i + 1: second_forward}
-
-    def forward(x, **kw):  # layers i and i+1 share one mask type in the cases used here
+    def first_forward(x, **kw):
         a = type(first).forward(first, x, **kw)
-        y = torch.where(inside, x, a)
-        b = type(second).forward(second, y, **kw)
-        both = x + ((a - x) + (b - x)) / 2 if average else x + (a - x) + (b - x)
-        return torch.where(inside, both, b)
+        kept.update(x=x, a=a, returned=torch.where(inside, x, a))
+        return kept["returned"]
 
-    return {i: forward, i + 1: lambda h, **kw: h}
+    def second_forward(y, **kw):  # one stream: x in the pair, y outside it
+        x, a = kept["x"], kept["a"]
+        added = y - kept["returned"] if injected else 0
+        b = type(second).forward(second, torch.where(inside, x, y), **kw)
+        pair = x + ((a - x) + (b - x)) / 2 if average else x + (a - x) + (b - x)
+        return torch.where(inside, pair + added, b)
+
+    return {i: first_forward, i + 1: second_forward}
 
 
 REFERENCES = {

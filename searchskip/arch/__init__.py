@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from searchskip.arch.base import AdapterRegistry, ArchAdapter
+from searchskip.arch.gemma import GemmaAdapter
 from searchskip.arch.internvl import InternVLAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
@@ -45,6 +46,7 @@ register(Qwen25VLAdapter())
 register(Qwen2VLAdapter())
 register(Qwen3VLAdapter())
 register(LlamaAdapter())
+register(GemmaAdapter())
 register(OPTAdapter())
 # ----------------------------------------------------------------------------------------
 
@@ -64,6 +66,7 @@ def supported_families() -> list[str]:
 __all__ = [
     "AdapterRegistry",
     "ArchAdapter",
+    "GemmaAdapter",
     "InternVLAdapter",
     "LlamaAdapter",
     "LlavaAdapter",

@@ -177,6 +177,16 @@ class ArchAdapter(ABC):
         """Keys, as :meth:`query_norm` (Qwen3's ``k_norm``); default: unchanged."""
         return k
 
+    def attn_softcap(self, layer: "nn.Module") -> float | None:
+        """``c`` where the attention caps its scaled scores at ``c * tanh(s / c)`` before the softmax
+        (Gemma 2's ``attn_logit_softcapping``); default ``None``: no cap."""
+        return None
+
+    def attn_output_norm(self, layer: "nn.Module", out: "torch.Tensor") -> "torch.Tensor":
+        """The attention's output (after the o projection) as it enters the residual stream:
+        Gemma's ``post_attention_layernorm`` ("sandwich" norms); default: unchanged."""
+        return out
+
     # ---------------------------------------------------------------- decomposition
     @abstractmethod
     def attn_delta(self, layer: "nn.Module", hidden_states: "torch.Tensor", **layer_kwargs: Any) -> "torch.Tensor":

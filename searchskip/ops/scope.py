@@ -580,9 +580,21 @@ def attention_update(adapter: "ArchAdapter", layer: "nn.Module", h: torch.Tensor
         q = _rotate(q, queries.take(cos), queries.take(sin))
     mask = _slice_mask(layer_kwargs.get("attention_mask"), queries, kv_stop, length, k.shape[2], h.device)
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=attention_scaling(attn, head_dim))
+    scale = attention_scaling(attn, head_dim)
+    cap = adapter.attn_softcap(layer)
+    if cap is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale)
+    else:  # capped scores: SDPA cannot, so as the model's eager attention does
+        scores = softcap(torch.matmul(q, k.transpose(-1, -2)) * scale, cap)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        out = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
     out = out.transpose(1, 2).reshape(batch, n, heads * head_dim)
-    return queries.add(h, lin["o"](out))
+    return queries.add(h, adapter.attn_output_norm(layer, lin["o"](out)))
+
+
+def softcap(scores: torch.Tensor, cap: float) -> torch.Tensor:
+    """Attention scores capped as Gemma 2 caps them: ``cap * tanh(scores / cap)``."""
+    return torch.tanh(scores / cap) * cap
 
 
 def _slice_mask(mask: Any, queries: Selection, kv_stop: int, length: int, n_keys: int,

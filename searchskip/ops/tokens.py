@@ -67,6 +67,7 @@ from searchskip.ops.scope import (
     ViewPositions,
     _rotate,
     attention_scaling,
+    softcap,
     repeat_kv,
     to_heads,
 )
@@ -413,6 +414,9 @@ class _Capture:
             k = _rotate(k, cos[:, :n], sin[:, :n])
         scaling = attention_scaling(self.adapter.attention(self.layer), head_dim)
         logits = torch.matmul(q, repeat_kv(k, heads).transpose(-1, -2)).float() * scaling  # batch x heads x 1 x n
+        cap = self.adapter.attn_softcap(self.layer)
+        if cap is not None:
+            logits = softcap(logits, cap)
         batch = q.shape[0]
         keys = torch.arange(n, device=q.device).expand(batch, n)
         visible = _visibility_mask(keys[:, n - 1:], keys, call.padding, window)  # batch x 1 x 1 x n

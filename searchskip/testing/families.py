@@ -7,6 +7,8 @@ FAMILIES: tuple[str, ...] = (
     "mistral",
     "qwen2",
     "qwen3",
+    "gemma2",
+    "gemma3",
     "opt",
     "llava-llama",
     "llava-mistral",

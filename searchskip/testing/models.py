@@ -59,6 +59,15 @@ def _text_config(decoder: str, num_layers: int, overrides: dict[str, Any]):
     elif decoder == "qwen3":
         kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
         cls = tf.Qwen3Config
+    elif decoder in ("gemma2", "gemma3"):  # sandwich norms; sliding and full layers alternate
+        kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                  query_pre_attn_scalar=16, sliding_window=6,
+                  layer_types=["sliding_attention", "full_attention"] * (num_layers // 2) + ["sliding_attention"] * (num_layers % 2))
+        if decoder == "gemma2":  # a cap low enough to bend the tiny model's scores
+            kw.update(attn_logit_softcapping=2.0, final_logit_softcapping=5.0)
+            cls = tf.Gemma2Config
+        else:
+            cls = tf.Gemma3TextConfig
     elif decoder == "opt":
         kw.update(ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, init_std=0.1)
         cls = tf.OPTConfig
@@ -101,6 +110,8 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 "mistral": tf.MistralForCausalLM,
                 "qwen2": tf.Qwen2ForCausalLM,
                 "qwen3": tf.Qwen3ForCausalLM,
+                "gemma2": tf.Gemma2ForCausalLM,
+                "gemma3": tf.Gemma3ForCausalLM,
                 "opt": tf.OPTForCausalLM,
             }[decoder]
             model = cls(text_config)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["expanded_image_text", "image_inputs", "image_only_class", "image_only_processor", "load_processor"]
+__all__ = ["expanded_image_text", "image_inputs", "image_only_class", "image_only_processor", "image_placeholder",
+           "image_token", "load_processor"]
 
 
 def _needs_video_stack(err: BaseException) -> bool:
@@ -120,3 +121,24 @@ def expanded_image_text(processor: Any, image: Any) -> str | None:
     except (AttributeError, NotImplementedError, TypeError):
         return None
     return texts[0] if texts else None
+
+
+def image_placeholder(processor: Any) -> str:
+    """What a prompt holds where an image goes: the processor's ``image_token`` (``<image>``;
+    Qwen-VL's ``<|image_pad|>``; InternVL's ``<IMG_CONTEXT>``; Gemma 3's ``<start_of_image>``)."""
+    return getattr(processor, "image_token", None) or "<image>"
+
+
+def image_token(processor: Any) -> tuple[str, int]:
+    """``(token, id)`` of the tokens that carry image features once the processor has expanded a
+    placeholder: the tokenizer's ``image_token`` where it names one (Gemma 3's
+    ``<image_soft_token>``, which differs from its placeholder), else the placeholder itself."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    token = getattr(tokenizer, "image_token", None)
+    if token and token != image_placeholder(processor):
+        return token, int(tokenizer.convert_tokens_to_ids(token))
+    token = image_placeholder(processor)
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+    return token, int(token_id)

@@ -38,8 +38,9 @@ EXPECTED = {
     "llava-next": ("llava-next-llama", "LlamaModel", "LlamaDecoderLayer"),
     "llava-onevision": ("llava-onevision-llama", "Qwen2Model", "Qwen2DecoderLayer"),
     "internvl": ("internvl-llama", "Qwen2Model", "Qwen2DecoderLayer"),
+    "gemma3-vl": ("gemma3-vl", "Gemma3TextModel", "Gemma3DecoderLayer"),
 }
-TEXT_MODEL_TYPES = {"gemma3": "gemma3_text", "llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2", "qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
+TEXT_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma3-vl": "gemma3_text", "llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2", "qwen2-vl": "qwen2_vl_text", "qwen2.5-vl": "qwen2_5_vl_text", "qwen3-vl": "qwen3_vl_text"}
 
 
 def test_expected_table_covers_every_family():
@@ -69,7 +70,7 @@ def test_adapter_found_and_locations(family):
         assert isinstance(adapter.attn_norm(layer), torch.nn.Module)
         assert adapter.attn_norm(layer) is not adapter.mlp_norm(layer)
 
-    if family in LLAVA_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES:
+    if family in LLAVA_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES + ("gemma3-vl",):
         assert adapter.vision_tower(model) is model.model.vision_tower
         assert adapter.projector(model) is model.model.multi_modal_projector
         assert adapter.image_token_id(model) == model.config.image_token_id == 99
@@ -355,6 +356,26 @@ def test_registry_refuses_duplicates():
 
 
 def test_registry_lists_each_family_once():
-    assert REGISTRY.names() == ["llava", "llava-next", "llava-onevision", "internvl", "qwen2.5-vl", "qwen2-vl",
-                                "qwen3-vl", "llama", "gemma", "opt"]
-    assert len(supported_families()) == 10
+    assert REGISTRY.names() == ["llava", "llava-next", "llava-onevision", "internvl", "gemma3-vl", "qwen2.5-vl",
+                                "qwen2-vl", "qwen3-vl", "llama", "gemma", "opt"]
+    assert len(supported_families()) == 11
+
+
+def test_a_wrapper_answers_every_per_layer_question_by_its_decoder():
+    """A vision-language wrapper binds a decoder adapter; every question ArchAdapter asks of a
+    decoder layer must be answered by that decoder, not by ArchAdapter's defaults (a hook left
+    out would silently drop, say, Gemma's sandwich norm inside Gemma 3)."""
+    import inspect
+
+    from searchskip.arch.base import ArchAdapter
+    from searchskip.arch.wrapper import WrapperAdapter
+
+    model_level = {"matches", "resolve", "validate_text_config", "validate_layer", "language_model", "decoder_stack",
+                   "layers", "text_config", "num_layers", "vision_tower", "projector", "image_token_id",
+                   "injected_layers"}
+    per_layer = [name for name, value in vars(ArchAdapter).items()
+                 if not name.startswith("_") and name not in model_level
+                 and (inspect.isfunction(value) or isinstance(value, property))]
+    assert {"attn_softcap", "attn_output_norm", "query_norm", "attn_delta"} <= set(per_layer)
+    missing = [name for name in per_layer if name not in vars(WrapperAdapter)]
+    assert not missing, f"WrapperAdapter does not delegate {missing} to its decoder"

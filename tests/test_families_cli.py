@@ -18,6 +18,7 @@ import yaml
 
 from searchskip import cli
 from searchskip.testing import ANYRES_FAMILIES, QWEN_VL_FAMILIES, TILED_FAMILIES, row_inputs, tiny_inputs
+from searchskip.testing.families import GEMMA3_VL_FAMILIES
 from searchskip.testing.folders import save_tiny_model
 
 from helpers import load_study  # noqa: E402
@@ -25,7 +26,7 @@ from helpers import load_study  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES_CLI = QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES
+FAMILIES_CLI = QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES + GEMMA3_VL_FAMILIES
 SIDES = (16, 32, 48)  # Qwen-VL's tiny processor: 4, 16 and 36 image tokens; LLaVA-NeXT's: 36, 36 and 88
 SHAPES = {"llava-next": ([[16, 16], [32, 32], [48, 48]], [36, 36, 88]),
           "llava-onevision": ([[16, 16], [32, 32], [48, 48]], [36, 36, 46]),  # 48 x 48: 2 x 2 tiles shrunk to 5 x 5
@@ -99,6 +100,11 @@ def test_validate_and_flops_per_image_size(family_job, capsys):
     capsys.readouterr()
     assert cli.main(["flops", str(job), "--json"]) == 0
     data = _json_out(capsys)
+    if family in GEMMA3_VL_FAMILIES:  # fixed resolution: 16 image tokens whatever the size, --image-size refused
+        assert not data["workload"].get("variants") and data["workload"]["image_tokens"] == 16
+        assert cli.main(["flops", str(job), "--image-size", "100x20"]) == 2
+        assert "--image-size: applies to models that take images at their own resolution" in capsys.readouterr().err
+        return
     variants = data["workload"]["variants"]
     shapes, tokens = SHAPES.get(family, QWEN_SHAPES)
     assert [v["image_shape"] for v in variants] == shapes
@@ -135,7 +141,7 @@ def test_eval_search_export_and_finetune(family_job, tmp_path, capsys):
     # the budget held for every image size of the stored workload, not only for the mean
     optuna_study = load_study(job)
     workload = Workload.from_dict(optuna_study.user_attrs["workload"])
-    assert len(workload.variants) == 3
+    assert len(workload.variants) == (0 if family in GEMMA3_VL_FAMILIES else 3)
     config = Path(spec.model.id)
     base = count_flops(config, None, workload)
     plans = {t.number: Plan.from_dict(yaml.safe_load(t.user_attrs["plan"])) for t in optuna_study.trials}
@@ -196,7 +202,8 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
     planned = load_model(load_job(job).model).model
     plain = AutoModelForImageTextToText.from_pretrained(out / "model").eval()
     assert not hasattr(plain, "_searchskip_applied")
-    sides = [32, 64, 32] if family in ANYRES_FAMILIES else [16, 32, 16] if family in TILED_FAMILIES else [16, 32, 24]
+    sides = ([32, 64, 32] if family in ANYRES_FAMILIES else [16, 32, 16] if family in TILED_FAMILIES
+             else None if family in GEMMA3_VL_FAMILIES else [16, 32, 24])
     inputs = tiny_inputs(planned, batch=3, image_sides=sides)
     with torch.no_grad(), apply(planned, plan):
         want = planned.generate(**inputs, max_new_tokens=3, do_sample=False)

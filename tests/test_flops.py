@@ -33,7 +33,7 @@ from searchskip.flops.measure import flop_counter, measure_flops
 from searchskip.plan import SCOPES, DropSpec, EarlyExitSpec, LayerOp, Plan, PruneSpec, VisualTokensSpec
 from searchskip.testing import (ANYRES_FAMILIES, FAMILIES, IMAGE_SIZE, QWEN_PATCH, QWEN_VL_FAMILIES, TILED_FAMILIES,
                                 is_multimodal, tiny_inputs, tiny_model)
-from searchskip.testing.families import default_side
+from searchskip.testing.families import GEMMA3_VL_FAMILIES, default_side
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,6 +67,8 @@ def workload_of(family: str, generated: int = GENERATED, side: int | None = None
     if family in TILED_FAMILIES:  # InternVL: the image's tiles, framed by <img> ... </img>
         return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1,
                         image_shape=geometry_of(model_of(family).config).vision.shape_for(side, side))
+    if family in GEMMA3_VL_FAMILIES:  # framed by <start_of_image> ... <end_of_image>
+        return Workload(prompt_tokens=TEXT + 2, generated_tokens=generated, images=1, text_before_image=BEFORE + 1)
     image = is_multimodal(family)
     return Workload(prompt_tokens=TEXT, generated_tokens=generated, images=int(image),
                     text_before_image=BEFORE if image else 0)
@@ -553,3 +555,74 @@ def test_measure_workload_on_the_embedded_processor():
     assert w.text_before_image == pytest.approx(sum(before) / 12)
     assert w.generated_tokens == pytest.approx(sum(answer) / 12)
     assert Workload.from_dict(w.to_dict()) == w
+
+
+# --------------------------------------------------------------------------- bidirectional images
+
+
+def _mask_pairs(model, inputs) -> list[int]:
+    """Per decoder layer: the (query, key) pairs the mask the model hands the layer allows, in a
+    prefill of ``inputs`` (batch 1, no padding)."""
+    from searchskip.arch import get_adapter
+
+    counts: list[int] = []
+    layers = get_adapter(model).layers(model)
+    handles = [layer.register_forward_pre_hook(
+        lambda module, args, kwargs: counts.append(int(kwargs["attention_mask"].sum())), with_kwargs=True)
+        for layer in layers]
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+@pytest.mark.parametrize("plan", [None, Plan(layers={1: LayerOp("skip_attn", "visual")}),
+                                  Plan(layers={2: LayerOp("skip_block", "non_visual")})],
+                         ids=["unplanned", "visual-skipped", "text-skipped"])
+def test_gemma3_causal_count_is_the_pairs_its_masks_allow(plan):
+    """Gemma 3's image tokens see their whole image: the causal count holds every pair the model's
+    own masks allow (sliding and full layers), not the lower triangle alone."""
+    model = model_of("gemma3-vl")
+    inputs = tiny_inputs(model, batch=1, seq=TEXT, left_pad=False)
+    assert int(inputs["token_type_ids"].sum()) == 16
+    allowed = _mask_pairs(model, inputs)
+    report = count_flops(model.config, plan, workload_of("gemma3-vl", generated=1))
+    geometry = geometry_of(model.config)
+    per_pair = 2 * geometry.layers[0].heads * geometry.layers[0].head_dim
+    image = set(range(BEFORE + 1, BEFORE + 1 + 16))
+    length = inputs["input_ids"].shape[1]
+    for i, pairs in enumerate(allowed):
+        scores = sum(e.dense for e in report.entries if e.component == "llm_prefill" and e.layer == i
+                     and e.part == "scores")
+        op = (plan or Plan()).op_for(i)
+        skipped = set() if op.op == "keep" else (image if op.scope == "visual" else set(range(length)) - image)
+        mask_rows = _mask_rows(model, inputs, i)
+        want = sum(int(mask_rows[q].sum()) for q in range(length) if q not in skipped)
+        assert scores == per_pair * want, i
+        assert want <= pairs
+    bidirectional_extra = 16 * 15 // 2
+    plain = sum(min(q + 1, 6) if model.config.text_config.layer_types[0] == "sliding_attention" else q + 1
+                for q in range(length))
+    assert allowed[0] == plain + bidirectional_extra  # layer 0 is a sliding layer (window 6)
+
+
+def _mask_rows(model, inputs, index: int) -> torch.Tensor:
+    """The boolean mask (queries x keys) the model hands decoder layer ``index``."""
+    from searchskip.arch import get_adapter
+
+    kept = {}
+
+    def keep(module, args, kwargs):
+        kept.setdefault("mask", kwargs["attention_mask"][0, 0])
+
+    layer = get_adapter(model).layers(model)[index]
+    handle = layer.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+    return kept["mask"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from searchskip.arch.base import AdapterRegistry, ArchAdapter
 from searchskip.arch.gemma import GemmaAdapter
+from searchskip.arch.gemma3_vl import Gemma3VLAdapter
 from searchskip.arch.internvl import InternVLAdapter
 from searchskip.arch.llama import LlamaAdapter
 from searchskip.arch.llava import LlavaAdapter
@@ -42,6 +43,7 @@ register(LlavaAdapter())
 register(LlavaNextAdapter())
 register(LlavaOnevisionAdapter())
 register(InternVLAdapter())
+register(Gemma3VLAdapter())
 register(Qwen25VLAdapter())
 register(Qwen2VLAdapter())
 register(Qwen3VLAdapter())
@@ -66,6 +68,7 @@ def supported_families() -> list[str]:
 __all__ = [
     "AdapterRegistry",
     "ArchAdapter",
+    "Gemma3VLAdapter",
     "GemmaAdapter",
     "InternVLAdapter",
     "LlamaAdapter",

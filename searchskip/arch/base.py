@@ -53,6 +53,11 @@ class ArchAdapter(ABC):
     (``"llama"``, ``"mistral"``, ...). Empty for wrappers. A wrapper such as LLaVA looks its
     inner decoder up by this, so a new decoder family works inside LLaVA with no extra line."""
 
+    bidirectional_images: bool = False
+    """Whether image tokens attend to every token of their own image, later ones too (Gemma 3);
+    else attention is causal throughout (what token dropping's masks and the causal FLOP count
+    assume)."""
+
     # ---------------------------------------------------------------- matching
     @abstractmethod
     def matches(self, model: Any) -> bool:

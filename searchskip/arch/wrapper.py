@@ -133,6 +133,12 @@ class WrapperAdapter(ArchAdapter):
     def key_norm(self, layer, k):
         return self._decoder().key_norm(layer, k)
 
+    def attn_softcap(self, layer):
+        return self._decoder().attn_softcap(layer)
+
+    def attn_output_norm(self, layer, out):
+        return self._decoder().attn_output_norm(layer, out)
+
     def attn_delta(self, layer, hidden_states, **layer_kwargs):
         return self._decoder().attn_delta(layer, hidden_states, **layer_kwargs)
 

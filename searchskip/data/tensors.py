@@ -43,7 +43,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from searchskip.processors import expanded_image_text, image_inputs
+from searchskip.processors import expanded_image_text, image_inputs, image_placeholder
+from searchskip.processors import image_token as image_token_of
 
 __all__ = ["Batch", "TrainingTensors"]
 
@@ -113,8 +114,11 @@ class TrainingTensors:
         self.pixels = images["pixel_values"]
         self.sample_image = torch.tensor([self.image_row[i] for i in image_ids])
 
-        image_token = getattr(processor, "image_token", None) or "<image>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        placeholder = image_placeholder(processor)
+        image_token, self.image_token_id = image_token_of(processor)
+        self.type_ids_key = _type_ids_key(processor, pil[0], placeholder)
+        """The input marking image tokens where the model reads one (Qwen-VL's ``mm_token_type_ids``,
+        Gemma 3's ``token_type_ids``: its masks let an image's tokens see each other), else ``None``."""
         self.grids = images.get("image_grid_thw")
         """Per unique image: its patch grid (Qwen-VL), else ``None``."""
         self.sizes = images.get("image_sizes")
@@ -138,13 +142,14 @@ class TrainingTensors:
             if key not in expansion:
                 text = None if (key is None and n_image_tokens is not None) else expanded_image_text(processor, image)
                 if text is None:
-                    count = n_image_tokens or _count_image_tokens(processor, template, image_token, image)
+                    count = n_image_tokens or _count_image_tokens(processor, template, placeholder, image)
                     text = image_token * count
                 expansion[key] = text
         per_question = [expansion[keys[self.image_row[i]]] for i in image_ids]
         self.image_tokens = [text.count(image_token) for text in per_question]
         """Per question: the image tokens its prompt holds."""
-        placeholder = image_token if image_token in template else "<image>"
+        if placeholder not in template:
+            placeholder = "<image>"
         prompts = tokenizer([template.replace(placeholder, text).format(question=q)
                              for q, text in zip(list(ds["question"]), per_question)],
                             add_special_tokens=add_special_tokens)["input_ids"]
@@ -218,12 +223,13 @@ class TrainingTensors:
 
             pixels = torch.cat([self.pixels[int(s):int(s) + int(n)]
                                 for s, n in zip(self.patch_start[rows], self.pixel_rows[rows])])
+        image_inputs = {} if self.type_ids_key is None else {self.type_ids_key: (input_ids == self.image_token_id).long()}
         if self.grids is None:
-            image_inputs = {} if self.sizes is None else {"image_sizes": self.sizes[rows]}
+            if self.sizes is not None:
+                image_inputs["image_sizes"] = self.sizes[rows]
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         else:  # with their grids; the model computes M-RoPE
-            image_inputs = {"image_grid_thw": self.grids[rows],
-                            "mm_token_type_ids": (input_ids == self.image_token_id).long()}
+            image_inputs["image_grid_thw"] = self.grids[rows]
             position_ids = None
         return Batch(
             input_ids=input_ids,
@@ -237,9 +243,15 @@ class TrainingTensors:
         )
 
 
-def _count_image_tokens(processor, template: str, image_token: str, image) -> int:
-    """How many tokens the processor expands one ``<image>`` of ``template`` into."""
-    text = template.replace("<image>", image_token).format(question="?")
+def _count_image_tokens(processor, template: str, placeholder: str, image) -> int:
+    """How many image tokens the processor expands one ``<image>`` of ``template`` into."""
+    text = template.replace("<image>", placeholder).format(question="?")
     ids = processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0]
-    token_id = processor.tokenizer.convert_tokens_to_ids(image_token)
-    return max(1, int((ids == token_id).sum()))
+    return max(1, int((ids == image_token_of(processor)[1]).sum()))
+
+
+def _type_ids_key(processor, image, placeholder: str) -> str | None:
+    """Which of ``token_type_ids`` / ``mm_token_type_ids`` the processor returns beside the ids
+    (a mark of its image tokens the model reads), if either."""
+    out = processor(images=[image], text=[placeholder], return_tensors="pt")
+    return next((key for key in ("mm_token_type_ids", "token_type_ids") if key in out), None)

@@ -12,7 +12,8 @@ def prompt_inputs(loaded, images: Sequence, questions: Sequence[str]) -> dict:
     processor = loaded.processor
     processor.tokenizer.padding_side = "left"  # decoder-only generation needs the prompt flush right
     prompts = [loaded.template.format(question=q) for q in questions]
-    inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+    # one list of images per prompt: processors that count images per sample (Gemma 3's) need it
+    inputs = processor(images=[[image] for image in images], text=prompts, return_tensors="pt", padding=True)
     inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
     dtype = getattr(loaded.model, "dtype", None)
     if "pixel_values" in inputs and dtype is not None:

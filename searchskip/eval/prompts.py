@@ -2,7 +2,7 @@
 
 A template is a string with the processor's image placeholder where the image goes
 (``<image>`` for LLaVA, ``<|vision_start|><|image_pad|><|vision_end|>`` for Qwen-VL,
-``<IMG_CONTEXT>`` for InternVL) and
+``<IMG_CONTEXT>`` for InternVL, ``<start_of_image>`` for Gemma 3) and
 ``{question}`` where the question goes; the processor expands the placeholder into the
 image tokens.
 """
@@ -28,8 +28,13 @@ INTERNVL = ("<|im_start|>user\n<IMG_CONTEXT>\n{question}\nAnswer the question us
 """InternVL (-hf)'s chat format: its processor expands ``<IMG_CONTEXT>`` into ``<img>``, the image's
 tokens (256 a tile) and ``</img>``."""
 
+GEMMA3 = ("<start_of_turn>user\n<start_of_image>{question}\nAnswer the question using a single word or phrase."
+          "<end_of_turn>\n<start_of_turn>model\n")
+"""Gemma 3's chat format: its processor expands ``<start_of_image>`` into the image's 256 tokens,
+framed by ``<start_of_image>`` and ``<end_of_image>`` and blank lines."""
+
 FAMILY_TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_15, "llava_onevision": ONEVISION, "internvl": INTERNVL,
-                    "qwen2_vl": QWEN_VL, "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
+                    "gemma3": GEMMA3, "qwen2_vl": QWEN_VL, "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
 """``config.model_type`` -> template."""
 
 

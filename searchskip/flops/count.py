@@ -204,6 +204,13 @@ def causal_pairs(start: float, end: float, window: int | None) -> float:
     return f(end) - f(start) if end > start else 0.0
 
 
+def image_block_pairs(tokens: float) -> float:
+    """Pairs a bidirectional image (Gemma 3) adds to the causal count: each of its ``tokens`` image
+    queries also sees the later tokens of its image, ``tokens (tokens - 1) / 2`` in all (a sliding
+    window bounds only the keys behind a query, so it removes none of them)."""
+    return tokens * (tokens - 1) / 2
+
+
 def kv_classes(q: frozenset[str], sizes: dict[str, float] | None = None) -> frozenset[str]:
     """The classes whose K/V are projected when the queries of classes ``q`` run: every class
     up to the last one (in position order) whose queries run. With ``sizes``, a prompt class
@@ -305,6 +312,8 @@ def count_flops(
                 dense = tokens * lin.flops_per_token
                 add(component, i, name, dense, dense * kept_fraction[name])
             causal = sum(causal_pairs(starts[c], starts[c] + sizes[c], g.sliding_window) for c in ex.q & classes)
+            if geometry.bidirectional_images and IMAGE in ex.q & classes and workload.images:
+                causal += workload.images * image_block_pairs(sizes[IMAGE] / workload.images)
             if component == "llm_prefill":
                 # one call: every computed query against every key projected in it (the whole
                 # S x S square for a full prefill; the causal / window mask is applied, not skipped)

@@ -99,6 +99,9 @@ class ArchGeometry:
     vision: VisionCount | None
     """The vision tower and projector (:mod:`searchskip.flops.vision`); ``None`` for a text-only model."""
     params_total: int
+    bidirectional_images: bool = False
+    """Whether image tokens attend to every token of their own image (Gemma 3): the causal count
+    then adds each image's later-token pairs."""
 
     @property
     def num_layers(self) -> int:
@@ -238,6 +241,7 @@ def _build_geometry(config: Any) -> ArchGeometry:
     return ArchGeometry(
         name=name, family=adapter.name, layers=tuple(layers), lm_head=Linear.of("lm_head", head),
         extra_linears=extra, vision=vision, params_total=total,
+        bidirectional_images=bool(adapter.bidirectional_images),
     )
 
 

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from searchskip.errors import ConfigError, Problem
 from searchskip.eval.batching import image_keys, shape_size
+from searchskip.processors import image_placeholder, image_token
 
 __all__ = ["WORKLOAD_VERSION", "Workload", "measure_workload"]
 
@@ -235,15 +236,6 @@ class Workload:
 # --------------------------------------------------------------------------------------
 
 
-def _image_token(processor: Any) -> tuple[str, int]:
-    tokenizer = processor.tokenizer
-    token = getattr(processor, "image_token", None) or "<image>"
-    token_id = getattr(processor, "image_token_id", None)
-    if token_id is None:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-    return token, int(token_id)
-
-
 def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: int | None = None) -> Workload:
     """The mean workload of ``dataset`` (schema rows: ``question``, ``answers``, ``image``) for
     the model of ``loaded`` (anything with ``.processor`` and ``.template``, e.g. a
@@ -272,8 +264,8 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     processor = loaded.processor
     tokenizer = getattr(processor, "tokenizer", processor)
     template = loaded.template
-    image_token, image_id = _image_token(processor)
-    images_per_prompt = template.count(image_token)
+    image_id = image_token(processor)[1]
+    images_per_prompt = template.count(image_placeholder(processor))
 
     def prompt(question: str) -> str:
         return template.format(question=question)

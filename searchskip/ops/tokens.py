@@ -193,7 +193,8 @@ class _TokenLayer:
         if key not in call._memo:  # the same for every reduced layer of a call with the same slot length
             history = view.history[:, view.history.shape[1] - stored:] if stored else view.history[:, :0]
             keys = torch.cat([history, view.absolute], dim=1)
-            call._memo[key] = _visibility_mask(view.absolute, keys, call.padding, self.window, like)
+            blocks = _image_blocks(call) if self.adapter.bidirectional_images else None
+            call._memo[key] = _visibility_mask(view.absolute, keys, call.padding, self.window, like, blocks)
         return call._memo[key]
 
 
@@ -356,14 +357,41 @@ def _stored(cache: Any, slot: int) -> int:
     return int(keys.shape[-2]) if torch.is_tensor(keys) and keys.dim() == 4 else 0
 
 
+def _image_blocks(call: CallPositions) -> torch.Tensor | None:
+    """batch x P: for each absolute prompt position, the index of the image (run of consecutive
+    image tokens) it belongs to, ``-1`` for text; ``None`` without images. Memoised per generation."""
+    memo = call._generation_memo
+    if "image_blocks" not in memo:
+        image = call.image
+        if image is None:
+            memo["image_blocks"] = None
+        else:
+            starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+            memo["image_blocks"] = torch.where(image, starts.long().cumsum(1) - 1, -1)
+    return memo["image_blocks"]
+
+
+def _block_of(blocks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The image block of each absolute position (``-1`` past the prompt: generated tokens are text)."""
+    width = int(positions.max()) + 1 if positions.numel() else 0
+    if blocks.shape[1] < width:
+        blocks = torch.nn.functional.pad(blocks, (0, width - blocks.shape[1]), value=-1)
+    return blocks.expand(positions.shape[0], -1).gather(1, positions)
+
+
 def _visibility_mask(queries: torch.Tensor, keys: torch.Tensor, padding: torch.Tensor | None, window: int | None,
-                     like: Any = None) -> torch.Tensor:
+                     like: Any = None, blocks: torch.Tensor | None = None) -> torch.Tensor:
     """batch x 1 x queries x keys mask from absolute positions: causal, sliding window, padding;
     boolean, or additive in ``like``'s dtype when ``like`` is a float mask; on ``like``'s device
-    (else the queries')."""
+    (else the queries'). With ``blocks`` (:func:`_image_blocks`; Gemma 3) an image token also
+    sees the later tokens of its own image, as the model's masks let it."""
     device = like.device if torch.is_tensor(like) else queries.device
     q, k = queries.to(device).unsqueeze(-1), keys.to(device).unsqueeze(-2)
     visible = k <= q
+    if blocks is not None:
+        blocks = blocks.to(device)
+        bq, bk = _block_of(blocks, queries.to(device)).unsqueeze(-1), _block_of(blocks, keys.to(device)).unsqueeze(-2)
+        visible |= (bq == bk) & (bq >= 0)
     if window is not None:
         visible &= (q - k) < window
     if padding is not None:

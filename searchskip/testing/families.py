@@ -21,18 +21,22 @@ FAMILIES: tuple[str, ...] = (
     "llava-next",
     "llava-onevision",
     "internvl",
+    "gemma3-vl",
 )
 """Every family :func:`tiny_model` builds; text-only first, then LLaVA over each decoder, then
 the other vision-language families."""
 
-WRAPPER_DECODERS: dict[str, str] = {"llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2"}
+WRAPPER_DECODERS: dict[str, str] = {"llava-next": "llama", "llava-onevision": "qwen2", "internvl": "qwen2",
+                                    "gemma3-vl": "gemma3"}
 """The vision-language families not named after their decoder, and the decoder each is built over."""
 ANYRES_FAMILIES: tuple[str, ...] = ("llava-next", "llava-onevision")
 LLAVA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f.startswith("llava-") and f not in ANYRES_FAMILIES)
 QWEN_VL_FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 TILED_FAMILIES: tuple[str, ...] = ("internvl",)
 """Families whose images are cut into tiles (InternVL)."""
-MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES
+GEMMA3_VL_FAMILIES: tuple[str, ...] = ("gemma3-vl",)
+"""Gemma 3 with images: image tokens attend to their whole image, framed by <start_of_image> ... <end_of_image>."""
+MULTIMODAL_FAMILIES: tuple[str, ...] = LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES + GEMMA3_VL_FAMILIES
 RESOLUTION_FAMILIES: tuple[str, ...] = QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES
 """Families whose image-token count follows each image's size (``tiny_inputs(image_sides=...)``)."""
 ANYRES_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
@@ -63,6 +67,11 @@ def is_multimodal(family: str) -> bool:
 def is_anyres_config(config) -> bool:
     """Whether a model config is LLaVA-NeXT's or LLaVA-OneVision's (anyres)."""
     return getattr(config, "model_type", None) in ("llava_next", "llava_onevision")
+
+
+def is_gemma3_config(config) -> bool:
+    """Whether a model config is Gemma 3's vision-language model (image tokens framed, bidirectional)."""
+    return getattr(config, "model_type", None) == "gemma3"
 
 
 def default_side(config) -> int:

@@ -2,7 +2,7 @@
 
 ``save_tiny_model("qwen2.5-vl", folder)`` writes what a hub checkpoint holds: ``config.json``,
 safetensors weights, a word-level tokenizer over the easy-VQA words (so answers decode to
-words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``LlavaOnevisionProcessor`` and ``InternVLProcessor`` (images only); ``Qwen2VLProcessor`` with Qwen-VL's
+words) and the family's own processor (``LlavaProcessor``; ``LlavaNextProcessor``; ``LlavaOnevisionProcessor`` and ``InternVLProcessor`` (images only); ``Gemma3Processor``; ``Qwen2VLProcessor`` with Qwen-VL's
 image processor, PIL backend, at a tiny pixel range so that images of different sizes give
 different image-token counts). A job pointing ``model.id`` at the folder runs every verb
 (``flops``, ``search``, ``eval``, ``export``, ``finetune``) as it would on the real model.
@@ -20,6 +20,7 @@ from pathlib import Path
 from searchskip.testing.families import (
     BOS_ID,
     EOS_ID,
+    GEMMA3_VL_FAMILIES,
     IMAGE_SIZE,
     IMAGE_TOKEN_ID,
     INTERNVL_PATCH,
@@ -57,6 +58,9 @@ def _specials(family: str) -> dict[int, str]:
     elif family in TILED_FAMILIES:
         out.update({IMAGE_TOKEN_ID: "<IMG_CONTEXT>", VIDEO_TOKEN_ID: "<video>", VISION_START_ID: "<img>",
                     VISION_END_ID: "</img>", 4: "<|im_start|>", 5: "<|im_end|>"})
+    elif family in GEMMA3_VL_FAMILIES:
+        out.update({IMAGE_TOKEN_ID: "<image_soft_token>", VISION_START_ID: "<start_of_image>",
+                    VISION_END_ID: "<end_of_image>", 4: "<start_of_turn>", 5: "<end_of_turn>"})
     else:
         out[IMAGE_TOKEN_ID] = "<image>"
     if family == "llava-onevision":  # its processor counts video tokens in every text
@@ -102,6 +106,8 @@ def _tokenizer(family: str, vocab: list[str]):
     if family in TILED_FAMILIES:
         extra = {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>", "end_image_token": "</img>",
                  "video_token": "<video>"}
+    if family in GEMMA3_VL_FAMILIES:
+        extra = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", extra_special_tokens=extra, padding_side="left",
                                    model_max_length=256)
@@ -122,6 +128,12 @@ def _processor(family: str, tokenizer):
                 "qwen3-vl": transformers.Qwen3VLProcessor}[family]
         # images only: the video processor needs torchvision (see searchskip.processors)
         return image_only_class(base)(image_processor=images, tokenizer=tokenizer)
+    if family in GEMMA3_VL_FAMILIES:
+        from transformers import Gemma3Processor
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        images = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        return Gemma3Processor(image_processor=images, tokenizer=tokenizer, image_seq_length=16)
     if family in TILED_FAMILIES:
         import transformers
         from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -167,7 +179,7 @@ def save_tiny_model(family: str, folder: str | Path, texts: list[str] | None = N
     """Save a tiny ``family`` model (:func:`~searchskip.testing.tiny_model`; a vision-language
     family) with its tokenizer and processor into ``folder``; ``texts`` give the tokenizer's
     words (default: the easy-VQA words of the embedded model's tokenizer)."""
-    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES:
+    if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES + GEMMA3_VL_FAMILIES:
         raise ValueError(f"save_tiny_model builds vision-language families only, not '{family}'")
     if texts is None:
         texts = _easy_vqa_texts()

@@ -14,6 +14,7 @@ from searchskip.testing.families import (
     IMAGE_TOKEN_ID,
     default_side,
     is_anyres_config,
+    is_gemma3_config,
     is_qwen_vl_config,
     is_tiled_config,
 )
@@ -109,6 +110,7 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
         raise ValueError("seq must be at least 2")
     nxt = is_anyres_config(config)
     tiled = is_tiled_config(config)
+    gemma = is_gemma3_config(config)
     if image_sides is not None and (not (qwen or nxt or tiled) or len(image_sides) != batch):
         raise ValueError("image_sides: one side per row, for Qwen-VL, LLaVA-NeXT / OneVision and InternVL models only")
     sides = list(image_sides) if image_sides is not None else [default_side(config)] * batch
@@ -130,7 +132,7 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
             # padding replaces the first text tokens; then 2 text tokens, the image, the rest
             n_img = image_tokens_per_image(model, sides[b])
             image = torch.full((n_img,), image_id)
-            if qwen or tiled:  # framed: <vision_start> ... <vision_end>, InternVL's <img> ... </img>
+            if qwen or tiled or gemma:  # framed: <vision_start> ... <vision_end>, <img> ... </img>, <start_of_image> ...
                 image = torch.cat([torch.tensor([VISION_START_ID]), image, torch.tensor([VISION_END_ID])])
             body, body_mask = toks[p:], mask[p:]
             toks = torch.cat([toks[:p], body[:2], image, body[2:]])
@@ -148,6 +150,10 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
         out.update(anyres_pixels(model, sides, g))
     elif tiled:
         out.update(tiled_pixels(model, sides, g))
+    elif gemma:  # the processor's token_type_ids (1 at image tokens): the model's masks let images see themselves whole
+        out["token_type_ids"] = (out["input_ids"] == image_id).long()
+        vc = config.vision_config
+        out["pixel_values"] = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=g)
     elif is_llava:
         vc = config.vision_config
         out["pixel_values"] = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=g)
@@ -157,7 +163,7 @@ def tiny_inputs(model, batch: int = 2, seq: int = 12, seed: int = 0, left_pad: b
 def append_tokens(inputs: dict[str, torch.Tensor], tokens: int | torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
     """``inputs`` with ``tokens`` appended to every row as if generated (a batch x n tensor, or
     a count ``n`` of random text tokens, never a special one): ``input_ids``,
-    ``attention_mask`` and ``mm_token_type_ids`` grow together."""
+    ``attention_mask`` and ``mm_token_type_ids`` / ``token_type_ids`` grow together."""
     ids = inputs["input_ids"]
     if isinstance(tokens, int):
         g = torch.Generator().manual_seed(seed)
@@ -167,8 +173,9 @@ def append_tokens(inputs: dict[str, torch.Tensor], tokens: int | torch.Tensor, s
     out = dict(inputs)
     out["input_ids"] = torch.cat([ids, extra], dim=1)
     out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], dim=1)
-    if "mm_token_type_ids" in inputs:
-        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(extra)], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            out[key] = torch.cat([inputs[key], torch.zeros_like(extra)], dim=1)
     return out
 
 
@@ -179,7 +186,7 @@ def row_inputs(inputs: dict[str, torch.Tensor], row: int) -> dict[str, torch.Ten
     real = inputs["attention_mask"][row].bool()
     out: dict[str, torch.Tensor] = {}
     for key, value in inputs.items():
-        if key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        if key in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
             out[key] = value[row:row + 1][:, real]
         elif key == "pixel_values" and "image_grid_thw" in inputs:
             counts = inputs["image_grid_thw"].prod(-1).tolist()

@@ -140,7 +140,15 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 tie_word_embeddings=False,
             )
             llava.update(llava_overrides)
-            if family == "internvl":  # InternViT tiles, pixel shuffle 0.5, Qwen2 decoder
+            if family == "gemma3-vl":  # SigLIP (no head), 8 x 8 patches pooled to 4 x 4, Gemma 3 decoder
+                vision.pop("projection_dim")
+                vision.update(patch_size=IMAGE_SIZE // 8, vision_use_head=False)
+                vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})
+                del llava["image_seq_length"], llava["vision_config"], llava["image_token_id"]
+                model = tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(
+                    vision_config=tf.SiglipVisionConfig(**vision), mm_tokens_per_image=16, image_token_index=IMAGE_TOKEN_ID,
+                    boi_token_index=VISION_START_ID, eoi_token_index=VISION_END_ID, **llava))
+            elif family == "internvl":  # InternViT tiles, pixel shuffle 0.5, Qwen2 decoder
                 vision.pop("projection_dim")
                 vision.update(image_size=INTERNVL_TILE, patch_size=INTERNVL_PATCH)
                 vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})

@@ -5,7 +5,8 @@ Four kinds of tower, one class (and module) each, with the same interface (:clas
 * :class:`VisionGeometry` (``fixed.py``) -- a CLIP or SigLIP ViT at a fixed resolution: every
   image is ``patches`` patches (plus CLIP's class token), the tower's attention is
   bidirectional over all of them, SigLIP may add an attention-pooling head, and it gives a
-  fixed number of LLM positions per image;
+  fixed number of LLM positions per image (Gemma 3, ``pooled.py``: its projector pools the
+  patch grid to ``mm_tokens_per_image`` of them);
 * :class:`AnyresVisionGeometry` (``anyres.py``) -- LLaVA-NeXT / LLaVA-OneVision: such a tower
   run on a base crop and on the tiles of the best-fitting resolution, the LLM positions
   following each image's size;
@@ -36,6 +37,7 @@ from searchskip.flops.vision.anyres import AnyresVisionGeometry, anyres_tower
 from searchskip.flops.vision.base import Grid, VisionCount, VisionLayerGeometry
 from searchskip.flops.vision.fixed import VisionGeometry, fixed_tower
 from searchskip.flops.vision.grid import GridVisionGeometry, grid_tower
+from searchskip.flops.vision.pooled import pooled_tower
 from searchskip.flops.vision.tiled import TiledVisionGeometry, tiled_tower
 
 __all__ = ["AnyresVisionGeometry", "Grid", "GridVisionGeometry", "TiledVisionGeometry", "VisionCount",
@@ -50,6 +52,8 @@ def vision_geometry(model: Any, adapter: Any, config: Any) -> VisionCount:
     ``adapter``); :class:`ModelError` for a tower FLOP counting does not know."""
     vc = config.vision_config
     kind = getattr(vc, "model_type", None)
+    if kind in FIXED_TOWERS and getattr(config, "mm_tokens_per_image", None):  # Gemma 3
+        return pooled_tower(model, adapter, config)
     if kind in FIXED_TOWERS and getattr(config, "image_grid_pinpoints", None):
         return anyres_tower(model, adapter, config)
     if kind in FIXED_TOWERS:

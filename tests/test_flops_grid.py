@@ -368,3 +368,28 @@ def test_internvl3_8b_shipped_config_on_a_480_by_640_image():
     for name, ratio in [("qwen2.5-vl-7b/paper-every-2nd.yaml", 0.6745), ("visual_tokens.yaml", 0.6111),
                         ("qwen2.5-vl-7b/image-tokens-frozen.yaml", 0.5116)]:
         assert round(count_flops(config, Plan.load(plans / name), w).ratio(base), 4) == ratio, name
+
+
+def test_gemma_3_4b_shipped_config():
+    """SigLIP-so400m at 896 px (27 layers, 4,096 patches, no head), pooled to 256 image tokens;
+    34 Gemma 3 layers, 5 sliding (window 1,024) to 1 full; the 256 image tokens see each other."""
+    from pathlib import Path
+
+    from searchskip.flops import known_config
+
+    config = known_config("google/gemma-3-4b-it")
+    geometry = geometry_of(config)
+    vision = geometry.vision
+    assert vision.image_tokens == 256 and vision.head is None and geometry.bidirectional_images
+    d, ffn, t = 1152, 4304, 4096
+    tower = 2 * 3 * 14 * 14 * d * t + 27 * (t * 2 * (4 * d * d + 2 * d * ffn) + 2 * 2 * d * t * t)
+    assert sum(f for _, _, f in vision.entries(1)) == tower
+    assert [lin.flops_per_token for lin in vision.projector] == [2 * 1152 * 2560]
+    assert [g.sliding_window for g in geometry.layers[:6]] == [1024] * 5 + [None]
+    w = Workload(prompt_tokens=45, generated_tokens=2)
+    base = count_flops(config, None, w)
+    assert round(base.total() / 1e12, 3) == 7.424
+    plans = Path(__file__).resolve().parents[1] / "spaces/plans"
+    for name, ratio in [("gemma-3-4b/paper-every-2nd.yaml", 0.8913), ("visual_tokens.yaml", 0.8939),
+                        ("gemma-3-4b/image-tokens-frozen.yaml", 0.8756)]:
+        assert round(count_flops(config, Plan.load(plans / name), w).ratio(base), 4) == ratio, name

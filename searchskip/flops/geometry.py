@@ -47,6 +47,7 @@ KNOWN_CONFIGS: dict[str, str] = {
     "llava-hf/llava-v1.6-vicuna-7b-hf": "llava-v1.6-vicuna-7b-hf.json",
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": "llava-onevision-qwen2-7b-ov-hf.json",
     "OpenGVLab/InternVL3-8B-hf": "internvl3-8b-hf.json",
+    "google/gemma-3-4b-it": "gemma-3-4b-it.json",
 }
 """Hub id -> config file in ``searchskip/arch/configs/``, transcribed from the public hub
 config; used only when the hub cannot be reached and the model is not cached."""

@@ -9,6 +9,7 @@ import torch
 
 from searchskip.arch import REGISTRY, AdapterRegistry, LlamaAdapter, get_adapter, register, supported_families
 from searchskip.arch.cache_api import CACHE_KWARG
+from searchskip.arch.fused import RowSlice, source_of
 from searchskip.errors import ModelError
 from searchskip.testing import (ANYRES_FAMILIES, FAMILIES, LLAVA_FAMILIES, QWEN_VL_FAMILIES, TILED_FAMILIES, tiny_inputs,
                                 tiny_model)
@@ -26,6 +27,7 @@ EXPECTED = {
     "qwen3": ("llama", "Qwen3Model", "Qwen3DecoderLayer"),
     "gemma2": ("gemma", "Gemma2Model", "Gemma2DecoderLayer"),
     "gemma3": ("gemma", "Gemma3TextModel", "Gemma3DecoderLayer"),
+    "phi3": ("phi3", "Phi3Model", "Phi3DecoderLayer"),
     "opt": ("opt", "OPTDecoder", "OPTDecoderLayer"),
     "llava-llama": ("llava-llama", "LlamaModel", "LlamaDecoderLayer"),
     "llava-mistral": ("llava-llama", "MistralModel", "MistralDecoderLayer"),
@@ -110,8 +112,8 @@ def test_linear_shapes_are_consistent(family):
         mlp = adapter.mlp_linears(layer)
         assert set(mlp) == set(adapter.mlp_in_keys) | {adapter.mlp_out_key}
         assert adapter.mlp_out_key not in adapter.mlp_in_keys
-        for key in adapter.mlp_in_keys:
-            assert isinstance(mlp[key], torch.nn.Linear)
+        for key in adapter.mlp_in_keys:  # Phi-3: rows of its fused gate_up_proj
+            assert isinstance(mlp[key], (torch.nn.Linear, RowSlice))
             assert (mlp[key].in_features, mlp[key].out_features) == (hidden, ffn)
         out = mlp[adapter.mlp_out_key]
         assert (out.in_features, out.out_features) == (ffn, hidden)
@@ -125,7 +127,7 @@ def test_linear_shapes_are_consistent(family):
         assert attn["k"].out_features == attn["v"].out_features == kv_heads * head_dim
         assert attn["o"].in_features == heads * head_dim
         assert attn["q"].in_features == attn["o"].out_features == hidden
-        assert all(lin in set(layer.modules()) for lin in (*attn.values(), *mlp.values()))
+        assert all(source_of(lin) in set(layer.modules()) for lin in (*attn.values(), *mlp.values()))
     if family.endswith(("mistral", "qwen2")):
         assert kv_heads < heads  # GQA is exercised
 
@@ -357,8 +359,8 @@ def test_registry_refuses_duplicates():
 
 def test_registry_lists_each_family_once():
     assert REGISTRY.names() == ["llava", "llava-next", "llava-onevision", "internvl", "gemma3-vl", "qwen2.5-vl",
-                                "qwen2-vl", "qwen3-vl", "llama", "gemma", "opt"]
-    assert len(supported_families()) == 11
+                                "qwen2-vl", "qwen3-vl", "llama", "gemma", "phi3", "opt"]
+    assert len(supported_families()) == 12
 
 
 def test_a_wrapper_answers_every_per_layer_question_by_its_decoder():

@@ -26,6 +26,7 @@ from searchskip.arch.llava import LlavaAdapter
 from searchskip.arch.llava_next import LlavaNextAdapter
 from searchskip.arch.llava_onevision import LlavaOnevisionAdapter
 from searchskip.arch.opt import OPTAdapter
+from searchskip.arch.phi3 import Phi3Adapter
 from searchskip.arch.qwen_vl import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 from searchskip.arch.wrapper import WrapperAdapter
 
@@ -49,6 +50,7 @@ register(Qwen2VLAdapter())
 register(Qwen3VLAdapter())
 register(LlamaAdapter())
 register(GemmaAdapter())
+register(Phi3Adapter())
 register(OPTAdapter())
 # ----------------------------------------------------------------------------------------
 
@@ -76,6 +78,7 @@ __all__ = [
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "OPTAdapter",
+    "Phi3Adapter",
     "Qwen25VLAdapter",
     "Qwen2VLAdapter",
     "Qwen3VLAdapter",

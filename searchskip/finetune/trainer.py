@@ -101,12 +101,15 @@ def _spec(job: Job) -> FinetuneSpec:
 
 def _lora_targets(adapter: Any, model: Any, lm: Any) -> list[str]:
     """Names (inside the language model) of every attention and MLP linear of the decoder layers."""
+    from searchskip.arch.fused import source_of
+
     names = {id(m): n for n, m in lm.named_modules()}
     out = []
     for layer in adapter.layers(model):
         for linear in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values()):
-            if id(linear) in names:
-                out.append(names[id(linear)])
+            module = source_of(linear)  # a fused linear once, for all its slices
+            if id(module) in names and names[id(module)] not in out:
+                out.append(names[id(module)])
     return out
 
 

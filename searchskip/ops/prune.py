@@ -322,7 +322,10 @@ def swap_ffn_linears(adapter: Any, layer: nn.Module,
     """Replace each FFN linear of ``layer`` that holds the FFN channels by ``rebuild(linear, dim)``
     (``dim`` 0: the channels are its output rows; 1: its input columns); return a function that
     puts the original modules back."""
+    from searchskip.arch.fused import RowSlice
+
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    fused: dict[int, list[RowSlice]] = {}
     for key, linear in adapter.mlp_linears(layer).items():
         if key in adapter.mlp_in_keys:
             dim = 0
@@ -330,15 +333,32 @@ def swap_ffn_linears(adapter: Any, layer: nn.Module,
             dim = 1
         else:
             continue
+        if isinstance(linear, RowSlice):  # rebuilt below, once for all its slices
+            fused.setdefault(id(linear.source), []).append(linear)
+            continue
         parent, name = _parent_of(layer, linear)
         setattr(parent, name, rebuild(linear, dim))
         swaps.append((parent, name, linear))
+    for slices in fused.values():  # Phi-3's gate_up_proj: each slice's rows rebuilt, stacked in their order
+        source = slices[0].source
+        if _rows_covered(slices) != source.out_features:
+            raise ModelError(f"the FFN linears sliced from {source} do not cover its rows")
+        parts = [rebuild(s, 0) for s in sorted(slices, key=lambda s: s.start)]
+        bias = None if source.bias is None else torch.cat([p.bias for p in parts]).detach()
+        parent, name = _parent_of(layer, source)
+        setattr(parent, name, linear_like(source, torch.cat([p.weight for p in parts]).detach(), bias))
+        swaps.append((parent, name, source))
 
     def restore() -> None:
         for parent, name, original in swaps:
             setattr(parent, name, original)
 
     return restore
+
+
+def _rows_covered(slices: Sequence[Any]) -> int:
+    """Rows the slices of one fused linear cover together."""
+    return sum(s.out_features for s in slices)
 
 
 def shrink_ffn(adapter: Any, layer: nn.Module, keep: torch.Tensor) -> Callable[[], None]:

@@ -527,7 +527,12 @@ def attention_scaling(attention: Any, head_dim: int) -> float:
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` (batch x heads x positions x head_dim) with rotary embeddings applied; where they cover
+    only the first ``cos.shape[-1]`` dims of a head (Phi-3's ``partial_rotary_factor``) the rest pass."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if cos.shape[-1] < x.shape[-1]:
+        dim = cos.shape[-1]
+        return torch.cat([_rotate(x[..., :dim], cos.squeeze(1), sin.squeeze(1)), x[..., dim:]], dim=-1)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return (x * cos) + (rotated * sin)

@@ -9,6 +9,7 @@ FAMILIES: tuple[str, ...] = (
     "qwen3",
     "gemma2",
     "gemma3",
+    "phi3",
     "opt",
     "llava-llama",
     "llava-mistral",

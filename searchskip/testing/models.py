@@ -68,6 +68,9 @@ def _text_config(decoder: str, num_layers: int, overrides: dict[str, Any]):
             cls = tf.Gemma2Config
         else:
             cls = tf.Gemma3TextConfig
+    elif decoder == "phi3":  # fused qkv / gate_up; rotary on half of each head (as Phi-4-mini's 0.75)
+        kw.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5)
+        cls = tf.Phi3Config
     elif decoder == "opt":
         kw.update(ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, init_std=0.1)
         cls = tf.OPTConfig
@@ -112,6 +115,7 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 "qwen3": tf.Qwen3ForCausalLM,
                 "gemma2": tf.Gemma2ForCausalLM,
                 "gemma3": tf.Gemma3ForCausalLM,
+                "phi3": tf.Phi3ForCausalLM,
                 "opt": tf.OPTForCausalLM,
             }[decoder]
             model = cls(text_config)

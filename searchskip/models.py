@@ -154,8 +154,20 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             f"model.id: '{source}' is not in the local Hugging Face cache and the hub could not be reached. "
             "Download it on a machine with network access (huggingface-cli download) or point model.id at a local folder."
         ) from None
+    check_image_settings(processor, source)
     model.to(device).eval()
     template = resolve_template(model.config.model_type, spec.prompt_template, stored_template)
     loaded = LoadedModel(model=model, processor=processor, template=template, device=device, source=source)
     apply_runtime_plan(loaded)
     return loaded
+
+
+def check_image_settings(processor: Any, source: str) -> None:
+    """:class:`ModelError` for image-processor settings searchskip cannot count or batch: Gemma 3's
+    pan-and-scan (``do_pan_and_scan``) adds a variable number of crops, each with its own image
+    tokens, to some images; searchskip prices and batches one 896-pixel image per sample."""
+    image_processor = getattr(processor, "image_processor", None)
+    if getattr(image_processor, "do_pan_and_scan", False):
+        raise ModelError(f"model.id: '{source}' has its image processor's do_pan_and_scan on; searchskip supports Gemma 3 "
+                         "with one crop per image only: set \"do_pan_and_scan\": false in its preprocessor_config.json "
+                         "(or the processor config)")

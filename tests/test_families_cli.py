@@ -215,13 +215,13 @@ def test_block_only_export_is_plain_transformers(family_job, tmp_path, capsys):
 
 
 def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_folder, capsys):
-    """A family searchskip has no adapter for (Phi-3 here) is refused from its config.json alone,
+    """A family searchskip has no adapter for (Gemma 1 here) is refused from its config.json alone,
     before any weight, processor or data is loaded, with the same message by every verb; nothing is written."""
     import transformers as tf
 
-    config = tf.Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
-    tf.Phi3ForCausalLM(config).save_pretrained(tmp_path / "model")  # weights only: no processor
+    config = tf.GemmaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0)
+    tf.GemmaForCausalLM(config).save_pretrained(tmp_path / "model")  # weights only: no processor
     job = _job(tmp_path, tmp_path / "model", vqa_folder)
     job.write_text(job.read_text() + "finetune:\n  method: projector\n")
     plan = tmp_path / "plan.yaml"
@@ -235,8 +235,23 @@ def test_an_unsupported_family_gets_one_message_from_every_verb(tmp_path, vqa_fo
         assert cli.main([verb, *argv]) == 2, verb
         captured = capsys.readouterr()
         text = (captured.err or captured.out).strip()
-        line = next(x for x in text.splitlines() if "Phi3ForCausalLM" in x)
+        line = next(x for x in text.splitlines() if "GemmaForCausalLM" in x)
         first_lines.add(line.removeprefix("error: "))
         assert "Qwen2_5_VLForConditionalGeneration" in text  # the supported families are listed
     assert len(first_lines) == 1 and f"{job}: model.id:" in first_lines.pop()
     assert not (tmp_path / "out").exists() and not (tmp_path / "exp").exists()
+
+
+def test_gemma3_pan_and_scan_is_refused_by_name(tmp_path, vqa_folder, capsys):
+    """Pan-and-scan gives some images extra crops (and image tokens) that searchskip neither prices
+    nor batches: the job is refused with the setting to change, before any output is written."""
+    folder = save_tiny_model("gemma3-vl", tmp_path / "model")
+    config_file = folder / "processor_config.json"
+    data = json.loads(config_file.read_text())
+    data["image_processor"]["do_pan_and_scan"] = True
+    config_file.write_text(json.dumps(data))
+    job = _job(tmp_path, folder, vqa_folder)
+    assert cli.main(["eval", str(job), "--split", "validation"]) == 2
+    err = capsys.readouterr().err
+    assert "do_pan_and_scan" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -23,15 +23,7 @@ applied by the token scopes' partial attention too). Beside that:
 
 from __future__ import annotations
 
-from typing import Any
-
-from searchskip.arch.base import class_names
 from searchskip.arch.llama import LlamaAdapter
-from searchskip.errors import ModelError
-
-_CAUSAL_LMS = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
-_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "pre_feedforward_layernorm", "mlp",
-                "post_feedforward_layernorm")
 
 
 class GemmaAdapter(LlamaAdapter):
@@ -40,18 +32,10 @@ class GemmaAdapter(LlamaAdapter):
     name = "gemma"
     description = "Gemma2ForCausalLM, Gemma3ForCausalLM (Gemma 2, Gemma 3 text)"
     text_model_types = ("gemma2", "gemma3_text")
-
-    def matches(self, model: Any) -> bool:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        return model_type in self.text_model_types and bool(class_names(model) & set(_CAUSAL_LMS))
-
-    def validate_layer(self, layer):
-        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
-        if missing:
-            raise ModelError(
-                f"decoder layer {type(layer).__name__} lacks {', '.join(missing)}; this transformers version "
-                "lays Gemma layers out differently than searchskip expects"
-            )
+    causal_lms = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+    layer_parts = ("input_layernorm", "self_attn", "post_attention_layernorm", "pre_feedforward_layernorm", "mlp",
+                   "post_feedforward_layernorm")
+    layout = "Gemma"
 
     def mlp_norm(self, layer):
         return layer.pre_feedforward_layernorm

@@ -41,17 +41,31 @@ class LlamaAdapter(ArchAdapter):
     text_model_types = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
     mlp_in_keys = ("gate", "up")
     mlp_out_key = "down"
+    causal_lms: tuple[str, ...] = _CAUSAL_LMS
+    """Class names of the family's causal LMs (a model matches by one of them and its model_type)."""
+    layer_parts: tuple[str, ...] = _LAYER_PARTS
+    """Attributes (dotted paths) every decoder layer of the family has."""
+    layout: str = "Llama-style"
+    """The family's layout in words, for the error a renamed part gives."""
 
     def matches(self, model: Any) -> bool:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        return model_type in self.text_model_types and bool(class_names(model) & set(_CAUSAL_LMS))
+        return model_type in self.text_model_types and bool(class_names(model) & set(self.causal_lms))
 
     def validate_layer(self, layer):
-        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
+        def has(path: str) -> bool:
+            obj = layer
+            for part in path.split("."):
+                if not hasattr(obj, part):
+                    return False
+                obj = getattr(obj, part)
+            return True
+
+        missing = [p for p in self.layer_parts if not has(p)]
         if missing:
             raise ModelError(
                 f"decoder layer {type(layer).__name__} lacks {', '.join(missing)}; this transformers version "
-                "lays Llama-style layers out differently than searchskip expects"
+                f"lays {self.layout} layers out differently than searchskip expects"
             )
 
     def language_model(self, model):

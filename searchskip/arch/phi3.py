@@ -13,14 +13,8 @@ The residual dropouts are inactive in eval mode (and default to 0).
 
 from __future__ import annotations
 
-from typing import Any
-
-from searchskip.arch.base import class_names
 from searchskip.arch.fused import RowSlice
 from searchskip.arch.llama import LlamaAdapter
-from searchskip.errors import ModelError
-
-_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 
 
 class Phi3Adapter(LlamaAdapter):
@@ -29,16 +23,10 @@ class Phi3Adapter(LlamaAdapter):
     name = "phi3"
     description = "Phi3ForCausalLM (Phi-3, Phi-3.5, Phi-4-mini)"
     text_model_types = ("phi3",)
-
-    def matches(self, model: Any) -> bool:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        return model_type in self.text_model_types and "Phi3ForCausalLM" in class_names(model)
-
-    def validate_layer(self, layer):
-        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
-        if missing or not hasattr(layer.self_attn, "qkv_proj") or not hasattr(layer.mlp, "gate_up_proj"):
-            raise ModelError(f"decoder layer {type(layer).__name__} is not laid out as Phi-3's (fused qkv_proj and "
-                             "gate_up_proj); this transformers version differs from what searchskip expects")
+    causal_lms = ("Phi3ForCausalLM",)
+    layer_parts = ("input_layernorm", "self_attn.qkv_proj", "self_attn.o_proj", "post_attention_layernorm",
+                   "mlp.gate_up_proj", "mlp.down_proj", "resid_attn_dropout", "resid_mlp_dropout")
+    layout = "Phi-3"
 
     def attn_linears(self, layer):
         a = layer.self_attn

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["expanded_image_text", "image_inputs", "image_only_class", "image_only_processor", "image_placeholder",
+__all__ = ["expanded_image_text", "image_defaults", "image_inputs", "image_only_class", "image_only_processor", "image_placeholder",
            "image_token", "load_processor"]
 
 
@@ -100,14 +100,19 @@ def _processor_class_of_config(source: str, **kwargs: Any) -> str | None:
     return PROCESSOR_MAPPING_NAMES.get(model_type)
 
 
+def image_defaults(processor: Any) -> dict:
+    """The image settings ``processor``'s class passes its image processor on every call (InternVL:
+    ``crop_to_patches: true``), which the image processor alone does not apply."""
+    return dict(getattr(type(processor), "images_kwargs", None) or {})
+
+
 def image_inputs(processor: Any, images: list) -> Any:
     """What ``processor``'s image processor makes of ``images`` (``return_tensors="pt"``) when the
     processor itself calls it: with the processor class's own image defaults (InternVL's
     processor tiles images, ``crop_to_patches``, which its image processor alone does not), and
     with the per-image counts the processor would drop from its output (InternVL's
     ``num_patches``, the tiles of each image)."""
-    defaults = dict(getattr(type(processor), "images_kwargs", None) or {})
-    return processor.image_processor(images, return_tensors="pt", **defaults)
+    return processor.image_processor(images, return_tensors="pt", **image_defaults(processor))
 
 
 def expanded_image_text(processor: Any, image: Any) -> str | None:
@@ -115,9 +120,8 @@ def expanded_image_text(processor: Any, image: Any) -> str | None:
     tokens and whatever frames them (InternVL's ``<img>`` ... ``</img>``, Gemma 3's
     ``<start_of_image>`` ... ``<end_of_image>``), as its ``__call__`` builds it; ``None`` for a
     processor that does not expand placeholders this way."""
-    defaults = dict(getattr(type(processor), "images_kwargs", None) or {})
     try:
-        _, texts = processor._process_images([image], return_tensors="pt", **defaults)
+        _, texts = processor._process_images([image], return_tensors="pt", **image_defaults(processor))
     except (AttributeError, NotImplementedError, TypeError):
         return None
     return texts[0] if texts else None

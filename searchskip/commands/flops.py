@@ -73,7 +73,7 @@ def _processor_size(job: Any) -> dict:
     ``max_patches``, ``crop_to_patches`` as the processor calls it) of the job's model when its
     processor is local or cached; ``{}`` otherwise."""
     from searchskip.models import resolve_source
-    from searchskip.processors import load_processor
+    from searchskip.processors import image_defaults, load_processor
 
     try:
         source, _ = resolve_source(job.model)
@@ -83,7 +83,7 @@ def _processor_size(job: Any) -> dict:
         for key in ("min_patches", "max_patches", "crop_to_patches"):
             if getattr(image_processor, key, None) is not None:
                 settings[key] = getattr(image_processor, key)
-        settings.update(getattr(type(processor), "images_kwargs", None) or {})
+        settings.update(image_defaults(processor))
         return settings
     except Exception:  # noqa: BLE001 - no processor here: the defaults stand
         return {}

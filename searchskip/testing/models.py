@@ -120,22 +120,9 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
             }[decoder]
             model = cls(text_config)
         else:
-            vision = dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=IMAGE_SIZE,
-                patch_size=PATCH_SIZE,
-                projection_dim=32,
-            )
-            siglip = family == "llava-onevision" or vision_overrides.get("model_type") == "siglip_vision_model"
-            if siglip:  # no class token, and (unless OneVision turns it off) an attention-pooling head
-                vision.pop("projection_dim")
-                vision["vision_use_head"] = family != "llava-onevision"
-            vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})
-            vision_config = (tf.SiglipVisionConfig if siglip else tf.CLIPVisionConfig)(**vision)
-            n_image = (vision_config.image_size // vision_config.patch_size) ** 2
+            vision_config = _vision_config(family, vision_overrides)
+            side, patch = vision_config.image_size, vision_config.patch_size
+            n_image = (side // patch) ** 2 if isinstance(side, int) else None  # InternVL: tiles, set below
             llava = dict(
                 vision_config=vision_config,
                 text_config=text_config,
@@ -144,22 +131,15 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
                 tie_word_embeddings=False,
             )
             llava.update(llava_overrides)
-            if family == "gemma3-vl":  # SigLIP (no head), 8 x 8 patches pooled to 4 x 4, Gemma 3 decoder
-                vision.pop("projection_dim")
-                vision.update(patch_size=IMAGE_SIZE // 8, vision_use_head=False)
-                vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})
-                del llava["image_seq_length"], llava["vision_config"], llava["image_token_id"]
+            if family == "gemma3-vl":  # 8 x 8 SigLIP patches pooled to 4 x 4, Gemma 3 decoder
+                del llava["image_seq_length"], llava["image_token_id"]
                 model = tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(
-                    vision_config=tf.SiglipVisionConfig(**vision), mm_tokens_per_image=16, image_token_index=IMAGE_TOKEN_ID,
+                    mm_tokens_per_image=16, image_token_index=IMAGE_TOKEN_ID,
                     boi_token_index=VISION_START_ID, eoi_token_index=VISION_END_ID, **llava))
             elif family == "internvl":  # InternViT tiles, pixel shuffle 0.5, Qwen2 decoder
-                vision.pop("projection_dim")
-                vision.update(image_size=INTERNVL_TILE, patch_size=INTERNVL_PATCH)
-                vision.update({k: v for k, v in vision_overrides.items() if k != "model_type"})
-                del llava["image_seq_length"], llava["vision_config"]
+                del llava["image_seq_length"]
                 tile_tokens = (INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2
-                model = tf.InternVLForConditionalGeneration(tf.InternVLConfig(
-                    vision_config=tf.InternVLVisionConfig(**vision), image_seq_length=tile_tokens, **llava))
+                model = tf.InternVLForConditionalGeneration(tf.InternVLConfig(image_seq_length=tile_tokens, **llava))
             elif family == "llava-next":  # anyres: a base crop and the tiles of the best of ANYRES_PINPOINTS
                 del llava["image_seq_length"]
                 llava.setdefault("image_grid_pinpoints", ANYRES_PINPOINTS)
@@ -173,6 +153,30 @@ def tiny_model(family: str, seed: int = 0, num_layers: int = 4, **overrides: Any
             else:
                 model = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**llava))
     return model.to(torch.float32).eval()
+
+
+def _vision_config(family: str, overrides: dict):
+    """The tiny vision tower of a LLaVA-like ``family``: CLIP (32x32 image, patch 8, 2 layers);
+    SigLIP for LLaVA-OneVision, Gemma 3 (patch 4) and where ``overrides`` ask for
+    ``model_type: siglip_vision_model`` (then with its attention-pooling head); InternViT on
+    16-pixel tiles for InternVL. ``overrides`` (other than ``model_type``) go to the config."""
+    import transformers as tf
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    if family == "internvl":
+        vision.update(image_size=INTERNVL_TILE, patch_size=INTERNVL_PATCH)
+        cls = tf.InternVLVisionConfig
+    elif family in ("llava-onevision", "gemma3-vl") or overrides.get("model_type") == "siglip_vision_model":
+        vision["vision_use_head"] = family not in ("llava-onevision", "gemma3-vl")  # no class token either
+        if family == "gemma3-vl":
+            vision["patch_size"] = IMAGE_SIZE // 8
+        cls = tf.SiglipVisionConfig
+    else:
+        vision["projection_dim"] = 32
+        cls = tf.CLIPVisionConfig
+    vision.update({k: v for k, v in overrides.items() if k != "model_type"})
+    return cls(**vision)
 
 
 def _tiny_qwen_vl(family: str, seed: int, num_layers: int, vision_overrides: dict, overrides: dict):

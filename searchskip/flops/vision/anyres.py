@@ -81,11 +81,11 @@ def _max_crops(config: Any) -> int | None:
     aspect = getattr(config, "vision_aspect_ratio", None)
     if aspect is None:
         return None
-    text = str(aspect)
-    if not text.startswith("anyres_max_") or not text[len("anyres_max_"):].isdigit() or int(text[11:]) < 1:
+    prefix, _, count = str(aspect).partition("anyres_max_")
+    if prefix or not count.isdigit() or int(count) < 1:
         raise ModelError(f"vision_aspect_ratio '{aspect}': FLOP counting knows 'anyres_max_N' (N a positive whole "
                          "number of crops) only")
-    return int(text[len("anyres_max_"):])
+    return int(count)
 
 
 def anyres_tower(model: Any, adapter: Any, config: Any) -> AnyresVisionGeometry:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from searchskip.config.job import EMBEDDED_PREFIX, ModelSpec
-from searchskip.errors import ModelError, OfflineError
+from searchskip.errors import ModelError, OfflineError, SearchSkipError
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -80,13 +80,26 @@ def check_safety(spec: ModelSpec, source: str) -> None:
 
 
 def check_family(spec: ModelSpec) -> None:
-    """:class:`ModelError` when the model of ``spec`` is of a family searchskip does not support,
-    judged from its ``config.json`` alone (no weights, no processor): every verb runs this before
-    loading anything, ``searchskip validate`` included, so all refuse it with one message. Only
-    local (and embedded) folders are checked; a hub id is checked once its config is loaded."""
+    """:class:`ModelError` when the model of ``spec`` is of a family searchskip does not support, a
+    text-only model, has ``config.json`` values its family does not allow
+    (:mod:`searchskip.arch.config_rules`) or damaged or missing files (:mod:`searchskip.model_files`),
+    judged without loading weights or processor: every verb runs this before loading anything,
+    ``searchskip validate`` included, so all refuse it with one message. Only local (and embedded)
+    folders are checked; a hub id is checked once its config is loaded."""
+    from searchskip.model_files import check_model_files
+
     source, _ = resolve_source(spec)
-    if (Path(source) / "config.json").is_file():
-        model_geometry(spec)
+    if Path(source).is_dir():
+        _, _, geometry = model_geometry(spec)  # its family first: what no file can mend
+        if geometry.vision is None:
+            raise ModelError(f"'{spec.id}' is a text-only model ({geometry.family}); a job scores visual question "
+                             "answering, which needs a vision-language model (this decoder is supported inside "
+                             "one: LLaVA over it, or its family's own VLM); `searchskip flops JOB --prompt-tokens N "
+                             "--generated-tokens N` prices it as it is")
+        try:
+            check_model_files(source, processor=True)
+        except ModelError as err:
+            raise ModelError(f"'{spec.id}': {err}") from None
 
 
 def model_geometry(spec: ModelSpec) -> tuple[Any, str, Any]:
@@ -94,9 +107,11 @@ def model_geometry(spec: ModelSpec) -> tuple[Any, str, Any]:
     :func:`searchskip.flops.resolve_config`); an unsupported family's :class:`ModelError` names
     the model as the job wrote it."""
     from searchskip.flops import geometry_of, resolve_config
+    from searchskip.model_files import check_model_files
 
-    config, where = resolve_config(spec)
     try:
+        check_model_files(resolve_source(spec)[0])
+        config, where = resolve_config(spec)
         return config, where, geometry_of(config)
     except ModelError as err:  # name the folder the user wrote
         raise ModelError(f"'{spec.id}': {err}") from None
@@ -116,50 +131,97 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Load model and processor for ``spec``, in eval mode on ``spec.device``; an export's model
     folder gets its stored prompt template and runtime plan (see the module doc).
 
-    Raises :class:`ModelError` for unsafe or unsupported models and :class:`OfflineError`
-    when a hub model is neither cached nor reachable.
+    Raises :class:`ModelError` for unsafe or unsupported models, for a processor that disagrees
+    with the model's config or prompt template (:func:`searchskip.processor_check.check_processor`)
+    and for weights that do not fit the config, and :class:`OfflineError` when a hub model is
+    neither cached nor reachable.
     """
     import torch
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
-    from searchskip.processors import load_processor
-
-    from searchskip.eval.prompts import resolve_template
     from searchskip.export.model import apply_runtime_plan
 
     device = _device(spec.device)
-    source, stored_template = resolve_source(spec)
+    source, _ = resolve_source(spec)
     check_safety(spec, source)
-    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        raise ModelError(f"model.id: '{source}' is not a loadable model folder: it has no config.json")
     check_family(spec)
     hf_logging.disable_progress_bar()  # searchskip shows its own progress
+    processor, template = checked_processor(spec)
     kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a load report's table is not for the user: the error below says it
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             source, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
         )
-        processor = load_processor(source, **kwargs)
     except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) met a non-tensor object
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"model.id: '{source}' holds a pickled checkpoint with objects other than tensors; it was "
-                         f"refused without running them (torch.load(weights_only=True)): {first}") from None
+                         f"refused without running them (torch.load(weights_only=True)): {_first_line(err)}") from None
     except ValueError as err:  # unknown architecture for the auto class
         raise ModelError(f"model.id: cannot load '{source}' as an image-text-to-text model: {err}") from None
+    except RuntimeError as err:  # weights whose shapes the config does not give
+        raise ModelError(f"model.id: '{source}': its weights do not fit its config.json (a setting that sizes a "
+                         f"layer differs from the one the weights were saved with): {_first_line(err)}") from None
     except OSError as err:
-        if Path(source).exists():
-            raise ModelError(f"model.id: '{source}' is not a loadable model folder: {err}") from None
-        raise OfflineError(
-            f"model.id: '{source}' is not in the local Hugging Face cache and the hub could not be reached. "
-            "Download it on a machine with network access (huggingface-cli download) or point model.id at a local folder."
-        ) from None
-    check_image_settings(processor, source)
+        raise _not_loadable(source, err) from None
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type for a damaged file
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ModelError(f"model.id: '{source}': a weights file cannot be read ({_first_line(err)}); it may be cut "
+                         "short: copy it again") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.to(device).eval()
-    template = resolve_template(model.config.model_type, spec.prompt_template, stored_template)
     loaded = LoadedModel(model=model, processor=processor, template=template, device=device, source=source)
     apply_runtime_plan(loaded)
     return loaded
+
+
+def checked_processor(spec: ModelSpec) -> tuple[Any, str]:
+    """``(processor, prompt template)`` of ``spec``'s model, checked against its config
+    (:func:`searchskip.processor_check.check_processor`): what :func:`load_model` loads before the
+    weights, and what ``searchskip validate`` checks of a local folder."""
+    from searchskip.eval.prompts import resolve_template
+    from searchskip.processor_check import check_processor
+    from searchskip.processors import load_processor
+
+    from searchskip.model_files import check_model_files
+
+    source, stored_template = resolve_source(spec)
+    try:
+        check_model_files(source, processor=True)
+    except ModelError as err:
+        raise ModelError(f"model.id: '{spec.id}': {err}") from None
+    try:
+        processor = load_processor(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except OSError as err:
+        raise _not_loadable(source, err) from None
+    except Exception as err:  # noqa: BLE001 - a damaged setting breaks a processor's build in many ways
+        if not Path(source).is_dir():
+            raise
+        raise ModelError(f"model.id: '{source}': its processor cannot be built from its files "
+                         f"({type(err).__name__}: {_first_line(err)}); check preprocessor_config.json, "
+                         "processor_config.json and tokenizer_config.json") from None
+    check_image_settings(processor, source)
+    config, _, geometry = model_geometry(spec)
+    template = resolve_template(config.model_type, spec.prompt_template, stored_template)
+    check_processor(config, geometry, processor, template, source=spec.id,
+                    template_key="model.prompt_template" if spec.prompt_template else None)
+    return processor, template
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _not_loadable(source: str, err: OSError) -> SearchSkipError:
+    if Path(source).exists():
+        return ModelError(f"model.id: '{source}' is not a loadable model folder: {_first_line(err)}")
+    return OfflineError(
+        f"model.id: '{source}' is not in the local Hugging Face cache and the hub could not be reached. "
+        "Download it on a machine with network access (huggingface-cli download) or point model.id at a local folder."
+    )
 
 
 def check_image_settings(processor: Any, source: str) -> None:

@@ -15,10 +15,50 @@ images; a video input is refused by the processor itself.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
-__all__ = ["expanded_image_text", "image_defaults", "image_inputs", "image_only_class", "image_only_processor", "image_placeholder",
-           "image_token", "load_processor"]
+__all__ = ["NOTICES", "PIL_LAYOUT", "encode", "expanded_image_text", "image_defaults", "image_inputs", "image_only_class",
+           "image_only_processor", "image_placeholder", "image_token", "load_processor"]
+
+PIL_LAYOUT = {"input_data_format": "channels_last"}
+"""What every processor call says of its images: searchskip feeds PIL images, height x width x
+channels. Without it transformers guesses the channel axis from the array's shape, and for an
+image 3 (or 1) pixels high guesses wrong and logs "The channel dimension is ambiguous"."""
+
+
+NOTICES = {
+    "transformers.tokenization_utils_base": ("Token indices sequence length is longer than",),
+    "transformers.image_utils": ("The channel dimension is ambiguous",),
+}
+"""Library log lines that are noise to a searchskip user, by logger and start: a tokenizer's notice
+that a prompt (with its image tokens: InternVL's 256 a tile) is longer than its
+``model_max_length`` (searchskip never truncates; the model's positions bound the prompt), and the
+channel guess transformers' own image code makes again on an array it already laid out channels
+first (InternVL's tiling of an image 1 or 3 pixels high; searchskip's own calls say
+:data:`PIL_LAYOUT`)."""
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def _quiet_notices() -> None:
+    for name, starts in NOTICES.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in log.filters):
+            log.addFilter(_DropNotices(starts))
+
+
+def encode(processor: Any, images: list, text: list[str], **kwargs: Any) -> Any:
+    """``processor(images=..., text=..., return_tensors="pt")`` with :data:`PIL_LAYOUT`: the model
+    inputs of ``text`` (each image placeholder expanded) and ``images``."""
+    return processor(images=images, text=text, return_tensors="pt", **PIL_LAYOUT, **kwargs)
 
 
 def _needs_video_stack(err: BaseException) -> bool:
@@ -32,6 +72,7 @@ def load_processor(source: str, **kwargs: Any) -> Any:
     cannot build, :func:`image_only_processor`'s."""
     from transformers import AutoProcessor
 
+    _quiet_notices()
     try:
         return AutoProcessor.from_pretrained(source, **kwargs)
     except (AttributeError, ImportError, ValueError, OSError) as err:
@@ -112,7 +153,7 @@ def image_inputs(processor: Any, images: list) -> Any:
     processor tiles images, ``crop_to_patches``, which its image processor alone does not), and
     with the per-image counts the processor would drop from its output (InternVL's
     ``num_patches``, the tiles of each image)."""
-    return processor.image_processor(images, return_tensors="pt", **image_defaults(processor))
+    return processor.image_processor(images, return_tensors="pt", **PIL_LAYOUT, **image_defaults(processor))
 
 
 def expanded_image_text(processor: Any, image: Any) -> str | None:
@@ -121,7 +162,7 @@ def expanded_image_text(processor: Any, image: Any) -> str | None:
     ``<start_of_image>`` ... ``<end_of_image>``), as its ``__call__`` builds it; ``None`` for a
     processor that does not expand placeholders this way."""
     try:
-        _, texts = processor._process_images([image], return_tensors="pt", **image_defaults(processor))
+        _, texts = processor._process_images([image], return_tensors="pt", **PIL_LAYOUT, **image_defaults(processor))
     except (AttributeError, NotImplementedError, TypeError):
         return None
     return texts[0] if texts else None

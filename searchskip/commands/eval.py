@@ -28,7 +28,7 @@ def run(args) -> int:
     from searchskip.config.loader import load_job
     from searchskip.data.schema import check_images
     from searchskip.data.splits import load_eval_split
-    from searchskip.errors import ConfigError, SearchSkipError
+    from searchskip.errors import ConfigError, DataError, SearchSkipError
     from searchskip.eval.runner import score_model
     from searchskip.models import load_model
     from searchskip.plan import Plan
@@ -55,7 +55,10 @@ def run(args) -> int:
     if plan is not None:
         with err.status("applying the plan"):
             apply_plan(loaded, job, plan, source=args.plan)
-    result = score_model(loaded, dataset, job.eval, console=err)
+    try:
+        result = score_model(loaded, dataset, job.eval, console=err)
+    except DataError as e:  # an image the model's processor refuses
+        raise in_job(args.job, e, f"data.splits.{args.split}") from None
     if args.json:
         print(json.dumps({"job": job.name, "split": args.split, "model": job.model.id,
                           "plan": plan.to_dict() if plan is not None else None, **result.to_dict()}))

@@ -64,7 +64,10 @@ def image_shape_flag(value: str | None, vision: Any, job: Any = None) -> tuple[i
         what = "the model is text-only" if vision is None else f"its vision tower takes {vision.image_tokens} tokens per image"
         raise ConfigError(f"--image-size: applies to models that take images at their own resolution (Qwen-VL, "
                           f"LLaVA-NeXT / OneVision, InternVL); {what}")
-    return vision.shape_for(int(parts[0]), int(parts[1]), _processor_size(job) if job is not None else None)
+    try:
+        return vision.shape_for(int(parts[0]), int(parts[1]), _processor_size(job) if job is not None else None)
+    except (ValueError, ArithmeticError) as err:  # the processor's own bounds (Qwen-VL: aspect ratio < 200)
+        raise ConfigError(f"--image-size: the model's processor cannot resize a {value} image: {err}") from None
 
 
 def _processor_size(job: Any) -> dict:
@@ -110,7 +113,7 @@ def _job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float 
         return Workload(prompt_tokens=prompt_tokens, generated_tokens=generated_tokens, images=images,
                         source="command line (--prompt-tokens, --generated-tokens)")
     try:
-        measured = _measure(job, config)
+        measured = _measure(job)
     except (DataError, OfflineError, ModelError, OSError, ConnectionError) as err:
         if prompt_tokens is None:
             raise ConfigError(
@@ -136,21 +139,20 @@ def _job_workload(job: Any, config: Any, multimodal: bool, prompt_tokens: float 
     return replace(measured, source=f"{measured.source} of the validation subset")
 
 
-def _measure(job: Any, config: Any) -> Any:
+def _measure(job: Any) -> Any:
     from searchskip.data.splits import load_eval_split
-    from searchskip.errors import OfflineError
-    from searchskip.eval.prompts import resolve_template
+    from searchskip.errors import ConfigError, ModelError, OfflineError, Problem
     from searchskip.flops import measure_workload
-    from searchskip.models import resolve_source
-    from searchskip.processors import load_processor
+    from searchskip.models import checked_processor, resolve_source
 
-    source, embedded_template = resolve_source(job.model)
-    template = resolve_template(config.model_type, job.model.prompt_template, embedded_template)
+    source, _ = resolve_source(job.model)
     try:
-        processor = load_processor(source, revision=job.model.revision, trust_remote_code=job.model.trust_remote_code)
-    except OSError:
+        processor, template = checked_processor(job.model)
+    except OfflineError:
         raise OfflineError(f"the processor of '{source}' is not in the local Hugging Face cache and the hub "
                            "could not be reached") from None
+    except ModelError as err:  # a processor that disagrees with its config: the model cannot run as priced
+        raise ConfigError([Problem(job.source_file, "", str(err))]) from None
     dataset = load_eval_split(job.data, "validation")
 
     class _Loaded:

@@ -4,8 +4,10 @@ Every file is read and built completely (like torchtune's ``tune validate``): al
 problems of all files are reported, then the command exits with 2 if any file had one.
 Valid files print ``OK <file>``. No model weights or datasets are loaded; the checks
 only look at the YAML and at the file system (paths a job names must exist), and for a job whose
-model is embedded or a local folder, at the model's ``config.json`` (its family must be one the
-other verbs support).
+model is a local folder, at the model's files: they must be whole (``searchskip.model_files``), its
+``config.json`` of a family the other verbs support with values that family allows
+(``searchskip.arch.config_rules``), and its processor must agree with that config and with the
+prompt template (``searchskip.processor_check``: it is built and run on three small blank images).
 
 Which kind of file is it? (:func:`detect_kind`)
 
@@ -49,14 +51,15 @@ KIND_KEYS: dict[str, frozenset[str]] = {
 """Kind -> top-level keys that identify it when the folder does not."""
 
 def validate_job(data: Any, file: str) -> Job:
-    """Build and check a job (:func:`~searchskip.config.loader.job_from_data`), and the family of its
-    model from the model's ``config.json`` alone (:func:`~searchskip.search.preflight.check_model_family`),
-    so that a job no other verb can run is not OK."""
+    """Build and check a job (:func:`~searchskip.config.loader.job_from_data`), and, for a local model
+    folder, its files, family, and processor against its config and the job's prompt template
+    (:func:`~searchskip.search.preflight.check_model_family`), so that a job no other verb can run is
+    not OK."""
     from searchskip.search.preflight import check_model_family
 
     job = job_from_data(data, file)
     try:
-        check_model_family(job)
+        check_model_family(job, processor=True)
     except SearchSkipError as e:  # named the file and model.id already; one problem of this file
         raise ConfigError([Problem(file, "", str(e).removeprefix(f"{file}: "))]) from None
     return job

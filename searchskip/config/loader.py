@@ -138,9 +138,12 @@ def _model_device(model: ModelSpec) -> Iterator[tuple[str, str]]:
 
 
 def _model_prompt(model: ModelSpec) -> Iterator[tuple[str, str]]:
-    if model.prompt_template is not None and "{question}" not in model.prompt_template:
-        yield "prompt_template", ("must contain `{question}` (where the question is inserted), "
-                                  f"but got {model.prompt_template!r}")
+    from searchskip.eval.prompts import template_problem
+
+    if model.prompt_template is not None:
+        problem = template_problem(model.prompt_template)
+        if problem:
+            yield "prompt_template", f"{problem}, but got {_show(model.prompt_template)}"
 
 
 def _data_roles(data: DataSpec) -> Iterator[tuple[str, str]]:

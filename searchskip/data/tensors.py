@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from searchskip.processors import expanded_image_text, image_inputs, image_placeholder
+from searchskip.processors import encode, expanded_image_text, image_inputs, image_placeholder
 from searchskip.processors import image_token as image_token_of
 
 __all__ = ["Batch", "TrainingTensors"]
@@ -246,12 +246,12 @@ class TrainingTensors:
 def _count_image_tokens(processor, template: str, placeholder: str, image) -> int:
     """How many image tokens the processor expands one ``<image>`` of ``template`` into."""
     text = template.replace("<image>", placeholder).format(question="?")
-    ids = processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0]
+    ids = encode(processor, [image], [text])["input_ids"][0]
     return max(1, int((ids == image_token_of(processor)[1]).sum()))
 
 
 def _type_ids_key(processor, image, placeholder: str) -> str | None:
     """Which of ``token_type_ids`` / ``mm_token_type_ids`` the processor returns beside the ids
     (a mark of its image tokens the model reads), if either."""
-    out = processor(images=[image], text=[placeholder], return_tensors="pt")
+    out = encode(processor, [image], [placeholder])
     return next((key for key in ("mm_token_type_ids", "token_type_ids") if key in out), None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Hashable, NamedTuple, Sequence
 
-__all__ = ["ImageOrder", "batch_spans", "image_keys", "image_shape", "shape_size", "sorted_by_image"]
+__all__ = ["ImageOrder", "batch_spans", "image_keys", "image_shape", "shape_of_inputs", "shape_size", "sorted_by_image"]
 
 
 SHAPE_KEYS = ("image_grid_thw", "image_sizes", "num_patches")
@@ -30,7 +30,11 @@ def image_shape(processor: Any, image: Any) -> tuple[int, ...] | None:
     fixed-resolution processor (see :attr:`searchskip.flops.Workload.image_shape`)."""
     from searchskip.processors import image_inputs
 
-    out = image_inputs(processor, [image])
+    return shape_of_inputs(image_inputs(processor, [image]))
+
+
+def shape_of_inputs(out: Any) -> tuple[int, ...] | None:
+    """The :func:`image_shape` of the first image of an image processor's output ``out``."""
     for key in SHAPE_KEYS:
         if key in out:
             value = out[key][0]
@@ -51,10 +55,24 @@ def image_keys(loaded: Any, dataset: Any) -> list[Hashable]:
     processor = loaded.processor
     if n == 0 or getattr(processor, "image_processor", None) is None:
         return [None] * n
-    first = image_shape(processor, dataset[0]["image"])
+    first = _row_shape(processor, dataset[0])
     if first is None:
         return [None] * n
-    return [first] + [image_shape(processor, dataset[i]["image"]) for i in range(1, n)]
+    return [first] + [_row_shape(processor, dataset[i]) for i in range(1, n)]
+
+
+def _row_shape(processor: Any, row: Any) -> Hashable:
+    """:func:`image_shape` of a row's image; :class:`~searchskip.errors.DataError` naming the question
+    when the processor refuses the image (Qwen-VL: an aspect ratio of 200 or more)."""
+    from searchskip.errors import DataError
+
+    image = row["image"]
+    try:
+        return image_shape(processor, image)
+    except (ValueError, ArithmeticError) as err:
+        size = "x".join(str(x) for x in getattr(image, "size", ())) or "?"
+        raise DataError(f"question {row.get('question_id', '?')}: the model's processor refuses its {size} image "
+                        f"({err}); leave such images out of the data") from None
 
 
 class ImageOrder(NamedTuple):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from searchskip.processors import encode
+
 
 def prompt_inputs(loaded, images: Sequence, questions: Sequence[str]) -> dict:
     """Model inputs for a batch of (image, question) pairs: ``loaded.template`` around each
@@ -13,7 +15,7 @@ def prompt_inputs(loaded, images: Sequence, questions: Sequence[str]) -> dict:
     processor.tokenizer.padding_side = "left"  # decoder-only generation needs the prompt flush right
     prompts = [loaded.template.format(question=q) for q in questions]
     # one list of images per prompt: processors that count images per sample (Gemma 3's) need it
-    inputs = processor(images=[[image] for image in images], text=prompts, return_tensors="pt", padding=True)
+    inputs = encode(processor, [[image] for image in images], prompts, padding=True)
     inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
     dtype = getattr(loaded.model, "dtype", None)
     if "pixel_values" in inputs and dtype is not None:

@@ -9,6 +9,8 @@ image tokens.
 
 from __future__ import annotations
 
+import string
+
 from searchskip.errors import ModelError
 
 LLAVA_15 = "USER: <image>\n{question} Answer the question using a single word or phrase. ASSISTANT:"
@@ -52,3 +54,31 @@ def resolve_template(model_type: str, override: str | None = None, stored: str |
             f"no prompt template is known for model_type '{model_type}' (known: {', '.join(sorted(FAMILY_TEMPLATES))}); "
             "set model.prompt_template in the job, with the image placeholder and {question} in it"
         ) from None
+
+
+def template_problem(template: str) -> str | None:
+    """The rule ``template`` breaks as a format string, or ``None``: it must hold ``{question}``
+    and no other ``{...}`` field (literal braces are written ``{{`` and ``}}``)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as err:  # a lone '{' or '}'
+        return f"must be a format string with `{{question}}` as its only field ({err}; write `{{{{` and `}}}}` for braces)"
+    others = sorted({f"{{{f}}}" for f in fields if f != "question"})
+    if others:
+        return (f"may hold `{{question}}` as its only field, not {', '.join(others)} "
+                "(write `{{` and `}}` for literal braces)")
+    if "question" not in fields:
+        return "must contain `{question}` (where the question is inserted)"
+    return None
+
+
+def placeholder_problem(template: str, placeholder: str) -> str | None:
+    """The rule ``template`` breaks for a model whose processor expands ``placeholder`` into one
+    image's tokens, or ``None``: a VQA prompt holds the placeholder exactly once (one image per
+    question), outside the question."""
+    prompt = template.format(question="")
+    count = prompt.count(placeholder)
+    if count != 1:
+        return (f"must contain the model's image placeholder `{placeholder}` exactly once (where the image goes; "
+                f"its processor expands it into the image's tokens), but it holds it {count} times")
+    return None

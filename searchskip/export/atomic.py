@@ -57,6 +57,7 @@ The manifest's format, :func:`verify_manifest` and :func:`check_manifest` are in
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -323,6 +324,28 @@ def _swap(tmp: Path, target: Path, kind: str | None, keep: Keep) -> None:
         _discard(old, target)
 
 
+_WRAPPED_ERRNO = re.compile(r"\(os error (\d+)\)")
+
+
+def io_fault(exc: BaseException) -> OSError | None:
+    """The file-system fault ``exc`` is, or ``None``: an :class:`OSError` itself (not a searchskip
+    error), or a library's own error wrapping one -- safetensors' ``SafetensorError`` ("I/O error: No
+    space left on device (os error 28)"), torch's ``RuntimeError`` ("PytorchStreamWriter failed
+    writing file ...: file write failed")."""
+    if isinstance(exc, OSError):
+        return None if isinstance(exc, SearchSkipError) else exc
+    if not isinstance(exc, Exception):
+        return None
+    text = str(exc)
+    match = _WRAPPED_ERRNO.search(text)
+    if match:
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code))
+    if "file write failed" in text or "No space left on device" in text:
+        return OSError(errno.ENOSPC if "space" in text else errno.EIO, text.strip().splitlines()[0][:200])
+    return None
+
+
 def _fault(target: Path, exc: OSError, existed: bool, tmp: Path | None = None) -> FileSystemError:
     """The one-line error for a file-system fault (read-only, disk full, ...) while writing ``target``."""
     kept = f"{target} is as it was" if existed else f"{target} was not created"
@@ -399,6 +422,7 @@ def atomic_directory(target: str | Path, *, kind: str | None = None, keep: Keep 
             with contextlib.suppress(OSError):
                 if os.path.lexists(tmp):
                     _remove(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, SearchSkipError):
-                raise _fault(target, exc, existed, tmp) from exc
+            fault = io_fault(exc)
+            if fault is not None:
+                raise _fault(target, fault, existed, tmp) from exc
             raise

@@ -182,9 +182,11 @@ def _build_meta_model(config: Any) -> Any:
             if getattr(config, "vision_config", None) is not None:
                 return transformers.AutoModelForImageTextToText.from_config(config)
             return transformers.AutoModelForCausalLM.from_config(config)
-    except ValueError as err:
-        raise ModelError(f"cannot build a model of type '{getattr(config, 'model_type', '?')}' "
-                         f"from its config: {err}") from None
+    except (ArithmeticError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        # a setting no rule of searchskip.arch.config_rules covers, which transformers cannot build
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelError(f"config.json: transformers cannot build a model of type "
+                         f"'{getattr(config, 'model_type', '?')}' from these settings: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -209,7 +211,9 @@ def _build_geometry(config: Any) -> ArchGeometry:
     from torch import nn
 
     from searchskip.arch import get_adapter
+    from searchskip.arch.config_rules import check_config
 
+    check_config(config)
     model = _build_meta_model(config)
     adapter = get_adapter(model)
     text_config = adapter.text_config(model)
@@ -251,6 +255,23 @@ def _build_geometry(config: Any) -> ArchGeometry:
 # --------------------------------------------------------------------------------------
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or mistyped ``config.json`` raises: transformers 5.x checks each value's
+    type (huggingface_hub's strict dataclasses: not a ``TypeError`` subclass)."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return OSError, ValueError, TypeError, StrictDataclassError
+
+
+def _one_line(err: BaseException) -> str:
+    """``err``'s message on one line: a strict-dataclass error's last line names the field, the type
+    it needs and the value it got."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].startswith("TypeError: "):
+        return f"config.json: {lines[-1].removeprefix('TypeError: ').partition('. Errors: ')[0]}"
+    return " ".join(lines) or type(err).__name__
+
+
 def known_config(model_id: str) -> Any | None:
     """The shipped config of hub id ``model_id`` (a ``PretrainedConfig``), or ``None``."""
     from transformers import AutoConfig
@@ -284,8 +305,8 @@ def resolve_config(spec: Any) -> tuple[Any, str]:
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
             return config, f"local folder {source}"
-        except (OSError, ValueError) as err:
-            raise ModelError(f"model.id: cannot read a config from '{source}': {err}") from None
+        except _config_errors() as err:
+            raise ModelError(f"cannot read its config: {_one_line(err)}") from None  # callers name the folder
     kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True, **kwargs), f"Hugging Face cache ({source})"

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 from searchskip.errors import ConfigError, Problem
 from searchskip.eval.batching import image_keys, shape_size
-from searchskip.processors import image_placeholder, image_token
+from searchskip.processors import encode, image_placeholder, image_token
 
 __all__ = ["WORKLOAD_VERSION", "Workload", "measure_workload"]
 
@@ -274,8 +274,7 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     expanded_per_image = 0
     grids: list[Grid | None] = [None] * n_rows
     if images_per_prompt:
-        full_out = processor(images=[first["image"]] * images_per_prompt, text=[prompt(first["question"])],
-                             return_tensors="pt")
+        full_out = encode(processor, [first["image"]] * images_per_prompt, [prompt(first["question"])])
         full = full_out["input_ids"][0].tolist()
         expanded_per_image = full.count(image_id) // images_per_prompt
         short = tokenizer(prompt(first["question"]))["input_ids"]
@@ -295,8 +294,7 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
         if fast:
             ids = tokenizer(text)["input_ids"]
         else:
-            ids = processor(images=[dataset[i]["image"]] * images_per_prompt, text=[text],
-                            return_tensors="pt")["input_ids"][0].tolist()
+            ids = encode(processor, [dataset[i]["image"]] * images_per_prompt, [text])["input_ids"][0].tolist()
         answers = row["answers"] or [""]
         answer_ids = tokenizer(answers[0], add_special_tokens=False)["input_ids"]
         acc = per_grid.setdefault(grids[i], [0.0, 0.0, 0.0, 0.0])

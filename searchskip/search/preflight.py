@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from searchskip.config.job import Job
-from searchskip.errors import ConfigError, Problem, SearchSkipError, in_job
+from searchskip.errors import ConfigError, DataError, Problem, SearchSkipError, in_job
 
 __all__ = ["check_model_family", "check_run", "check_budget_reachable"]
 
@@ -24,18 +24,25 @@ def _where(job: Job) -> str:
     return job.source_file or job.name
 
 
-def check_model_family(job: Job) -> None:
+def check_model_family(job: Job, *, processor: bool = False) -> None:
     """:class:`~searchskip.errors.ModelError` (naming the job file and ``model.id``) when the job's
-    model is of a family no verb supports, judged from its ``config.json`` alone. Only local folders
-    are checked: the embedded models are supported, and a hub id would need the network (its family
-    is checked when it is loaded)."""
+    model is of a family no verb supports, judged from its files without its weights
+    (:func:`~searchskip.models.check_family`); with ``processor``, also when its processor disagrees
+    with its config or with the job's prompt template (:func:`~searchskip.models.checked_processor`:
+    ``searchskip validate``; the other verbs check that as they load the model). Only local folders
+    are checked: the embedded models are supported, and a hub id would need the network (it is
+    checked when it is loaded)."""
+    from pathlib import Path
+
     from searchskip.config.job import EMBEDDED_PREFIX
-    from searchskip.models import check_family
+    from searchskip.models import check_family, checked_processor
 
     if job.model.id.startswith(EMBEDDED_PREFIX):
         return
     try:
         check_family(job.model)
+        if processor and Path(job.model.id).is_dir():
+            checked_processor(job.model)
     except SearchSkipError as e:
         raise in_job(_where(job), e, "model.id") from None
 
@@ -57,7 +64,10 @@ def check_run(job: Job, loaded: Any, dataset: Any, space: Any) -> None:
     if dataset is None:
         return
     budget = budget_of(job.search.budget)
-    workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
+    try:
+        workload = measure_workload(loaded, dataset, job.eval.max_new_tokens)
+    except DataError as e:  # an image the model's processor refuses
+        raise in_job(_where(job), e, "data.splits.validation") from None
     baseline = count_flops(model.config, None, workload, count=budget.count, attention=budget.attention)
     check_budget_reachable(budget, baseline, _where(job))
     from searchskip.search.budget_fit import BudgetFit

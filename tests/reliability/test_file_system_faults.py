@@ -147,6 +147,13 @@ def _raise_at(monkeypatch: pytest.MonkeyPatch, point: str, where: Path) -> None:
             boom(Path(folder) / "model.safetensors")
 
         monkeypatch.setattr(model, "save_compressed", save)
+    elif point == "safetensors-full":  # safetensors' own error type, wrapping ENOSPC
+        from safetensors import SafetensorError
+
+        def save(loaded, folder, **kw):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(model, "save_compressed", save)
     elif point in ("recipe-written", "report-written"):
         name = "_write_recipe" if point == "recipe-written" else "_write_report"
         monkeypatch.setattr(writer, name, lambda *a, **k: boom())
@@ -166,7 +173,7 @@ def _raise_at(monkeypatch: pytest.MonkeyPatch, point: str, where: Path) -> None:
         raise AssertionError(point)
 
 
-DISK_FULL_POINTS = ["tmp-created", "model-saved", "recipe-written", "report-written", "manifest-hashed",
+DISK_FULL_POINTS = ["tmp-created", "model-saved", "safetensors-full", "recipe-written", "report-written", "manifest-hashed",
                     "manifest-written", "synced", "exchange", "rename"]
 
 
@@ -182,7 +189,7 @@ def test_a_full_disk_at_any_step_keeps_the_previous_export(tmp_path, made, monke
     assert leftovers(out) == []
 
 
-@pytest.mark.parametrize("point", ["tmp-created", "report-written", "synced"])
+@pytest.mark.parametrize("point", ["tmp-created", "safetensors-full", "report-written", "synced"])
 def test_a_full_disk_writing_a_new_export_leaves_nothing(tmp_path, made, monkeypatch, capsys, point):
     out = tmp_path / "exp"
     _raise_at(monkeypatch, point, out)
@@ -190,6 +197,21 @@ def test_a_full_disk_writing_a_new_export_leaves_nothing(tmp_path, made, monkeyp
     monkeypatch.undo()
     clear_error(capsys, out, DISK_FULL, "was not created")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    ("Error while serializing: I/O error: No space left on device (os error 28)", errno.ENOSPC),
+    ("Error while serializing: I/O error: Read-only file system (os error 30)", errno.EROFS),
+    ("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: file write failed",
+     errno.EIO),
+    ("unexpected key 'x' in state dict", None),
+])
+def test_library_errors_wrapping_a_file_system_fault_are_faults(error, code):
+    from safetensors import SafetensorError
+
+    for kind in (SafetensorError, RuntimeError):
+        fault = atomic.io_fault(kind(error))
+        assert (fault.errno if fault is not None else None) == code
 
 
 @pytest.mark.parametrize("point", ["kept-linked", "link-copied"])

@@ -274,14 +274,15 @@ def measure_workload(loaded: Any, dataset: Any, max_new_tokens: int, *, limit: i
     expanded_per_image = 0
     grids: list[Grid | None] = [None] * n_rows
     if images_per_prompt:
+        # images at their own resolution: each row's shape (a fixed-resolution processor reads one
+        # image); first, so that an image the processor refuses is named (a DataError) before any is used
+        grids = image_keys(loaded, dataset.select(range(n_rows)) if hasattr(dataset, "select") else dataset[:n_rows])
         full_out = encode(processor, [first["image"]] * images_per_prompt, [prompt(first["question"])])
         full = full_out["input_ids"][0].tolist()
         expanded_per_image = full.count(image_id) // images_per_prompt
         short = tokenizer(prompt(first["question"]))["input_ids"]
         fast = (short.count(image_id) == images_per_prompt
                 and len(short) - images_per_prompt == len(full) - full.count(image_id))
-        # images at their own resolution: each row's shape (a fixed-resolution processor reads one image)
-        grids = image_keys(loaded, dataset.select(range(n_rows)) if hasattr(dataset, "select") else dataset[:n_rows])
     else:
         fast = True
 

@@ -171,7 +171,7 @@ def _processor(family: str, tokenizer):
     images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                    crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=0)
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
 def save_tiny_model(family: str, folder: str | Path, texts: list[str] | None = None, *, seed: int = 0,

@@ -10,6 +10,8 @@ the folder first and names the file and what is wrong with it:
   present parses to a JSON object;
 * every ``*.safetensors`` file has a whole header and holds every byte its header points to, and
   every shard a ``*.safetensors.index.json`` names exists;
+* with ``weights=True`` (every verb that loads the model): weights to load (``*.safetensors``, or
+  pickled ones, which :func:`searchskip.models.check_safety` rules on);
 * with ``processor=True`` (every verb that reads the model's processor): the tokenizer's own
   files (:data:`TOKENIZER_FILES`) and, for a vision-language model, its image processor's
   settings (``preprocessor_config.json``, or an ``image_processor`` entry of
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from searchskip.errors import ModelError
 
-__all__ = ["JSON_FILES", "TOKENIZER_FILES", "check_model_files"]
+__all__ = ["JSON_FILES", "TOKENIZER_FILES", "WEIGHT_FILES", "check_model_files"]
 
 JSON_FILES = ("config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
               "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "chat_template.json",
@@ -37,7 +39,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.mo
 """A tokenizer needs one of these (``*.tiktoken`` too); ``tokenizer_config.json`` alone is not one."""
 
 
-def check_model_files(source: str | Path, *, processor: bool = False) -> None:
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+"""What a folder's weights may be saved as."""
+
+
+def check_model_files(source: str | Path, *, processor: bool = False, weights: bool = False) -> None:
     """:class:`~searchskip.errors.ModelError` naming the file and the rule (not the folder: callers
     add it as the job wrote it) when the local folder ``source`` cannot be read as a model (see the
     module doc); nothing for a hub id."""
@@ -51,6 +57,9 @@ def check_model_files(source: str | Path, *, processor: bool = False) -> None:
         _check_safetensors(folder, path)
     for index in sorted(folder.glob("*.safetensors.index.json")):
         _check_index(folder, index)
+    if weights and not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        _refuse(folder, "model.safetensors", "is missing: the folder holds no weights (model.save_pretrained writes "
+                                             "them)")
     if processor:
         _check_processor_files(folder, objects)
 

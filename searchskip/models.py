@@ -97,7 +97,7 @@ def check_family(spec: ModelSpec) -> None:
                              "one: LLaVA over it, or its family's own VLM); `searchskip flops JOB --prompt-tokens N "
                              "--generated-tokens N` prices it as it is")
         try:
-            check_model_files(source, processor=True)
+            check_model_files(source, processor=True, weights=True)
         except ModelError as err:
             raise ModelError(f"'{spec.id}': {err}") from None
 
@@ -140,6 +140,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
+    from searchskip.export.held import loadable
     from searchskip.export.model import apply_runtime_plan
 
     device = _device(spec.device)
@@ -152,9 +153,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a load report's table is not for the user: the error below says it
     try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
-        )
+        with loadable(source) as path:  # an export whose weights plain loaders must not read
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
+            )
     except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) met a non-tensor object
         raise ModelError(f"model.id: '{source}' holds a pickled checkpoint with objects other than tensors; it was "
                          f"refused without running them (torch.load(weights_only=True)): {_first_line(err)}") from None

@@ -17,7 +17,7 @@ class SizedProcessor:
     def __init__(self, sized: bool = True):
         self.sized, self.calls = sized, 0
 
-    def __call__(self, images, return_tensors="pt"):
+    def __call__(self, images, return_tensors="pt", **settings):  # input_data_format, as the real ones take
         self.calls += 1
         out = {"pixel_values": torch.zeros(len(images), 3, 2, 2)}
         if self.sized:

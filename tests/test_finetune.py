@@ -19,6 +19,7 @@ from searchskip import cli
 from searchskip.config.loader import job_from_data, load_job
 from searchskip.errors import ConfigError
 from searchskip.export.recipe import RECIPE_FILE, render_recipe, write_recipe
+from searchskip.zoo import embedded_model, embedded_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +57,7 @@ def _projector(model) -> dict:
 def test_recipe_is_a_valid_job_from_any_directory(repo_root, tmp_path, monkeypatch, method):
     job = load_job(repo_root / "jobs" / "demo.yaml")
     export = tmp_path / "export"
-    (export / "model").mkdir(parents=True)
+    shutil.copytree(embedded_model(embedded_names()[0]).path, export / "model")  # validate reads the folder
     path = write_recipe(job, export, "layers 3, 5: skip_block", method=method)
     assert path == export / RECIPE_FILE
     text = path.read_text()

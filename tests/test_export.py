@@ -75,7 +75,14 @@ def test_pareto_export_writes_one_folder_per_front_trial(study):
         assert verify_manifest(study_dir / "export" / name) == []
 
 
-def test_block_only_export_loads_with_plain_transformers_and_answers_like_the_planned_model(tmp_path):
+PLAIN_PLANS = {"skip_block.yaml": [0, 1, 2, 4, 6, 7], "skip_ffn.yaml": list(range(8)),
+               "skip_attn.yaml": list(range(8))}
+"""Plans a plain model runs (blocks removed; sublayer skips for every token zeroed in the weights),
+with the layers each export keeps."""
+
+
+@pytest.mark.parametrize("plan_name", sorted(PLAIN_PLANS))
+def test_plain_export_loads_with_plain_transformers_and_answers_like_the_planned_model(tmp_path, plan_name):
     from searchskip.apply import apply
     from searchskip.data.splits import load_eval_split
     from searchskip.eval.generate import answer_batch
@@ -83,12 +90,12 @@ def test_block_only_export_loads_with_plain_transformers_and_answers_like_the_pl
     from searchskip.plan import Plan
 
     job_file = small_job(tmp_path)
-    plan_file = REPO / "spaces/plans/skip_block.yaml"
+    plan_file = REPO / "spaces/plans" / plan_name
     out = tmp_path / "exp"
     assert main(["export", "--job", str(job_file), "--plan", str(plan_file), "--out", str(out), "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_dir"]["plain_transformers"] is True
-    assert metrics["model_dir"]["kept_layers"] == [0, 1, 2, 4, 6, 7]
+    assert metrics["model_dir"]["kept_layers"] == PLAIN_PLANS[plan_name]
 
     job = load_job(job_file)
     rows = load_eval_split(job.data, "validation").select(range(16))
@@ -125,6 +132,46 @@ print(json.dumps([t.strip() for t in texts]))
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
+    # logits, finer than answers: plain loading == the planned model, != the unplanned one
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from searchskip.eval.generate import prompt_inputs
+
+    inputs = prompt_inputs(loaded, rows["image"][:4], rows["question"][:4])
+    plain = LlavaForConditionalGeneration.from_pretrained(out / "model").eval()
+    with torch.inference_mode():
+        unplanned = loaded.model(**inputs).logits[:, -1]
+        with apply(loaded.model, Plan.load(plan_file)):
+            planned = loaded.model(**inputs).logits[:, -1]
+        got = plain(**inputs).logits[:, -1]
+    torch.testing.assert_close(got, planned, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, unplanned, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("plan_name", ["scoped.yaml", "parallel_attn_ffn.yaml", "early_exit.yaml"])
+def test_an_export_a_plain_model_cannot_run_is_refused_by_plain_transformers(tmp_path, plan_name):
+    """Plain ``from_pretrained`` of a folder whose plan needs hooks must refuse, never build the
+    unplanned model of the kept layers; searchskip's own loader loads it."""
+    import searchskip
+    from transformers import LlavaForConditionalGeneration
+
+    from searchskip.export.held import HELD_WEIGHTS
+
+    job_file = small_job(tmp_path)
+    out = tmp_path / "exp"
+    assert main(["export", "--job", str(job_file), "--plan", str(REPO / "spaces/plans" / plan_name),
+                 "--out", str(out), "--no-progress"]) == 0
+    info = json.loads((out / "model" / "searchskip_export.json").read_text())
+    assert info["plain_transformers"] is False and info["weights"] == HELD_WEIGHTS
+    assert not (out / "model" / "model.safetensors").exists()
+    assert "load_compressed" in (out / "model" / "README.md").read_text()
+    with pytest.raises(OSError, match="model.safetensors"):
+        LlavaForConditionalGeneration.from_pretrained(out / "model")
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["SearchSkipLlavaForConditionalGeneration"]  # a stock server refuses it
+    assert searchskip.load_compressed(out / "model").model is not None
+    assert verify_manifest(out) == []
 
 
 def test_sublayer_export_loads_through_load_compressed(tmp_path):

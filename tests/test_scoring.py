@@ -38,11 +38,12 @@ def eval_json(job: Path, capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("plan", [
-    pytest.param({0: "skip_attn"}, id="runtime-plan"),  # kept as a runtime plan in searchskip_export.json
-    pytest.param({3: "skip_block", 4: "skip_block", 5: "skip_block", 6: "skip_block"}, id="block-only"),
+@pytest.mark.parametrize(("plan", "plain"), [
+    pytest.param({0: {"op": "skip_attn", "scope": "generated"}}, False, id="runtime-plan"),  # needs searchskip
+    pytest.param({0: "skip_attn"}, True, id="baked-runtime-plan"),  # runtime plan, and zeroed in the weights
+    pytest.param({3: "skip_block", 4: "skip_block", 5: "skip_block", 6: "skip_block"}, True, id="block-only"),
 ])
-def test_eval_of_an_export_scores_like_its_check(tmp_path, capsys, plan):
+def test_eval_of_an_export_scores_like_its_check(tmp_path, capsys, plan, plain):
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(yaml.safe_dump({"version": 1, "layers": plan}))
     out = tmp_path / "exp"
@@ -51,7 +52,7 @@ def test_eval_of_an_export_scores_like_its_check(tmp_path, capsys, plan):
     metrics = json.loads((out / "metrics.json").read_text())
     check = metrics["export_check"]
     assert check["same_answers"] == check["questions"] == QUESTIONS
-    assert metrics["model_dir"]["plain_transformers"] == (plan[next(iter(plan))] == "skip_block")
+    assert metrics["model_dir"]["plain_transformers"] is plain
     scored = eval_json(out / "finetune.yaml", capsys)  # the recipe's model.id is the export's model/
     assert scored["n"] == QUESTIONS
     assert scored["accuracy"] == check["accuracy_export"] == check["accuracy_planned"]

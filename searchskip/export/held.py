@@ -7,20 +7,28 @@ model does not have (token scopes, parallel ops, ``visual_tokens``, ``early_exit
 layers, so its weights are saved under :data:`HELD_WEIGHTS` instead of ``model.safetensors``:
 transformers then finds no weights and refuses to load the folder ("no file named
 model.safetensors"), and the folder's ``README.md`` says why and how to load it
-(``searchskip.load_compressed``). The config, tokenizer and processor stay where every tool finds
-them. :func:`loadable` gives searchskip's own loader a view of the folder with the standard names.
+(``searchskip.load_compressed``). Serving engines read every ``*.safetensors`` file and pick the
+model class by ``config.json``'s ``architectures``, so that names a class of their own
+(:data:`ARCH_PREFIX` + the model's class, e.g. ``SearchSkipLlavaForConditionalGeneration``),
+which a stock vLLM refuses ("not supported") and only a searchskip plugin may serve. The config,
+tokenizer and processor stay where every tool finds them (transformers picks its class by
+``model_type``). :func:`loadable` gives searchskip's own loader a view of the folder with the
+standard names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["HELD_WEIGHTS", "MODEL_CARD", "hold_weights", "is_held", "loadable"]
+__all__ = ["ARCH_PREFIX", "HELD_WEIGHTS", "MODEL_CARD", "hold_weights", "is_held", "loadable"]
 
+ARCH_PREFIX = "SearchSkip"
+"""Prefix of the ``architectures`` entries of an export whose weights are held."""
 HELD_WEIGHTS = "searchskip-model.safetensors"
 """The weights file of an export that needs searchskip (its index: ``+ .index.json``)."""
 _PLAIN = "model.safetensors"
@@ -30,7 +38,8 @@ MODEL_CARD = """# A searchskip export that needs searchskip to run
 This model's compression plan keeps operations a plain model cannot express (token scopes,
 parallel sublayers or blocks, visual-token dropping or early exit: see `searchskip_export.json`,
 `runtime_plan`). Loaded as a plain model it would answer differently, so its weights are saved as
-`{held}` and plain `from_pretrained` refuses the folder. Load it with:
+`{held}` and plain `from_pretrained` refuses the folder (and `config.json` names a model class a stock
+serving engine does not know). Load it with:
 
 ```python
 import searchskip
@@ -52,6 +61,10 @@ def hold_weights(folder: str | Path) -> None:
     for plain, held in ((_PLAIN, HELD_WEIGHTS), (f"{_PLAIN}.index.json", f"{HELD_WEIGHTS}.index.json")):
         if (folder / plain).is_file():
             os.replace(folder / plain, folder / held)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = [name if name.startswith(ARCH_PREFIX) else ARCH_PREFIX + name
+                               for name in config.get("architectures") or []]
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (folder / "README.md").write_text(MODEL_CARD.format(held=HELD_WEIGHTS, folder=folder.name))
 
 

@@ -17,14 +17,22 @@ plan part                                 in the export
                                           with zero channels (exact; they cost FLOPs on dense
                                           kernels). A uniform sparsity on every layer therefore
                                           shrinks ``intermediate_size`` for real.
-sublayer skips, scoped ops, parallel ops, kept as a **runtime plan**, renumbered to the
+``skip_attn`` / ``skip_ffn`` for all        kept as a **runtime plan** (below), and also written
+tokens                                    into the weights: the sublayer's output projection is
+                                          zeroed, so a plain model computes the same
+                                          (:mod:`searchskip.export.bake`)
+scoped ops, parallel ops,                 kept as a **runtime plan**, renumbered to the
 ``visual_tokens``, ``early_exit``         compressed layers, stored in ``searchskip_export.json``
-                                          and applied by :func:`searchskip.load_compressed`
+                                          and applied by :func:`searchskip.load_compressed`; the
+                                          weights are kept from plain loaders
+                                          (:mod:`searchskip.export.held`)
 ========================================  =====================================================
 
-A plan without runtime ops gives a model that plain ``transformers`` loads with
-``from_pretrained`` and no searchskip import; ``searchskip_export.json`` then only records
-where it came from (and the prompt template the search scored it with).
+A plan whose runtime ops are all written into the weights gives a model that plain
+``transformers`` loads with ``from_pretrained`` and no searchskip import, and that answers as the
+planned model (``plain_transformers: true`` in ``searchskip_export.json``; searchskip's loader
+still skips the zeroed sublayers' compute). Any other plan's folder is refused by plain
+``from_pretrained`` rather than loaded as a different model.
 """
 
 from __future__ import annotations
@@ -184,18 +192,37 @@ def _pad_ffn(adapter: Any, layer: Any, size: int) -> None:
 def save_compressed(loaded: Any, folder: str | Path, *, runtime_plan: Plan | None, prompt_template: str,
                     source_model: str, extra: dict | None = None) -> Path:
     """Write ``loaded`` (model + processor, safetensors) into ``folder`` with ``searchskip_export.json``
-    (``format``, ``runtime_plan``, ``prompt_template``, ``source_model``, ``plain_transformers``
-    and ``extra``). ``loaded.model`` must carry no applied plan."""
+    (``format``, ``runtime_plan``, ``plain_transformers``, ``baked_skips``, ``weights``,
+    ``prompt_template``, ``source_model`` and ``extra``). ``loaded.model`` must carry no applied
+    plan.
+
+    The runtime plan's sublayer skips for every token are written into the saved weights
+    (:func:`searchskip.export.bake.bake_skips`: their output projections zeroed; ``loaded.model``
+    keeps its values), so that plain loaders run the planned model where the plan allows it
+    (``plain_transformers``); where it does not, the weights are kept from plain loaders
+    (:mod:`searchskip.export.held`)."""
     from searchskip.apply import applied_plan
 
     if applied_plan(loaded.model) is not None:
         raise RuntimeError("save_compressed() needs a model without an applied plan; restore it first")
+    from searchskip.arch import get_adapter
+    from searchskip.export.bake import bake_skips, bakeable
+    from searchskip.export.held import HELD_WEIGHTS, hold_weights
+    from searchskip.export.layout import release_names
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(folder, safe_serialization=True)
+    adapter = get_adapter(loaded.model)
+    plain = bakeable(runtime_plan, adapter.num_layers(loaded.model))
+    with bake_skips(adapter, loaded.model, runtime_plan) as baked:
+        loaded.model.save_pretrained(folder, safe_serialization=True)
+    release_names(loaded.model, folder)  # vision-tower tensors named as the released checkpoints name them
     loaded.processor.save_pretrained(folder)
+    if not plain:
+        hold_weights(folder)
     info = {"format": FORMAT, "runtime_plan": json.loads(runtime_plan.to_json()) if runtime_plan is not None else None,
-            "plain_transformers": runtime_plan is None, "prompt_template": prompt_template,
+            "plain_transformers": plain, "baked_skips": baked,
+            "weights": "model.safetensors" if plain else HELD_WEIGHTS, "prompt_template": prompt_template,
             "source_model": source_model, **(extra or {})}
     (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return folder

@@ -147,6 +147,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
     from searchskip.data.splits import load_eval_split
     from searchskip.eval.planned import apply_plan, plan_calibration
     from searchskip.export.atomic import atomic_directory
+    from searchskip.export.bake import bakeable
     from searchskip.export.load import load_compressed
     from searchskip.export.model import compress, save_compressed
     from searchskip.flops import Workload, count_flops, measure_workload
@@ -215,7 +216,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
                 "export_check": {"questions": len(dataset), "same_answers": same,
                                  "accuracy_planned": planned.accuracy, "accuracy_export": checked.accuracy},
                 "model_dir": {"kept_layers": compressed.kept_layers, "ffn_size": compressed.ffn_size,
-                              "plain_transformers": compressed.runtime_plan is None,
+                              "plain_transformers": bakeable(compressed.runtime_plan, len(compressed.kept_layers)),
                               "runtime_plan": (json.loads(compressed.runtime_plan.to_json())
                                                if compressed.runtime_plan is not None else None)},
             }

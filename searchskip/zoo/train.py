@@ -200,9 +200,12 @@ def save(model, processor, out: Path) -> None:
     import shutil
     import tempfile
 
+    from searchskip.export.layout import release_names
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     model.save_pretrained(tmp, safe_serialization=True)
+    release_names(model, tmp)  # as llava-hf's checkpoints name the tower's tensors (vLLM reads those)
     processor.save_pretrained(tmp)
     if out.exists():
         keep = out / "training.json"

@@ -1,0 +1,118 @@
+"""Exports served by the real vLLM engine (vLLM's CPU build, in a virtualenv of its own).
+
+vLLM pins its own transformers, so it runs in another virtualenv (``bash .ci/vllm-env DIR`` makes
+it; CI does, and sets ``SEARCHSKIP_VLLM_PYTHON`` to its python). Each case serves a model folder
+with vLLM's offline ``LLM`` (``.ci/vllm/serve.py``: float32, greedy, no searchskip import) on the
+first validation questions of the demo job and compares the answers with searchskip's own
+(transformers, the plan applied):
+
+* the embedded model itself (its vision tower's tensors named as llava-hf's checkpoints name them);
+* a block-only export (layers removed) and exports whose sublayer skips for every token are
+  written into the weights (``skip_ffn``, ``skip_attn``): stock vLLM, no plugin, same answers;
+* an export whose plan needs searchskip at runtime (token scopes): stock vLLM refuses it, naming
+  the model class it does not know, instead of serving the unplanned model.
+
+Without ``SEARCHSKIP_VLLM_PYTHON`` these tests skip, saying how to run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from searchskip.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = os.environ.get("SEARCHSKIP_VLLM_PYTHON")
+QUESTIONS = 24
+
+pytestmark = pytest.mark.skipif(
+    not PYTHON, reason="vLLM serving tests need SEARCHSKIP_VLLM_PYTHON: the python of a virtualenv made by "
+                       "`bash .ci/vllm-env DIR` (CI sets it)")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """The demo job (its validation subset cut to :data:`QUESTIONS`), and the questions as PNG files."""
+    from searchskip.config.loader import load_job
+    from searchskip.data.splits import load_eval_split
+
+    root = tmp_path_factory.mktemp("vllm")
+    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
+    data["outputs"] = str(root / "out")
+    data["data"]["validation_subset"]["size"] = QUESTIONS
+    job_file = root / "job.yaml"
+    job_file.write_text(yaml.safe_dump(data))
+    job = load_job(job_file)
+    rows = load_eval_split(job.data, "validation")
+    questions = []
+    for i, row in enumerate(rows):
+        path = root / f"q{i}.png"
+        row["image"].save(path)
+        questions.append({"question": row["question"], "image": str(path)})
+    return {"root": root, "job_file": job_file, "job": job, "rows": rows, "questions": questions}
+
+
+def planned_answers(setup: dict, plan_file: Path | None) -> list[str]:
+    from searchskip.apply import apply
+    from searchskip.eval.generate import answer_all
+    from searchskip.models import load_model
+    from searchskip.plan import Plan
+
+    job = setup["job"]
+    loaded = load_model(job.model)
+    if plan_file is None:
+        return answer_all(loaded, setup["rows"], job.eval.batch_size, job.eval.max_new_tokens)
+    with apply(loaded.model, Plan.load(plan_file)):
+        return answer_all(loaded, setup["rows"], job.eval.batch_size, job.eval.max_new_tokens)
+
+
+def serve(setup: dict, folder: Path) -> dict:
+    from searchskip.models import load_model
+
+    template = load_model(setup["job"].model).template
+    request = setup["root"] / f"request-{folder.parent.name}-{folder.name}.json"
+    request.write_text(json.dumps({"model": str(folder), "template": template, "dtype": "float32",
+                                   "max_tokens": setup["job"].eval.max_new_tokens, "questions": setup["questions"]}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("PYTHONPATH", None)  # the vLLM virtualenv's own packages only
+    done = subprocess.run([PYTHON, str(REPO / ".ci/vllm/serve.py"), str(request)], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=setup["root"])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert done.returncode == (3 if "error" in result else 0), done.stderr[-3000:]
+    return result
+
+
+def export(setup: dict, plan: str) -> Path:
+    out = setup["root"] / plan.removesuffix(".yaml")
+    assert main(["export", "--job", str(setup["job_file"]), "--plan", str(REPO / "spaces/plans" / plan),
+                 "--out", str(out), "--no-progress"]) == 0
+    return out / "model"
+
+
+def test_the_embedded_model_serves_with_its_own_answers(setup):
+    from searchskip import zoo
+
+    folder = zoo.embedded_model(zoo.embedded_names()[0]).path
+    result = serve(setup, folder)
+    assert result["answers"] == planned_answers(setup, None)
+
+
+@pytest.mark.parametrize("plan", ["skip_block.yaml", "skip_ffn.yaml", "skip_attn.yaml"])
+def test_a_plain_export_serves_in_stock_vllm_with_the_planned_answers(setup, plan):
+    folder = export(setup, plan)
+    assert json.loads((folder / "searchskip_export.json").read_text())["plain_transformers"] is True
+    result = serve(setup, folder)
+    assert result["answers"] == planned_answers(setup, REPO / "spaces/plans" / plan)
+
+
+def test_an_export_needing_searchskip_is_refused_by_stock_vllm(setup):
+    result = serve(setup, export(setup, "scoped.yaml"))
+    assert "SearchSkipLlavaForConditionalGeneration" in result["error"], result

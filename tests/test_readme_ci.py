@@ -42,3 +42,10 @@ def test_ci_proves_the_oldest_end_of_the_ranges(repo_root):
     script = (repo_root / ".ci" / "run").read_text()
     assert "-c .ci-oldest-constraints.txt -e '.[test]'" in script
     assert script.index("oldest-constraints") > script.index('for marker in "<!-- ci:main -->"')
+
+
+def test_ci_serves_exports_through_the_real_vllm(repo_root):
+    """The vLLM serving tests skip without SEARCHSKIP_VLLM_PYTHON; CI makes vLLM's virtualenv and sets it."""
+    script = (repo_root / ".ci" / "run").read_text()
+    assert "bash .ci/vllm-env .venv-vllm" in script
+    assert "SEARCHSKIP_VLLM_PYTHON=" in script and "tests/test_vllm_serving.py" in script

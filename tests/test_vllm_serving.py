@@ -116,3 +116,26 @@ def test_a_plain_export_serves_in_stock_vllm_with_the_planned_answers(setup, pla
 def test_an_export_needing_searchskip_is_refused_by_stock_vllm(setup):
     result = serve(setup, export(setup, "scoped.yaml"))
     assert "SearchSkipLlavaForConditionalGeneration" in result["error"], result
+
+
+def test_the_readmes_serving_commands_run(tmp_path):
+    """The README's "Serving with vLLM" commands, as a user types them (export, write the script,
+    serve), in a folder holding the repository's jobs/ and spaces/ and a .venv-vllm."""
+    import sys
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("searchskip export --job jobs/demo.yaml --plan spaces/plans/skip_ffn.yaml")
+    stop = text.index("serve_demo.py   #", start)
+    commands = text[start:text.index("\n", stop)]
+    for name in ("jobs", "spaces"):
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / ".venv-vllm").symlink_to(Path(PYTHON).parent.parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    printed = [line.strip() for line in done.stdout.splitlines() if line.strip() and not line.startswith("(")]
+    assert printed and printed[-1] in {"yes", "no", "red", "green", "blue", "yellow", "black", "gray", "brown",
+                                       "circle", "rectangle", "triangle"}, done.stdout[-2000:]  # vLLM logs: "(Process"

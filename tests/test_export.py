@@ -297,3 +297,33 @@ def test_an_infeasible_trial_is_not_exported(study, capsys):
         infeasible = [t.number for t in opened.get_trials() if t.user_attrs.get("infeasible")]
     assert main(["export", str(study_dir), "--trial", str(infeasible[0])]) == 2
     assert "over the budget" in capsys.readouterr().err
+
+
+def test_target_vllm_refuses_a_plan_the_plugin_cannot_serve_naming_each_part(tmp_path, capsys):
+    out = tmp_path / "exp"
+    plan = REPO / "spaces/plans/scoped.yaml"
+    assert main(["export", "--job", str(small_job(tmp_path)), "--plan", str(plan), "--out", str(out),
+                 "--target", "vllm", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(plan) in err and "--target vllm" in err
+    for part in ("layers.1: skip_attn for 'generated' tokens", "layers.4: skip_block for 'non_visual' tokens",
+                 "layers.5: skip_ffn for 'prompt' tokens"):
+        assert part in err, err
+    assert not out.exists()
+
+
+def test_target_vllm_names_the_plugins_classes_and_the_report_says_who_serves(tmp_path):
+    out = tmp_path / "exp"
+    assert main(["export", "--job", str(small_job(tmp_path)), "--plan", str(REPO / "spaces/plans/skip_ffn.yaml"),
+                 "--out", str(out), "--target", "vllm", "--no-progress"]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["SearchSkipLlavaForConditionalGeneration"]
+    serving = json.loads((out / "metrics.json").read_text())["serving"]
+    assert serving == {"plain_transformers_and_stock_vllm": True, "vllm_plugin": True, "vllm_plugin_problems": []}
+    assert "Serving: serves with plain transformers and stock vLLM" in (out / "report.md").read_text()
+    assert verify_manifest(out) == []
+    plain = tmp_path / "plain"  # without the target: the export keeps the stock class
+    assert main(["export", "--job", str(small_job(tmp_path)), "--plan", str(REPO / "spaces/plans/early_exit.yaml"),
+                 "--out", str(plain), "--no-progress"]) == 0
+    serving = json.loads((plain / "metrics.json").read_text())["serving"]
+    assert serving["vllm_plugin"] is False and serving["vllm_plugin_problems"] == ["early_exit"]

@@ -2,7 +2,7 @@
 
 vLLM pins its own transformers, so it runs in another virtualenv (``bash .ci/vllm-env DIR`` makes
 it; CI does, and sets ``SEARCHSKIP_VLLM_PYTHON`` to its python). Each case serves a model folder
-with vLLM's offline ``LLM`` (``.ci/vllm/serve.py``: float32, greedy, no searchskip import) on the
+with vLLM's offline ``LLM`` (``python -m searchskip.vllm_plugin.serve``, run by vLLM's python: float32, greedy) on the
 first validation questions of the demo job and compares the answers with searchskip's own
 (transformers, the plan applied):
 
@@ -72,28 +72,74 @@ def planned_answers(setup: dict, plan_file: Path | None) -> list[str]:
         return answer_all(loaded, setup["rows"], job.eval.batch_size, job.eval.max_new_tokens)
 
 
-def serve(setup: dict, folder: Path) -> dict:
+def planned_logprobs(setup: dict, plan_file: Path | None) -> list[dict[int, float]]:
+    """Per question, the log-probability of every token at the first generated position (transformers,
+    the plan applied)."""
+    import torch
+
+    from searchskip.apply import apply
+    from searchskip.eval.generate import prompt_inputs
+    from searchskip.models import load_model
+    from searchskip.plan import Plan
+
+    loaded = load_model(setup["job"].model)
+    rows = setup["rows"]
+    out = []
+    with torch.inference_mode(), (apply(loaded.model, Plan.load(plan_file)) if plan_file else _nothing()):
+        for start in range(0, len(rows), 8):
+            batch = rows[start:start + 8]
+            logits = loaded.model(**prompt_inputs(loaded, batch["image"], batch["question"])).logits[:, -1]
+            out += list(torch.log_softmax(logits.float(), dim=-1))
+    return out
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def assert_logprobs_match(served: list[dict], setup: dict, plan_file: Path | None) -> None:
+    """vLLM's top log-probabilities at the first generated token equal transformers' with the plan
+    (within float32 noise), and differ from the unplanned model's: the plan really ran."""
+    planned, unplanned = planned_logprobs(setup, plan_file), planned_logprobs(setup, None)
+    worst_planned = worst_unplanned = 0.0
+    for top, want, base in zip(served, planned, unplanned):
+        for token, value in top.items():
+            worst_planned = max(worst_planned, abs(value - float(want[int(token)])))
+            worst_unplanned = max(worst_unplanned, abs(value - float(base[int(token)])))
+    assert worst_planned < 2e-3, worst_planned
+    if plan_file is not None:
+        assert worst_unplanned > 10 * max(worst_planned, 1e-4), (worst_unplanned, worst_planned)
+
+
+def serve(setup: dict, folder: Path, hf_overrides: dict | None = None, *, stock: bool = False) -> dict:
+    """vLLM's result for ``folder`` (its output as ``log``: vLLM logs to stdout); ``stock``: without searchskip's plugin
+    (``VLLM_PLUGINS=""`` loads no plugin)."""
     from searchskip.models import load_model
 
     template = load_model(setup["job"].model).template
     request = setup["root"] / f"request-{folder.parent.name}-{folder.name}.json"
     request.write_text(json.dumps({"model": str(folder), "template": template, "dtype": "float32",
-                                   "max_tokens": setup["job"].eval.max_new_tokens, "questions": setup["questions"]}))
+                                   "max_tokens": setup["job"].eval.max_new_tokens, "questions": setup["questions"],
+                                   "hf_overrides": hf_overrides, "logprobs": 5}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("PYTHONPATH", None)  # the vLLM virtualenv's own packages only
-    done = subprocess.run([PYTHON, str(REPO / ".ci/vllm/serve.py"), str(request)], capture_output=True, text=True,
+    if stock:
+        env["VLLM_PLUGINS"] = ""
+    done = subprocess.run([PYTHON, "-m", "searchskip.vllm_plugin.serve", str(request)], capture_output=True, text=True,
                           env=env, timeout=600, cwd=setup["root"])
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
     assert done.returncode == (3 if "error" in result else 0), done.stderr[-3000:]
-    return result
+    return {**result, "log": done.stdout + done.stderr}
 
 
-def export(setup: dict, plan: str) -> Path:
-    out = setup["root"] / plan.removesuffix(".yaml")
+def export(setup: dict, plan: str, *flags: str) -> Path:
+    out = setup["root"] / (plan.removesuffix(".yaml") + "".join(flags).replace("-", "_"))
     assert main(["export", "--job", str(setup["job_file"]), "--plan", str(REPO / "spaces/plans" / plan),
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--no-progress", *flags]) == 0
     return out / "model"
 
 
@@ -101,21 +147,56 @@ def test_the_embedded_model_serves_with_its_own_answers(setup):
     from searchskip import zoo
 
     folder = zoo.embedded_model(zoo.embedded_names()[0]).path
-    result = serve(setup, folder)
+    result = serve(setup, folder, stock=True)
     assert result["answers"] == planned_answers(setup, None)
+    assert_logprobs_match(result["first_logprobs"], setup, None)
 
 
 @pytest.mark.parametrize("plan", ["skip_block.yaml", "skip_ffn.yaml", "skip_attn.yaml"])
 def test_a_plain_export_serves_in_stock_vllm_with_the_planned_answers(setup, plan):
     folder = export(setup, plan)
     assert json.loads((folder / "searchskip_export.json").read_text())["plain_transformers"] is True
-    result = serve(setup, folder)
+    result = serve(setup, folder, stock=True)
     assert result["answers"] == planned_answers(setup, REPO / "spaces/plans" / plan)
+    assert_logprobs_match(result["first_logprobs"], setup, REPO / "spaces/plans" / plan)
 
 
-def test_an_export_needing_searchskip_is_refused_by_stock_vllm(setup):
-    result = serve(setup, export(setup, "scoped.yaml"))
+def test_an_export_needing_searchskip_is_refused_by_stock_vllm_and_by_the_plugin_if_it_cannot_serve_it(setup):
+    folder = export(setup, "scoped.yaml")
+    result = serve(setup, folder, stock=True)
     assert "SearchSkipLlavaForConditionalGeneration" in result["error"], result
+    result = serve(setup, folder)  # the plugin names what it cannot serve (in the engine's log)
+    assert "error" in result
+    for part in ("layers.1: skip_attn for 'generated' tokens", "layers.5: skip_ffn for 'prompt' tokens",
+                 "searchskip.load_compressed"):
+        assert part in result["log"], result["log"][-3000:]
+
+
+@pytest.mark.parametrize("plan", ["parallel_attn_ffn.yaml", "parallel_blocks.yaml"])
+def test_the_plugin_serves_an_export_stock_vllm_refuses(setup, plan):
+    """Parallel ops need searchskip at runtime: stock vLLM refuses the export, the plugin serves it."""
+    folder = export(setup, plan)
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["SearchSkipLlavaForConditionalGeneration"]
+    result = serve(setup, folder)
+    assert "error" not in result, result
+    assert result["answers"] == planned_answers(setup, REPO / "spaces/plans" / plan)
+    assert_logprobs_match(result["first_logprobs"], setup, REPO / "spaces/plans" / plan)
+
+
+@pytest.mark.parametrize(("plan", "how"), [("skip_ffn.yaml", "--target"), ("skip_attn.yaml", "--target"),
+                                           ("skip_ffn.yaml", "hf_overrides"), ("skip_block.yaml", "hf_overrides")])
+def test_the_plugin_serves_a_plain_export_skipping_its_zeroed_sublayers(setup, plan, how):
+    """``export --target vllm`` names the plugin's classes; an existing export gets them by ``hf_overrides``."""
+    if how == "--target":
+        folder = export(setup, plan, "--target", "vllm")
+        assert json.loads((folder / "config.json").read_text())["architectures"] == [
+            "SearchSkipLlavaForConditionalGeneration"]
+        result = serve(setup, folder)
+    else:
+        result = serve(setup, export(setup, plan), {"architectures": ["SearchSkipLlavaForConditionalGeneration"]})
+    assert "error" not in result, result
+    assert result["answers"] == planned_answers(setup, REPO / "spaces/plans" / plan)
+    assert_logprobs_match(result["first_logprobs"], setup, REPO / "spaces/plans" / plan)
 
 
 def test_the_readmes_serving_commands_run(tmp_path):
@@ -139,3 +220,27 @@ def test_the_readmes_serving_commands_run(tmp_path):
     printed = [line.strip() for line in done.stdout.splitlines() if line.strip() and not line.startswith("(")]
     assert printed and printed[-1] in {"yes", "no", "red", "green", "blue", "yellow", "black", "gray", "brown",
                                        "circle", "rectangle", "triangle"}, done.stdout[-2000:]  # vLLM logs: "(Process"
+
+
+def test_the_vllm_benchmark_runs_and_reports_every_plan(tmp_path):
+    """``python -m searchskip.bench.vllm`` (the README's throughput figures), on a few questions."""
+    import sys
+
+    data = yaml.safe_load((REPO / "jobs/demo.yaml").read_text())
+    data["outputs"] = str(tmp_path / "out")
+    data["data"]["validation_subset"]["size"] = 8
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "searchskip.bench.vllm", str(job), "--vllm-python", PYTHON,
+                           "--questions", "16", "--repeats", "1"], capture_output=True, text=True, env=env,
+                          timeout=1200, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "bench" / "vllm-demo.json").read_text())
+    from searchskip.bench.vllm import PLANS
+
+    assert [r["plan"] for r in result["rows"]] == list(PLANS)
+    for row in result["rows"]:
+        assert row["questions"] == 16 and row["questions_per_s"] > 0
+    assert result["rows"][0]["flops_ratio"] == 1.0
+    assert all(0.3 < row["llm_flops_ratio"] < 0.7 for row in result["rows"][1:])  # about half the LLM's FLOPs

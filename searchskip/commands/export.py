@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                    help="export folder (default: <study>/export/trial-<N>; required with --job)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="write the export even if the exported model answers differently from the planned model")
+    p.add_argument("--target", choices=["vllm"], default=None,
+                   help="vllm: refuse a plan searchskip's vLLM plugin cannot serve (naming each part) and make the "
+                        "export run through the plugin, the planned sublayers skipped")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -115,7 +118,7 @@ def run(args) -> int:
             if dataset is None:
                 dataset = load_eval_split(job.data, "validation")
             result = export_plan(job, plan, out, source, progress=not args.no_progress,
-                                 allow_mismatch=args.allow_mismatch, dataset=dataset)
+                                 allow_mismatch=args.allow_mismatch, dataset=dataset, target=args.target)
         _print(console, result)
     return 0
 

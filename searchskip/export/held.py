@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["ARCH_PREFIX", "HELD_WEIGHTS", "MODEL_CARD", "hold_weights", "is_held", "loadable"]
+__all__ = ["ARCH_PREFIX", "HELD_WEIGHTS", "MODEL_CARD", "hold_weights", "is_held", "loadable", "name_plugin_classes"]
 
 ARCH_PREFIX = "SearchSkip"
 """Prefix of the ``architectures`` entries of an export whose weights are held."""
@@ -61,11 +61,18 @@ def hold_weights(folder: str | Path) -> None:
     for plain, held in ((_PLAIN, HELD_WEIGHTS), (f"{_PLAIN}.index.json", f"{HELD_WEIGHTS}.index.json")):
         if (folder / plain).is_file():
             os.replace(folder / plain, folder / held)
-    config = json.loads((folder / "config.json").read_text())
+    name_plugin_classes(folder)
+    (folder / "README.md").write_text(MODEL_CARD.format(held=HELD_WEIGHTS, folder=folder.name))
+
+
+def name_plugin_classes(folder: str | Path) -> None:
+    """Make ``folder``'s ``config.json`` name the searchskip vLLM plugin's classes (:data:`ARCH_PREFIX`
+    + each of its ``architectures``): stock vLLM refuses it, the plugin serves it with its plan."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
     config["architectures"] = [name if name.startswith(ARCH_PREFIX) else ARCH_PREFIX + name
                                for name in config.get("architectures") or []]
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (folder / "README.md").write_text(MODEL_CARD.format(held=HELD_WEIGHTS, folder=folder.name))
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

@@ -135,11 +135,14 @@ def check_export_target(out: str | Path, job: Job, plan: Plan) -> None:
 
 
 def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, progress: bool = True,
-                allow_mismatch: bool = False, dataset: Any = None) -> ExportResult:
+                allow_mismatch: bool = False, dataset: Any = None, target: str | None = None) -> ExportResult:
     """Write the export folder ``out`` for ``plan`` on ``job``'s model (see the module doc).
 
     ``dataset``: the job's validation split when the caller has it already (the verb loads it
-    once for all the trials it exports); ``None``: loaded here."""
+    once for all the trials it exports); ``None``: loaded here. ``target="vllm"``: refuse (before
+    scoring) a plan searchskip's vLLM plugin cannot serve, naming each part, and make the folder
+    name the plugin's classes, so vLLM runs it with the plan's skips
+    (:mod:`searchskip.export.serving`)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -147,9 +150,13 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
     from searchskip.data.splits import load_eval_split
     from searchskip.eval.planned import apply_plan, plan_calibration
     from searchskip.export.atomic import atomic_directory
+    from searchskip.errors import ConfigError, Problem
     from searchskip.export.bake import bakeable
+    from searchskip.export.held import name_plugin_classes
     from searchskip.export.load import load_compressed
-    from searchskip.export.model import compress, save_compressed
+    from searchskip.export.model import compress, runtime_plan, save_compressed
+    from searchskip.export.serving import serving_of
+    from searchskip.vllm_plugin.plan import WHY
     from searchskip.flops import Workload, count_flops, measure_workload
     from searchskip.models import load_model
     from searchskip.search.objective import budget_of
@@ -167,6 +174,12 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
         num_layers = get_adapter(loaded.model).num_layers(loaded.model)
         pinned = get_adapter(loaded.model).injected_layers(loaded.model)
         plan = plan.validate(num_layers, file=source.plan_file)
+        residual, kept = runtime_plan(plan, num_layers, pinned)
+        serving = serving_of(loaded.model.config, residual, len(kept))
+        if target == "vllm" and serving.problems:
+            raise ConfigError([Problem(source.plan_file or source.label, "",
+                                       f"--target vllm: searchskip's vLLM plugin cannot serve this plan: "
+                                       f"{'; '.join(serving.problems)}. {WHY}")])
         study = source.study
         stored = study.user_attrs.get("workload") if study is not None else None
         workload = Workload.from_dict(stored) if stored else measure_workload(loaded, dataset, job.eval.max_new_tokens)
@@ -190,6 +203,8 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
             save_compressed(loaded, tmp / MODEL_DIR, runtime_plan=compressed.runtime_plan,
                             prompt_template=loaded.template, source_model=job.model.id,
                             extra={"kept_layers": compressed.kept_layers, "source_plan": json.loads(plan.to_json())})
+            if target == "vllm" and compressed.runtime_plan is not None:
+                name_plugin_classes(tmp / MODEL_DIR)  # vLLM runs it through the plugin, skipping the planned work
             del loaded
             exported = load_compressed(tmp / MODEL_DIR, device=job.model.device)
             export_answers, checked = _score(exported, dataset, job, bar, "checking the exported model")
@@ -215,6 +230,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
                            if trial is not None else None),
                 "export_check": {"questions": len(dataset), "same_answers": same,
                                  "accuracy_planned": planned.accuracy, "accuracy_export": checked.accuracy},
+                "serving": serving.to_dict(),
                 "model_dir": {"kept_layers": compressed.kept_layers, "ffn_size": compressed.ffn_size,
                               "plain_transformers": bakeable(compressed.runtime_plan, len(compressed.kept_layers)),
                               "runtime_plan": (json.loads(compressed.runtime_plan.to_json())
@@ -231,7 +247,8 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             _write_recipe(job, tmp, out, plan)
             _write_report(tmp, job, plan, num_layers, report, ratio, llm, planned, unplanned_acc, unplanned_pqt,
-                          source, budget.ratio if budget is not None else None, pinned)
+                          source, budget.ratio if budget is not None else None, pinned,
+                          notes=(f"Serving: {serving.line()}.",))
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     metrics["seconds"] = time.perf_counter() - start
     kept = [name for name in KEEP if (out / name).exists()]
@@ -246,7 +263,7 @@ def _write_recipe(job: Job, tmp: Path, out: Path, plan: Plan) -> None:
 
 def _write_report(tmp: Path, job: Job, plan: Plan, num_layers: int, report: Any, ratio: float, llm: float,
                   planned: Any, unplanned_acc: float, unplanned_pqt: dict, source: ExportSource,
-                  budget_ratio: float | None, pinned: frozenset[int] = frozenset()) -> None:
+                  budget_ratio: float | None, pinned: frozenset[int] = frozenset(), notes: tuple[str, ...] = ()) -> None:
     """``report.md`` (and, for a study's trial, ``pareto.png`` of the study's points: :func:`write_report`
     derives them from ``study``)."""
     from searchskip.export.report import write_report
@@ -256,4 +273,4 @@ def _write_report(tmp: Path, job: Job, plan: Plan, num_layers: int, report: Any,
                  per_question_type=dict(planned.per_question_type), unplanned_per_question_type=unplanned_pqt,
                  unplanned_accuracy=unplanned_acc,
                  chosen=source.trial.number if source.trial is not None else None,
-                 source=str(source.label), budget_ratio=budget_ratio, study=source.study)
+                 source=str(source.label), budget_ratio=budget_ratio, study=source.study, notes=notes)

@@ -1,0 +1,127 @@
+"""vLLM's Llama decoder with a searchskip plan: skipped sublayers are not built, their weights not
+loaded, their compute not run, and no KV cache is kept for a layer without attention.
+
+vLLM's decoder layers pass ``(hidden_states, residual)``: the stream is their sum (``residual`` is
+``None`` before the first layer), each sublayer returns only its update and the next norm adds it
+in place (a fused add + RMSNorm). Every branch below keeps that contract, also where the first
+layer has no attention or every layer is skipped (then the final norm gets no residual).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.models.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP, LlamaModel
+
+from searchskip.vllm_plugin.plan import LayerPlan, read_plan
+
+__all__ = ["SearchSkipDecoderLayer", "SearchSkipLlamaForCausalLM", "SearchSkipLlamaModel"]
+
+
+def _layer_index(prefix: str) -> int:
+    return int(prefix.rsplit(".", 1)[1])
+
+
+class SearchSkipDecoderLayer(nn.Module):
+    """A Llama decoder layer running ``op`` (``keep``, ``skip_attn``, ``skip_ffn``, ``skip_block``,
+    ``parallel_attn_ffn``; ``parallel_blocks`` is the model's: its layers run ``keep``)."""
+
+    def __init__(self, vllm_config: Any, prefix: str, op: str) -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.op = "keep" if op == "parallel_blocks" else op
+        hidden = config.hidden_size
+        if self.op not in ("skip_attn", "skip_block"):  # as vLLM's LlamaDecoderLayer builds them
+            bias = getattr(config, "attention_bias", False) or getattr(config, "bias", False)
+            self.self_attn = LlamaAttention(
+                config=config, hidden_size=hidden, num_heads=config.num_attention_heads,
+                num_kv_heads=getattr(config, "num_key_value_heads", config.num_attention_heads),
+                max_position_embeddings=getattr(config, "max_position_embeddings", 8192),
+                quant_config=vllm_config.quant_config, bias=getattr(config, "qkv_bias", bias), bias_o_proj=bias,
+                cache_config=vllm_config.cache_config, prefix=f"{prefix}.self_attn")
+            self.input_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
+        if self.op not in ("skip_ffn", "skip_block"):
+            self.mlp = LlamaMLP(hidden_size=hidden, intermediate_size=config.intermediate_size,
+                                hidden_act=config.hidden_act, quant_config=vllm_config.quant_config,
+                                bias=getattr(config, "mlp_bias", False), prefix=f"{prefix}.mlp")
+            self.post_attention_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
+
+    @staticmethod
+    def _norm(norm: RMSNorm, h: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(stream), stream)`` where the stream is ``h + residual`` (``h`` without one)."""
+        if residual is None:
+            return norm(h), h
+        return norm(h, residual)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        op = self.op
+        if op == "skip_block":
+            return hidden_states, residual
+        if op == "skip_attn":
+            h, residual = self._norm(self.post_attention_layernorm, hidden_states, residual)
+            return self.mlp(h), residual
+        h, residual = self._norm(self.input_layernorm, hidden_states, residual)
+        if op == "parallel_attn_ffn":  # x + attn(n1(x)) + ffn(n2(x)): the FFN reads the layer input too
+            ffn_in = self.post_attention_layernorm(residual.clone())
+            return self.self_attn(positions=positions, hidden_states=h) + self.mlp(ffn_in), residual
+        h = self.self_attn(positions=positions, hidden_states=h)
+        if op == "skip_ffn":
+            return h, residual
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
+
+
+class SearchSkipLlamaModel(LlamaModel):
+    """vLLM's ``LlamaModel`` whose layers follow the export's plan (read from the served folder)."""
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "", **_: Any) -> None:
+        config = vllm_config.model_config.hf_config
+        if vllm_config.parallel_config.pipeline_parallel_size != 1:
+            raise ValueError("searchskip's vLLM plugin runs without pipeline parallelism (pipeline_parallel_size 1)")
+        plan = read_plan(vllm_config.model_config.model, config.num_hidden_layers)
+
+        def layer(*, vllm_config: Any, prefix: str) -> nn.Module:
+            return SearchSkipDecoderLayer(vllm_config, prefix, plan.ops[_layer_index(prefix)])
+
+        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer)
+        self.plan: LayerPlan = plan
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors: Any,
+                inputs_embeds: torch.Tensor | None = None, **layer_kwargs: Any) -> torch.Tensor:
+        h = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+        residual: torch.Tensor | None = None
+        i, ops = 0, self.plan.ops
+        while i < len(ops):
+            if ops[i] == "parallel_blocks":  # layers i and i+1 both read the stream x
+                x = h if residual is None else h + residual
+                a_h, a_r = self.layers[i](positions, x.clone(), None, **layer_kwargs)
+                b_h, b_r = self.layers[i + 1](positions, x.clone(), None, **layer_kwargs)
+                update = (a_h + a_r - x) + (b_h + b_r - x)
+                h, residual = x + (update / 2 if i in self.plan.average else update), None
+                i += 2
+                continue
+            h, residual = self.layers[i](positions, h, residual, **layer_kwargs)
+            i += 1
+        return self.norm(h) if residual is None else self.norm(h, residual)[0]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """vLLM's loading, without the tensors of the sublayers the plan does not build."""
+        dropped = []
+        for i in range(len(self.plan.ops)):
+            if not self.plan.builds_attention(i):
+                dropped += [f"layers.{i}.self_attn.", f"layers.{i}.input_layernorm."]
+            if not self.plan.builds_ffn(i):
+                dropped += [f"layers.{i}.mlp.", f"layers.{i}.post_attention_layernorm."]
+        prefixes = tuple(dropped)
+        return super().load_weights((name, w) for name, w in weights if not name.startswith(prefixes))
+
+
+class SearchSkipLlamaForCausalLM(LlamaForCausalLM):
+    """vLLM's ``LlamaForCausalLM`` over :class:`SearchSkipLlamaModel`."""
+
+    def _init_model(self, vllm_config: Any, prefix: str = "", layer_type: Any = None) -> SearchSkipLlamaModel:
+        return SearchSkipLlamaModel(vllm_config=vllm_config, prefix=prefix)

@@ -29,6 +29,8 @@ from searchskip.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("SEARCHSKIP_VLLM_PYTHON")
+if PYTHON:  # absolute (not resolved: a virtualenv's python is a link out of it); cases run in other folders
+    PYTHON = str(Path(PYTHON).absolute())
 QUESTIONS = 24
 
 pytestmark = pytest.mark.skipif(

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=512)
     p.add_argument("--repeats", type=int, default=2)
     a = p.parse_args(argv)
-    return run_bench(a.job, NAME, lambda job, console: measure(job, console, python=a.vllm_python,
+    python = str(Path(a.vllm_python).absolute())  # not resolved: a virtualenv's python is a link out of it
+    return run_bench(a.job, NAME, lambda job, console: measure(job, console, python=python,
                                                                 questions=a.questions, repeats=a.repeats), markdown)
 
 

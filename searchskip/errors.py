@@ -91,3 +91,9 @@ def in_job(job_file: str, err: Exception, key: str = "") -> Exception:
     if not message.startswith(f"{job_file}: "):
         message = f"{job_file}: {message}"
     return type(err)(message)
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of ``err``'s message (its type's name when it has none), at most ``limit``
+    characters: what one-line messages quote of a library's multi-line error."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from searchskip.config.job import EMBEDDED_PREFIX, ModelSpec
-from searchskip.errors import ModelError, OfflineError, SearchSkipError
+from searchskip.errors import ModelError, OfflineError, SearchSkipError, first_line
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -159,18 +159,18 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             )
     except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) met a non-tensor object
         raise ModelError(f"model.id: '{source}' holds a pickled checkpoint with objects other than tensors; it was "
-                         f"refused without running them (torch.load(weights_only=True)): {_first_line(err)}") from None
+                         f"refused without running them (torch.load(weights_only=True)): {first_line(err)}") from None
     except ValueError as err:  # unknown architecture for the auto class
         raise ModelError(f"model.id: cannot load '{source}' as an image-text-to-text model: {err}") from None
     except RuntimeError as err:  # weights whose shapes the config does not give
         raise ModelError(f"model.id: '{source}': its weights do not fit its config.json (a setting that sizes a "
-                         f"layer differs from the one the weights were saved with): {_first_line(err)}") from None
+                         f"layer differs from the one the weights were saved with): {first_line(err)}") from None
     except OSError as err:
         raise _not_loadable(source, err) from None
     except Exception as err:  # noqa: BLE001 - safetensors' own error type for a damaged file
         if type(err).__name__ != "SafetensorError":
             raise
-        raise ModelError(f"model.id: '{source}': a weights file cannot be read ({_first_line(err)}); it may be cut "
+        raise ModelError(f"model.id: '{source}': a weights file cannot be read ({first_line(err)}); it may be cut "
                          "short: copy it again") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -183,18 +183,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 def checked_processor(spec: ModelSpec) -> tuple[Any, str]:
     """``(processor, prompt template)`` of ``spec``'s model, checked against its config
     (:func:`searchskip.processor_check.check_processor`): what :func:`load_model` loads before the
-    weights, and what ``searchskip validate`` checks of a local folder."""
+    weights, and what ``searchskip validate`` checks of a local folder. The folder's files are the
+    caller's to check first (:func:`check_family`, or ``check_model_files(processor=True)``)."""
     from searchskip.eval.prompts import resolve_template
     from searchskip.processor_check import check_processor
     from searchskip.processors import load_processor
 
-    from searchskip.model_files import check_model_files
-
     source, stored_template = resolve_source(spec)
-    try:
-        check_model_files(source, processor=True)
-    except ModelError as err:
-        raise ModelError(f"model.id: '{spec.id}': {err}") from None
     try:
         processor = load_processor(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     except OSError as err:
@@ -203,7 +198,7 @@ def checked_processor(spec: ModelSpec) -> tuple[Any, str]:
         if not Path(source).is_dir():
             raise
         raise ModelError(f"model.id: '{source}': its processor cannot be built from its files "
-                         f"({type(err).__name__}: {_first_line(err)}); check preprocessor_config.json, "
+                         f"({type(err).__name__}: {first_line(err)}); check preprocessor_config.json, "
                          "processor_config.json and tokenizer_config.json") from None
     check_image_settings(processor, source)
     config, _, geometry = model_geometry(spec)
@@ -213,13 +208,9 @@ def checked_processor(spec: ModelSpec) -> tuple[Any, str]:
     return processor, template
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-
-
 def _not_loadable(source: str, err: OSError) -> SearchSkipError:
     if Path(source).exists():
-        return ModelError(f"model.id: '{source}' is not a loadable model folder: {_first_line(err)}")
+        return ModelError(f"model.id: '{source}' is not a loadable model folder: {first_line(err)}")
     return OfflineError(
         f"model.id: '{source}' is not in the local Hugging Face cache and the hub could not be reached. "
         "Download it on a machine with network access (huggingface-cli download) or point model.id at a local folder."

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from searchskip.errors import ModelError
+from searchskip.errors import ModelError, first_line
 
 __all__ = ["PROBE_SIZES", "SHARED_SETTINGS", "check_processor", "config_image_token_id"]
 
@@ -123,9 +123,8 @@ def _check_probes(config: Any, geometry: Any, processor: Any, template: str, whe
             pixels = image_inputs(processor, [image])
             shape = shape_of_inputs(pixels)
         except Exception as err:  # noqa: BLE001 - a processor's settings break it in any of many ways
-            first = (str(err).strip().splitlines() or [""])[0][:300]
             raise ModelError(f"{where}: its processor fails on a {width}x{height} image ({type(err).__name__}: "
-                             f"{first}); check its settings (preprocessor_config.json, processor_config.json)") from None
+                             f"{first_line(err)}); check its settings (preprocessor_config.json, processor_config.json)") from None
         _check_resolution(config, pixels, where)
         try:
             expected = (geometry.vision.image_tokens if geometry.vision.image_tokens is not None

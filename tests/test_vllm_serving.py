@@ -118,24 +118,17 @@ def assert_logprobs_match(served: list[dict], setup: dict, plan_file: Path | Non
 def serve(setup: dict, folder: Path, hf_overrides: dict | None = None, *, stock: bool = False) -> dict:
     """vLLM's result for ``folder`` (its output as ``log``: vLLM logs to stdout); ``stock``: without searchskip's plugin
     (``VLLM_PLUGINS=""`` loads no plugin)."""
+    from searchskip.bench.vllm import serve_request
     from searchskip.models import load_model
 
     template = load_model(setup["job"].model).template
-    request = setup["root"] / f"request-{folder.parent.name}-{folder.name}.json"
-    request.write_text(json.dumps({"model": str(folder), "template": template, "dtype": "float32",
-                                   "max_tokens": setup["job"].eval.max_new_tokens, "questions": setup["questions"],
-                                   "hf_overrides": hf_overrides, "logprobs": 5}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop("PYTHONPATH", None)  # the vLLM virtualenv's own packages only
-    if stock:
-        env["VLLM_PLUGINS"] = ""
-    done = subprocess.run([PYTHON, "-m", "searchskip.vllm_plugin.serve", str(request)], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=setup["root"])
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    assert done.returncode == (3 if "error" in result else 0), done.stderr[-3000:]
-    return {**result, "log": done.stdout + done.stderr}
+    request = {"model": str(folder), "template": template, "dtype": "float32",
+               "max_tokens": setup["job"].eval.max_new_tokens, "questions": setup["questions"],
+               "hf_overrides": hf_overrides, "logprobs": 5}
+    result, code, log = serve_request(PYTHON, request, setup["root"], stock=stock, timeout=600)
+    assert result is not None, log[-5000:]
+    assert code == (3 if "error" in result else 0), log[-3000:]
+    return {**result, "log": log}
 
 
 def export(setup: dict, plan: str, *flags: str) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 
 from searchskip.bench import run_bench
 
-__all__ = ["PLANS", "main", "measure"]
+__all__ = ["PLANS", "main", "measure", "serve_request"]
 
 NAME = "vllm"
 
@@ -65,19 +65,28 @@ def _questions(job: Any, count: int, folder: Path) -> tuple[list[dict], Any]:
     return out, rows
 
 
-def _serve(python: str, request: dict, folder: Path, stock: bool) -> dict:
+def serve_request(python: str, request: dict, folder: Path, *, stock: bool,
+                  timeout: float = 1800) -> tuple[dict | None, int, str]:
+    """Run ``python -m searchskip.vllm_plugin.serve`` on ``request`` with vLLM's ``python`` (written to
+    ``folder``, run there): ``(its RESULT, or None when it printed none; exit code; output)``.
+    ``stock``: no plugin loaded (``VLLM_PLUGINS=""``), as a stock vLLM."""
     path = folder / f"request-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(request))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # the vLLM virtualenv's own packages only
     if stock:
-        env["VLLM_PLUGINS"] = ""  # no plugin loaded: stock vLLM
+        env["VLLM_PLUGINS"] = ""
     done = subprocess.run([python, "-m", "searchskip.vllm_plugin.serve", str(path)], capture_output=True, text=True,
-                          env=env, timeout=1800)
+                          env=env, timeout=timeout, cwd=folder)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    result = json.loads(lines[-1].removeprefix("RESULT ")) if lines else {"error": done.stderr[-2000:]}
-    if "error" in result:
-        raise RuntimeError(f"vLLM could not serve {request['model']}: {result['error']}")
+    result = json.loads(lines[-1].removeprefix("RESULT ")) if lines else None
+    return result, done.returncode, done.stdout + done.stderr
+
+
+def _serve(python: str, request: dict, folder: Path, stock: bool) -> dict:
+    result, _, log = serve_request(python, request, folder, stock=stock)
+    if result is None or "error" in result:
+        raise RuntimeError(f"vLLM could not serve {request['model']}: {(result or {}).get('error') or log[-2000:]}")
     return result
 
 

@@ -145,8 +145,14 @@ def _measure(job: Any) -> Any:
     from searchskip.flops import measure_workload
     from searchskip.models import checked_processor, resolve_source
 
+    from searchskip.model_files import check_model_files
+
     source, _ = resolve_source(job.model)
     try:
+        try:
+            check_model_files(source, processor=True)  # the processor's files, whole, before it is built
+        except ModelError as err:
+            raise ModelError(f"model.id: '{job.model.id}': {err}") from None
         processor, template = checked_processor(job.model)
     except OfflineError:
         raise OfflineError(f"the processor of '{source}' is not in the local Hugging Face cache and the hub "

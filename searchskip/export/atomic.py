@@ -67,7 +67,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from searchskip.errors import FileSystemError, SearchSkipError
+from searchskip.errors import FileSystemError, SearchSkipError, first_line
 from searchskip.export.manifest import (
     MANIFEST,
     ManifestError,
@@ -342,7 +342,7 @@ def io_fault(exc: BaseException) -> OSError | None:
         code = int(match.group(1))
         return OSError(code, os.strerror(code))
     if "file write failed" in text or "No space left on device" in text:
-        return OSError(errno.ENOSPC if "space" in text else errno.EIO, text.strip().splitlines()[0][:200])
+        return OSError(errno.ENOSPC if "space" in text else errno.EIO, first_line(exc, 200))
     return None
 
 

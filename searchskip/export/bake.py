@@ -48,8 +48,8 @@ def bakeable(plan: Plan | None, num_layers: int) -> bool:
         return True
     if plan.visual_tokens is not None or plan.early_exit is not None or plan.drop is not None or plan.prune is not None:
         return False
-    return all(plan.op_for(i).op == "keep" or (plan.op_for(i).scope == SCOPE_ALL and plan.op_for(i).op in BAKED_OPS)
-               for i in range(num_layers))
+    ops = [plan.op_for(i) for i in range(num_layers)]
+    return all(op.op == "keep" or (op.scope == SCOPE_ALL and op.op in BAKED_OPS) for op in ops)
 
 
 @contextlib.contextmanager

@@ -151,7 +151,6 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
     from searchskip.eval.planned import apply_plan, plan_calibration
     from searchskip.export.atomic import atomic_directory
     from searchskip.errors import ConfigError, Problem
-    from searchskip.export.bake import bakeable
     from searchskip.export.held import name_plugin_classes
     from searchskip.export.load import load_compressed
     from searchskip.export.model import compress, runtime_plan, save_compressed
@@ -232,7 +231,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
                                  "accuracy_planned": planned.accuracy, "accuracy_export": checked.accuracy},
                 "serving": serving.to_dict(),
                 "model_dir": {"kept_layers": compressed.kept_layers, "ffn_size": compressed.ffn_size,
-                              "plain_transformers": bakeable(compressed.runtime_plan, len(compressed.kept_layers)),
+                              "plain_transformers": serving.plain,
                               "runtime_plan": (json.loads(compressed.runtime_plan.to_json())
                                                if compressed.runtime_plan is not None else None)},
             }

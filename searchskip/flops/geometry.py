@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from searchskip.errors import ModelError, OfflineError
+from searchskip.errors import ModelError, OfflineError, first_line
 from searchskip.flops.linear import Linear
 from searchskip.flops.vision import GridVisionGeometry, VisionCount, VisionGeometry, VisionLayerGeometry, vision_geometry
 
@@ -184,9 +184,8 @@ def _build_meta_model(config: Any) -> Any:
             return transformers.AutoModelForCausalLM.from_config(config)
     except (ArithmeticError, TypeError, ValueError, RuntimeError, AttributeError) as err:
         # a setting no rule of searchskip.arch.config_rules covers, which transformers cannot build
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelError(f"config.json: transformers cannot build a model of type "
-                         f"'{getattr(config, 'model_type', '?')}' from these settings: {first}") from None
+                         f"'{getattr(config, 'model_type', '?')}' from these settings: {first_line(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -327,3 +327,19 @@ def test_target_vllm_names_the_plugins_classes_and_the_report_says_who_serves(tm
                  "--out", str(plain), "--no-progress"]) == 0
     serving = json.loads((plain / "metrics.json").read_text())["serving"]
     assert serving["vllm_plugin"] is False and serving["vllm_plugin_problems"] == ["early_exit"]
+
+
+@pytest.mark.parametrize("target", [(), ("--target", "vllm")])
+def test_uneven_ffn_widths_are_recorded_and_target_vllm_names_the_plugin_for_them(tmp_path, target):
+    """FFN-channel pruning per layer: the export records each layer's own width (the plugin builds
+    it); with ``--target vllm`` the config names the plugin's classes, without it the stock class."""
+    out = tmp_path / "exp"
+    assert main(["export", "--job", str(small_job(tmp_path)), "--plan", str(REPO / "spaces/plans/prune_ffn_channels.yaml"),
+                 "--out", str(out), "--no-progress", *target]) == 0
+    info = json.loads((out / "model" / "searchskip_export.json").read_text())
+    config = json.loads((out / "model" / "config.json").read_text())
+    full = config["text_config"]["intermediate_size"]
+    assert info["ffn_widths"][4] == full - round(0.25 * full) and info["ffn_widths"][5] == full - round(0.5 * full)
+    assert json.loads((out / "metrics.json").read_text())["model_dir"]["ffn_widths"] == info["ffn_widths"]
+    assert config["architectures"] == [("SearchSkip" if target else "") + "LlavaForConditionalGeneration"]
+    assert info["plain_transformers"] is True

@@ -110,6 +110,40 @@ def test_uniform_ffn_channel_pruning_shrinks_the_config():
     per_layer = tiny_model("llava-llama", num_layers=4)
     result = compress(SimpleNamespace(model=per_layer), Plan.from_dict(PLANS["ffn_channels_per_layer"]))
     assert result.ffn_size is None  # layers 1 and 3 keep every channel: the others are padded back
+    full = before
+    assert result.ffn_widths == [full - round(0.5 * full), full, full - round(0.25 * full), full]
+    layers = get_adapter(per_layer).layers(per_layer)
+    for layer, width in zip(layers, result.ffn_widths):  # padding: zero channels after the layer's own
+        mlp = layer.mlp
+        assert mlp.gate_proj.weight.shape[0] == full
+        assert not mlp.gate_proj.weight[width:].any() and not mlp.up_proj.weight[width:].any()
+        assert not mlp.down_proj.weight[:, width:].any()
+        assert mlp.down_proj.weight[:, :width].any()
+    assert compress(SimpleNamespace(model=tiny_model("llava-llama", num_layers=4)),
+                    Plan.from_dict(PLANS["ffn_channels"])).ffn_widths is None  # even widths: nothing to record
+
+
+@pytest.mark.parametrize("widths", [[8, 8], [8, 8, 8, 0], [8, 8, 8, 65], [8, 8, 8, 8.0], "8", {"0": 8}])
+def test_the_vllm_plugin_refuses_ffn_widths_that_do_not_fit_the_model(tmp_path, widths):
+    import json
+
+    from searchskip.vllm_plugin.plan import read_plan
+
+    (tmp_path / "searchskip_export.json").write_text(json.dumps({"ffn_widths": widths}))
+    with pytest.raises(ValueError, match=r"searchskip_export.json: ffn_widths: must list 4 channel counts .* to the config's 64"):
+        read_plan(tmp_path, 4, 64)
+
+
+def test_the_vllm_plugin_reads_ffn_widths_with_the_plan(tmp_path):
+    import json
+
+    from searchskip.vllm_plugin.plan import read_plan
+
+    (tmp_path / "searchskip_export.json").write_text(json.dumps(
+        {"ffn_widths": [8, 64, 32, 1], "runtime_plan": {"version": 1, "layers": {"1": "skip_attn"}}}))
+    plan = read_plan(tmp_path, 4, 64)
+    assert plan.ffn_widths == (8, 64, 32, 1) and plan.ops == ("keep", "skip_attn", "keep", "keep")
+    assert read_plan(tmp_path / "elsewhere", 4, 64).ffn_widths is None
 
 
 def test_compress_refuses_a_model_carrying_a_plan():

@@ -60,34 +60,41 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "job_file": job_file, "job": job, "rows": rows, "questions": questions}
 
 
-def planned_answers(setup: dict, plan_file: Path | None) -> list[str]:
+def _reference(setup: dict, plan_file: Path | None):
+    """``(loaded model, context running it planned)``: the job's model with ``plan_file`` applied, or
+    an export folder (a ``Path`` to a ``model`` folder) loaded by searchskip itself."""
     from searchskip.apply import apply
-    from searchskip.eval.generate import answer_all
+    from searchskip.export.load import load_compressed
     from searchskip.models import load_model
     from searchskip.plan import Plan
 
+    if plan_file is not None and plan_file.is_dir():
+        return load_compressed(plan_file), _nothing()
+    loaded = load_model(setup["job"].model)
+    return loaded, (apply(loaded.model, Plan.load(plan_file)) if plan_file else _nothing())
+
+
+def planned_answers(setup: dict, plan_file: Path | None) -> list[str]:
+    """searchskip's answers (transformers) with ``plan_file`` applied, or of an export folder."""
+    from searchskip.eval.generate import answer_all
+
     job = setup["job"]
-    loaded = load_model(job.model)
-    if plan_file is None:
-        return answer_all(loaded, setup["rows"], job.eval.batch_size, job.eval.max_new_tokens)
-    with apply(loaded.model, Plan.load(plan_file)):
+    loaded, planned = _reference(setup, plan_file)
+    with planned:
         return answer_all(loaded, setup["rows"], job.eval.batch_size, job.eval.max_new_tokens)
 
 
 def planned_logprobs(setup: dict, plan_file: Path | None) -> list[dict[int, float]]:
     """Per question, the log-probability of every token at the first generated position (transformers,
-    the plan applied)."""
+    the plan applied, or an export folder loaded by searchskip)."""
     import torch
 
-    from searchskip.apply import apply
     from searchskip.eval.generate import prompt_inputs
-    from searchskip.models import load_model
-    from searchskip.plan import Plan
 
-    loaded = load_model(setup["job"].model)
+    loaded, planned = _reference(setup, plan_file)
     rows = setup["rows"]
     out = []
-    with torch.inference_mode(), (apply(loaded.model, Plan.load(plan_file)) if plan_file else _nothing()):
+    with torch.inference_mode(), planned:
         for start in range(0, len(rows), 8):
             batch = rows[start:start + 8]
             logits = loaded.model(**prompt_inputs(loaded, batch["image"], batch["question"])).logits[:, -1]
@@ -192,6 +199,29 @@ def test_the_plugin_serves_a_plain_export_skipping_its_zeroed_sublayers(setup, p
     assert "error" not in result, result
     assert result["answers"] == planned_answers(setup, REPO / "spaces/plans" / plan)
     assert_logprobs_match(result["first_logprobs"], setup, REPO / "spaces/plans" / plan)
+
+
+def test_the_plugin_serves_uneven_ffn_widths_without_their_padding(setup):
+    """FFN-channel pruning that leaves layers uneven pads them to one width with zero channels:
+    stock vLLM serves the padded model, the plugin builds each FFN at its own width and cuts the
+    padding off as it loads, checking it is zero."""
+    folder = export(setup, "prune_ffn_channels.yaml", "--target", "vllm")
+    info = json.loads((folder / "searchskip_export.json").read_text())
+    full = json.loads((folder / "config.json").read_text())["text_config"]["intermediate_size"]
+    widths = info["ffn_widths"]
+    assert widths[4] == full - round(0.25 * full) and widths[5] == widths[6] == full - round(0.5 * full), widths
+    assert info["plain_transformers"] is True
+    want = planned_answers(setup, folder)  # the export check already proved these are the planned model's
+    for result in (serve(setup, folder), serve(setup, folder, {"architectures": ["LlavaForConditionalGeneration"]},
+                                              stock=True)):
+        assert "error" not in result, result
+        assert result["answers"] == want
+        assert_logprobs_match(result["first_logprobs"], setup, folder)
+    info["ffn_widths"][5] -= 1  # a width the weights contradict: a channel it cuts off is not zero
+    (folder / "searchskip_export.json").write_text(json.dumps(info))
+    result = serve(setup, folder)
+    assert "error" in result
+    assert "layers.5.mlp" in result["log"] and "ffn_widths" in result["log"], result["log"][-3000:]
 
 
 def test_the_readmes_serving_commands_run(tmp_path):

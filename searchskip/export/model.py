@@ -15,7 +15,9 @@ plan part                                 in the export
                                           have one FFN size for all layers, so layers keeping
                                           fewer channels than the widest one are padded back
                                           with zero channels (exact; they cost FLOPs on dense
-                                          kernels). A uniform sparsity on every layer therefore
+                                          kernels; ``ffn_widths`` in the export record lets
+                                          searchskip's vLLM plugin build each layer at its own
+                                          width). A uniform sparsity on every layer therefore
                                           shrinks ``intermediate_size`` for real.
 ``skip_attn`` / ``skip_ffn`` for all        kept as a **runtime plan** (below), and also written
 tokens                                    into the weights: the sublayer's output projection is
@@ -104,6 +106,9 @@ class CompressedModel:
     runtime_plan: Plan | None
     ffn_size: int | None
     """The FFN width written to the config when ``ffn_channels`` pruning changed it."""
+    ffn_widths: list[int] | None = None
+    """Each remaining layer's FFN channels before padding, when ``ffn_channels`` pruning left them
+    uneven (the padded channels are zero; searchskip's vLLM plugin does not build them)."""
 
 
 def compress(loaded: Any, plan: Plan, *, calibration: Any = None) -> CompressedModel:
@@ -127,9 +132,9 @@ def compress(loaded: Any, plan: Plan, *, calibration: Any = None) -> CompressedM
         from searchskip.ops.prune import apply_pruning
 
         apply_pruning(model, adapter, plan.prune, None if calibration is None else list(calibration))
-    ffn_size = _even_ffn_widths(adapter, model, [layers[i] for i in kept]) if plan.prune is not None else None
+    ffn_size, widths = _even_ffn_widths(adapter, model, [layers[i] for i in kept]) if plan.prune is not None else (None, None)
     _keep_layers(adapter, model, kept)
-    return CompressedModel(kept_layers=kept, runtime_plan=residual, ffn_size=ffn_size)
+    return CompressedModel(kept_layers=kept, runtime_plan=residual, ffn_size=ffn_size, ffn_widths=widths)
 
 
 def _keep_layers(adapter: Any, model: Any, kept: list[int]) -> None:
@@ -152,22 +157,24 @@ def _keep_layers(adapter: Any, model: Any, kept: list[int]) -> None:
             layer.layer_idx = new
 
 
-def _even_ffn_widths(adapter: Any, model: Any, layers: list[Any]) -> int | None:
+def _even_ffn_widths(adapter: Any, model: Any, layers: list[Any]) -> tuple[int | None, list[int] | None]:
     """After ``ffn_channels`` pruning: pad every layer's FFN to the widest one with zero channels
-    and write that width to the config. ``None`` if every layer still has the config's width."""
+    (appended after its own) and write that width to the config. ``(the new config width or None
+    if unchanged, each layer's width before padding or None if they are all equal)``."""
     config = adapter.text_config(model)
     key = next((k for k in FFN_SIZE_KEYS if hasattr(config, k)), None)
     widths = [adapter.ffn_channels(layer) for layer in layers]
     if key is None or all(w == getattr(config, key) for w in widths):
-        return None
+        return None, None
     target = max(widths)
     for layer, width in zip(layers, widths):
         if width < target:
             _pad_ffn(adapter, layer, target)
+    uneven = widths if len(set(widths)) > 1 else None
     if target == getattr(config, key):
-        return None
+        return None, uneven
     setattr(config, key, target)
-    return target
+    return target, uneven
 
 
 def _pad_ffn(adapter: Any, layer: Any, size: int) -> None:

@@ -201,8 +201,9 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
             compressed = compress(loaded, plan, calibration=calibration)
             save_compressed(loaded, tmp / MODEL_DIR, runtime_plan=compressed.runtime_plan,
                             prompt_template=loaded.template, source_model=job.model.id,
-                            extra={"kept_layers": compressed.kept_layers, "source_plan": json.loads(plan.to_json())})
-            if target == "vllm" and compressed.runtime_plan is not None:
+                            extra={"kept_layers": compressed.kept_layers, "source_plan": json.loads(plan.to_json()),
+                                   **({"ffn_widths": compressed.ffn_widths} if compressed.ffn_widths else {})})
+            if target == "vllm" and (compressed.runtime_plan is not None or compressed.ffn_widths):
                 name_plugin_classes(tmp / MODEL_DIR)  # vLLM runs it through the plugin, skipping the planned work
             del loaded
             exported = load_compressed(tmp / MODEL_DIR, device=job.model.device)
@@ -231,6 +232,7 @@ def export_plan(job: Job, plan: Plan, out: str | Path, source: ExportSource, *, 
                                  "accuracy_planned": planned.accuracy, "accuracy_export": checked.accuracy},
                 "serving": serving.to_dict(),
                 "model_dir": {"kept_layers": compressed.kept_layers, "ffn_size": compressed.ffn_size,
+                              "ffn_widths": compressed.ffn_widths,
                               "plain_transformers": serving.plain,
                               "runtime_plan": (json.loads(compressed.runtime_plan.to_json())
                                                if compressed.runtime_plan is not None else None)},

@@ -11,8 +11,8 @@ its zeroed sublayers' compute too, can be given ``hf_overrides={"architectures":
 Only torch, vLLM and the export's files are needed: install searchskip into vLLM's virtualenv with
 ``pip install --no-deps .`` (vLLM pins its own transformers; nothing of searchskip's other
 dependencies is imported here). What vLLM can serve: per-layer ``skip_attn``, ``skip_ffn``,
-``skip_block``, ``parallel_attn_ffn`` and ``parallel_blocks`` for all tokens, in LLaVA over a Llama
-decoder (:mod:`searchskip.vllm_plugin.plan` names the rest when the engine starts).
+``skip_block``, ``parallel_attn_ffn`` and ``parallel_blocks`` for all tokens, and each layer's own FFN
+width after ``ffn_channels`` pruning (``ffn_widths``), in LLaVA over a Llama decoder (:mod:`searchskip.vllm_plugin.plan` names the rest when the engine starts).
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ def _layer_index(prefix: str) -> int:
 
 class SearchSkipDecoderLayer(nn.Module):
     """A Llama decoder layer running ``op`` (``keep``, ``skip_attn``, ``skip_ffn``, ``skip_block``,
-    ``parallel_attn_ffn``; ``parallel_blocks`` is the model's: its layers run ``keep``)."""
+    ``parallel_attn_ffn``; ``parallel_blocks`` is the model's: its layers run ``keep``), its FFN
+    ``ffn_width`` channels wide (default: the config's)."""
 
-    def __init__(self, vllm_config: Any, prefix: str, op: str) -> None:
+    def __init__(self, vllm_config: Any, prefix: str, op: str, ffn_width: int | None = None) -> None:
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.op = "keep" if op == "parallel_blocks" else op
@@ -44,7 +45,7 @@ class SearchSkipDecoderLayer(nn.Module):
                 cache_config=vllm_config.cache_config, prefix=f"{prefix}.self_attn")
             self.input_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
         if self.op not in ("skip_ffn", "skip_block"):
-            self.mlp = LlamaMLP(hidden_size=hidden, intermediate_size=config.intermediate_size,
+            self.mlp = LlamaMLP(hidden_size=hidden, intermediate_size=ffn_width or config.intermediate_size,
                                 hidden_act=config.hidden_act, quant_config=vllm_config.quant_config,
                                 bias=getattr(config, "mlp_bias", False), prefix=f"{prefix}.mlp")
             self.post_attention_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
@@ -82,10 +83,11 @@ class SearchSkipLlamaModel(LlamaModel):
         config = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.pipeline_parallel_size != 1:
             raise ValueError("searchskip's vLLM plugin runs without pipeline parallelism (pipeline_parallel_size 1)")
-        plan = read_plan(vllm_config.model_config.model, config.num_hidden_layers)
+        plan = read_plan(vllm_config.model_config.model, config.num_hidden_layers, config.intermediate_size)
 
         def layer(*, vllm_config: Any, prefix: str) -> nn.Module:
-            return SearchSkipDecoderLayer(vllm_config, prefix, plan.ops[_layer_index(prefix)])
+            i = _layer_index(prefix)
+            return SearchSkipDecoderLayer(vllm_config, prefix, plan.ops[i], plan.ffn_widths[i] if plan.ffn_widths else None)
 
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer)
         self.plan: LayerPlan = plan
@@ -109,7 +111,9 @@ class SearchSkipLlamaModel(LlamaModel):
         return self.norm(h) if residual is None else self.norm(h, residual)[0]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """vLLM's loading, without the tensors of the sublayers the plan does not build."""
+        """vLLM's loading, without the tensors of the sublayers the plan does not build, and each
+        FFN cut to its own width (:class:`ValueError` if a channel cut off is not zero: the folder's
+        weights do not match its ``ffn_widths``)."""
         dropped = []
         for i in range(len(self.plan.ops)):
             if not self.plan.builds_attention(i):
@@ -117,7 +121,22 @@ class SearchSkipLlamaModel(LlamaModel):
             if not self.plan.builds_ffn(i):
                 dropped += [f"layers.{i}.mlp.", f"layers.{i}.post_attention_layernorm."]
         prefixes = tuple(dropped)
-        return super().load_weights((name, w) for name, w in weights if not name.startswith(prefixes))
+        return super().load_weights(self._cut(name, w) for name, w in weights if not name.startswith(prefixes))
+
+    def _cut(self, name: str, w: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """``(name, w)`` with an FFN tensor's padding channels removed (they come after the layer's own)."""
+        widths = self.plan.ffn_widths
+        parts = name.split(".")
+        if widths is None or len(parts) < 5 or parts[0] != "layers" or parts[2] != "mlp":
+            return name, w
+        width, sub = widths[int(parts[1])], parts[3]
+        dim = 1 if sub == "down_proj" and parts[4] == "weight" else 0
+        if sub not in ("gate_proj", "up_proj", "down_proj") or (sub == "down_proj" and dim == 0) or w.shape[dim] == width:
+            return name, w
+        if torch.count_nonzero(w.narrow(dim, width, w.shape[dim] - width)):
+            raise ValueError(f"{name}: channels from {width} on are not zero, but searchskip_export.json's ffn_widths "
+                             f"says layer {parts[1]} keeps {width}: the weights were changed after the export")
+        return name, w.narrow(dim, 0, width).contiguous()
 
 
 class SearchSkipLlamaForCausalLM(LlamaForCausalLM):

@@ -29,6 +29,9 @@ class LayerPlan:
 
     ops: tuple[str, ...]
     average: frozenset[int] = frozenset()
+    ffn_widths: tuple[int, ...] | None = None
+    """Each layer's own FFN channels when ``ffn_channels`` pruning left them uneven (the saved
+    weights pad them with zero channels after its own); ``None``: the config's width."""
 
     def builds_attention(self, i: int) -> bool:
         return self.ops[i] not in ("skip_attn", "skip_block")
@@ -37,15 +40,24 @@ class LayerPlan:
         return self.ops[i] not in ("skip_ffn", "skip_block")
 
 
-def read_plan(folder: str | Path, num_layers: int) -> LayerPlan:
+def read_plan(folder: str | Path, num_layers: int, ffn_size: int | None = None) -> LayerPlan:
     """The :class:`LayerPlan` of the model folder ``folder`` (every layer ``keep`` without a runtime
-    plan); :class:`ValueError` naming every plan part vLLM cannot run."""
+    plan); :class:`ValueError` naming every plan part vLLM cannot run, or ``ffn_widths`` that do
+    not fit ``num_layers`` layers of at most ``ffn_size`` channels."""
     path = Path(folder) / EXPORT_FILE
     info = json.loads(path.read_text()) if path.is_file() else {}
     plan, problems = layer_plan(info.get("runtime_plan"), num_layers)
     if problems:
         raise ValueError(f"{path}: runtime_plan: {'; '.join(problems)}: {WHY}")
-    return plan
+    widths = info.get("ffn_widths")
+    if widths is None:
+        return plan
+    ok = (isinstance(widths, list) and len(widths) == num_layers
+          and all(type(w) is int and 0 < w <= (ffn_size or w) for w in widths))
+    if not ok:
+        raise ValueError(f"{path}: ffn_widths: must list {num_layers} channel counts (one per decoder layer) from 1 "
+                         f"to the config's {ffn_size}, but got {widths!r}")
+    return LayerPlan(ops=plan.ops, average=plan.average, ffn_widths=tuple(widths))
 
 
 def layer_plan(runtime_plan: dict | None, num_layers: int) -> tuple[LayerPlan, list[str]]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["run_bench", "write_result"]
+__all__ = ["exit_code", "run_bench", "write_result"]
 
 
 def write_result(job: Any, name: str, result: dict, markdown: str) -> Path:
@@ -25,14 +25,25 @@ def run_bench(job_path: str, name: str, measure: Callable[[Any, Any], dict], mar
     from rich.console import Console
 
     from searchskip.config.loader import load_job
-    from searchskip.errors import SearchSkipError
 
     console = Console(stderr=True)
-    try:
+
+    def measured() -> None:
         job = load_job(job_path)
         result = measure(job, console)
+        write_result(job, name, result, markdown(result))
+
+    return exit_code(console, measured)
+
+
+def exit_code(console: Any, fn: Callable[[], Any]) -> int:
+    """Run ``fn()``: 0, or 2 with the message (no traceback) when it raises a searchskip error (a
+    bad job, model or data)."""
+    from searchskip.errors import SearchSkipError
+
+    try:
+        fn()
     except SearchSkipError as err:
         console.print(f"[red]{err}")
         return 2
-    write_result(job, name, result, markdown(result))
     return 0

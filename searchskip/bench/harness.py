@@ -28,11 +28,12 @@ def search_job(job: Any, outputs: Path, **search: Any) -> Any:
 
 
 class Bench:
-    """What every part shares: the job, the model and validation subset loaded once, and the
-    search's own :class:`~searchskip.search.objective.ObjectiveContext` (workload, FLOP
+    """What every part shares: the job, the model and validation subset loaded once (or given:
+    ``loaded``, ``dataset``), and the search's own :class:`~searchskip.search.objective.ObjectiveContext` (workload, FLOP
     convention, unplanned FLOPs) to price plans with."""
 
-    def __init__(self, job: Any, console: Any, folder: Path, studies: str = "studies"):
+    def __init__(self, job: Any, console: Any, folder: Path, studies: str = "studies", *,
+                 loaded: Any = None, dataset: Any = None):
         from searchskip.arch import get_adapter
         from searchskip.config.loader import resolve_space
         from searchskip.flops import measure_workload
@@ -41,7 +42,7 @@ class Bench:
         from searchskip.search.worker import load_worker_inputs
 
         self.job, self.console, self.folder, self.studies = job, console, folder, studies
-        self.load_s, (self.loaded, self.dataset) = timed(lambda: load_worker_inputs(job))
+        self.load_s, (self.loaded, self.dataset) = timed(lambda: load_worker_inputs(job, loaded, dataset))
         self.space = Space.load(resolve_space(job.search.space))
         self.ctx = ObjectiveContext(space=self.space, arch=self.loaded.model.config,
                                     num_layers=get_adapter(self.loaded.model).num_layers(self.loaded.model),

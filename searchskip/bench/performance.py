@@ -135,8 +135,9 @@ def _prefill_layer_seconds(bench: Bench, batches: list[dict]) -> tuple[list[floa
     return spent, whole
 
 
-def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
-    """The ``cost`` part (see the module doc)."""
+def measure_cost(bench: Bench, trials: int, plans: int, repeats: int, naive: int = 3) -> dict:
+    """The ``cost`` part (see the module doc); the naive cost for the first ``naive`` plans (0 for a
+    model the job cannot load again)."""
     from searchskip.eval.prepared import prepare_subset
     from searchskip.flops import geometry_of
 
@@ -155,7 +156,7 @@ def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
         row = {"trial": trial.number, "plan": trial.user_attrs["plan"], "flops_ratio": trial.user_attrs["flops_ratio"],
                "trial_s": _trial_wall_s(trial), "bare_s": _bare_seconds(bench, plan, batches, repeats),
                "evaluate_cached_s": _median([_timed(lambda: bench.evaluator(plan, None))[0] for _ in range(repeats)])}
-        if k < 3:
+        if k < naive:
             row["naive_s"] = _naive_seconds(bench, plan)
         per_plan.append(row)
         bench.console.print(f"cost: trial {trial.number}: trial {row['trial_s']:.3f}s bare {row['bare_s']:.3f}s"
@@ -172,10 +173,10 @@ def measure_cost(bench: Bench, trials: int, plans: int, repeats: int) -> dict:
         "feature_mib": bench.evaluator.prepared.feature_bytes / 2 ** 20, "load_s": bench.load_s,
         "per_plan": per_plan,
         "trial_s": _median([r["trial_s"] for r in per_plan]), "bare_s": _median([r["bare_s"] for r in per_plan]),
-        "naive_s": _median([r["naive_s"] for r in per_plan if "naive_s" in r]),
+        "naive_s": _median([r["naive_s"] for r in per_plan if "naive_s" in r]) if naive else None,
         "trial_over_bare": _median([r["trial_s"] / r["bare_s"] for r in per_plan]),
         "trial_over_bare_max": max(r["trial_s"] / r["bare_s"] for r in per_plan),
-        "naive_over_trial": _median([r["naive_s"] / r["trial_s"] for r in per_plan if "naive_s" in r]),
+        "naive_over_trial": _median([r["naive_s"] / r["trial_s"] for r in per_plan if "naive_s" in r]) if naive else None,
         # bare recomputes the image features every time; answering with the cache does not
         "uncached_over_cached": _median([r["bare_s"] / r["evaluate_cached_s"] for r in per_plan]),
         "overhead_s": _median([r["trial_s"] - r["evaluate_cached_s"] for r in per_plan]),
@@ -285,8 +286,18 @@ class _ForwardTimer:
         calls: list[float] = []
         began: list[float] = []
         model = self.loaded.model
-        hooks = [model.register_forward_pre_hook(lambda *a: began.append(time.perf_counter())),
-                 model.register_forward_hook(lambda *a: calls.append(time.perf_counter() - began.pop()))]
+        # CUDA runs kernels asynchronously: wait for them at both ends, or a call's time is its launch time
+        sync = torch.cuda.synchronize if str(self.loaded.device).startswith("cuda") else (lambda: None)
+
+        def start(*_: Any) -> None:
+            sync()
+            began.append(time.perf_counter())
+
+        def stop(*_: Any) -> None:
+            sync()
+            calls.append(time.perf_counter() - began.pop())
+
+        hooks = [model.register_forward_pre_hook(start), model.register_forward_hook(stop)]
         try:
             with torch.inference_mode():
                 model.generate(**self.batch.generate_inputs(), max_new_tokens=1 + self.new_tokens,
@@ -318,9 +329,12 @@ def _export(bench: Bench, plan: Any, target: Path) -> Any:
 
 
 def measure_latency(bench: Bench, quality: dict | None, batch_sizes: list[int], repeats: int, new_tokens: int,
-                    warmup: int = 3) -> dict:
+                    warmup: int = 3, *, plans: list[tuple[str, Any, str]] | None = None,
+                    export: Any = None) -> dict:
     """The ``latency`` part (see the module doc). The exports are timed round-robin (each repeat runs
-    every model once), so a burst of load on a shared machine hits them all alike."""
+    every model once), so a burst of load on a shared machine hits them all alike. ``plans``:
+    ``(label, plan, note)`` rows (default: :func:`_latency_plans`); ``export(plan, folder)``: the
+    exported model of a plan (default: written to ``folder`` and loaded back)."""
     import torch
 
     from searchskip.arch import get_adapter
@@ -329,8 +343,10 @@ def measure_latency(bench: Bench, quality: dict | None, batch_sizes: list[int], 
     out_rows, timers = [], []
     folder = Path(tempfile.mkdtemp(prefix="searchskip-bench-export-"))
     try:
-        for k, (label, plan, note) in enumerate([("unplanned", None, ""), *_latency_plans(bench, quality)]):
-            model = bench.loaded if plan is None else _export(bench, plan, folder / f"m{k}")
+        export = export or (lambda plan, target: _export(bench, plan, target))
+        rows = plans if plans is not None else _latency_plans(bench, quality)
+        for k, (label, plan, note) in enumerate([("unplanned", None, ""), *rows]):
+            model = bench.loaded if plan is None else export(plan, folder / f"m{k}")
             row = {"label": label, "plan": None if plan is None else plan.to_yaml(), "note": note,
                    "layers": len(get_adapter(model.model).layers(model.model)),
                    "llm_flops_ratio": 1.0 if plan is None else bench.llm_ratio(plan),

@@ -123,6 +123,8 @@ MALFORMED = {
                                 "model.revision", ["40-hex commit", "revision='main'"]),
     "prompt without question": ("name: t\nmodel:\n  prompt_template: 'Q: {q}'\n", "model.prompt_template",
                                 ["{question}", "'Q: {q}'"]),
+    "unknown named prompt": ("name: t\nmodel:\n  prompt_template: llava-15-vqa\n", "model.prompt_template",
+                             ["named template", "llava-1.5-vqa", "'llava-15-vqa'"]),
     "unknown embedded model": ("name: t\nmodel:\n  id: embedded:tiny-llava\n", "model.id",
                                ["embedded model", "'embedded:tiny-llava'",
                                 "did you mean 'embedded:tiny-llava-easyvqa'"]),

@@ -82,6 +82,18 @@ def test_load_model_uses_the_exports_template_and_runtime_plan(tmp_path):
     assert override.template == LLAVA_15
 
 
+@pytest.mark.parametrize("name", ["llava-1.5-vqa", "llava-1.5"])
+def test_a_named_prompt_template_is_the_template_it_names(tmp_path, name):
+    from searchskip.config.job import ModelSpec
+    from searchskip.eval.prompts import LLAVA_15, LLAVA_15_VQA
+    from searchskip.models import load_model
+
+    folder = exported_folder(tmp_path, None, "Q: <image> {question} A:")
+    loaded = load_model(ModelSpec(id=str(folder), prompt_template=name))
+    assert loaded.template == {"llava-1.5-vqa": LLAVA_15_VQA, "llava-1.5": LLAVA_15}[name]
+    assert LLAVA_15_VQA == "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
+
+
 def test_a_plan_on_top_of_an_exports_runtime_plan_is_refused(tmp_path, capsys):
     folder = exported_folder(tmp_path, {"version": 1, "layers": {"0": "skip_attn"}}, None)
     job = tmp_path / "job.yaml"

@@ -18,6 +18,18 @@ def register(subparsers) -> None:
     p.add_argument("--plan", metavar="PLAN.yaml", default=None,
                    help="apply this compression plan (e.g. spaces/plans/skip_block.yaml) before scoring")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    lm = p.add_argument_group("lmms-eval (pip install 'searchskip[lmms-eval]')")
+    lm.add_argument("--lmms-eval", metavar="TASKS", default=None,
+                    help="score the job's model and the plan (--plan or --export) side by side on these lmms-eval "
+                         "tasks (comma-separated; `job`: the job's validation subset as a local task) and write the "
+                         "retention table")
+    lm.add_argument("--export", metavar="DIR", default=None,
+                    help="with --lmms-eval: the export to compare with the job's model (made from it)")
+    lm.add_argument("--lmms-include-path", metavar="DIR", action="append", default=None,
+                    help="with --lmms-eval: a folder of lmms-eval task YAML files (repeatable)")
+    lm.add_argument("--out", metavar="DIR", default=None,
+                    help="with --lmms-eval: where the retention table goes (default: the export folder, or "
+                         "<outputs>/<job>/lmms-eval/<plan>/)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +47,11 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit: must be >= 1, but got {args.limit}")
+    if args.lmms_eval is not None:
+        return run_lmms_eval(args)
+    for flag, value in (("--export", args.export), ("--lmms-include-path", args.lmms_include_path), ("--out", args.out)):
+        if value is not None:
+            raise ConfigError(f"{flag}: goes with --lmms-eval TASKS")
     job = load_job(args.job)
     plan = Plan.load(args.plan) if args.plan else None
     err = Console(stderr=True)
@@ -91,3 +108,35 @@ def print_result(console, job, split: str, result) -> None:
             table.add_row(*row)
         console.print(table)
     sys.stdout.flush()
+
+
+def run_lmms_eval(args) -> int:
+    """``--lmms-eval TASKS``: the retention table of :mod:`searchskip.lmms.retention`."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from searchskip.errors import ConfigError
+    from searchskip.lmms.retention import retention
+
+    tasks = [t.strip() for t in args.lmms_eval.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("--lmms-eval: name at least one task (comma-separated), or `job`")
+    if args.split != "validation":
+        raise ConfigError("--split: --lmms-eval scores the tasks' own splits; leave --split out")
+    result = retention(args.job, tasks, plan_file=args.plan, export=args.export, include_path=args.lmms_include_path,
+                       limit=args.limit, out=Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"lmms-eval retention ({result['written']})")
+    for col in ("task", "metric", "unplanned", "plan", "retention", "FLOPs", "LLM FLOPs"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right", overflow="fold")
+    for r in result["rows"]:
+        pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+        table.add_row(r["task"], r["metric"], f"{r['unplanned']:.4f}",
+                      "–" if r["planned"] is None else f"{r['planned']:.4f}", pct(r["retention"]),
+                      pct(r["flops_ratio"]), pct(r["llm_flops_ratio"]))
+    Console().print(table)
+    return 0

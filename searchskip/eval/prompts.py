@@ -35,6 +35,14 @@ GEMMA3 = ("<start_of_turn>user\n<start_of_image>{question}\nAnswer the question 
 """Gemma 3's chat format: its processor expands ``<start_of_image>`` into the image's 256 tokens,
 framed by ``<start_of_image>`` and ``<end_of_image>`` and blank lines."""
 
+LLAVA_15_VQA = "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
+"""LLaVA-1.5's VQA prompt as LLaVA's own evaluation and lmms-eval's VQAv2 task give it to llava-hf
+models: the instruction on its own line after the question."""
+
+NAMED_TEMPLATES = {"llava-1.5-vqa": LLAVA_15_VQA, "llava-1.5": LLAVA_15, "qwen-vl-vqa": QWEN_VL,
+                   "llava-onevision-vqa": ONEVISION, "internvl-vqa": INTERNVL, "gemma3-vqa": GEMMA3}
+"""Names a job's ``model.prompt_template`` may give instead of a template."""
+
 FAMILY_TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_15, "llava_onevision": ONEVISION, "internvl": INTERNVL,
                     "gemma3": GEMMA3, "qwen2_vl": QWEN_VL, "qwen2_5_vl": QWEN_VL, "qwen3_vl": QWEN_VL}
 """``config.model_type`` -> template."""
@@ -44,7 +52,7 @@ def resolve_template(model_type: str, override: str | None = None, stored: str |
     """The template for a model: the job's override, else the one stored with the model (an
     embedded model's, or the one an export was scored with), else its family's."""
     if override:
-        return override
+        return NAMED_TEMPLATES.get(override, override)
     if stored:
         return stored
     try:
@@ -58,7 +66,13 @@ def resolve_template(model_type: str, override: str | None = None, stored: str |
 
 def template_problem(template: str) -> str | None:
     """The rule ``template`` breaks as a format string, or ``None``: it must hold ``{question}``
-    and no other ``{...}`` field (literal braces are written ``{{`` and ``}}``)."""
+    and no other ``{...}`` field (literal braces are written ``{{`` and ``}}``); or be one of
+    :data:`NAMED_TEMPLATES`."""
+    if template in NAMED_TEMPLATES:
+        return None
+    if "{" not in template and "}" not in template and " " not in template.strip():
+        return (f"must be a named template ({', '.join(NAMED_TEMPLATES)}) or a format string with `{{question}}` "
+                "where the question goes")
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as err:  # a lone '{' or '}'

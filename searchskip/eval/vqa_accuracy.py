@@ -53,6 +53,7 @@ from searchskip.errors import DataError
 
 __all__ = [
     "ARTICLES",
+    "CONVENTIONS",
     "CONTRACTIONS",
     "NUMBER_WORDS",
     "PUNCTUATION",
@@ -187,7 +188,13 @@ def _check_answers(answers: Sequence[str]) -> None:
         raise DataError("a question needs at least one ground-truth answer to be scored, got none")
 
 
-def question_accuracy(prediction: str, answers: Sequence[str]) -> float:
+CONVENTIONS = ("official", "lmms-eval")
+"""``official``: the VQA challenge's ``vqaEval.py`` (the module doc); ``lmms-eval``: lmms-eval's VQAv2
+metric (``tasks/vqav2/utils.py``), which normalises the prediction and the answers always, also
+when the answers are all identical."""
+
+
+def question_accuracy(prediction: str, answers: Sequence[str], convention: str = "official") -> float:
     """The official VQA accuracy of one prediction against its ground-truth answers, in [0, 1].
 
     For each ground-truth answer left out in turn, the prediction earns
@@ -197,16 +204,20 @@ def question_accuracy(prediction: str, answers: Sequence[str]) -> float:
     the ground-truth answers are all identical (after turning newlines/tabs into
     spaces and stripping): then, like the official code, neither the answers nor
     the prediction are normalised, so the prediction must match exactly,
-    case and punctuation included. A single ground-truth answer always gives 0.
+    case and punctuation included (``convention="lmms-eval"``: normalised then
+    too, as lmms-eval's VQAv2 metric does). A single ground-truth answer always
+    gives 0.
 
     Raises:
         ValueError: (a :class:`~searchskip.errors.DataError`) if ``answers`` is
             empty or is a single string.
     """
     _check_answers(answers)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, but got {convention!r}")
     pred = _clean_whitespace(prediction)
     gts = [_clean_whitespace(answer) for answer in answers]
-    if len(set(gts)) > 1:
+    if len(set(gts)) > 1 or convention == "lmms-eval":
         gts = [_normalize_clean(answer) for answer in gts]
         pred = _normalize_clean(pred)
     matches = [gt == pred for gt in gts]
@@ -290,8 +301,10 @@ def score(
     answers: Sequence[Sequence[str]],
     question_types: Sequence[str] | None = None,
     answer_types: Sequence[str] | None = None,
+    convention: str = "official",
 ) -> VQAScore:
-    """Score aligned predictions against their ground-truth answers with the official VQA accuracy.
+    """Score aligned predictions against their ground-truth answers with the official VQA accuracy
+    (``convention``: see :data:`CONVENTIONS`).
 
     ``predictions[i]`` answers the question whose ground-truth answers are
     ``answers[i]`` (and whose types, when given, are ``question_types[i]`` and
@@ -310,7 +323,7 @@ def score(
     accuracies = []
     for index, (prediction, gts) in enumerate(zip(predictions, answers)):
         try:
-            accuracies.append(question_accuracy(prediction, gts))
+            accuracies.append(question_accuracy(prediction, gts, convention))
         except DataError as error:
             raise DataError(f"question {index}: {error}") from None
     return _summarize(accuracies, question_types, answer_types)

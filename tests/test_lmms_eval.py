@@ -234,13 +234,13 @@ def test_sampling_and_documents_without_one_image_are_refused_naming_the_task(se
 
 @needs_lmms
 def test_loglikelihood_is_the_planned_models_and_picks_the_greedy_answer(setup):
-    """Multiple-choice requests: the log-probability of each continuation with the plan active, and
-    whether greedy decoding gives it; the best choice is the model's own answer."""
-    from lmms_eval.api.instance import Instance
-
-    from searchskip.lmms.backend import SearchSkipLMMS
+    """Multiple-choice requests: the loss of each continuation with the plan active (lmms-eval's
+    convention: mean negative log-likelihood), and whether greedy decoding gives it; the likeliest
+    choice is the model's own answer."""
+    from lmms_eval.api.instance import Instance, unwrap_generation_output
 
     from searchskip.data.splits import load_eval_split
+    from searchskip.lmms.backend import SearchSkipLMMS
 
     rows = load_eval_split(setup["job"].data, "validation").select(range(6))
     for planned in (False, True):
@@ -253,9 +253,9 @@ def test_loglikelihood_is_the_planned_models_and_picks_the_greedy_answer(setup):
             requests = [Instance("loglikelihood", (row["question"], choice, lambda doc: [doc["image"]], doc_id, "t", "s"),
                                  k, {"task": "t", "doc_id": doc_id, "repeats": 1, "split": "s"})
                         for k, choice in enumerate(choices)]
-            scored = lm.loglikelihood(requests)
-            best = max(range(len(choices)), key=lambda k: scored[k][0])
-            assert all(lp <= 0 for lp, _ in scored)
+            scored = [unwrap_generation_output(x)[0] for x in lm.loglikelihood(requests)]  # as the evaluator keeps them
+            best = min(range(len(choices)), key=lambda k: scored[k][0])  # the loss: lower is likelier
+            assert all(loss >= 0 for loss, _ in scored)
             if answers[doc_id] in choices:  # one-token answers: the greedy one is the most likely
                 assert choices[best] == answers[doc_id]
                 assert scored[best][1] is True and sum(g for _, g in scored) == 1
@@ -307,3 +307,41 @@ def test_without_lmms_eval_the_command_says_how_to_install_it(tmp_path, capsys):
     assert "needs lmms-eval" in err and "searchskip[lmms-eval]" in err and "torch==2.13.0" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@needs_lmms
+def test_a_multiple_choice_task_through_lmms_eval_picks_the_planned_models_answer(setup, tmp_path):
+    """lmms-eval's ``multiple_choice`` output type: one ``loglikelihood`` request per choice; the
+    chosen answer (lowest loss) is the planned model's own greedy answer."""
+    import datasets
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from searchskip.lmms.backend import SearchSkipLMMS
+
+    data = datasets.load_from_disk(str(setup["tasks"] / "data"))["validation"]
+    choices = sorted({a["answer"] for row in data for a in row["answers"]})
+    data = data.map(lambda row: {"target": choices.index(row["answer"])})
+    datasets.DatasetDict({"validation": data}).save_to_disk(str(tmp_path / "data"))
+    (tmp_path / "utils.py").write_text((setup["tasks"] / "utils.py").read_text())
+    (tmp_path / "mc.yaml").write_text(yaml.safe_dump({
+        "task": "searchskip_mc", "dataset_path": str(tmp_path / "data"), "dataset_kwargs": {"load_from_disk": True},
+        "test_split": "validation", "output_type": "multiple_choice", "doc_to_choice": choices, "doc_to_target": "target",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "lmms_eval_specific_kwargs": {"default": {"pre_prompt": "", "post_prompt": ""}}}).replace(
+        "doc_to_choice:", "doc_to_visual: !function utils.vqav2_doc_to_visual\ndoc_to_text: !function "
+                          "utils.vqav2_doc_to_text\ndoc_to_choice:"))
+    lm = SearchSkipLMMS(job=str(setup["job_file"]), plan=str(setup["plan_file"]))
+    manager = TaskManager("ERROR", include_path=str(tmp_path), include_defaults=False, model_name="searchskip")
+    result = simple_evaluate(model=lm, tasks=["searchskip_mc"], task_manager=manager, log_samples=True,
+                             bootstrap_iters=0, device="cpu", verbosity="ERROR", limit=12)
+    answers, _ = searchskip_answers(setup, True)
+    samples = sorted(result["samples"]["searchskip_mc"], key=lambda s: s["doc_id"])
+    assert len(samples) == 12
+    for sample in samples:
+        losses = [float(r[0]) for r in sample["filtered_resps"]]
+        picked = choices[min(range(len(choices)), key=losses.__getitem__)]
+        if answers[sample["doc_id"]] in choices:
+            assert picked == answers[sample["doc_id"]]
+    right = sum(answers[s["doc_id"]] == data[s["doc_id"]]["answer"] for s in samples)
+    assert result["results"]["searchskip_mc"]["acc,none"] == pytest.approx(right / 12)

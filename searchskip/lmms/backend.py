@@ -9,7 +9,8 @@ runtime plan, or ``plan=`` on the job's model) on the job's device and dtype (``
 prompt template around lmms-eval's context (the task's question with its pre/post prompt), the
 processor, left padding, batched (``--batch_size``) and greedy; the answer is cut at the task's
 ``until`` strings. ``loglikelihood`` (multiple-choice tasks) scores each continuation after the
-prompt with the plan active (the continuation's positions count as generated tokens).
+prompt with the plan active (the continuation's positions count as generated tokens) and returns
+its loss, lmms-eval's convention (the mean negative log-likelihood per token: lower is likelier).
 
 A simple-mode model (lmms-eval's ``is_simple``): one image per question. Sampling
 (``temperature > 0``), several images or none, and multi-round generation are refused with a
@@ -147,10 +148,13 @@ class SearchSkipLMMS(lmms):
         if len(self.seen[task]) < WORKLOAD_ROWS:
             self.seen[task].append({"question": row["question"], "image": row["image"], "answers": [answer]})
 
-    def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
-        """``(log-probability of the continuation after the prompt, whether greedy decoding gives it)``
-        for lmms-eval's ``loglikelihood`` requests (``(context, continuation or doc_to_target,
-        doc_to_visual, doc_id, task, split)``), the plan active."""
+    def loglikelihood(self, requests: list) -> list[Any]:
+        """``(loss of the continuation after the prompt, whether greedy decoding gives it)`` for
+        lmms-eval's ``loglikelihood`` requests (``(context, continuation or doc_to_target,
+        doc_to_visual, doc_id, task, split)``), the plan active. The loss is lmms-eval's convention,
+        as its own models (``llava_hf``) return it and its ``multiple_choice`` scoring reads it (the
+        argmin wins): the mean negative log-likelihood of the continuation's tokens. Each result is
+        given as the installed lmms-eval keeps it (:func:`_response`)."""
         import torch
 
         from searchskip.apply import plan_context
@@ -176,16 +180,28 @@ class SearchSkipLMMS(lmms):
             logprobs = torch.log_softmax(logits, dim=-1)
             picked = logprobs.gather(1, target[0][:, None])[:, 0]
             greedy = bool(torch.equal(logprobs.argmax(-1), target[0]))
-            out.append((float(picked.sum()), greedy))
+            out.append((float(-picked.mean()), greedy))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), out[-1])
             bar(1)
-        return out
+        return [_response(x) for x in out]
 
     def generate_until_multi_round(self, requests: list) -> list[str]:
         task = requests[0].args[-2] if requests else "?"
         raise NotImplementedError(f"task {task}: the searchskip model does not serve multi-round generation "
                                   "(generate_until_multi_round); it serves generate_until (VQA, captioning) and "
                                   "loglikelihood (multiple choice) tasks")
+
+
+def _response(scored: tuple[float, bool]) -> Any:
+    """A ``loglikelihood`` result as lmms-eval's evaluator keeps it: 0.7.3's
+    ``unwrap_generation_output`` turns a ``(float, bool)`` tuple into its ``str`` (and the task's
+    ``process_results`` then fails to unpack it), but keeps a ``GenerationResult``'s ``text`` as it
+    is; versions that keep the tuple get the tuple."""
+    from lmms_eval.api.instance import GenerationResult, unwrap_generation_output
+
+    if unwrap_generation_output(scored)[0] == scored:
+        return scored
+    return GenerationResult(text=scored, token_counts=None)
 
 
 def _progress(total: int, label: str):

@@ -143,7 +143,11 @@ def test_the_retention_table_of_an_export(setup, capsys):
     assert main(["eval", str(setup["job_file"]), "--lmms-eval", setup["task"], "--export", str(setup["export"]),
                  "--lmms-include-path", str(setup["tasks"]), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["written"] == str(setup["export"] / "lmms-eval-retention.md")
+    beside = setup["export"].parent / f"{setup['export'].name}-lmms-eval"  # the export's own folder stays sealed
+    assert result["written"] == str(beside / "lmms-eval-retention.md")
+    from searchskip.export.manifest import verify_manifest
+
+    assert verify_manifest(setup["export"]) == [] and verify_manifest(beside) == []
     (row,) = result["rows"]
     _, unplanned = searchskip_answers(setup, False)
     _, planned = searchskip_answers(setup, True)
@@ -153,7 +157,7 @@ def test_the_retention_table_of_an_export(setup, capsys):
     # the same plan priced on this task's questions: the export priced it on the job's validation subset
     assert row["flops_ratio"] == pytest.approx(metrics["flops"]["ratio"], abs=0.02)
     assert 0 < row["llm_flops_ratio"] < 1
-    text = (setup["export"] / "lmms-eval-retention.md").read_text()
+    text = (beside / "lmms-eval-retention.md").read_text()
     assert f"| {setup['task']} | exact_match |" in text
 
 
@@ -173,16 +177,75 @@ def test_the_job_task_and_a_plan_file(setup, capsys):
 @pytest.mark.parametrize(("argv", "words"), [
     (["--lmms-eval", "no_such_task_xyz", "--plan", "PLAN"], ["unknown lmms-eval task", "'no_such_task_xyz'"]),
     (["--lmms-eval", "job"], ["--plan PLAN.yaml or --export DIR"]),
-    (["--lmms-eval", "job", "--plan", "PLAN", "--export", "EXPORT"], ["--plan PLAN.yaml or --export DIR"]),
+    (["--lmms-eval", "job", "--plan", "PLAN", "--export", "EXPORT"], ["--plan", "exclude each other"]),
     (["--lmms-eval", "job", "--export", "ROOT"], ["searchskip export", "missing"]),
     (["--lmms-eval", ",", "--plan", "PLAN"], ["name at least one task"]),
     (["--export", "EXPORT"], ["--export", "goes with --lmms-eval"]),
+    (["--lmms-eval", "jobb", "--plan", "PLAN"], ["'jobb'", "did you mean 'job'"]),
+    (["--lmms-eval", "job", "--plan", "BADPLAN"], ["badplan.yaml", "layers.3", "skip_blok"]),
+    (["--lmms-eval", "job", "--plan", "NOPLAN"], ["nope.yaml", "does not exist"]),
+    (["--lmms-eval", "job", "--export", "BADRECORD"], ["searchskip_export.json", "unreadable export record"]),
+    (["--lmms-eval", "job", "--export", "NOWEIGHTS"], ["model.safetensors"]),
+    (["--lmms-eval", "job", "--plan", "PLAN", "--lmms-include-path", "NODIR"], ["--lmms-include-path", "not a folder"]),
+    (["--lmms-eval", "broken", "--plan", "PLAN", "--lmms-include-path", "BROKENDIR"],
+     ["--lmms-include-path", "cannot read the task files", "ScannerError"]),
+    (["--lmms-eval", "job", "--plan", "PLAN", "--out", "AFILE"], ["afile", "not a folder"]),
+    (["--lmms-eval", "job", "--plan", "PLAN", "--out", "UNDERFILE"], ["afile", "could not be written"]),
+    (["--lmms-eval", "job", "--plan", "PLAN", "--out", "FOREIGN"], ["mine", "did not write"]),
 ])
-def test_bad_lmms_eval_arguments_are_one_line_and_exit_2(setup, capsys, argv, words):
-    subs = {"PLAN": str(setup["plan_file"]), "EXPORT": str(setup.get("export", setup["root"])), "ROOT": str(setup["root"])}
+def test_bad_lmms_eval_arguments_are_one_line_and_exit_2_before_any_model_loads(setup, capsys, monkeypatch, argv,
+                                                                                words):
+    import shutil
+
+    from searchskip.lmms import backend
+
+    root = setup["root"] / "bad"
+    if not root.exists():
+        root.mkdir()
+        (root / "badplan.yaml").write_text("version: 1\nlayers: {3: skip_blok}\n")
+        shutil.copytree(setup["export"], root / "badrecord")
+        (root / "badrecord/model/searchskip_export.json").write_text('{"source_model": "embedded:tiny')
+        shutil.copytree(setup["export"], root / "noweights")
+        (root / "noweights/model/model.safetensors").unlink()
+        (root / "brokendir").mkdir()
+        (root / "brokendir/broken.yaml").write_text("task: broken\n  dataset_path: : x\n")
+        (root / "afile").write_text("a file\n")
+        (root / "mine").mkdir()
+        (root / "mine/lmms-eval-retention.md").write_text("my notes\n")
+    subs = {"PLAN": str(setup["plan_file"]), "EXPORT": str(setup.get("export", setup["root"])), "ROOT": str(setup["root"]),
+            "BADPLAN": str(root / "badplan.yaml"), "NOPLAN": str(root / "nope.yaml"), "BADRECORD": str(root / "badrecord"),
+            "NOWEIGHTS": str(root / "noweights"), "NODIR": str(root / "nodir"), "BROKENDIR": str(root / "brokendir"),
+            "AFILE": str(root / "afile"), "UNDERFILE": str(root / "afile" / "out"), "FOREIGN": str(root / "mine")}
+    monkeypatch.setattr(backend.SearchSkipLMMS, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
     assert main(["eval", str(setup["job_file"]), *[subs.get(a, a) for a in argv]]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(w in err for w in words), err
+    assert (root / "mine/lmms-eval-retention.md").read_text() == "my notes\n"
+    assert (root / "afile").read_text() == "a file\n"
+
+
+@needs_lmms
+def test_the_retention_table_is_replaced_by_a_rerun_and_a_task_named_twice_is_scored_once(setup, capsys):
+    out = setup["root"] / "rerun"
+    for _ in range(2):
+        assert main(["eval", str(setup["job_file"]), "--lmms-eval", "job,job", "--plan", str(setup["plan_file"]),
+                     "--limit", "4", "--out", str(out), "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["rows"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["lmms-eval-retention.json", "lmms-eval-retention.md", "manifest.json"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".rerun")]  # no temporary leftovers
+
+
+@needs_lmms
+def test_an_unwritable_outputs_folder_for_the_job_task_is_one_line(setup, tmp_path, capsys):
+    data = yaml.safe_load(setup["job_file"].read_text())
+    (tmp_path / "afile").write_text("x")
+    data["outputs"] = str(tmp_path / "afile" / "out")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(data))
+    assert main(["eval", str(job), "--lmms-eval", "job", "--plan", str(setup["plan_file"]),
+                 "--out", str(tmp_path / "ret")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "afile" in err and "could not be written" in err, err
 
 
 @needs_lmms
@@ -192,6 +255,9 @@ def test_bad_lmms_eval_arguments_are_one_line_and_exit_2(setup, capsys, argv, wo
     ({"export": "EXPORT", "plan": "PLAN"}, ["plan= applies to job="]),
     ({"job": "JOB", "colour": "red"}, ["unknown argument(s) colour"]),
     ({"job": "JOB", "batch_size": "auto"}, ["--batch_size", "whole number"]),
+    ({"export": "EXPORT", "dtype": "float64"}, ["dtype must be float32, float16 or bfloat16", "'float64'"]),
+    ({"job": "JOB", "max_new_tokens": 0}, ["max_new_tokens must be a whole number >= 1", "0"]),
+    ({"job": "JOB", "max_new_tokens": 2.5}, ["max_new_tokens must be a whole number >= 1"]),
 ])
 def test_bad_model_args_name_the_argument(setup, args, words):
     from searchskip.errors import ConfigError

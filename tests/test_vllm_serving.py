@@ -60,9 +60,10 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "job_file": job_file, "job": job, "rows": rows, "questions": questions}
 
 
-def _reference(setup: dict, plan_file: Path | None):
-    """``(loaded model, context running it planned)``: the job's model with ``plan_file`` applied, or
-    an export folder (a ``Path`` to a ``model`` folder) loaded by searchskip itself."""
+def _reference(setup: dict, plan_file: Path | None, job=None):
+    """``(loaded model, context running it planned)``: the job's model (``job``, default the demo
+    job) with ``plan_file`` applied, or an export folder (a ``Path`` to a ``model`` folder) loaded
+    by searchskip itself."""
     from searchskip.apply import apply
     from searchskip.export.load import load_compressed
     from searchskip.models import load_model
@@ -70,28 +71,28 @@ def _reference(setup: dict, plan_file: Path | None):
 
     if plan_file is not None and plan_file.is_dir():
         return load_compressed(plan_file), _nothing()
-    loaded = load_model(setup["job"].model)
+    loaded = load_model((job or setup["job"]).model)
     return loaded, (apply(loaded.model, Plan.load(plan_file)) if plan_file else _nothing())
 
 
-def planned_answers(setup: dict, plan_file: Path | None) -> list[str]:
+def planned_answers(setup: dict, plan_file: Path | None, job=None) -> list[str]:
     """searchskip's answers (transformers) with ``plan_file`` applied, or of an export folder."""
     from searchskip.eval.generate import answer_all
 
-    job = setup["job"]
-    loaded, planned = _reference(setup, plan_file)
+    job = job or setup["job"]
+    loaded, planned = _reference(setup, plan_file, job)
     with planned:
         return answer_all(loaded, setup["rows"], job.eval.batch_size, job.eval.max_new_tokens)
 
 
-def planned_logprobs(setup: dict, plan_file: Path | None) -> list[dict[int, float]]:
+def planned_logprobs(setup: dict, plan_file: Path | None, job=None) -> list[dict[int, float]]:
     """Per question, the log-probability of every token at the first generated position (transformers,
     the plan applied, or an export folder loaded by searchskip)."""
     import torch
 
     from searchskip.eval.generate import prompt_inputs
 
-    loaded, planned = _reference(setup, plan_file)
+    loaded, planned = _reference(setup, plan_file, job)
     rows = setup["rows"]
     out = []
     with torch.inference_mode(), planned:
@@ -108,10 +109,10 @@ def _nothing():
     return contextlib.nullcontext()
 
 
-def assert_logprobs_match(served: list[dict], setup: dict, plan_file: Path | None) -> None:
+def assert_logprobs_match(served: list[dict], setup: dict, plan_file: Path | None, job=None) -> None:
     """vLLM's top log-probabilities at the first generated token equal transformers' with the plan
     (within float32 noise), and differ from the unplanned model's: the plan really ran."""
-    planned, unplanned = planned_logprobs(setup, plan_file), planned_logprobs(setup, None)
+    planned, unplanned = planned_logprobs(setup, plan_file, job), planned_logprobs(setup, None, job)
     worst_planned = worst_unplanned = 0.0
     for top, want, base in zip(served, planned, unplanned):
         for token, value in top.items():
@@ -122,13 +123,13 @@ def assert_logprobs_match(served: list[dict], setup: dict, plan_file: Path | Non
         assert worst_unplanned > 10 * max(worst_planned, 1e-4), (worst_unplanned, worst_planned)
 
 
-def serve(setup: dict, folder: Path, hf_overrides: dict | None = None, *, stock: bool = False) -> dict:
+def serve(setup: dict, folder: Path, hf_overrides: dict | None = None, *, stock: bool = False, job=None) -> dict:
     """vLLM's result for ``folder`` (its output as ``log``: vLLM logs to stdout); ``stock``: without searchskip's plugin
-    (``VLLM_PLUGINS=""`` loads no plugin)."""
+    (``VLLM_PLUGINS=""`` loads no plugin); ``job``: whose model's prompt template to use (default the demo job)."""
     from searchskip.bench.vllm import serve_request
     from searchskip.models import load_model
 
-    template = load_model(setup["job"].model).template
+    template = load_model((job or setup["job"]).model).template
     request = {"model": str(folder), "template": template, "dtype": "float32",
                "max_tokens": setup["job"].eval.max_new_tokens, "questions": setup["questions"],
                "hf_overrides": hf_overrides, "logprobs": 5}
@@ -138,11 +139,37 @@ def serve(setup: dict, folder: Path, hf_overrides: dict | None = None, *, stock:
     return {**result, "log": log}
 
 
-def export(setup: dict, plan: str, *flags: str) -> Path:
-    out = setup["root"] / (plan.removesuffix(".yaml") + "".join(flags).replace("-", "_"))
-    assert main(["export", "--job", str(setup["job_file"]), "--plan", str(REPO / "spaces/plans" / plan),
+def export(setup: dict, plan: str, *flags: str, job_file: Path | None = None) -> Path:
+    job_file = job_file or setup["job_file"]
+    out = setup["root"] / (job_file.stem + plan.removesuffix(".yaml") + "".join(flags).replace("-", "_"))
+    assert main(["export", "--job", str(job_file), "--plan", str(REPO / "spaces/plans" / plan),
                  "--out", str(out), "--no-progress", *flags]) == 0
     return out / "model"
+
+
+FAMILY_DECODERS = {"llava-mistral": "SearchSkipLlavaForConditionalGeneration",
+                   "llava-next": "SearchSkipLlavaNextForConditionalGeneration"}
+"""Tiny families beyond the embedded LLaVA-over-Llama that the plugin serves: the class the export names."""
+
+
+@pytest.fixture(scope="module")
+def family_jobs(setup) -> dict:
+    """Per family of :data:`FAMILY_DECODERS`: a tiny random model folder (8 layers; heads of 32, the
+    smallest vLLM's CPU attention takes) and a demo job scoring it."""
+    from searchskip.config.loader import load_job
+    from searchskip.testing.folders import save_tiny_model
+
+    jobs = {}
+    for family in FAMILY_DECODERS:
+        folder = save_tiny_model(family, setup["root"] / family, num_layers=8, hidden_size=64,
+                                 num_attention_heads=2, num_key_value_heads=1)
+        data = yaml.safe_load(setup["job_file"].read_text())
+        data["model"]["id"] = str(folder)
+        data["name"] = family
+        path = setup["root"] / f"{family}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        jobs[family] = (path, load_job(path))
+    return jobs
 
 
 def test_the_embedded_model_serves_with_its_own_answers(setup):
@@ -222,6 +249,20 @@ def test_the_plugin_serves_uneven_ffn_widths_without_their_padding(setup):
     result = serve(setup, folder)
     assert "error" in result
     assert "layers.5.mlp" in result["log"] and "ffn_widths" in result["log"], result["log"][-3000:]
+
+
+@pytest.mark.parametrize("plan", ["skip_ffn.yaml", "parallel_blocks.yaml"])
+@pytest.mark.parametrize("family", list(FAMILY_DECODERS))
+def test_the_plugin_serves_mistral_decoders_and_llava_next(setup, family_jobs, family, plan):
+    """LLaVA over a Mistral decoder and LLaVA-NeXT (anyres) over Llama: the plugin's classes serve
+    the export with transformers' log-probabilities (and answers) of the planned model."""
+    job_file, job = family_jobs[family]
+    folder = export(setup, plan, "--target", "vllm", "--allow-mismatch", job_file=job_file)
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [FAMILY_DECODERS[family]]
+    result = serve(setup, folder, job=job)
+    assert "error" not in result, result["log"][-3000:]
+    assert result["answers"] == planned_answers(setup, folder, job)
+    assert_logprobs_match(result["first_logprobs"], setup, folder, job)
 
 
 def test_the_readmes_serving_commands_run(tmp_path):

@@ -56,8 +56,12 @@ class SearchSkipLMMS(lmms):
                                                              f"but got {batch_size!r}")]) from None
         if self.batch_size_per_gpu < 1:
             raise ConfigError([Problem(None, "--batch_size", f"must be >= 1, but got {batch_size!r}")])
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                           or max_new_tokens < 1):
+            raise ConfigError([Problem(None, "model_args", f"max_new_tokens must be a whole number >= 1, but got "
+                                                           f"{max_new_tokens!r}")])
         self.target = load_target(export=export, job=job, plan=plan, device=device, dtype=dtype)
-        self.max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else None
+        self.max_new_tokens = max_new_tokens
         self.task_max_new_tokens: dict[str, int] = {}
         self.seen: dict[str, list[dict]] = defaultdict(list)
         """Task -> up to :data:`WORKLOAD_ROWS` rows ``{question, image, answers}`` answered (the prompt

@@ -55,6 +55,8 @@ def load_target(*, export: str | None = None, job: str | None = None, plan: str 
     from searchskip.models import load_model
     from searchskip.plan import Plan
 
+    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError([Problem(None, "model_args", f"dtype must be float32, float16 or bfloat16, but got {dtype!r}")])
     if (export is None) == (job is None):
         raise ConfigError([Problem(None, "model_args", "give exactly one of export=EXPORT_DIR or job=JOB.yaml "
                                                        "(with plan=PLAN.yaml to apply a plan to the job's model)")])
@@ -62,9 +64,14 @@ def load_target(*, export: str | None = None, job: str | None = None, plan: str 
         if plan is not None:
             raise ConfigError([Problem(None, "model_args", "plan= applies to job=, not to an export (an export "
                                                            "runs its own plan; plans do not stack)")])
+        from searchskip.export.model import read_export_info
+
         folder = model_folder(export)
-        info = json.loads((folder / "searchskip_export.json").read_text())
-        saved = json.loads((folder / "config.json").read_text()).get("dtype") if (folder / "config.json").is_file() else None
+        info = read_export_info(folder)  # a damaged record is a ModelError naming the file
+        try:  # the dtype the export was saved in; a damaged config.json is load_model's to report
+            saved = json.loads((folder / "config.json").read_text()).get("dtype")
+        except (OSError, ValueError, AttributeError):
+            saved = None
         spec = ModelSpec(id=str(folder.resolve()), device=device or "cpu",
                          dtype=dtype or (saved if saved in ("float32", "float16", "bfloat16") else "float32"))
         loaded = load_model(spec)

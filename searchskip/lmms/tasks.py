@@ -52,10 +52,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def write_vqa_task(job: Any, folder: str | Path, *, split: str = "validation", name: str | None = None,
-                   limit: int | None = None) -> str:
+                   limit: int | None = None, data_path: str | Path | None = None) -> str:
     """Write ``job``'s ``split`` (its validation subset, or the test split; the first ``limit``
     questions) into ``folder`` as the lmms-eval task ``name`` (default ``searchskip_<job>_<split>``);
-    return the task name (give ``folder`` to lmms-eval as ``--include_path``)."""
+    return the task name (give ``folder`` to lmms-eval as ``--include_path``). ``data_path``: where
+    the task's data will be read from, when ``folder`` is moved after writing (default
+    ``folder/data``)."""
     import datasets
 
     from searchskip.data.splits import load_eval_split
@@ -79,6 +81,6 @@ def write_vqa_task(job: Any, folder: str | Path, *, split: str = "validation", n
     datasets.DatasetDict({split: data}).save_to_disk(str(folder / "data"))
     (folder / "utils.py").write_text(UTILS)
     (folder / f"{name}.yaml").write_text(TASK.format(job=job.source_file or job.name, split=split, rows=len(data),
-                                                     name=name, data=str((folder / "data").resolve()),
+                                                     name=name, data=str(Path(data_path or folder / "data").resolve()),
                                                      max_new_tokens=job.eval.max_new_tokens))
     return name

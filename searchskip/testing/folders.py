@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from searchskip.testing.families import (
     BOS_ID,
@@ -175,16 +176,17 @@ def _processor(family: str, tokenizer):
 
 
 def save_tiny_model(family: str, folder: str | Path, texts: list[str] | None = None, *, seed: int = 0,
-                    num_layers: int = 4) -> Path:
+                    num_layers: int = 4, **overrides: Any) -> Path:
     """Save a tiny ``family`` model (:func:`~searchskip.testing.tiny_model`; a vision-language
-    family) with its tokenizer and processor into ``folder``; ``texts`` give the tokenizer's
-    words (default: the easy-VQA words of the embedded model's tokenizer)."""
+    family; ``overrides`` go to its decoder's config) with its tokenizer and processor into
+    ``folder``; ``texts`` give the tokenizer's words (default: the easy-VQA words of the embedded
+    model's tokenizer)."""
     if family not in LLAVA_FAMILIES + QWEN_VL_FAMILIES + ANYRES_FAMILIES + TILED_FAMILIES + GEMMA3_VL_FAMILIES:
         raise ValueError(f"save_tiny_model builds vision-language families only, not '{family}'")
     if texts is None:
         texts = _easy_vqa_texts()
     folder = Path(folder)
-    model = tiny_model(family, seed=seed, num_layers=num_layers)
+    model = tiny_model(family, seed=seed, num_layers=num_layers, **overrides)
     processor = _processor(family, _tokenizer(family, tiny_vocabulary(family, texts)))
     model.generation_config.pad_token_id = PAD_ID
     model.save_pretrained(folder)

@@ -12,7 +12,8 @@ Only torch, vLLM and the export's files are needed: install searchskip into vLLM
 ``pip install --no-deps .`` (vLLM pins its own transformers; nothing of searchskip's other
 dependencies is imported here). What vLLM can serve: per-layer ``skip_attn``, ``skip_ffn``,
 ``skip_block``, ``parallel_attn_ffn`` and ``parallel_blocks`` for all tokens, and each layer's own FFN
-width after ``ffn_channels`` pruning (``ffn_widths``), in LLaVA over a Llama decoder (:mod:`searchskip.vllm_plugin.plan` names the rest when the engine starts).
+width after ``ffn_channels`` pruning (``ffn_widths``), in LLaVA and LLaVA-NeXT over Llama and
+Mistral decoders (:mod:`searchskip.vllm_plugin.plan` names the rest when the engine starts).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ __all__ = ["ARCHITECTURES", "register"]
 
 ARCHITECTURES = {
     "SearchSkipLlavaForConditionalGeneration": "searchskip.vllm_plugin.llava:SearchSkipLlavaForConditionalGeneration",
+    "SearchSkipLlavaNextForConditionalGeneration":
+        "searchskip.vllm_plugin.llava_next:SearchSkipLlavaNextForConditionalGeneration",
     "SearchSkipLlamaForCausalLM": "searchskip.vllm_plugin.llama:SearchSkipLlamaForCausalLM",
+    "SearchSkipMistralForCausalLM": "searchskip.vllm_plugin.mistral:SearchSkipMistralForCausalLM",
 }
 """Architecture name -> ``module:Class`` (imported lazily by vLLM, in the process that builds it)."""
 

@@ -28,16 +28,18 @@ def _layer_index(prefix: str) -> int:
 class SearchSkipDecoderLayer(nn.Module):
     """A Llama decoder layer running ``op`` (``keep``, ``skip_attn``, ``skip_ffn``, ``skip_block``,
     ``parallel_attn_ffn``; ``parallel_blocks`` is the model's: its layers run ``keep``), its FFN
-    ``ffn_width`` channels wide (default: the config's)."""
+    ``ffn_width`` channels wide (default: the config's), built from the decoder's own ``attention``
+    and ``mlp`` classes (a Llama's by default; a Mistral's: :mod:`searchskip.vllm_plugin.mistral`)."""
 
-    def __init__(self, vllm_config: Any, prefix: str, op: str, ffn_width: int | None = None) -> None:
+    def __init__(self, vllm_config: Any, prefix: str, op: str, ffn_width: int | None = None, *,
+                 attention: type = LlamaAttention, mlp: type = LlamaMLP) -> None:
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.op = "keep" if op == "parallel_blocks" else op
         hidden = config.hidden_size
         if self.op not in ("skip_attn", "skip_block"):  # as vLLM's LlamaDecoderLayer builds them
             bias = getattr(config, "attention_bias", False) or getattr(config, "bias", False)
-            self.self_attn = LlamaAttention(
+            self.self_attn = attention(
                 config=config, hidden_size=hidden, num_heads=config.num_attention_heads,
                 num_kv_heads=getattr(config, "num_key_value_heads", config.num_attention_heads),
                 max_position_embeddings=getattr(config, "max_position_embeddings", 8192),
@@ -45,7 +47,7 @@ class SearchSkipDecoderLayer(nn.Module):
                 cache_config=vllm_config.cache_config, prefix=f"{prefix}.self_attn")
             self.input_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
         if self.op not in ("skip_ffn", "skip_block"):
-            self.mlp = LlamaMLP(hidden_size=hidden, intermediate_size=ffn_width or config.intermediate_size,
+            self.mlp = mlp(hidden_size=hidden, intermediate_size=ffn_width or config.intermediate_size,
                                 hidden_act=config.hidden_act, quant_config=vllm_config.quant_config,
                                 bias=getattr(config, "mlp_bias", False), prefix=f"{prefix}.mlp")
             self.post_attention_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
@@ -77,7 +79,11 @@ class SearchSkipDecoderLayer(nn.Module):
 
 
 class SearchSkipLlamaModel(LlamaModel):
-    """vLLM's ``LlamaModel`` whose layers follow the export's plan (read from the served folder)."""
+    """vLLM's ``LlamaModel`` whose layers follow the export's plan (read from the served folder);
+    :attr:`ATTENTION` and :attr:`MLP` are the decoder's sublayer classes."""
+
+    ATTENTION: type = LlamaAttention
+    MLP: type = LlamaMLP
 
     def __init__(self, *, vllm_config: Any, prefix: str = "", **_: Any) -> None:
         config = vllm_config.model_config.hf_config
@@ -87,7 +93,8 @@ class SearchSkipLlamaModel(LlamaModel):
 
         def layer(*, vllm_config: Any, prefix: str) -> nn.Module:
             i = _layer_index(prefix)
-            return SearchSkipDecoderLayer(vllm_config, prefix, plan.ops[i], plan.ffn_widths[i] if plan.ffn_widths else None)
+            return SearchSkipDecoderLayer(vllm_config, prefix, plan.ops[i], plan.ffn_widths[i] if plan.ffn_widths else None,
+                                          attention=self.ATTENTION, mlp=self.MLP)
 
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer)
         self.plan: LayerPlan = plan

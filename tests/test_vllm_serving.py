@@ -148,7 +148,8 @@ def export(setup: dict, plan: str, *flags: str, job_file: Path | None = None) ->
 
 
 FAMILY_DECODERS = {"llava-mistral": "SearchSkipLlavaForConditionalGeneration",
-                   "llava-next": "SearchSkipLlavaNextForConditionalGeneration"}
+                   "llava-next": "SearchSkipLlavaNextForConditionalGeneration",
+                   "llava-qwen2": "SearchSkipLlavaForConditionalGeneration"}
 """Tiny families beyond the embedded LLaVA-over-Llama that the plugin serves: the class the export names."""
 
 
@@ -253,8 +254,8 @@ def test_the_plugin_serves_uneven_ffn_widths_without_their_padding(setup):
 
 @pytest.mark.parametrize("plan", ["skip_ffn.yaml", "parallel_blocks.yaml"])
 @pytest.mark.parametrize("family", list(FAMILY_DECODERS))
-def test_the_plugin_serves_mistral_decoders_and_llava_next(setup, family_jobs, family, plan):
-    """LLaVA over a Mistral decoder and LLaVA-NeXT (anyres) over Llama: the plugin's classes serve
+def test_the_plugin_serves_other_decoders_and_wrappers(setup, family_jobs, family, plan):
+    """LLaVA over Mistral and Qwen2 decoders and LLaVA-NeXT (anyres) over Llama: the plugin's classes serve
     the export with transformers' log-probabilities (and answers) of the planned model."""
     job_file, job = family_jobs[family]
     folder = export(setup, plan, "--target", "vllm", "--allow-mismatch", job_file=job_file)

@@ -3,7 +3,7 @@ searchskip (``metrics.json: serving``, the report's serving line, ``export --tar
 
 A plain export (:mod:`searchskip.export.bake`) runs in any loader, stock vLLM included (zeroed
 sublayers still cost their FLOPs there). searchskip's vLLM plugin (:mod:`searchskip.vllm_plugin`)
-serves LLaVA and LLaVA-NeXT over Llama and Mistral decoders with ops for all tokens (:data:`PLUGIN_MODELS`), skipping the
+serves LLaVA and LLaVA-NeXT over Llama, Mistral and Qwen2 decoders with ops for all tokens (:data:`PLUGIN_MODELS`), skipping the
 planned sublayers' compute; what it cannot serve is listed by plan part.
 """
 
@@ -17,7 +17,7 @@ from searchskip.plan import Plan
 
 __all__ = ["PLUGIN_MODELS", "Serving", "serving_of"]
 
-PLUGIN_MODELS = {"llava": ("llama", "mistral"), "llava_next": ("llama", "mistral")}
+PLUGIN_MODELS = {"llava": ("llama", "mistral", "qwen2"), "llava_next": ("llama", "mistral", "qwen2")}
 """``config.model_type`` -> the decoder ``model_type`` s the vLLM plugin serves inside it."""
 
 

@@ -12,8 +12,8 @@ Only torch, vLLM and the export's files are needed: install searchskip into vLLM
 ``pip install --no-deps .`` (vLLM pins its own transformers; nothing of searchskip's other
 dependencies is imported here). What vLLM can serve: per-layer ``skip_attn``, ``skip_ffn``,
 ``skip_block``, ``parallel_attn_ffn`` and ``parallel_blocks`` for all tokens, and each layer's own FFN
-width after ``ffn_channels`` pruning (``ffn_widths``), in LLaVA and LLaVA-NeXT over Llama and
-Mistral decoders (:mod:`searchskip.vllm_plugin.plan` names the rest when the engine starts).
+width after ``ffn_channels`` pruning (``ffn_widths``), in LLaVA and LLaVA-NeXT over Llama, Mistral and
+Qwen2 decoders (:mod:`searchskip.vllm_plugin.plan` names the rest when the engine starts).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ ARCHITECTURES = {
     "SearchSkipLlavaNextForConditionalGeneration":
         "searchskip.vllm_plugin.llava_next:SearchSkipLlavaNextForConditionalGeneration",
     "SearchSkipLlamaForCausalLM": "searchskip.vllm_plugin.llama:SearchSkipLlamaForCausalLM",
+    "SearchSkipQwen2ForCausalLM": "searchskip.vllm_plugin.qwen2:SearchSkipQwen2ForCausalLM",
     "SearchSkipMistralForCausalLM": "searchskip.vllm_plugin.mistral:SearchSkipMistralForCausalLM",
 }
 """Architecture name -> ``module:Class`` (imported lazily by vLLM, in the process that builds it)."""

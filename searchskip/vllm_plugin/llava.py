@@ -13,7 +13,8 @@ from vllm.model_executor.models.llava import LlavaForConditionalGeneration
 
 __all__ = ["DECODERS", "SearchSkipLlavaForConditionalGeneration", "use_plugin_decoder"]
 
-DECODERS = {"llama": "SearchSkipLlamaForCausalLM", "mistral": "SearchSkipMistralForCausalLM"}
+DECODERS = {"llama": "SearchSkipLlamaForCausalLM", "mistral": "SearchSkipMistralForCausalLM",
+            "qwen2": "SearchSkipQwen2ForCausalLM"}
 """Text ``model_type`` -> the plugin's decoder class."""
 
 

@@ -10,6 +10,7 @@ import torch
 import searchskip.apply as apply_module
 from searchskip.apply import applied_plan, apply, assign_cache_slots, plan_context, restore
 from searchskip.arch import get_adapter
+from searchskip.arch.cache_api import CACHE_KWARG, output_cache
 from searchskip.errors import ConfigError
 from searchskip.ops import prune
 from searchskip.plan import SCOPE_GENERATED, SCOPE_NON_VISUAL, SCOPE_PROMPT, DropSpec, LayerOp, Plan, PruneSpec
@@ -204,8 +205,8 @@ def test_manual_decode_loop_keeps_positions():
             tokens.append(nxt)
             mask = torch.cat([mask, torch.ones_like(nxt)], 1)
             positions = (mask.cumsum(-1) - 1)[:, -1:]
-            out = model(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values,
-                        position_ids=positions, use_cache=True)
+            out = model(input_ids=nxt, attention_mask=mask, position_ids=positions, use_cache=True,
+                        **{CACHE_KWARG: output_cache(out)})  # the installed transformers' name for the cache
     assert torch.equal(torch.cat(tokens, 1), expected)
 
 

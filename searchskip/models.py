@@ -24,7 +24,8 @@ from searchskip.config.job import EMBEDDED_PREFIX, ModelSpec
 from searchskip.errors import ModelError, OfflineError, SearchSkipError, first_line
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+DTYPES = ("float32", "float16", "bfloat16")
+"""The ``model.dtype`` values (``ModelSpec.dtype``), each a ``torch`` dtype's name."""
 
 
 @dataclass
@@ -155,7 +156,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     try:
         with loadable(source) as path:  # an export whose weights plain loaders must not read
             model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=getattr(torch, _DTYPES[spec.dtype]), use_safetensors=not spec.allow_pickle, **kwargs
+                path, dtype=getattr(torch, spec.dtype), use_safetensors=not spec.allow_pickle, **kwargs
             )
     except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) met a non-tensor object
         raise ModelError(f"model.id: '{source}' holds a pickled checkpoint with objects other than tensors; it was "

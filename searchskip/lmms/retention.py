@@ -33,19 +33,21 @@ KIND = "lmms-eval retention"
 TASK_KIND = "lmms-eval task"
 
 
-def _lmms_eval() -> Any:
+def _lmms_eval() -> None:
+    """:class:`ConfigError` with the install line when lmms-eval is missing; its logging quietened."""
     from searchskip.errors import ConfigError, Problem
 
+    import importlib
+
     try:
-        import lmms_eval.evaluator
-        import lmms_eval.tasks  # noqa: F401
+        for module in ("lmms_eval.evaluator", "lmms_eval.tasks"):
+            importlib.import_module(module)
     except ImportError as err:
         raise ConfigError([Problem(None, "--lmms-eval", f"needs lmms-eval, which is not installed here ({err}); "
                                                         "install it with pip install torch==2.13.0 torchvision==0.28.0 "
                                                         "'searchskip[lmms-eval]' (one command, so pip keeps this torch)")]
                           ) from None
     _quiet()
-    return lmms_eval
 
 
 def _quiet() -> None:

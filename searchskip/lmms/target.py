@@ -19,16 +19,19 @@ __all__ = ["Target", "load_target", "model_folder"]
 
 @dataclass
 class Target:
-    """A loaded model with its plan active, and what pricing it needs."""
+    """A loaded model with its plan active, and the plan FLOP counts take."""
 
     loaded: Any
     """The :class:`~searchskip.models.LoadedModel` (plan applied)."""
-    label: str
     plan: Any
-    """The plan on the *source* model (an export's ``source_plan``), or ``None``: what FLOP counts take."""
-    source_model: str
-    """The unplanned model the plan is priced against (a job's ``model.id`` or an export's ``source_model``)."""
-    job: Any = None
+    """The plan on the *source* model (an export's ``source_plan``), or ``None``."""
+
+
+def _source_plan(info: dict) -> Any:
+    """The plan an export record says its model was made with (``None`` when it says none)."""
+    from searchskip.plan import Plan
+
+    return Plan.from_json(json.dumps(info["source_plan"])) if info.get("source_plan") else None
 
 
 def model_folder(export: str | Path) -> Path:
@@ -52,10 +55,10 @@ def load_target(*, export: str | None = None, job: str | None = None, plan: str 
     config was saved in). :class:`~searchskip.errors.ConfigError` for a wrong combination."""
     from searchskip.config.job import ModelSpec
     from searchskip.errors import ConfigError, Problem, in_job
-    from searchskip.models import load_model
+    from searchskip.models import DTYPES, load_model
     from searchskip.plan import Plan
 
-    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+    if dtype is not None and dtype not in DTYPES:
         raise ConfigError([Problem(None, "model_args", f"dtype must be float32, float16 or bfloat16, but got {dtype!r}")])
     if (export is None) == (job is None):
         raise ConfigError([Problem(None, "model_args", "give exactly one of export=EXPORT_DIR or job=JOB.yaml "
@@ -73,12 +76,8 @@ def load_target(*, export: str | None = None, job: str | None = None, plan: str 
         except (OSError, ValueError, AttributeError):
             saved = None
         spec = ModelSpec(id=str(folder.resolve()), device=device or "cpu",
-                         dtype=dtype or (saved if saved in ("float32", "float16", "bfloat16") else "float32"))
-        loaded = load_model(spec)
-        source_plan = info.get("source_plan")
-        return Target(loaded=loaded, label=f"export {export}",
-                      plan=Plan.from_json(json.dumps(source_plan)) if source_plan else None,
-                      source_model=info.get("source_model") or str(folder))
+                         dtype=dtype or (saved if saved in DTYPES else "float32"))
+        return Target(loaded=load_model(spec), plan=_source_plan(info))
     from searchskip.config.loader import load_job
     from searchskip.errors import SearchSkipError
     from searchskip.eval.planned import apply_plan, check_unplanned
@@ -95,11 +94,8 @@ def load_target(*, export: str | None = None, job: str | None = None, plan: str 
     if info is not None:  # the job's model is an export: it runs its own plan, priced on its source model
         if plan is not None:
             check_unplanned(loaded, job, "model.id")
-        source_plan = info.get("source_plan")
-        return Target(loaded=loaded, label=parsed.model.id, plan=Plan.from_json(json.dumps(source_plan)) if source_plan else None,
-                      source_model=info.get("source_model") or parsed.model.id, job=parsed)
+        return Target(loaded=loaded, plan=_source_plan(info))
     loaded_plan = Plan.load(plan) if plan is not None else None
     if loaded_plan is not None:
         apply_plan(loaded, parsed, loaded_plan, source=plan)
-    return Target(loaded=loaded, label=f"{parsed.model.id}" + (f" with {plan}" if plan else ""), plan=loaded_plan,
-                  source_model=parsed.model.id, job=parsed)
+    return Target(loaded=loaded, plan=loaded_plan)

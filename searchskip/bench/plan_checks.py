@@ -103,11 +103,9 @@ def _flop_check(loaded: Any, plan: Any, inputs: dict, steps: int) -> dict:
             "kernel_rel_err": (kernel - measured) / measured, "causal_rel_err": (causal - measured) / measured}
 
 
-def check_plans(loaded: Any, batch: dict, single: dict, plans: dict[str, Any], steps: int = 3,
-                on_plan: Any = None) -> list[dict]:
+def check_plans(loaded: Any, batch: dict, single: dict, plans: dict[str, Any], steps: int = 3) -> list[dict]:
     """One row per plan of ``plans`` (see the module doc): ``batch`` (several questions, left
-    padded) for the cache and restore checks, ``single`` (one question) for the FLOP count;
-    ``on_plan(name)`` after each."""
+    padded) for the cache and restore checks, ``single`` (one question) for the FLOP count."""
     import torch
 
     from searchskip.apply import apply
@@ -121,8 +119,6 @@ def check_plans(loaded: Any, batch: dict, single: dict, plans: dict[str, Any], s
                    "flops": _flop_check(loaded, plan, single, steps)}
         row["restore_bit_identical"] = bool(torch.equal(_logits(model, batch), before))
         rows.append(row)
-        if on_plan is not None:
-            on_plan(name)
     return rows
 
 

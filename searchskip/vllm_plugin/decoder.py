@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from vllm.model_executor.layers.layernorm import RMSNorm
 
-from searchskip.vllm_plugin.plan import LayerPlan, read_plan
+from searchskip.vllm_plugin.plan import WITHOUT_ATTENTION, WITHOUT_FFN, LayerPlan, read_plan
 
 __all__ = ["PlannedDecoder", "SearchSkipDecoderLayer"]
 
@@ -38,10 +38,10 @@ class SearchSkipDecoderLayer(nn.Module):
         super().__init__()
         self.op = "keep" if op == "parallel_blocks" else op
         hidden = config.hidden_size
-        if self.op not in ("skip_attn", "skip_block"):
+        if self.op not in WITHOUT_ATTENTION:
             self.self_attn = make_attention(f"{prefix}.self_attn")
             self.input_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
-        if self.op not in ("skip_ffn", "skip_block"):
+        if self.op not in WITHOUT_FFN:
             self.mlp = make_mlp(f"{prefix}.mlp", ffn_width or config.intermediate_size)
             self.post_attention_layernorm = RMSNorm(hidden, eps=config.rms_norm_eps)
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EXPORT_FILE", "WHY", "LayerPlan", "SERVED_OPS", "layer_plan", "read_plan"]
+__all__ = ["EXPORT_FILE", "WHY", "LayerPlan", "SERVED_OPS", "WITHOUT_ATTENTION", "WITHOUT_FFN", "layer_plan", "read_plan"]
 
 EXPORT_FILE = "searchskip_export.json"
 WHY = ("vLLM hands the decoder the prompt with the image merged in and no mark of which positions are image, "
@@ -20,6 +20,10 @@ WHY = ("vLLM hands the decoder the prompt with the image merged in and no mark o
        "early_exit); load such an export with searchskip.load_compressed")
 """Why a plan part cannot be served, said once after the parts."""
 SERVED_OPS = ("keep", "skip_attn", "skip_ffn", "skip_block", "parallel_attn_ffn", "parallel_blocks")
+WITHOUT_ATTENTION = ("skip_attn", "skip_block")
+"""Ops whose layer builds no attention (nor its input norm)."""
+WITHOUT_FFN = ("skip_ffn", "skip_block")
+"""Ops whose layer builds no FFN (nor its norm)."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,10 @@ class LayerPlan:
     weights pad them with zero channels after its own); ``None``: the config's width."""
 
     def builds_attention(self, i: int) -> bool:
-        return self.ops[i] not in ("skip_attn", "skip_block")
+        return self.ops[i] not in WITHOUT_ATTENTION
 
     def builds_ffn(self, i: int) -> bool:
-        return self.ops[i] not in ("skip_ffn", "skip_block")
+        return self.ops[i] not in WITHOUT_FFN
 
 
 def read_plan(folder: str | Path, num_layers: int, ffn_size: int | None = None) -> LayerPlan:
